@@ -1,0 +1,131 @@
+//! CPU kernels: quantized matrix multiplication on all cores, normalization, activation
+//! functions and softmax. Plain f32 everywhere except inside the fused dot products.
+
+use rayon::prelude::*;
+
+use super::QMatrix;
+use crate::quant::{dot_rows, ActKind, Activations};
+
+/// Below this many weight bytes a matmul runs on the calling thread.
+const PARALLEL_MIN_BYTES: usize = 64 * 1024;
+
+/// `y = x · Wᵀ` for `n = x.len() / w.cols` tokens: returns `n × w.rows` values, row-major.
+pub fn matmul(w: &QMatrix, x: &[f32]) -> Vec<f32> {
+    assert!(x.len() % w.cols == 0, "matmul: input length {} is not a multiple of {}", x.len(), w.cols);
+    let n = x.len() / w.cols;
+    let acts = Activations::new(ActKind::for_weights(w.ty), x, w.cols);
+    let rb = w.row_bytes();
+    // out_rt[r * n + t]
+    let mut out_rt = vec![0.0f32; w.rows * n];
+    if w.data.len() < PARALLEL_MIN_BYTES || w.rows < 2 {
+        dot_rows(w.ty, &w.data, rb, &acts, &mut out_rt);
+    } else {
+        // ~4 chunks per thread balances load without much scheduling overhead.
+        let threads = rayon::current_num_threads().max(1);
+        let chunk_rows = w.rows.div_ceil(threads * 4).max(1);
+        out_rt.par_chunks_mut(chunk_rows * n).enumerate().for_each(|(i, out)| {
+            let r0 = i * chunk_rows;
+            let r1 = r0 + out.len() / n;
+            dot_rows(w.ty, &w.data[r0 * rb..r1 * rb], rb, &acts, out);
+        });
+    }
+    if n == 1 {
+        return out_rt;
+    }
+    let mut y = vec![0.0f32; n * w.rows];
+    for r in 0..w.rows {
+        for t in 0..n {
+            y[t * w.rows + r] = out_rt[r * n + t];
+        }
+    }
+    y
+}
+
+/// RMS normalization of each `w.len()`-long row of `x`, in place, scaled by `w`.
+pub fn rms_norm(x: &mut [f32], w: &[f32], eps: f32) {
+    for row in x.chunks_exact_mut(w.len()) {
+        let ss: f32 = row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32;
+        let scale = 1.0 / (ss + eps).sqrt();
+        for (v, g) in row.iter_mut().zip(w) {
+            *v = *v * scale * g;
+        }
+    }
+}
+
+/// SiLU (`x · sigmoid(x)`).
+#[inline]
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// Logistic sigmoid.
+#[inline]
+pub fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// `gate = silu(gate) * up`, element-wise (SwiGLU).
+pub fn swiglu(gate: &mut [f32], up: &[f32]) {
+    for (g, u) in gate.iter_mut().zip(up) {
+        *g = silu(*g) * u;
+    }
+}
+
+/// Softmax in place.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    for v in x.iter_mut() {
+        *v /= sum;
+    }
+}
+
+/// `acc += x`, element-wise.
+pub fn add_assign(acc: &mut [f32], x: &[f32]) {
+    for (a, b) in acc.iter_mut().zip(x) {
+        *a += b;
+    }
+}
+
+/// Dot product of two f32 slices.
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let n = a.len() / 8 * 8;
+    for (x, y) in a[..n].chunks_exact(8).zip(b[..n].chunks_exact(8)) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for i in n..a.len() {
+        s += a[i] * b[i];
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::GgmlType;
+
+    #[test]
+    fn matmul_f32_matches_naive() {
+        let (rows, cols, n) = (37, 19, 3);
+        let w: Vec<f32> = (0..rows * cols).map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.1).collect();
+        let x: Vec<f32> = (0..n * cols).map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.2).collect();
+        let bytes: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let m = QMatrix { ty: GgmlType::F32, rows, cols, data: bytes.into() };
+        let y = matmul(&m, &x);
+        for t in 0..n {
+            for r in 0..rows {
+                let want: f32 = (0..cols).map(|c| w[r * cols + c] * x[t * cols + c]).sum();
+                assert!((y[t * rows + r] - want).abs() < 1e-5, "t{t} r{r}");
+            }
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! odmoe engine: reads GGUF Mixture-of-Experts models and computes their logits.
+//!
+//! The engine is synchronous and testable without a runtime. Its parts:
+//! - [`gguf`]: memory-mapped GGUF reader (single and split files), hostile-input safe.
+//! - [`quant`]: the GGML block formats, their dequantization and fused dot products.
+//! - [`model`]: hyperparameters from GGUF metadata and the forward pass of each architecture.
+//! - [`compute`]: the numeric kernels the forward pass is built from (CPU reference backend).
+//! - [`experts`]: the one narrow interface through which routed experts are reached.
+#![warn(missing_docs)]
+
+pub mod compute;
+pub mod error;
+pub mod experts;
+pub mod gguf;
+pub mod model;
+pub mod quant;
+
+pub use error::{Error, Result};

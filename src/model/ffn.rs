@@ -1,0 +1,67 @@
+//! Feed-forward blocks: dense SwiGLU, and the mixture of experts (router, routed experts
+//! computed expert by expert over the tokens routed to them, shared experts).
+
+use std::collections::BTreeMap;
+
+use super::config::Config;
+use super::router::route;
+use super::weights::{Ffn, Mlp};
+use crate::compute::cpu::{matmul, sigmoid, swiglu};
+use crate::experts::ExpertSource;
+use crate::Result;
+
+fn mlp(m: &Mlp, x: &[f32]) -> Vec<f32> {
+    let mut g = matmul(&m.gate, x);
+    let u = matmul(&m.up, x);
+    swiglu(&mut g, &u);
+    matmul(&m.down, &g)
+}
+
+/// Applies the FFN of `layer` to `x` (`n × n_embd`, normalized). Returns `n × n_embd`.
+pub fn forward(cfg: &Config, layer: usize, f: &Ffn, experts: &dyn ExpertSource, x: &[f32]) -> Result<Vec<f32>> {
+    let d = cfg.n_embd;
+    let n = x.len() / d;
+    match f {
+        Ffn::Dense(m) => Ok(mlp(m, x)),
+        Ffn::Moe { router, bias, shared, shared_gate } => {
+            let moe = cfg.moe.as_ref().expect("MoE config");
+            let logits = matmul(router, x);
+            // Group the tokens by expert so each expert is fetched once per batch.
+            let mut by_expert: BTreeMap<usize, Vec<(usize, f32)>> = BTreeMap::new();
+            for t in 0..n {
+                let r = route(moe, &logits[t * moe.n_expert..(t + 1) * moe.n_expert], bias.as_deref());
+                for (&e, &w) in r.ids.iter().zip(&r.weights) {
+                    by_expert.entry(e).or_default().push((t, w));
+                }
+            }
+            let mut out = vec![0.0f32; n * d];
+            for (&e, toks) in &by_expert {
+                let w = experts.expert(layer, e)?;
+                let mut xe = Vec::with_capacity(toks.len() * d);
+                for &(t, _) in toks {
+                    xe.extend_from_slice(&x[t * d..(t + 1) * d]);
+                }
+                let mut g = matmul(&w.gate, &xe);
+                let u = matmul(&w.up, &xe);
+                swiglu(&mut g, &u);
+                let y = matmul(&w.down, &g);
+                for (i, &(t, wt)) in toks.iter().enumerate() {
+                    for (o, v) in out[t * d..(t + 1) * d].iter_mut().zip(&y[i * d..(i + 1) * d]) {
+                        *o += wt * v;
+                    }
+                }
+            }
+            if let Some(s) = shared {
+                let y = mlp(s, x);
+                let gate = shared_gate.as_ref().map(|g| matmul(g, x));
+                for t in 0..n {
+                    let gt = gate.as_ref().map_or(1.0, |g| sigmoid(g[t]));
+                    for (o, v) in out[t * d..(t + 1) * d].iter_mut().zip(&y[t * d..(t + 1) * d]) {
+                        *o += gt * v;
+                    }
+                }
+            }
+            Ok(out)
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! Models: configuration from GGUF metadata, weights, and the forward pass of each
+//! supported MoE architecture on the CPU backend.
+
+mod attention;
+pub mod config;
+mod ffn;
+pub mod rope;
+pub mod router;
+pub mod weights;
+
+use std::path::Path;
+use std::sync::Arc;
+
+pub use attention::LayerCache;
+pub use config::{Arch, Config};
+
+use crate::compute::cpu::{add_assign, matmul, rms_norm};
+use crate::experts::{ExpertSource, ResidentExperts};
+use crate::gguf::GgufModel;
+use crate::{Error, Result};
+use rope::Rotation;
+use weights::Weights;
+
+/// A loaded model ready to run.
+pub struct Model {
+    config: Config,
+    weights: Weights,
+    experts: Arc<dyn ExpertSource>,
+    gguf: Arc<GgufModel>,
+}
+
+/// Per-sequence attention state: one cache per layer and the number of positions held.
+pub struct KvCache {
+    layers: Vec<LayerCache>,
+    len: usize,
+    max_len: usize,
+}
+
+impl KvCache {
+    /// Positions already processed.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no position has been processed yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Most positions this cache accepts.
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+}
+
+/// Which positions' logits a forward pass returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// Every position (`n × n_vocab`).
+    All,
+    /// Only the last position (`n_vocab`).
+    Last,
+}
+
+impl Model {
+    /// Opens a GGUF model (single or split) and checks every tensor it needs.
+    pub fn open(path: impl AsRef<Path>) -> Result<Model> {
+        let g = Arc::new(GgufModel::open(path)?);
+        Self::from_gguf(g)
+    }
+
+    /// Builds the model from an opened GGUF file, with experts served from the mapping.
+    pub fn from_gguf(g: Arc<GgufModel>) -> Result<Model> {
+        let config = Config::from_metadata(g.metadata())?;
+        let mut weights = Weights::load(&g, &config)?;
+        let experts = Arc::new(ResidentExperts::new(std::mem::take(&mut weights.experts)));
+        Ok(Model { config, weights, experts, gguf: g })
+    }
+
+    /// Replaces the expert source (e.g. with an on-demand store).
+    pub fn with_experts(mut self, experts: Arc<dyn ExpertSource>) -> Model {
+        self.experts = experts;
+        self
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The underlying GGUF files.
+    pub fn gguf(&self) -> &GgufModel {
+        &self.gguf
+    }
+
+    /// A fresh cache for one sequence of at most `max_len` positions.
+    pub fn new_cache(&self, max_len: usize) -> KvCache {
+        let layers = (0..self.config.n_layer)
+            .map(|_| if self.config.mla.is_some() { LayerCache::Latent { c: Vec::new() } } else { LayerCache::Standard { k: Vec::new(), v: Vec::new() } })
+            .collect();
+        KvCache { layers, len: 0, max_len }
+    }
+
+    /// Runs `tokens` through the model after the positions already in `cache`, appends
+    /// them to the cache, and returns logits as `which` asks.
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, which: Logits) -> Result<Vec<f32>> {
+        let cfg = &self.config;
+        if tokens.is_empty() {
+            return Err(Error::Invalid("no tokens to process".into()));
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= cfg.n_vocab) {
+            return Err(Error::Invalid(format!("token id {bad} is out of range (vocabulary has {} tokens)", cfg.n_vocab)));
+        }
+        if cache.len + tokens.len() > cache.max_len {
+            return Err(Error::Invalid(format!(
+                "context overflow: {} cached + {} new positions exceed the limit of {}",
+                cache.len,
+                tokens.len(),
+                cache.max_len
+            )));
+        }
+        let d = cfg.n_embd;
+        let n = tokens.len();
+        let pos0 = cache.len;
+        let rot: Vec<Rotation> = (0..n).map(|t| Rotation::new(&cfg.rope, pos0 + t)).collect();
+
+        let mut x = Vec::with_capacity(n * d);
+        for &t in tokens {
+            x.extend(self.weights.tok_embd.row_f32(t as usize));
+        }
+        for (l, layer) in self.weights.layers.iter().enumerate() {
+            let mut h = x.clone();
+            rms_norm(&mut h, &layer.attn_norm, cfg.rms_eps);
+            let a = attention::forward(cfg, &layer.attn, &h, pos0, &rot, &mut cache.layers[l]);
+            add_assign(&mut x, &a);
+            let mut h = x.clone();
+            rms_norm(&mut h, &layer.ffn_norm, cfg.rms_eps);
+            let f = ffn::forward(cfg, l, &layer.ffn, self.experts.as_ref(), &h)?;
+            add_assign(&mut x, &f);
+        }
+        cache.len += n;
+        let x = match which {
+            Logits::All => x,
+            Logits::Last => x[(n - 1) * d..].to_vec(),
+        };
+        let mut x = x;
+        rms_norm(&mut x, &self.weights.output_norm, cfg.rms_eps);
+        Ok(matmul(&self.weights.output, &x))
+    }
+}

@@ -1,0 +1,147 @@
+//! Activations prepared for the fused dot products: kept in f32 for float weights,
+//! quantized to 8 bits (as llama.cpp does) for quantized weights.
+
+use super::blocks::{ActQ8_0, ActQ8_K, QK, QK_K};
+use super::GgmlType;
+use half::f16;
+
+/// The form activations take for a given weight type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActKind {
+    /// Plain f32 (F32, F16 and BF16 weights).
+    F32,
+    /// 8-bit blocks of 32 with scale and sum (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 weights).
+    Q8_0,
+    /// 8-bit super-blocks of 256 with group sums (the K-quants).
+    Q8K,
+}
+
+impl ActKind {
+    /// The activation form that weights of type `ty` are multiplied with.
+    pub fn for_weights(ty: GgmlType) -> ActKind {
+        use GgmlType::*;
+        match ty {
+            Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 => ActKind::Q8_0,
+            Q2_K | Q3_K | Q4_K | Q5_K | Q6_K => ActKind::Q8K,
+            _ => ActKind::F32,
+        }
+    }
+}
+
+/// A batch of activation rows (one per token), each of length `k`, in one form.
+pub struct Activations {
+    kind: ActKind,
+    k: usize,
+    n: usize,
+    f32s: Vec<f32>,
+    q8: Vec<ActQ8_0>,
+    q8k: Vec<ActQ8_K>,
+}
+
+/// One token's activations, borrowed from [`Activations`].
+#[derive(Clone, Copy)]
+pub enum ActRow<'a> {
+    /// f32 values.
+    F32(&'a [f32]),
+    /// Q8_0 blocks.
+    Q8_0(&'a [ActQ8_0]),
+    /// Q8_K blocks.
+    Q8K(&'a [ActQ8_K]),
+}
+
+impl Activations {
+    /// Prepares `x` (`n` rows of `k` values, row-major) for weights of kind `kind`.
+    pub fn new(kind: ActKind, x: &[f32], k: usize) -> Self {
+        assert!(k > 0 && x.len() % k == 0);
+        let n = x.len() / k;
+        let mut a = Activations { kind, k, n, f32s: Vec::new(), q8: Vec::new(), q8k: Vec::new() };
+        match kind {
+            ActKind::F32 => a.f32s = x.to_vec(),
+            ActKind::Q8_0 => {
+                assert!(k % QK == 0, "row length {k} is not a multiple of {QK}");
+                a.q8 = x.chunks_exact(QK).map(quantize_q8_0).collect();
+            }
+            ActKind::Q8K => {
+                assert!(k % QK_K == 0, "row length {k} is not a multiple of {QK_K}");
+                a.q8k = x.chunks_exact(QK_K).map(quantize_q8_k).collect();
+            }
+        }
+        a
+    }
+
+    /// The form of these activations.
+    pub fn kind(&self) -> ActKind {
+        self.kind
+    }
+
+    /// Number of rows (tokens).
+    pub fn n_rows(&self) -> usize {
+        self.n
+    }
+
+    /// Row length.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Row `t`.
+    #[inline]
+    pub fn row(&self, t: usize) -> ActRow<'_> {
+        match self.kind {
+            ActKind::F32 => ActRow::F32(&self.f32s[t * self.k..(t + 1) * self.k]),
+            ActKind::Q8_0 => {
+                let b = self.k / QK;
+                ActRow::Q8_0(&self.q8[t * b..(t + 1) * b])
+            }
+            ActKind::Q8K => {
+                let b = self.k / QK_K;
+                ActRow::Q8K(&self.q8k[t * b..(t + 1) * b])
+            }
+        }
+    }
+}
+
+/// llama.cpp's `quantize_row_q8_1_ref` for one block (the Q8_0 quants plus the sum).
+pub fn quantize_q8_0(x: &[f32]) -> ActQ8_0 {
+    let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let mut qs = [0i8; 32];
+    let mut sum = 0i32;
+    for (q, &v) in qs.iter_mut().zip(x) {
+        *q = (v * id).round() as i8;
+        sum += *q as i32;
+    }
+    let d16 = f16::from_f32(d).to_f32();
+    ActQ8_0 { d: d16, s: f16::from_f32(sum as f32 * d).to_f32(), qs }
+}
+
+/// llama.cpp's `quantize_row_q8_K_ref` for one super-block.
+pub fn quantize_q8_k(x: &[f32]) -> ActQ8_K {
+    let (mut max, mut amax) = (0.0f32, 0.0f32);
+    for &v in x {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    let mut out = ActQ8_K { d: 0.0, qs: [0; 256], bsums: [0; 16] };
+    if amax == 0.0 {
+        return out;
+    }
+    let iscale = -127.0 / max;
+    for (q, &v) in out.qs.iter_mut().zip(x) {
+        *q = nearest_int(iscale * v).min(127) as i8;
+    }
+    for (j, s) in out.bsums.iter_mut().enumerate() {
+        *s = out.qs[j * 16..(j + 1) * 16].iter().map(|&q| q as i16).sum();
+    }
+    out.d = 1.0 / iscale;
+    out
+}
+
+/// Round to nearest, ties to even (llama.cpp's `nearest_int`).
+#[inline]
+fn nearest_int(f: f32) -> i32 {
+    f.round_ties_even() as i32
+}

@@ -1,0 +1,367 @@
+//! Fused dequantize-and-dot products of one weight row with one activation row.
+//!
+//! The integer parts follow llama.cpp's reference `ggml_vec_dot_*` routines (weights
+//! times 8-bit activations, summed exactly in integers, scaled once per group), so the
+//! results track llama.cpp closely. Loops are written so the compiler vectorizes them;
+//! [`dot_rows`] compiles them once more with AVX2 enabled and picks that version at run
+//! time when the CPU has it.
+
+use super::activations::ActRow;
+use super::blocks::*;
+use super::dequant::{k4_scales_mins, q3k_scales};
+use super::GgmlType;
+
+#[inline(always)]
+fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
+    const L: usize = 16;
+    let mut acc = [0.0f32; L];
+    let (wc, wr) = w.split_at(w.len() / L * L);
+    let (xc, xr) = x.split_at(wc.len());
+    for (a, b) in wc.chunks_exact(L).zip(xc.chunks_exact(L)) {
+        for i in 0..L {
+            acc[i] += a[i] * b[i];
+        }
+    }
+    let mut s = 0.0;
+    for (a, b) in wr.iter().zip(xr) {
+        s += a * b;
+    }
+    acc.iter().sum::<f32>() + s
+}
+
+#[inline(always)]
+fn dot_f32_bytes(w: &[u8], x: &[f32]) -> f32 {
+    const L: usize = 16;
+    let mut acc = [0.0f32; L];
+    for (a, b) in w.chunks_exact(4 * L).zip(x.chunks_exact(L)) {
+        for i in 0..L {
+            acc[i] += f32::from_le_bytes([a[4 * i], a[4 * i + 1], a[4 * i + 2], a[4 * i + 3]]) * b[i];
+        }
+    }
+    let done = x.len() / L * L;
+    let mut s = 0.0;
+    for i in done..x.len() {
+        s += f32::from_le_bytes(w[4 * i..4 * i + 4].try_into().unwrap()) * x[i];
+    }
+    acc.iter().sum::<f32>() + s
+}
+
+#[inline(always)]
+fn dot_f16(w: &[u8], x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    for (a, b) in w.chunks_exact(16).zip(x.chunks_exact(8)) {
+        for i in 0..8 {
+            acc[i] += f16_le([a[2 * i], a[2 * i + 1]]) * b[i];
+        }
+    }
+    let done = x.len() / 8 * 8;
+    let mut s = 0.0;
+    for i in done..x.len() {
+        s += f16_le([w[2 * i], w[2 * i + 1]]) * x[i];
+    }
+    acc.iter().sum::<f32>() + s
+}
+
+#[inline(always)]
+fn dot_bf16(w: &[u8], x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let bf = |a: u8, b: u8| f32::from_bits((u16::from_le_bytes([a, b]) as u32) << 16);
+    for (a, b) in w.chunks_exact(16).zip(x.chunks_exact(8)) {
+        for i in 0..8 {
+            acc[i] += bf(a[2 * i], a[2 * i + 1]) * b[i];
+        }
+    }
+    let done = x.len() / 8 * 8;
+    let mut s = 0.0;
+    for i in done..x.len() {
+        s += bf(w[2 * i], w[2 * i + 1]) * x[i];
+    }
+    acc.iter().sum::<f32>() + s
+}
+
+#[inline(always)]
+fn isum32(q: &[i8; 32], a: &[i8; 32]) -> i32 {
+    let mut s = 0i32;
+    for i in 0..32 {
+        s += q[i] as i32 * a[i] as i32;
+    }
+    s
+}
+
+#[inline(always)]
+fn dot_q8_0(w: &[BlockQ8_0], a: &[ActQ8_0]) -> f32 {
+    let mut s = 0.0f32;
+    for (b, y) in w.iter().zip(a) {
+        s += isum32(&b.qs, &y.qs) as f32 * (f16_le(b.d) * y.d);
+    }
+    s
+}
+
+#[inline(always)]
+fn nibbles(qs: &[u8; 16], offset: i8) -> [i8; 32] {
+    let mut q = [0i8; 32];
+    for j in 0..16 {
+        q[j] = (qs[j] & 0x0F) as i8 - offset;
+        q[j + 16] = (qs[j] >> 4) as i8 - offset;
+    }
+    q
+}
+
+#[inline(always)]
+fn fives(qs: &[u8; 16], qh: [u8; 4], offset: i8) -> [i8; 32] {
+    let h = u32::from_le_bytes(qh);
+    let mut q = [0i8; 32];
+    for j in 0..16 {
+        q[j] = ((qs[j] & 0x0F) | ((((h >> j) & 1) as u8) << 4)) as i8 - offset;
+        q[j + 16] = ((qs[j] >> 4) | ((((h >> (j + 16)) & 1) as u8) << 4)) as i8 - offset;
+    }
+    q
+}
+
+#[inline(always)]
+fn dot_q4_0(w: &[BlockQ4_0], a: &[ActQ8_0]) -> f32 {
+    let mut s = 0.0f32;
+    for (b, y) in w.iter().zip(a) {
+        s += isum32(&nibbles(&b.qs, 8), &y.qs) as f32 * (f16_le(b.d) * y.d);
+    }
+    s
+}
+
+#[inline(always)]
+fn dot_q4_1(w: &[BlockQ4_1], a: &[ActQ8_0]) -> f32 {
+    let mut s = 0.0f32;
+    for (b, y) in w.iter().zip(a) {
+        let i = isum32(&nibbles(&b.qs, 0), &y.qs);
+        s += (f16_le(b.d) * y.d) * i as f32 + f16_le(b.m) * y.s;
+    }
+    s
+}
+
+#[inline(always)]
+fn dot_q5_0(w: &[BlockQ5_0], a: &[ActQ8_0]) -> f32 {
+    let mut s = 0.0f32;
+    for (b, y) in w.iter().zip(a) {
+        s += isum32(&fives(&b.qs, b.qh, 16), &y.qs) as f32 * (f16_le(b.d) * y.d);
+    }
+    s
+}
+
+#[inline(always)]
+fn dot_q5_1(w: &[BlockQ5_1], a: &[ActQ8_0]) -> f32 {
+    let mut s = 0.0f32;
+    for (b, y) in w.iter().zip(a) {
+        let i = isum32(&fives(&b.qs, b.qh, 0), &y.qs);
+        s += (f16_le(b.d) * y.d) * i as f32 + f16_le(b.m) * y.s;
+    }
+    s
+}
+
+#[inline(always)]
+fn dot_q2_k(w: &[BlockQ2_K], a: &[ActQ8_K]) -> f32 {
+    let mut sumf = 0.0f32;
+    for (b, y) in w.iter().zip(a) {
+        let mut summs = 0i32;
+        for j in 0..16 {
+            summs += (b.scales[j] >> 4) as i32 * y.bsums[j] as i32;
+        }
+        let mut isum = 0i32;
+        for g in 0..16 {
+            let (half, s, l0) = (g / 8, (g % 8) / 2, (g % 2) * 16);
+            let mut t = 0i32;
+            for l in 0..16 {
+                let q = (b.qs[half * 32 + l0 + l] >> (2 * s)) & 3;
+                t += q as i32 * y.qs[g * 16 + l] as i32;
+            }
+            isum += (b.scales[g] & 0x0F) as i32 * t;
+        }
+        let dall = y.d * f16_le(b.d);
+        let dmin = y.d * f16_le(b.dmin);
+        sumf += dall * isum as f32 - dmin * summs as f32;
+    }
+    sumf
+}
+
+#[inline(always)]
+fn dot_q3_k(w: &[BlockQ3_K], a: &[ActQ8_K]) -> f32 {
+    let mut sumf = 0.0f32;
+    for (b, y) in w.iter().zip(a) {
+        let scales = q3k_scales(&b.scales);
+        let mut q = [0i8; 256];
+        for half in 0..2 {
+            for s in 0..4 {
+                for l in 0..32 {
+                    let low = ((b.qs[half * 32 + l] >> (2 * s)) & 3) as i8;
+                    let hbit = (b.hmask[l] >> (half * 4 + s)) & 1;
+                    q[half * 128 + s * 32 + l] = low - (((hbit ^ 1) << 2) as i8);
+                }
+            }
+        }
+        let mut isum = 0i32;
+        for g in 0..16 {
+            let mut t = 0i32;
+            for l in 0..16 {
+                t += q[g * 16 + l] as i32 * y.qs[g * 16 + l] as i32;
+            }
+            isum += scales[g] as i32 * t;
+        }
+        sumf += f16_le(b.d) * y.d * isum as f32;
+    }
+    sumf
+}
+
+#[inline(always)]
+fn dot_q4_k(w: &[BlockQ4_K], a: &[ActQ8_K]) -> f32 {
+    let mut sumf = 0.0f32;
+    for (b, y) in w.iter().zip(a) {
+        let (sc, m) = k4_scales_mins(&b.scales);
+        let mut mins = 0i32;
+        for j in 0..8 {
+            mins += m[j] as i32 * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32);
+        }
+        let mut isum = 0i32;
+        for j in 0..4 {
+            let (mut lo, mut hi) = (0i32, 0i32);
+            for l in 0..32 {
+                let q = b.qs[j * 32 + l];
+                lo += (q & 0x0F) as i32 * y.qs[j * 64 + l] as i32;
+                hi += (q >> 4) as i32 * y.qs[j * 64 + 32 + l] as i32;
+            }
+            isum += sc[2 * j] as i32 * lo + sc[2 * j + 1] as i32 * hi;
+        }
+        let d = y.d * f16_le(b.d);
+        let dmin = y.d * f16_le(b.dmin);
+        sumf += d * isum as f32 - dmin * mins as f32;
+    }
+    sumf
+}
+
+#[inline(always)]
+fn dot_q5_k(w: &[BlockQ5_K], a: &[ActQ8_K]) -> f32 {
+    let mut sumf = 0.0f32;
+    for (b, y) in w.iter().zip(a) {
+        let (sc, m) = k4_scales_mins(&b.scales);
+        let mut mins = 0i32;
+        for j in 0..8 {
+            mins += m[j] as i32 * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32);
+        }
+        let mut isum = 0i32;
+        for j in 0..4 {
+            let (mut lo, mut hi) = (0i32, 0i32);
+            for l in 0..32 {
+                let q = b.qs[j * 32 + l];
+                let h = b.qh[l];
+                let q0 = (q & 0x0F) | (((h >> (2 * j)) & 1) << 4);
+                let q1 = (q >> 4) | (((h >> (2 * j + 1)) & 1) << 4);
+                lo += q0 as i32 * y.qs[j * 64 + l] as i32;
+                hi += q1 as i32 * y.qs[j * 64 + 32 + l] as i32;
+            }
+            isum += sc[2 * j] as i32 * lo + sc[2 * j + 1] as i32 * hi;
+        }
+        let d = y.d * f16_le(b.d);
+        let dmin = y.d * f16_le(b.dmin);
+        sumf += d * isum as f32 - dmin * mins as f32;
+    }
+    sumf
+}
+
+#[inline(always)]
+fn dot_q6_k(w: &[BlockQ6_K], a: &[ActQ8_K]) -> f32 {
+    let mut sumf = 0.0f32;
+    for (b, y) in w.iter().zip(a) {
+        let mut isum = 0i32;
+        for half in 0..2 {
+            let ql = &b.ql[half * 64..half * 64 + 64];
+            let qh = &b.qh[half * 32..half * 32 + 32];
+            let ys = &y.qs[half * 128..half * 128 + 128];
+            let mut t = [0i32; 8];
+            for l in 0..32 {
+                let q1 = ((ql[l] & 0x0F) | ((qh[l] & 3) << 4)) as i32 - 32;
+                let q2 = ((ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
+                let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
+                let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
+                let g = l / 16;
+                t[g] += q1 * ys[l] as i32;
+                t[2 + g] += q2 * ys[l + 32] as i32;
+                t[4 + g] += q3 * ys[l + 64] as i32;
+                t[6 + g] += q4 * ys[l + 96] as i32;
+            }
+            for (k, &tk) in t.iter().enumerate() {
+                // group k covers 16 values starting at half*128 + (k/2)*32 + (k%2)*16
+                isum += b.scales[half * 8 + k] as i32 * tk;
+            }
+        }
+        sumf += f16_le(b.d) * y.d * isum as f32;
+    }
+    sumf
+}
+
+/// Dot product of one weight row (`w`, in format `ty`) with one activation row.
+#[inline(always)]
+pub fn dot(ty: GgmlType, w: &[u8], x: ActRow<'_>) -> f32 {
+    fn b<B: Block>(w: &[u8]) -> &[B] {
+        as_blocks(w).expect("whole blocks")
+    }
+    match (ty, x) {
+        (GgmlType::F32, ActRow::F32(x)) => {
+            if w.as_ptr() as usize % 4 == 0 {
+                // SAFETY: aligned, length checked by the caller's row size, f32 has no invalid bits.
+                let wf = unsafe { std::slice::from_raw_parts(w.as_ptr() as *const f32, w.len() / 4) };
+                if cfg!(target_endian = "little") {
+                    return dot_f32(wf, x);
+                }
+            }
+            dot_f32_bytes(w, x)
+        }
+        (GgmlType::F16, ActRow::F32(x)) => dot_f16(w, x),
+        (GgmlType::BF16, ActRow::F32(x)) => dot_bf16(w, x),
+        (GgmlType::Q8_0, ActRow::Q8_0(a)) => dot_q8_0(b(w), a),
+        (GgmlType::Q4_0, ActRow::Q8_0(a)) => dot_q4_0(b(w), a),
+        (GgmlType::Q4_1, ActRow::Q8_0(a)) => dot_q4_1(b(w), a),
+        (GgmlType::Q5_0, ActRow::Q8_0(a)) => dot_q5_0(b(w), a),
+        (GgmlType::Q5_1, ActRow::Q8_0(a)) => dot_q5_1(b(w), a),
+        (GgmlType::Q2_K, ActRow::Q8K(a)) => dot_q2_k(b(w), a),
+        (GgmlType::Q3_K, ActRow::Q8K(a)) => dot_q3_k(b(w), a),
+        (GgmlType::Q4_K, ActRow::Q8K(a)) => dot_q4_k(b(w), a),
+        (GgmlType::Q5_K, ActRow::Q8K(a)) => dot_q5_k(b(w), a),
+        (GgmlType::Q6_K, ActRow::Q8K(a)) => dot_q6_k(b(w), a),
+        (ty, _) => panic!("dot: no kernel for {ty} with these activations"),
+    }
+}
+
+#[inline(always)]
+fn dot_rows_body(
+    ty: GgmlType,
+    rows: &[u8],
+    row_bytes: usize,
+    acts: &super::Activations,
+    out: &mut [f32],
+) {
+    let n = acts.n_rows();
+    for (r, w) in rows.chunks_exact(row_bytes).enumerate() {
+        for t in 0..n {
+            out[r * n + t] = dot(ty, w, acts.row(t));
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,bmi2")]
+unsafe fn dot_rows_avx2(ty: GgmlType, rows: &[u8], row_bytes: usize, acts: &super::Activations, out: &mut [f32]) {
+    dot_rows_body(ty, rows, row_bytes, acts, out)
+}
+
+/// Dots each weight row in `rows` (consecutive rows of `row_bytes` bytes) with every
+/// activation row; `out[r * n_tokens + t]` receives row `r` times token `t`.
+pub fn dot_rows(ty: GgmlType, rows: &[u8], row_bytes: usize, acts: &super::Activations, out: &mut [f32]) {
+    debug_assert_eq!(rows.len() % row_bytes, 0);
+    debug_assert_eq!(out.len(), rows.len() / row_bytes * acts.n_rows());
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("f16c") && std::is_x86_feature_detected!("bmi2") {
+            // SAFETY: the required CPU features were detected at run time.
+            unsafe { dot_rows_avx2(ty, rows, row_bytes, acts, out) };
+            return;
+        }
+    }
+    dot_rows_body(ty, rows, row_bytes, acts, out)
+}

@@ -1,0 +1,14 @@
+//! GGML block formats: layouts, dequantization, activation quantization and fused dot
+//! products. Which types can be computed is decided once, at load time
+//! ([`GgmlType::is_computable`]); there is no silent fallback.
+
+mod activations;
+pub mod blocks;
+mod dequant;
+mod dot;
+mod ggml_type;
+
+pub use activations::{quantize_q8_0, quantize_q8_k, ActKind, ActRow, Activations};
+pub use dequant::dequantize;
+pub use dot::{dot, dot_rows};
+pub use ggml_type::GgmlType;
