@@ -12,3 +12,6 @@ pub use activations::{quantize_q8_0, quantize_q8_k, ActKind, ActRow, Activations
 pub use dequant::dequantize;
 pub use dot::{dot, dot_rows};
 pub use ggml_type::GgmlType;
+
+#[cfg(test)]
+mod tests;

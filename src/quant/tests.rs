@@ -1,0 +1,112 @@
+//! Fused dot products agree with "dequantize both sides, then dot in f64" for every block
+//! format, on random blocks. (Dequantization itself is checked bit for bit against
+//! gguf-py on real files in `tests/quant_dequant.rs`.)
+
+use super::blocks::{ActQ8_0, ActQ8_K};
+use super::*;
+
+fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s as u8
+        })
+        .collect()
+}
+
+/// Random blocks of `ty` with finite, modest f16 scales at the given byte offsets.
+fn random_row(ty: GgmlType, cols: usize, seed: u64) -> Vec<u8> {
+    let rb = ty.row_bytes(cols as u64).unwrap() as usize;
+    let mut b = random_bytes(rb, seed);
+    let scale_offsets: &[usize] = match ty {
+        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => &[0],
+        GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
+        GgmlType::Q2_K => &[80, 82],
+        GgmlType::Q3_K => &[108],
+        GgmlType::Q6_K => &[208],
+        GgmlType::F16 => {
+            for c in b.chunks_exact_mut(2) {
+                c.copy_from_slice(&half::f16::from_f32((c[0] as f32 - 128.0) / 64.0).to_le_bytes());
+            }
+            return b;
+        }
+        GgmlType::BF16 => {
+            for c in b.chunks_exact_mut(2) {
+                c.copy_from_slice(&half::bf16::from_f32((c[0] as f32 - 128.0) / 64.0).to_le_bytes());
+            }
+            return b;
+        }
+        _ => unreachable!(),
+    };
+    let bs = ty.type_size();
+    for (i, blk) in b.chunks_exact_mut(bs).enumerate() {
+        for (k, &o) in scale_offsets.iter().enumerate() {
+            let v = 0.01 + 0.003 * ((i + k) % 7) as f32;
+            blk[o..o + 2].copy_from_slice(&half::f16::from_f32(v).to_le_bytes());
+        }
+    }
+    b
+}
+
+fn deq_act_q8_0(a: &[ActQ8_0]) -> Vec<f64> {
+    a.iter().flat_map(|b| b.qs.iter().map(move |&q| q as f64 * b.d as f64)).collect()
+}
+
+fn deq_act_q8_k(a: &[ActQ8_K]) -> Vec<f64> {
+    a.iter().flat_map(|b| b.qs.iter().map(move |&q| q as f64 * b.d as f64)).collect()
+}
+
+#[test]
+fn fused_dot_matches_dequantized_dot() {
+    let cols = 512;
+    let x: Vec<f32> = (0..cols).map(|i| ((i * 97 % 61) as f32 - 30.0) / 17.0).collect();
+    for ty in [
+        GgmlType::F16,
+        GgmlType::BF16,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::Q2_K,
+        GgmlType::Q3_K,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+    ] {
+        for seed in 1..6u64 {
+            let row = random_row(ty, cols, seed * 7919);
+            let mut w = vec![0.0f32; cols];
+            dequantize(ty, &row, &mut w);
+            let acts = Activations::new(ActKind::for_weights(ty), &x, cols);
+            let got = dot(ty, &row, acts.row(0)) as f64;
+            // The fused kernel multiplies by the quantized activations: so does the reference.
+            let xa: Vec<f64> = match acts.row(0) {
+                ActRow::F32(v) => v.iter().map(|&v| v as f64).collect(),
+                ActRow::Q8_0(a) => deq_act_q8_0(a),
+                ActRow::Q8K(a) => deq_act_q8_k(a),
+            };
+            let want: f64 = w.iter().zip(&xa).map(|(&a, &b)| a as f64 * b).sum();
+            let mag: f64 = w.iter().zip(&xa).map(|(&a, &b)| (a as f64 * b).abs()).sum();
+            assert!((got - want).abs() <= 1e-5 * mag.max(1e-3), "{ty} seed {seed}: fused {got} vs reference {want} (magnitude {mag})");
+        }
+    }
+}
+
+#[test]
+fn activation_quantization_is_close() {
+    let x: Vec<f32> = (0..256).map(|i| ((i * 31 % 53) as f32 - 26.0) / 9.0).collect();
+    let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let k = quantize_q8_k(&x);
+    for (q, v) in k.qs.iter().zip(&x) {
+        assert!((*q as f32 * k.d - v).abs() <= amax / 127.0);
+    }
+    assert_eq!(k.bsums[3], k.qs[48..64].iter().map(|&q| q as i16).sum::<i16>());
+    let b = quantize_q8_0(&x[..32]);
+    for (q, v) in b.qs.iter().zip(&x[..32]) {
+        assert!((*q as f32 * b.d - v).abs() <= 1.01 * b.d);
+    }
+}
