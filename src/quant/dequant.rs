@@ -7,16 +7,26 @@ use super::blocks::*;
 use super::GgmlType;
 
 /// Unpacks the eight 6-bit scales and eight 6-bit mins of a Q4_K/Q5_K block.
+///
+/// Layout: bytes 0..4 hold scales 0..4 (low 6 bits) and the top 2 bits of scales 4..8;
+/// bytes 4..8 the same for the mins; bytes 8..12 the low 4 bits of scales and mins 4..8.
 #[inline(always)]
 pub fn k4_scales_mins(s: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
+    const LOW6: u32 = 0x3f3f_3f3f;
+    const LOW4: u32 = 0x0f0f_0f0f;
+    const TOP2: u32 = 0x0303_0303;
+    let w = |i: usize| u32::from_le_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]]);
+    let (a, b, c) = (w(0), w(1), w(2));
+    let sc_lo = a & LOW6;
+    let sc_hi = (c & LOW4) | (((a >> 6) & TOP2) << 4);
+    let m_lo = b & LOW6;
+    let m_hi = ((c >> 4) & LOW4) | (((b >> 6) & TOP2) << 4);
     let mut sc = [0u8; 8];
     let mut m = [0u8; 8];
-    for j in 0..4 {
-        sc[j] = s[j] & 0x3F;
-        m[j] = s[j + 4] & 0x3F;
-        sc[j + 4] = (s[j + 8] & 0x0F) | ((s[j] >> 2) & 0x30);
-        m[j + 4] = (s[j + 8] >> 4) | ((s[j + 4] >> 2) & 0x30);
-    }
+    sc[..4].copy_from_slice(&sc_lo.to_le_bytes());
+    sc[4..].copy_from_slice(&sc_hi.to_le_bytes());
+    m[..4].copy_from_slice(&m_lo.to_le_bytes());
+    m[4..].copy_from_slice(&m_hi.to_le_bytes());
     (sc, m)
 }
 

@@ -347,7 +347,40 @@ fn dot_rows_body(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,bmi2")]
 unsafe fn dot_rows_avx2(ty: GgmlType, rows: &[u8], row_bytes: usize, acts: &super::Activations, out: &mut [f32]) {
-    dot_rows_body(ty, rows, row_bytes, acts, out)
+    use super::dot_avx2 as k;
+    fn b<B: Block>(w: &[u8]) -> &[B] {
+        as_blocks(w).expect("whole blocks")
+    }
+    let n = acts.n_rows();
+    match ty {
+        GgmlType::Q8_0 | GgmlType::Q4_K | GgmlType::Q6_K => {
+            for (r, w) in rows.chunks_exact(row_bytes).enumerate() {
+                for t in 0..n {
+                    out[r * n + t] = match (ty, acts.row(t)) {
+                        (GgmlType::Q8_0, ActRow::Q8_0(a)) => k::dot_q8_0(b(w), a),
+                        (GgmlType::Q4_K, ActRow::Q8K(a)) => k::dot_q4_k(b(w), a),
+                        (GgmlType::Q6_K, ActRow::Q8K(a)) => k::dot_q6_k(b(w), a),
+                        _ => unreachable!("activation kind follows the weight type"),
+                    };
+                }
+            }
+        }
+        _ => dot_rows_body(ty, rows, row_bytes, acts, out),
+    }
+}
+
+/// Whether the AVX2 kernels can run (checked once; `ODMOE_NO_SIMD=1` forces the portable ones).
+#[cfg(target_arch = "x86_64")]
+pub fn has_avx2() -> bool {
+    use std::sync::OnceLock;
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        std::env::var_os("ODMOE_NO_SIMD").is_none()
+            && std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
+            && std::is_x86_feature_detected!("bmi2")
+    })
 }
 
 /// Dots each weight row in `rows` (consecutive rows of `row_bytes` bytes) with every
@@ -357,7 +390,7 @@ pub fn dot_rows(ty: GgmlType, rows: &[u8], row_bytes: usize, acts: &super::Activ
     debug_assert_eq!(out.len(), rows.len() / row_bytes * acts.n_rows());
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("f16c") && std::is_x86_feature_detected!("bmi2") {
+        if has_avx2() {
             // SAFETY: the required CPU features were detected at run time.
             unsafe { dot_rows_avx2(ty, rows, row_bytes, acts, out) };
             return;

@@ -6,6 +6,8 @@ mod activations;
 pub mod blocks;
 mod dequant;
 mod dot;
+#[cfg(target_arch = "x86_64")]
+mod dot_avx2;
 mod ggml_type;
 
 pub use activations::{quantize_q8_0, quantize_q8_k, ActKind, ActRow, Activations};

@@ -1,0 +1,134 @@
+//! AVX2 versions of the hot fused dot products (Q8_0, Q4_K, Q6_K), the formats of typical
+//! Q4_K_M / Q6_K / Q8_0 files. Each computes exactly the integer sums of the portable
+//! kernel in `dot.rs` and differs from it only in the order of the float additions.
+//!
+//! Only called after run-time detection of AVX2, FMA and F16C.
+
+use std::arch::x86_64::*;
+
+use super::blocks::{ActQ8_0, ActQ8_K, BlockQ4_K, BlockQ6_K, BlockQ8_0};
+use super::dequant::k4_scales_mins;
+
+#[inline(always)]
+unsafe fn f16_to_f32(b: [u8; 2]) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes(b) as i32)))
+}
+
+#[inline(always)]
+unsafe fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+#[inline(always)]
+unsafe fn load(p: &[u8]) -> __m256i {
+    debug_assert!(p.len() >= 32);
+    _mm256_loadu_si256(p.as_ptr() as *const __m256i)
+}
+
+#[inline(always)]
+unsafe fn load_i8(p: &[i8]) -> __m256i {
+    debug_assert!(p.len() >= 32);
+    _mm256_loadu_si256(p.as_ptr() as *const __m256i)
+}
+
+/// Sums of products of signed bytes, as eight i32 lanes. `y` must not hold -128
+/// (quantized activations lie in -127..=127).
+#[inline(always)]
+unsafe fn mul_sum_i8(x: __m256i, y: __m256i) -> __m256i {
+    let ax = _mm256_sign_epi8(x, x);
+    let sy = _mm256_sign_epi8(y, x);
+    _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), _mm256_set1_epi16(1))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q8_0(w: &[BlockQ8_0], a: &[ActQ8_0]) -> f32 {
+    // two blocks per step, two accumulators
+    let mut acc0 = _mm256_setzero_ps();
+    let mut acc1 = _mm256_setzero_ps();
+    let pairs = w.len() / 2;
+    for i in 0..pairs {
+        let (b0, b1, y0, y1) = (&w[2 * i], &w[2 * i + 1], &a[2 * i], &a[2 * i + 1]);
+        let s0 = mul_sum_i8(load_i8(&b0.qs), load_i8(&y0.qs));
+        let s1 = mul_sum_i8(load_i8(&b1.qs), load_i8(&y1.qs));
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(f16_to_f32(b0.d) * y0.d), _mm256_cvtepi32_ps(s0), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(f16_to_f32(b1.d) * y1.d), _mm256_cvtepi32_ps(s1), acc1);
+    }
+    if w.len() % 2 == 1 {
+        let (b, y) = (&w[w.len() - 1], &a[w.len() - 1]);
+        let s = mul_sum_i8(load_i8(&b.qs), load_i8(&y.qs));
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(f16_to_f32(b.d) * y.d), _mm256_cvtepi32_ps(s), acc0);
+    }
+    hsum(_mm256_add_ps(acc0, acc1))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q4_k(w: &[BlockQ4_K], a: &[ActQ8_K]) -> f32 {
+    let m4 = _mm256_set1_epi8(0x0F);
+    let mut acc = _mm256_setzero_ps();
+    let mut mins_acc = 0.0f32;
+    for (b, y) in w.iter().zip(a) {
+        let (sc, m) = k4_scales_mins(&b.scales);
+        // Σ_j m[j] · (bsums[2j] + bsums[2j+1]) in one multiply-add
+        let bs = _mm256_loadu_si256(y.bsums.as_ptr() as *const __m256i);
+        let pairs = _mm256_madd_epi16(bs, _mm256_set1_epi16(1)); // 8 × i32
+        let mins_v = _mm256_mullo_epi32(pairs, _mm256_cvtepu8_epi32(_mm_loadl_epi64(m.as_ptr() as *const __m128i)));
+        let mins_v = _mm_add_epi32(_mm256_castsi256_si128(mins_v), _mm256_extracti128_si256(mins_v, 1));
+        let mins_v = _mm_add_epi32(mins_v, _mm_unpackhi_epi64(mins_v, mins_v));
+        let mins = _mm_cvtsi128_si32(mins_v) + _mm_extract_epi32(mins_v, 1);
+        let mut sumi = _mm256_setzero_si256();
+        for j in 0..4 {
+            let q = load(&b.qs[j * 32..]);
+            let lo = _mm256_and_si256(q, m4);
+            let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+            let p_lo = _mm256_maddubs_epi16(lo, load_i8(&y.qs[j * 64..]));
+            let p_hi = _mm256_maddubs_epi16(hi, load_i8(&y.qs[j * 64 + 32..]));
+            let p_lo = _mm256_madd_epi16(p_lo, _mm256_set1_epi16(sc[2 * j] as i16));
+            let p_hi = _mm256_madd_epi16(p_hi, _mm256_set1_epi16(sc[2 * j + 1] as i16));
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p_lo, p_hi));
+        }
+        let d = y.d * f16_to_f32(b.d);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+        mins_acc += y.d * f16_to_f32(b.dmin) * mins as f32;
+    }
+    hsum(acc) - mins_acc
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q6_k(w: &[BlockQ6_K], a: &[ActQ8_K]) -> f32 {
+    let m4 = _mm256_set1_epi8(0x0F);
+    let m3 = _mm256_set1_epi8(0x03);
+    let mut acc = _mm256_setzero_ps();
+    let mut corr_acc = 0.0f32;
+    for (b, y) in w.iter().zip(a) {
+        // Quants are stored +32; subtract 32 × Σ activations of each group afterwards.
+        let mut corr = 0i32;
+        for g in 0..16 {
+            corr += b.scales[g] as i32 * y.bsums[g] as i32;
+        }
+        let mut sumi = _mm256_setzero_si256();
+        for half in 0..2 {
+            let ql0 = load(&b.ql[half * 64..]);
+            let ql1 = load(&b.ql[half * 64 + 32..]);
+            let qh = load(&b.qh[half * 32..]);
+            let q = [
+                _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4)),
+                _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m3), 4)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4)),
+            ];
+            for (k, &qk) in q.iter().enumerate() {
+                let p = _mm256_maddubs_epi16(qk, load_i8(&y.qs[half * 128 + k * 32..]));
+                let g = half * 8 + 2 * k;
+                let s = _mm256_set_m128i(_mm_set1_epi16(b.scales[g + 1] as i16), _mm_set1_epi16(b.scales[g] as i16));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, s));
+            }
+        }
+        let d = f16_to_f32(b.d) * y.d;
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+        corr_acc += d * (32 * corr) as f32;
+    }
+    hsum(acc) - corr_acc
+}
