@@ -135,6 +135,15 @@ fn every_truncation_is_an_error() {
 }
 
 #[test]
+fn version_2_parses_like_version_3() {
+    let mut b = valid();
+    b[4..8].copy_from_slice(&2u32.to_le_bytes());
+    let h = parse_header(&b).unwrap();
+    assert_eq!(h.version, 2);
+    assert_eq!(h.tensors.len(), 2);
+}
+
+#[test]
 fn bad_magic_and_versions() {
     let mut b = valid();
     b[0] = b'X';

@@ -126,6 +126,9 @@ impl Loader<'_> {
             }
             v
         };
+        if dims.contains(&0) {
+            return Err(Error::model(format!("tensor {name}: expected shape {dims:?} has a zero dimension (check the model's metadata)")));
+        }
         if trim(&got) != trim(dims) {
             return Err(Error::model(format!("tensor {name} has shape {got:?}, expected {dims:?}")));
         }
