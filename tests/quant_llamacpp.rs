@@ -21,7 +21,22 @@ use odmoe::model::{Logits, Model};
 /// How much further from the dequantized reference than llama.cpp odmoe may be.
 const FACTOR: f32 = 2.0;
 
-const QUANT_TYPES: [&str; 10] = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K"];
+const QUANTIZED: [&str; 14] = [
+    "mixtral_h256.Q8_0",
+    "mixtral_h256.Q4_0",
+    "mixtral_h256.Q4_1",
+    "mixtral_h256.Q5_0",
+    "mixtral_h256.Q5_1",
+    "mixtral_h256.Q2_K",
+    "mixtral_h256.Q3_K_M",
+    "mixtral_h256.Q4_K_M",
+    "mixtral_h256.Q5_K_M",
+    "mixtral_h256.Q6_K",
+    "qwen3moe_h256.Q8_0",
+    "qwen3moe_h256.Q4_K_M",
+    "deepseek3_h256.Q8_0",
+    "deepseek3_h256.Q4_K_M",
+];
 
 struct Run {
     odmoe: Vec<f32>,
@@ -30,10 +45,10 @@ struct Run {
 }
 
 fn run(q: &str) -> Run {
-    let file = format!("mixtral_h256.{q}.llamacpp.json");
+    let file = format!("{q}.llamacpp.json");
     let llama = common::Reference::load_key(&file, "logits");
     let deq = common::Reference::load_key(&file, "dequantized_logits");
-    let m = Model::open(common::fixture(&format!("models/mixtral_h256.{q}.gguf"))).unwrap();
+    let m = Model::open(common::fixture(&format!("models/{q}.gguf"))).unwrap();
     let mut c = m.new_cache(64);
     let odmoe = m.forward(&llama.tokens, &mut c, Logits::All).unwrap();
     Run { odmoe, llama, deq }
@@ -60,7 +75,7 @@ fn check_quantized(q: &str) -> Result<(), String> {
     let decisive: Vec<usize> = margins(&deq.logits, n).iter().enumerate().filter(|(_, &m)| m > 2.0 * theirs).map(|(i, _)| i).collect();
     let disagree: Vec<usize> = decisive.iter().copied().filter(|&i| top_o[i] != top_l[i]).collect();
     eprintln!(
-        "{q:7} odmoe–ref {ours:.3e}  llama.cpp–ref {theirs:.3e} (ratio {:.2})  odmoe–llama.cpp {:.3e}  top-1 agrees at {}/{} positions ({} decisive)",
+        "{q:22} odmoe–ref {ours:.3e}  llama.cpp–ref {theirs:.3e} (ratio {:.2})  odmoe–llama.cpp {:.3e}  top-1 agrees at {}/{} positions ({} decisive)",
         ours / theirs.max(1e-9),
         common::max_abs_diff(&odmoe, &llama.logits).0,
         top_o.iter().zip(&top_l).filter(|(a, b)| a == b).count(),
@@ -78,17 +93,17 @@ fn check_quantized(q: &str) -> Result<(), String> {
 
 #[test]
 fn quantized_models_agree_with_llama_cpp() {
-    let failures: Vec<String> = QUANT_TYPES.iter().filter_map(|q| check_quantized(q).err()).collect();
+    let failures: Vec<String> = QUANTIZED.iter().filter_map(|q| check_quantized(q).err()).collect();
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
 #[test]
 fn float16_models_match_the_dequantized_reference() {
-    for q in ["F16", "BF16"] {
+    for q in ["mixtral_h256.F16", "mixtral_h256.BF16"] {
         let Run { odmoe, llama, deq } = run(q);
         let (d, max_ref) = common::max_abs_diff(&odmoe, &deq.logits);
         let tol = 1e-4 * max_ref.max(1.0);
-        eprintln!("{q:7} odmoe–ref {d:.3e} (tolerance {tol:.1e}); llama.cpp–ref {:.3e}", common::max_abs_diff(&llama.logits, &deq.logits).0);
+        eprintln!("{q:22} odmoe–ref {d:.3e} (tolerance {tol:.1e}); llama.cpp–ref {:.3e}", common::max_abs_diff(&llama.logits, &deq.logits).0);
         assert!(d <= tol, "{q}: {d:e} > {tol:e}");
         assert_eq!(common::argmax_rows(&odmoe, deq.n_vocab), common::argmax_rows(&deq.logits, deq.n_vocab), "{q}");
     }
