@@ -49,7 +49,7 @@ impl Builder {
         for i in 0..n {
             self.data.extend((i as f32).to_le_bytes());
         }
-        while self.data.len() % 32 != 0 {
+        while !self.data.len().is_multiple_of(32) {
             self.data.push(0);
         }
         self

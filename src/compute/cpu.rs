@@ -11,7 +11,7 @@ const PARALLEL_MIN_BYTES: usize = 64 * 1024;
 
 /// `y = x · Wᵀ` for `n = x.len() / w.cols` tokens: returns `n × w.rows` values, row-major.
 pub fn matmul(w: &QMatrix, x: &[f32]) -> Vec<f32> {
-    assert!(x.len() % w.cols == 0, "matmul: input length {} is not a multiple of {}", x.len(), w.cols);
+    assert!(x.len().is_multiple_of(w.cols), "matmul: input length {} is not a multiple of {}", x.len(), w.cols);
     let n = x.len() / w.cols;
     let acts = Activations::new(ActKind::for_weights(w.ty), x, w.cols);
     let rb = w.row_bytes();

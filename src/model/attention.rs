@@ -2,6 +2,8 @@
 //! multi-head latent attention (absorbed form: the cache holds the compressed KV and the
 //! shared rope key, `kv_lora + rope` floats per token and layer).
 
+#![allow(clippy::needless_range_loop)] // index loops mirror the block layouts
+
 use super::config::Config;
 use super::rope::Rotation;
 use super::weights::Attention;

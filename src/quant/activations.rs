@@ -52,17 +52,17 @@ pub enum ActRow<'a> {
 impl Activations {
     /// Prepares `x` (`n` rows of `k` values, row-major) for weights of kind `kind`.
     pub fn new(kind: ActKind, x: &[f32], k: usize) -> Self {
-        assert!(k > 0 && x.len() % k == 0);
+        assert!(k > 0 && x.len().is_multiple_of(k));
         let n = x.len() / k;
         let mut a = Activations { kind, k, n, f32s: Vec::new(), q8: Vec::new(), q8k: Vec::new() };
         match kind {
             ActKind::F32 => a.f32s = x.to_vec(),
             ActKind::Q8_0 => {
-                assert!(k % QK == 0, "row length {k} is not a multiple of {QK}");
+                assert!(k.is_multiple_of(QK), "row length {k} is not a multiple of {QK}");
                 a.q8 = x.chunks_exact(QK).map(quantize_q8_0).collect();
             }
             ActKind::Q8K => {
-                assert!(k % QK_K == 0, "row length {k} is not a multiple of {QK_K}");
+                assert!(k.is_multiple_of(QK_K), "row length {k} is not a multiple of {QK_K}");
                 a.q8k = x.chunks_exact(QK_K).map(quantize_q8_k).collect();
             }
         }

@@ -30,7 +30,7 @@ pub unsafe trait Block: Copy + 'static {
 
 /// Views `bytes` as blocks; `None` if the length is not a whole number of blocks.
 pub fn as_blocks<B: Block>(bytes: &[u8]) -> Option<&[B]> {
-    if bytes.len() % B::SIZE != 0 {
+    if !bytes.len().is_multiple_of(B::SIZE) {
         return None;
     }
     // SAFETY: B has alignment 1, no padding and no invalid bit patterns (trait contract),

@@ -3,6 +3,8 @@
 //! Each routine follows the arithmetic of gguf-py's `dequantize` (one rounding per
 //! multiply and per add, in the same order), so results match it bit for bit.
 
+#![allow(clippy::needless_range_loop)] // index loops mirror the block layouts
+
 use super::blocks::*;
 use super::GgmlType;
 

@@ -6,6 +6,8 @@
 //! [`dot_rows`] compiles them once more with AVX2 enabled and picks that version at run
 //! time when the CPU has it.
 
+#![allow(clippy::needless_range_loop)] // index loops mirror the block layouts
+
 use super::activations::ActRow;
 use super::blocks::*;
 use super::dequant::{k4_scales_mins, q3k_scales};
@@ -303,7 +305,7 @@ pub fn dot(ty: GgmlType, w: &[u8], x: ActRow<'_>) -> f32 {
     }
     match (ty, x) {
         (GgmlType::F32, ActRow::F32(x)) => {
-            if w.as_ptr() as usize % 4 == 0 {
+            if (w.as_ptr() as usize).is_multiple_of(4) {
                 // SAFETY: aligned, length checked by the caller's row size, f32 has no invalid bits.
                 let wf = unsafe { std::slice::from_raw_parts(w.as_ptr() as *const f32, w.len() / 4) };
                 if cfg!(target_endian = "little") {

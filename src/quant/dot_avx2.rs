@@ -4,6 +4,8 @@
 //!
 //! Only called after run-time detection of AVX2, FMA and F16C.
 
+#![allow(clippy::needless_range_loop)] // index loops mirror the block layouts
+
 use std::arch::x86_64::*;
 
 use super::blocks::{ActQ8_0, ActQ8_K, BlockQ4_K, BlockQ6_K, BlockQ8_0};

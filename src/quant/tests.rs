@@ -2,6 +2,8 @@
 //! format, on random blocks. (Dequantization itself is checked bit for bit against
 //! gguf-py on real files in `tests/quant_dequant.rs`.)
 
+#![allow(clippy::needless_range_loop)] // index loops mirror the block layouts
+
 use super::blocks::{ActQ8_0, ActQ8_K};
 use super::*;
 
