@@ -211,28 +211,36 @@ fn dot_q3_k(w: &[BlockQ3_K], a: &[ActQ8_K]) -> f32 {
     sumf
 }
 
+/// The shared body of Q4_K and Q5_K: `quant(j, l)` gives the two weights of byte `l` in
+/// chunk `j` (group `2j` and group `2j+1`), both unsigned.
+#[inline(always)]
+fn dot_k4_family(d: [u8; 2], dmin: [u8; 2], scales: &[u8; 12], y: &ActQ8_K, quant: impl Fn(usize, usize) -> (u8, u8)) -> f32 {
+    let (sc, m) = k4_scales_mins(scales);
+    let mut mins = 0i32;
+    for j in 0..8 {
+        mins += m[j] as i32 * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32);
+    }
+    let mut isum = 0i32;
+    for j in 0..4 {
+        let (mut lo, mut hi) = (0i32, 0i32);
+        for l in 0..32 {
+            let (q0, q1) = quant(j, l);
+            lo += q0 as i32 * y.qs[j * 64 + l] as i32;
+            hi += q1 as i32 * y.qs[j * 64 + 32 + l] as i32;
+        }
+        isum += sc[2 * j] as i32 * lo + sc[2 * j + 1] as i32 * hi;
+    }
+    y.d * f16_le(d) * isum as f32 - y.d * f16_le(dmin) * mins as f32
+}
+
 #[inline(always)]
 fn dot_q4_k(w: &[BlockQ4_K], a: &[ActQ8_K]) -> f32 {
     let mut sumf = 0.0f32;
     for (b, y) in w.iter().zip(a) {
-        let (sc, m) = k4_scales_mins(&b.scales);
-        let mut mins = 0i32;
-        for j in 0..8 {
-            mins += m[j] as i32 * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32);
-        }
-        let mut isum = 0i32;
-        for j in 0..4 {
-            let (mut lo, mut hi) = (0i32, 0i32);
-            for l in 0..32 {
-                let q = b.qs[j * 32 + l];
-                lo += (q & 0x0F) as i32 * y.qs[j * 64 + l] as i32;
-                hi += (q >> 4) as i32 * y.qs[j * 64 + 32 + l] as i32;
-            }
-            isum += sc[2 * j] as i32 * lo + sc[2 * j + 1] as i32 * hi;
-        }
-        let d = y.d * f16_le(b.d);
-        let dmin = y.d * f16_le(b.dmin);
-        sumf += d * isum as f32 - dmin * mins as f32;
+        sumf += dot_k4_family(b.d, b.dmin, &b.scales, y, |j, l| {
+            let q = b.qs[j * 32 + l];
+            (q & 0x0F, q >> 4)
+        });
     }
     sumf
 }
@@ -241,27 +249,10 @@ fn dot_q4_k(w: &[BlockQ4_K], a: &[ActQ8_K]) -> f32 {
 fn dot_q5_k(w: &[BlockQ5_K], a: &[ActQ8_K]) -> f32 {
     let mut sumf = 0.0f32;
     for (b, y) in w.iter().zip(a) {
-        let (sc, m) = k4_scales_mins(&b.scales);
-        let mut mins = 0i32;
-        for j in 0..8 {
-            mins += m[j] as i32 * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32);
-        }
-        let mut isum = 0i32;
-        for j in 0..4 {
-            let (mut lo, mut hi) = (0i32, 0i32);
-            for l in 0..32 {
-                let q = b.qs[j * 32 + l];
-                let h = b.qh[l];
-                let q0 = (q & 0x0F) | (((h >> (2 * j)) & 1) << 4);
-                let q1 = (q >> 4) | (((h >> (2 * j + 1)) & 1) << 4);
-                lo += q0 as i32 * y.qs[j * 64 + l] as i32;
-                hi += q1 as i32 * y.qs[j * 64 + 32 + l] as i32;
-            }
-            isum += sc[2 * j] as i32 * lo + sc[2 * j + 1] as i32 * hi;
-        }
-        let d = y.d * f16_le(b.d);
-        let dmin = y.d * f16_le(b.dmin);
-        sumf += d * isum as f32 - dmin * mins as f32;
+        sumf += dot_k4_family(b.d, b.dmin, &b.scales, y, |j, l| {
+            let (q, h) = (b.qs[j * 32 + l], b.qh[l]);
+            ((q & 0x0F) | (((h >> (2 * j)) & 1) << 4), (q >> 4) | (((h >> (2 * j + 1)) & 1) << 4))
+        });
     }
     sumf
 }
