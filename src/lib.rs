@@ -6,6 +6,7 @@
 //! - [`model`]: hyperparameters from GGUF metadata and the forward pass of each architecture.
 //! - [`compute`]: the numeric kernels the forward pass is built from (CPU reference backend).
 //! - [`experts`]: the one narrow interface through which routed experts are reached.
+//! - [`tokenizer`]: the tokenizer stored in the GGUF metadata, and streaming decoding.
 #![warn(missing_docs)]
 
 pub mod compute;
@@ -14,5 +15,6 @@ pub mod experts;
 pub mod gguf;
 pub mod model;
 pub mod quant;
+pub mod tokenizer;
 
 pub use error::{Error, Result};
