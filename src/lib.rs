@@ -15,6 +15,7 @@ pub mod experts;
 pub mod gguf;
 pub mod model;
 pub mod quant;
+pub mod sampling;
 pub mod tokenizer;
 
 pub use error::{Error, Result};
