@@ -12,6 +12,7 @@
 pub mod compute;
 pub mod error;
 pub mod experts;
+pub mod generate;
 pub mod gguf;
 pub mod model;
 pub mod quant;

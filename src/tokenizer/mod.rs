@@ -3,11 +3,13 @@
 //! special and control tokens, BOS/EOS/EOT, and decoding to bytes for streaming.
 
 mod bpe;
+mod chat;
 mod spm;
 mod stream;
 
 use std::collections::{HashMap, HashSet};
 
+pub use chat::{ChatMessage, ChatTemplate};
 pub use stream::StreamDecoder;
 
 use crate::gguf::Metadata;

@@ -1,8 +1,10 @@
 //! Subcommands of the `odmoe` binary. Each one is a small module; the argument
 //! definitions here are the command-line contract (see DESIGN.md).
 
+mod generate;
 mod info;
 mod logits;
+mod tokenize;
 
 use std::path::PathBuf;
 
@@ -39,6 +41,69 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Backend::Cpu)]
         backend: Backend,
     },
+    /// Generate text from a prompt, streamed to stdout (timings on stderr).
+    Generate {
+        /// GGUF model file (any shard of a split model).
+        #[arg(long)]
+        model: PathBuf,
+        /// The prompt.
+        #[arg(long)]
+        prompt: String,
+        /// Wrap the prompt in the model's chat template as a user message.
+        #[arg(long)]
+        chat: bool,
+        /// Most tokens to generate.
+        #[arg(long, default_value_t = 256)]
+        max_tokens: usize,
+        /// Sampling temperature (0 = greedy).
+        #[arg(long, default_value_t = 0.8)]
+        temperature: f32,
+        /// Nucleus sampling: keep the most likely tokens up to this total probability.
+        #[arg(long, default_value_t = 0.95)]
+        top_p: f32,
+        /// Keep only the k most likely tokens (0 = all).
+        #[arg(long, default_value_t = 40)]
+        top_k: usize,
+        /// Drop tokens less likely than this fraction of the most likely one.
+        #[arg(long, default_value_t = 0.05)]
+        min_p: f32,
+        /// Penalty for repeating recent tokens (1 = off).
+        #[arg(long, default_value_t = 1.0)]
+        repeat_penalty: f32,
+        /// Random seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Stop before this string (may be repeated).
+        #[arg(long)]
+        stop: Vec<String>,
+    },
+    /// Tokenize text with the model's tokenizer; prints {"ids": [...]}.
+    Tokenize {
+        /// GGUF model file.
+        #[arg(long)]
+        model: PathBuf,
+        /// Text to tokenize.
+        #[arg(long, conflicts_with = "file")]
+        text: Option<String>,
+        /// File whose contents to tokenize.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Do not add BOS even if the model's metadata asks for it.
+        #[arg(long)]
+        no_bos: bool,
+        /// Turn special-token text such as <|im_start|> into that token.
+        #[arg(long)]
+        special: bool,
+    },
+    /// Turn token ids back into text; prints {"text": "..."}.
+    Detokenize {
+        /// GGUF model file.
+        #[arg(long)]
+        model: PathBuf,
+        /// Comma-separated token ids.
+        #[arg(long, value_delimiter = ',', required = true)]
+        ids: Vec<u32>,
+    },
     /// Describe a model: architecture, hyperparameters, tensor types, base and expert bytes.
     Info {
         /// GGUF model file (any shard of a split model).
@@ -52,5 +117,19 @@ pub fn run() -> Result<(), Box<dyn std::error::Error>> {
     match Cli::parse().command {
         Command::Logits { model, tokens, backend } => logits::run(&model, &tokens, backend),
         Command::Info { model } => info::run(&model),
+        Command::Generate { model, prompt, chat, max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, seed, stop } => {
+            let sampling = odmoe::sampling::SamplingParams {
+                temperature,
+                top_p,
+                top_k,
+                min_p,
+                repetition_penalty: repeat_penalty,
+                seed,
+                ..Default::default()
+            };
+            generate::run(&model, generate::Args { prompt, chat, max_tokens, sampling, stop })
+        }
+        Command::Tokenize { model, text, file, no_bos, special } => tokenize::tokenize(&model, text, file.as_deref(), no_bos, special),
+        Command::Detokenize { model, ids } => tokenize::detokenize(&model, &ids),
     }
 }

@@ -1,0 +1,64 @@
+//! `odmoe generate`: stream text from a prompt to stdout; timings to stderr.
+
+use std::io::Write;
+use std::path::Path;
+
+use odmoe::generate::{generate, GenerateOptions};
+use odmoe::model::Model;
+use odmoe::sampling::SamplingParams;
+use odmoe::tokenizer::Tokenizer;
+
+/// Most positions a generation may use unless the model's training context is smaller.
+const DEFAULT_MAX_CONTEXT: usize = 4096;
+
+pub struct Args {
+    pub prompt: String,
+    pub chat: bool,
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    pub stop: Vec<String>,
+}
+
+pub fn run(model: &Path, a: Args) -> Result<(), Box<dyn std::error::Error>> {
+    a.sampling.validate()?;
+    if a.prompt.is_empty() {
+        return Err("the prompt is empty".into());
+    }
+    let m = Model::open(model)?;
+    let tok = Tokenizer::from_gguf(m.gguf().metadata())?;
+    let (text, parse_special) = if a.chat {
+        let template = odmoe::tokenizer::ChatTemplate::from_gguf(m.gguf().metadata())?;
+        let msgs = [odmoe::tokenizer::ChatMessage::new("user", &a.prompt)];
+        (template.render(&msgs, true)?, true)
+    } else {
+        (a.prompt.clone(), false)
+    };
+    let ids = tok.encode(&text, true, parse_special)?;
+    let opts = GenerateOptions {
+        max_tokens: a.max_tokens,
+        stop: a.stop,
+        sampling: a.sampling,
+        max_context: m.config().n_ctx_train.min(DEFAULT_MAX_CONTEXT),
+    };
+    let mut out = std::io::stdout().lock();
+    if !a.chat {
+        write!(out, "{}", a.prompt)?;
+        out.flush()?;
+    }
+    let g = generate(&m, &tok, &ids, &opts, |s| {
+        // a closed stdout (e.g. `| head`) ends generation quietly
+        out.write_all(s.as_bytes()).and_then(|_| out.flush()).is_ok()
+    })?;
+    writeln!(out).ok();
+    eprintln!(
+        "\nprompt: {} tokens in {:.2} s ({:.1} tokens/s); generated: {} tokens in {:.2} s ({:.1} tokens/s); finish: {:?}",
+        g.prompt_tokens,
+        g.prompt_seconds,
+        g.prompt_tokens as f64 / g.prompt_seconds.max(1e-9),
+        g.generated_tokens,
+        g.decode_seconds,
+        g.generated_tokens as f64 / g.decode_seconds.max(1e-9),
+        g.finish
+    );
+    Ok(())
+}
