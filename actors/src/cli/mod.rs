@@ -1,6 +1,7 @@
 //! Subcommands of the `odmoe` binary. Each one is a small module; the argument
 //! definitions here are the command-line contract (see DESIGN.md).
 
+mod demo;
 mod generate;
 mod info;
 mod logits;
@@ -31,9 +32,9 @@ pub enum Backend {
 enum Command {
     /// Print the logits at every position as JSON: {"logits": [[f32; vocab]; n_tokens]}.
     Logits {
-        /// GGUF model file (any shard of a split model).
+        /// GGUF model file (any shard of a split model); the demo model if not given.
         #[arg(long)]
-        model: PathBuf,
+        model: Option<PathBuf>,
         /// Comma-separated token ids, e.g. 1,2,3.
         #[arg(long, value_delimiter = ',', required = true)]
         tokens: Vec<u32>,
@@ -43,9 +44,9 @@ enum Command {
     },
     /// Generate text from a prompt, streamed to stdout (timings on stderr).
     Generate {
-        /// GGUF model file (any shard of a split model).
+        /// GGUF model file (any shard of a split model); the demo model if not given.
         #[arg(long)]
-        model: PathBuf,
+        model: Option<PathBuf>,
         /// The prompt.
         #[arg(long)]
         prompt: String,
@@ -115,7 +116,7 @@ enum Command {
 /// Parses the command line and runs the subcommand.
 pub fn run() -> Result<(), Box<dyn std::error::Error>> {
     match Cli::parse().command {
-        Command::Logits { model, tokens, backend } => logits::run(&model, &tokens, backend),
+        Command::Logits { model, tokens, backend } => logits::run(&demo::resolve(model)?, &tokens, backend),
         Command::Info { model } => info::run(&model),
         Command::Generate { model, prompt, chat, max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, seed, stop } => {
             let sampling = odmoe::sampling::SamplingParams {
@@ -127,7 +128,7 @@ pub fn run() -> Result<(), Box<dyn std::error::Error>> {
                 seed,
                 ..Default::default()
             };
-            generate::run(&model, generate::Args { prompt, chat, max_tokens, sampling, stop })
+            generate::run(&demo::resolve(model)?, generate::Args { prompt, chat, max_tokens, sampling, stop })
         }
         Command::Tokenize { model, text, file, no_bos, special } => tokenize::tokenize(&model, text, file.as_deref(), no_bos, special),
         Command::Detokenize { model, ids } => tokenize::detokenize(&model, &ids),
