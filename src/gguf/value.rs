@@ -150,7 +150,8 @@ pub struct Metadata {
 }
 
 impl Metadata {
-    pub(crate) fn push(&mut self, key: String, value: Value) {
+    /// Appends an entry (used when building metadata in memory, e.g. in tests).
+    pub fn push(&mut self, key: String, value: Value) {
         self.entries.push((key, value));
     }
 

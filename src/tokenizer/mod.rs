@@ -297,3 +297,53 @@ enum Segment<'a> {
     Text(&'a str),
     Token(u32),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::Value;
+
+    fn byte_level_vocab(pre: &str) -> Metadata {
+        // every single byte as a token, plus one merge, in byte-level form
+        let dec = bpe::byte_decoder();
+        let mut by_byte: Vec<(u8, char)> = dec.iter().map(|(&c, &b)| (b, c)).collect();
+        by_byte.sort();
+        let mut tokens: Vec<Value> = by_byte.iter().map(|&(_, c)| Value::String(c.to_string())).collect();
+        tokens.push(Value::String("th".into()));
+        let mut md = Metadata::default();
+        md.push("tokenizer.ggml.model".into(), Value::String("gpt2".into()));
+        md.push("tokenizer.ggml.pre".into(), Value::String(pre.into()));
+        md.push("tokenizer.ggml.tokens".into(), Value::Array(tokens));
+        md.push("tokenizer.ggml.merges".into(), Value::Array(vec![Value::String("t h".into())]));
+        md
+    }
+
+    #[test]
+    fn every_named_pre_tokenizer_builds_and_round_trips() {
+        for pre in ["gpt-2", "llama-bpe", "qwen2", "deepseek-llm", "deepseek-coder", "deepseek-v3", "joyai-llm", "kimi-k2"] {
+            let t = Tokenizer::from_gguf(&byte_level_vocab(pre)).unwrap();
+            let text = "the 12345 Hello, 世界! 'll\\n\\n  x";
+            let ids = t.encode(text, false, false).unwrap();
+            assert_eq!(t.decode(&ids, false), text, "{pre}");
+            assert!(ids.contains(&256), "{pre}: merge applied");
+        }
+    }
+
+    #[test]
+    fn unknown_pre_tokenizer_and_model_are_named() {
+        let e = Tokenizer::from_gguf(&byte_level_vocab("mystery")).err().unwrap().to_string();
+        assert!(e.contains("\"mystery\""), "{e}");
+        let mut md = byte_level_vocab("gpt-2");
+        md.push("tokenizer.ggml.model".into(), Value::String("t5".into()));
+        // the first entry wins in look-ups, so build a fresh one
+        let mut md2 = Metadata::default();
+        for (k, v) in md.iter() {
+            if k != "tokenizer.ggml.model" {
+                md2.push(k.to_string(), v.clone());
+            }
+        }
+        md2.push("tokenizer.ggml.model".into(), Value::String("t5".into()));
+        let e = Tokenizer::from_gguf(&md2).err().unwrap().to_string();
+        assert!(e.contains("\"t5\""), "{e}");
+    }
+}
