@@ -1,9 +1,13 @@
 //! The one narrow interface through which routed experts are reached:
 //! `(layer, expert) -> weights`.
 //!
-//! The forward pass never indexes expert tensors itself. Today the weights come straight
-//! from the model file ([`ResidentExperts`]); an on-demand store with a byte-budgeted
-//! cache can sit behind the same trait without the forward pass changing.
+//! The forward pass never indexes expert tensors itself. The weights come either straight
+//! from the memory-mapped model file ([`ResidentExperts`]) or from positioned reads into a
+//! byte-budgeted cache ([`PagedExperts`]), behind the same trait.
+
+mod pager;
+
+pub use pager::{parse_size, PagedExperts, PagerStats, PagerStatsSnapshot};
 
 use crate::compute::QMatrix;
 use crate::Result;
@@ -23,6 +27,12 @@ pub struct ExpertWeights {
 pub trait ExpertSource: Send + Sync {
     /// The weights of `expert` in `layer`. Errors (I/O, corruption) name the expert.
     fn expert(&self, layer: usize, expert: usize) -> Result<ExpertWeights>;
+
+    /// The weights of several experts of one layer, in the order asked. Sources that read
+    /// from disk override this to read them in parallel.
+    fn experts(&self, layer: usize, ids: &[usize]) -> Result<Vec<ExpertWeights>> {
+        ids.iter().map(|&e| self.expert(layer, e)).collect()
+    }
 }
 
 /// One layer's experts as stacked matrices (`n_expert` blocks of rows each).

@@ -35,8 +35,11 @@ pub fn forward(cfg: &Config, layer: usize, f: &Ffn, experts: &dyn ExpertSource, 
                 }
             }
             let mut out = vec![0.0f32; n * d];
-            for (&e, toks) in &by_expert {
-                let w = experts.expert(layer, e)?;
+            // Fetch every expert this batch needs at once, so a disk-backed source can read
+            // them in parallel; each is fetched once however many tokens it serves.
+            let ids: Vec<usize> = by_expert.keys().copied().collect();
+            let fetched = experts.experts(layer, &ids)?;
+            for ((_, toks), w) in by_expert.iter().zip(fetched) {
                 let mut xe = Vec::with_capacity(toks.len() * d);
                 for &(t, _) in toks {
                     xe.extend_from_slice(&x[t * d..(t + 1) * d]);

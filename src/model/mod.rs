@@ -14,8 +14,9 @@ use std::sync::Arc;
 pub use attention::LayerCache;
 pub use config::{Arch, Config};
 
+
 use crate::compute::cpu::{add_assign, matmul, rms_norm};
-use crate::experts::{ExpertSource, ResidentExperts};
+use crate::experts::{ExpertSource, PagedExperts, ResidentExperts};
 use crate::gguf::GgufModel;
 use crate::{Error, Result};
 use rope::Rotation;
@@ -26,7 +27,23 @@ pub struct Model {
     config: Config,
     weights: Weights,
     experts: Arc<dyn ExpertSource>,
+    pager: Option<Arc<PagedExperts>>,
     gguf: Arc<GgufModel>,
+}
+
+/// How a model's routed experts are reached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExpertMode {
+    /// Through the memory mapping of the model file (the OS pages them in and out).
+    Mapped,
+    /// Read on demand into a cache of at most `budget` bytes (`u64::MAX`: no limit),
+    /// with up to `read_threads` reads in flight.
+    Paged {
+        /// Cache byte budget for routed experts.
+        budget: u64,
+        /// Parallel reads.
+        read_threads: usize,
+    },
 }
 
 /// Per-sequence attention state: one cache per layer and the number of positions held.
@@ -69,17 +86,35 @@ impl Model {
         Self::from_gguf(g)
     }
 
+    /// Opens a model with its routed experts reached as `mode` says.
+    pub fn open_with(path: impl AsRef<Path>, mode: &ExpertMode) -> Result<Model> {
+        let g = Arc::new(GgufModel::open(path)?);
+        let mut m = Self::from_gguf(g)?;
+        if let ExpertMode::Paged { budget, read_threads } = *mode {
+            let pager = Arc::new(PagedExperts::from_gguf(&m.gguf, m.config.n_layer, budget, read_threads)?);
+            m.experts = pager.clone();
+            m.pager = Some(pager);
+        }
+        Ok(m)
+    }
+
     /// Builds the model from an opened GGUF file, with experts served from the mapping.
     pub fn from_gguf(g: Arc<GgufModel>) -> Result<Model> {
         let config = Config::from_metadata(g.metadata())?;
         let mut weights = Weights::load(&g, &config)?;
         let experts = Arc::new(ResidentExperts::new(std::mem::take(&mut weights.experts)));
-        Ok(Model { config, weights, experts, gguf: g })
+        Ok(Model { config, weights, experts, pager: None, gguf: g })
     }
 
-    /// Replaces the expert source (e.g. with an on-demand store).
+    /// The expert pager, when experts are paged.
+    pub fn pager(&self) -> Option<&PagedExperts> {
+        self.pager.as_deref()
+    }
+
+    /// Replaces the expert source.
     pub fn with_experts(mut self, experts: Arc<dyn ExpertSource>) -> Model {
         self.experts = experts;
+        self.pager = None;
         self
     }
 
