@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::Path;
 
 use odmoe::generate::{generate, GenerateOptions};
-use odmoe::model::Model;
+use odmoe::model::{ExpertMode, Model};
 use odmoe::sampling::SamplingParams;
 use odmoe::tokenizer::Tokenizer;
 
@@ -17,6 +17,7 @@ pub struct Args {
     pub max_tokens: usize,
     pub sampling: SamplingParams,
     pub stop: Vec<String>,
+    pub mode: ExpertMode,
 }
 
 pub fn run(model: &Path, a: Args) -> Result<(), Box<dyn std::error::Error>> {
@@ -24,7 +25,7 @@ pub fn run(model: &Path, a: Args) -> Result<(), Box<dyn std::error::Error>> {
     if a.prompt.is_empty() {
         return Err("the prompt is empty".into());
     }
-    let m = Model::open(model)?;
+    let m = Model::open_with(model, &a.mode)?;
     let tok = Tokenizer::from_gguf(m.gguf().metadata())?;
     let (text, parse_special) = if a.chat {
         let template = odmoe::tokenizer::ChatTemplate::from_gguf(m.gguf().metadata())?;
@@ -60,5 +61,18 @@ pub fn run(model: &Path, a: Args) -> Result<(), Box<dyn std::error::Error>> {
         g.generated_tokens as f64 / g.decode_seconds.max(1e-9),
         g.finish
     );
+    if let Some(p) = m.pager() {
+        let s = p.stats();
+        eprintln!(
+            "experts: {} hits, {} misses ({:.1}% hit rate), {:.1} MiB read, {} evictions, {:.2} s waiting on reads; cache holds {:.1} MiB",
+            s.hits,
+            s.misses,
+            100.0 * s.hits as f64 / (s.hits + s.misses).max(1) as f64,
+            s.bytes_read as f64 / (1u64 << 20) as f64,
+            s.evictions,
+            s.wait_micros as f64 / 1e6,
+            p.cached_bytes() as f64 / (1u64 << 20) as f64
+        );
+    }
     Ok(())
 }

@@ -4,15 +4,15 @@
 use std::io::Write;
 use std::path::Path;
 
-use odmoe::model::{Logits, Model};
+use odmoe::model::{ExpertMode, Logits, Model};
 
 use super::Backend;
 
-pub fn run(model: &Path, tokens: &[u32], backend: Backend) -> Result<(), Box<dyn std::error::Error>> {
+pub fn run(model: &Path, tokens: &[u32], backend: Backend, mode: &ExpertMode) -> Result<(), Box<dyn std::error::Error>> {
     if backend == Backend::Gpu {
         return Err("the gpu backend is not available in this build; use --backend cpu".into());
     }
-    let m = Model::open(model)?;
+    let m = Model::open_with(model, mode)?;
     let mut cache = m.new_cache(tokens.len());
     let logits = m.forward(tokens, &mut cache, Logits::All)?;
     let vocab = m.config().n_vocab;

@@ -41,6 +41,10 @@ enum Command {
         /// Compute backend.
         #[arg(long, value_enum, default_value_t = Backend::Cpu)]
         backend: Backend,
+        /// Read routed experts on demand into a cache of this many bytes (e.g. 512MiB,
+        /// 4GiB, unlimited). Without it, experts are reached through the file mapping.
+        #[arg(long)]
+        cache_budget: Option<String>,
     },
     /// Generate text from a prompt, streamed to stdout (timings on stderr).
     Generate {
@@ -77,6 +81,10 @@ enum Command {
         /// Stop before this string (may be repeated).
         #[arg(long)]
         stop: Vec<String>,
+        /// Read routed experts on demand into a cache of this many bytes (e.g. 512MiB,
+        /// 4GiB, unlimited). Without it, experts are reached through the file mapping.
+        #[arg(long)]
+        cache_budget: Option<String>,
     },
     /// Tokenize text with the model's tokenizer; prints {"ids": [...]}.
     Tokenize {
@@ -116,9 +124,11 @@ enum Command {
 /// Parses the command line and runs the subcommand.
 pub fn run() -> Result<(), Box<dyn std::error::Error>> {
     match Cli::parse().command {
-        Command::Logits { model, tokens, backend } => logits::run(&demo::resolve(model)?, &tokens, backend),
+        Command::Logits { model, tokens, backend, cache_budget } => {
+            logits::run(&demo::resolve(model)?, &tokens, backend, &expert_mode(cache_budget.as_deref())?)
+        }
         Command::Info { model } => info::run(&model),
-        Command::Generate { model, prompt, chat, max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, seed, stop } => {
+        Command::Generate { model, prompt, chat, max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, seed, stop, cache_budget } => {
             let sampling = odmoe::sampling::SamplingParams {
                 temperature,
                 top_p,
@@ -128,9 +138,21 @@ pub fn run() -> Result<(), Box<dyn std::error::Error>> {
                 seed,
                 ..Default::default()
             };
-            generate::run(&demo::resolve(model)?, generate::Args { prompt, chat, max_tokens, sampling, stop })
+            let mode = expert_mode(cache_budget.as_deref())?;
+            generate::run(&demo::resolve(model)?, generate::Args { prompt, chat, max_tokens, sampling, stop, mode })
         }
         Command::Tokenize { model, text, file, no_bos, special } => tokenize::tokenize(&model, text, file.as_deref(), no_bos, special),
         Command::Detokenize { model, ids } => tokenize::detokenize(&model, &ids),
     }
+}
+
+/// Parallel expert reads when experts are paged.
+const READ_THREADS: usize = 4;
+
+/// The expert mode a `--cache-budget` flag asks for.
+fn expert_mode(budget: Option<&str>) -> Result<odmoe::model::ExpertMode, Box<dyn std::error::Error>> {
+    Ok(match budget {
+        None => odmoe::model::ExpertMode::Mapped,
+        Some(b) => odmoe::model::ExpertMode::Paged { budget: odmoe::experts::parse_size(b)?, read_threads: READ_THREADS },
+    })
 }
