@@ -342,7 +342,7 @@ pub fn parse_size(s: &str) -> Result<u64> {
     };
     let v: f64 = num.parse().map_err(|_| Error::Invalid(format!("size {s:?} is not a number with an optional unit")))?;
     let bytes = v * mult;
-    if !(bytes.is_finite() && bytes >= 0.0 && bytes < 1.8e19) {
+    if !(bytes.is_finite() && (0.0..1.8e19).contains(&bytes)) {
         return Err(Error::Invalid(format!("size {s:?} is out of range")));
     }
     Ok(bytes as u64)

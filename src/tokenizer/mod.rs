@@ -47,7 +47,7 @@ impl TokenType {
 
 enum Model {
     Bpe { tok: Box<tokenizers::Tokenizer>, byte_of: HashMap<char, u8> },
-    Spm(spm::Spm),
+    Spm(Box<spm::Spm>),
 }
 
 /// A model's tokenizer.
@@ -110,7 +110,7 @@ impl Tokenizer {
                         }
                     }
                 }
-                Model::Spm(spm::Spm::new(&tokens, scores, byte_tokens, id("tokenizer.ggml.unknown_token_id")))
+                Model::Spm(Box::new(spm::Spm::new(&tokens, scores, byte_tokens, id("tokenizer.ggml.unknown_token_id"))))
             }
             other => return Err(Error::model(format!("tokenizer model {other:?} is not supported (supported: gpt2, llama)"))),
         };
