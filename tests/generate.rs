@@ -17,7 +17,7 @@ fn greedy(max_tokens: usize) -> GenerateOptions {
 fn greedy_generation_matches_full_recompute() {
     for name in ["mixtral", "qwen2moe", "qwen3moe", "olmoe", "deepseek2", "deepseek2lite", "deepseek3", "kimik2"] {
         let m = Model::open(common::fixture(&format!("models/{name}.f32.gguf"))).unwrap();
-        let tok = Tokenizer::from_gguf(m.gguf().metadata()).unwrap();
+        let tok = Tokenizer::from_gguf(m.metadata()).unwrap();
         let prompt = tok.encode("the quick brown fox", false, false).unwrap();
         let g = generate(&m, &tok, &prompt, &greedy(8), |_| true).unwrap();
         assert_eq!(g.generated_tokens, 8, "{name}");
@@ -38,7 +38,7 @@ fn greedy_generation_matches_full_recompute() {
 #[test]
 fn bad_requests_are_refused() {
     let m = Model::open(common::fixture("models/qwen3moe.f32.gguf")).unwrap();
-    let tok = Tokenizer::from_gguf(m.gguf().metadata()).unwrap();
+    let tok = Tokenizer::from_gguf(m.metadata()).unwrap();
     let e = generate(&m, &tok, &[], &greedy(4), |_| true).unwrap_err().to_string();
     assert!(e.contains("empty"), "{e}");
     let long = vec![5u32; 64];
@@ -53,7 +53,7 @@ fn bad_requests_are_refused() {
 #[test]
 fn cancelling_stops_generation() {
     let m = Model::open(common::fixture("models/mixtral.f32.gguf")).unwrap();
-    let tok = Tokenizer::from_gguf(m.gguf().metadata()).unwrap();
+    let tok = Tokenizer::from_gguf(m.metadata()).unwrap();
     let mut pieces = 0;
     let g = generate(&m, &tok, &[5, 6], &greedy(50), |_| {
         pieces += 1;

@@ -6,6 +6,7 @@
 //! byte-budgeted cache ([`PagedExperts`]), behind the same trait.
 
 mod pager;
+pub mod store;
 
 pub use pager::{parse_size, PagedExperts, PagerStats, PagerStatsSnapshot};
 

@@ -44,11 +44,18 @@ struct LayerLayout {
     up: ProjectionLayout,
     down: ProjectionLayout,
     n_expert: usize,
+    /// Store records: gate|up|down are contiguous, read in one go and checked against this CRC-32.
+    crc32: Option<Vec<u32>>,
 }
 
 impl LayerLayout {
+    /// Bytes of one expert's three projections (without record padding).
     fn expert_bytes(&self) -> u64 {
-        self.gate.stride + self.up.stride + self.down.stride
+        self.proj_bytes(&self.gate) + self.proj_bytes(&self.up) + self.proj_bytes(&self.down)
+    }
+
+    fn proj_bytes(&self, p: &ProjectionLayout) -> u64 {
+        p.ty.row_bytes(p.cols as u64).expect("validated") * p.rows as u64
     }
 }
 
@@ -129,20 +136,57 @@ impl PagedExperts {
                 Some((ProjectionLayout { file: fi, offset: info.offset, stride: info.size / n_expert as u64, ty: info.ggml_type, rows, cols }, n_expert))
             };
             layers.push(match (proj("gate"), proj("up"), proj("down")) {
-                (Some((gate, n)), Some((up, _)), Some((down, _))) => Some(LayerLayout { gate, up, down, n_expert: n }),
+                (Some((gate, n)), Some((up, _)), Some((down, _))) => Some(LayerLayout { gate, up, down, n_expert: n, crc32: None }),
                 _ => None,
             });
         }
+        Ok(Self::new(files, layers, budget, read_threads))
+    }
+
+    /// Pages the experts of an expert store (one record per expert, checksummed).
+    pub fn from_store(store: &super::store::Store, n_layer: usize, budget: u64, read_threads: usize) -> Result<PagedExperts> {
+        let mut files = Vec::new();
+        let mut layers: Vec<Option<LayerLayout>> = vec![None; n_layer];
+        for le in &store.manifest().layers {
+            if le.layer >= n_layer {
+                return Err(Error::model(format!("store: expert file for layer {} but the model has {n_layer} layers", le.layer)));
+            }
+            let path = store.dir().join(&le.file);
+            let f = File::open(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
+            let len = f.metadata().map_err(|source| Error::Io { path: path.clone(), source })?.len();
+            let need = le.record_bytes * le.n_expert as u64;
+            if len < need || le.crc32.len() != le.n_expert {
+                return Err(Error::model(format!("store: {} is truncated or inconsistent ({len} bytes, {need} expected for {} experts)", path.display(), le.n_expert)));
+            }
+            let ty = |name: &str| (0..64).filter_map(GgmlType::from_id).find(|t| t.name() == name).ok_or_else(|| Error::model(format!("store: unknown type {name}")));
+            let file = files.len();
+            files.push(f);
+            let proj = |pi: &super::store::ProjectionInfo, offset: u64| -> Result<ProjectionLayout> {
+                let t = ty(&pi.ty)?;
+                if t.row_bytes(pi.cols as u64).map(|rb| rb * pi.rows as u64) != Some(pi.bytes) {
+                    return Err(Error::model(format!("store: layer {}: {} bytes for a {}x{} {} projection", le.layer, pi.bytes, pi.rows, pi.cols, pi.ty)));
+                }
+                Ok(ProjectionLayout { file, offset, stride: le.record_bytes, ty: t, rows: pi.rows, cols: pi.cols })
+            };
+            let gate = proj(&le.gate, 0)?;
+            let up = proj(&le.up, le.gate.bytes)?;
+            let down = proj(&le.down, le.gate.bytes + le.up.bytes)?;
+            layers[le.layer] = Some(LayerLayout { gate, up, down, n_expert: le.n_expert, crc32: Some(le.crc32.clone()) });
+        }
+        Ok(Self::new(files, layers, budget, read_threads))
+    }
+
+    fn new(files: Vec<File>, layers: Vec<Option<LayerLayout>>, budget: u64, read_threads: usize) -> PagedExperts {
         let n_moe = layers.iter().filter(|l| l.is_some()).count().max(1) as u64;
-        Ok(PagedExperts {
+        PagedExperts {
             files,
             layer_budget: if budget == u64::MAX { u64::MAX } else { budget / n_moe },
-            state: Mutex::new(CacheState { slots: HashMap::new(), used: vec![0; n_layer], clock: 0 }),
+            state: Mutex::new(CacheState { slots: HashMap::new(), used: vec![0; layers.len()], clock: 0 }),
             ready: Condvar::new(),
             stats: PagerStats::default(),
             read_threads: read_threads.max(1),
             layers,
-        })
+        }
     }
 
     /// Bytes of routed experts in the whole model.
@@ -185,13 +229,20 @@ impl PagedExperts {
         let l = self.layout(layer, expert)?;
         let t0 = Instant::now();
         let mut buf = vec![0u8; l.expert_bytes() as usize];
-        let mut at = 0usize;
-        for p in [&l.gate, &l.up, &l.down] {
-            let dst = &mut buf[at..at + p.stride as usize];
-            self.files[p.file].read_exact_at(dst, p.offset + expert as u64 * p.stride).map_err(|e| {
-                Error::model(format!("reading expert {expert} of layer {layer}: {e} (is the model file truncated or changing?)"))
-            })?;
-            at += p.stride as usize;
+        let fail = |e: std::io::Error| Error::model(format!("reading expert {expert} of layer {layer}: {e} (is the model file truncated or changing?)"));
+        if let Some(crcs) = &l.crc32 {
+            // one contiguous record
+            self.files[l.gate.file].read_exact_at(&mut buf, l.gate.offset + expert as u64 * l.gate.stride).map_err(fail)?;
+            if crc32fast::hash(&buf) != crcs[expert] {
+                return Err(Error::model(format!("expert {expert} of layer {layer} is corrupt: its checksum does not match the store's manifest")));
+            }
+        } else {
+            let mut at = 0usize;
+            for p in [&l.gate, &l.up, &l.down] {
+                let n = l.proj_bytes(p) as usize;
+                self.files[p.file].read_exact_at(&mut buf[at..at + n], p.offset + expert as u64 * p.stride).map_err(fail)?;
+                at += n;
+            }
         }
         self.stats.read_micros.fetch_add(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
         self.stats.bytes_read.fetch_add(buf.len() as u64, Ordering::Relaxed);
@@ -201,7 +252,7 @@ impl PagedExperts {
     fn weights(&self, layer: usize, data: Arc<Vec<u8>>) -> ExpertWeights {
         let l = self.layers[layer].as_ref().expect("layer has experts");
         let bytes = Bytes::from_owner(Shared(data));
-        let (g, u) = (l.gate.stride as usize, l.up.stride as usize);
+        let (g, u) = (l.proj_bytes(&l.gate) as usize, l.proj_bytes(&l.up) as usize);
         let m = |p: &ProjectionLayout, r: std::ops::Range<usize>| QMatrix { ty: p.ty, rows: p.rows, cols: p.cols, data: bytes.slice(r) };
         ExpertWeights { gate: m(&l.gate, 0..g), up: m(&l.up, g..g + u), down: m(&l.down, g + u..bytes.len()) }
     }

@@ -5,6 +5,7 @@ mod attention;
 pub mod config;
 mod ffn;
 pub mod rope;
+pub mod source;
 pub mod router;
 pub mod weights;
 
@@ -16,8 +17,10 @@ pub use config::{Arch, Config};
 
 
 use crate::compute::cpu::{add_assign, matmul, rms_norm};
+use crate::experts::store::Store;
 use crate::experts::{ExpertSource, PagedExperts, ResidentExperts};
-use crate::gguf::GgufModel;
+use crate::gguf::{GgufModel, Metadata};
+use source::TensorSource;
 use crate::{Error, Result};
 use rope::Rotation;
 use weights::Weights;
@@ -28,7 +31,7 @@ pub struct Model {
     weights: Weights,
     experts: Arc<dyn ExpertSource>,
     pager: Option<Arc<PagedExperts>>,
-    gguf: Arc<GgufModel>,
+    source: Arc<dyn TensorSource>,
 }
 
 /// How a model's routed experts are reached.
@@ -80,18 +83,31 @@ pub enum Logits {
 }
 
 impl Model {
-    /// Opens a GGUF model (single or split) and checks every tensor it needs.
+    /// Opens a model — a GGUF file (any shard of a split one) or an expert store
+    /// directory — and checks every tensor it needs. GGUF experts are reached through the
+    /// mapping; a store's are paged with no budget.
     pub fn open(path: impl AsRef<Path>) -> Result<Model> {
-        let g = Arc::new(GgufModel::open(path)?);
-        Self::from_gguf(g)
+        Self::open_with(path, &ExpertMode::Mapped)
     }
 
     /// Opens a model with its routed experts reached as `mode` says.
     pub fn open_with(path: impl AsRef<Path>, mode: &ExpertMode) -> Result<Model> {
+        let path = path.as_ref();
+        if Store::is_store(path) {
+            let store = Arc::new(Store::open(path)?);
+            let config = Config::from_metadata(store.metadata())?;
+            let weights = Weights::load(store.as_ref(), &config, false)?;
+            let (budget, threads) = match *mode {
+                ExpertMode::Paged { budget, read_threads } => (budget, read_threads),
+                ExpertMode::Mapped => (u64::MAX, 4),
+            };
+            let pager = Arc::new(PagedExperts::from_store(&store, config.n_layer, budget, threads)?);
+            return Ok(Model { config, weights, experts: pager.clone(), pager: Some(pager), source: store });
+        }
         let g = Arc::new(GgufModel::open(path)?);
-        let mut m = Self::from_gguf(g)?;
+        let mut m = Self::from_gguf(g.clone())?;
         if let ExpertMode::Paged { budget, read_threads } = *mode {
-            let pager = Arc::new(PagedExperts::from_gguf(&m.gguf, m.config.n_layer, budget, read_threads)?);
+            let pager = Arc::new(PagedExperts::from_gguf(&g, m.config.n_layer, budget, read_threads)?);
             m.experts = pager.clone();
             m.pager = Some(pager);
         }
@@ -101,9 +117,9 @@ impl Model {
     /// Builds the model from an opened GGUF file, with experts served from the mapping.
     pub fn from_gguf(g: Arc<GgufModel>) -> Result<Model> {
         let config = Config::from_metadata(g.metadata())?;
-        let mut weights = Weights::load(&g, &config)?;
+        let mut weights = Weights::load(g.as_ref(), &config, true)?;
         let experts = Arc::new(ResidentExperts::new(std::mem::take(&mut weights.experts)));
-        Ok(Model { config, weights, experts, pager: None, gguf: g })
+        Ok(Model { config, weights, experts, pager: None, source: g })
     }
 
     /// The expert pager, when experts are paged.
@@ -123,9 +139,9 @@ impl Model {
         &self.config
     }
 
-    /// The underlying GGUF files.
-    pub fn gguf(&self) -> &GgufModel {
-        &self.gguf
+    /// The model's metadata (tokenizer, chat template, hyperparameters).
+    pub fn metadata(&self) -> &Metadata {
+        self.source.metadata()
     }
 
     /// A fresh cache for one sequence of at most `max_len` positions.

@@ -5,7 +5,7 @@
 use super::config::{Arch, Config};
 use crate::compute::QMatrix;
 use crate::experts::StackedExperts;
-use crate::gguf::GgufModel;
+use super::source::TensorSource;
 use crate::{Error, Result};
 
 /// Attention weights of one layer.
@@ -106,17 +106,18 @@ pub struct Weights {
 }
 
 struct Loader<'a> {
-    g: &'a GgufModel,
+    g: &'a dyn TensorSource,
 }
 
 impl Loader<'_> {
     fn has(&self, name: &str) -> bool {
-        self.g.tensor(name).is_some()
+        self.g.tensor_meta(name).is_some()
     }
 
     /// A tensor with GGUF dims `dims` (innermost first) as a matrix of `dims[0]` columns.
     fn tensor(&self, name: &str, dims: &[usize]) -> Result<QMatrix> {
-        let (info, data) = self.g.tensor_bytes(name).ok_or_else(|| Error::model(format!("tensor {name} is missing")))?;
+        let info = self.g.tensor_meta(name).ok_or_else(|| Error::model(format!("tensor {name} is missing")))?;
+        let data = self.g.tensor_bytes(name).ok_or_else(|| Error::model(format!("tensor {name} is missing")))?;
         let got: Vec<usize> = info.dims.iter().map(|&d| d as usize).collect();
         // trailing 1s are equivalent
         let trim = |v: &[usize]| {
@@ -132,15 +133,19 @@ impl Loader<'_> {
         if trim(&got) != trim(dims) {
             return Err(Error::model(format!("tensor {name} has shape {got:?}, expected {dims:?}")));
         }
-        if !info.ggml_type.is_computable() {
+        if !info.ty.is_computable() {
             return Err(Error::model(format!(
                 "tensor {name} has type {}, which odmoe cannot compute (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)",
-                info.ggml_type
+                info.ty
             )));
         }
         let cols = dims[0];
         let rows = dims[1..].iter().product();
-        Ok(QMatrix { ty: info.ggml_type, rows, cols, data })
+        let want = info.ty.row_bytes(cols as u64).map(|rb| rb * rows as u64);
+        if want != Some(data.len() as u64) {
+            return Err(Error::model(format!("tensor {name}: {} bytes of data for shape {dims:?} of type {}", data.len(), info.ty)));
+        }
+        Ok(QMatrix { ty: info.ty, rows, cols, data })
     }
 
     fn matrix(&self, name: &str, cols: usize, rows: usize) -> Result<QMatrix> {
@@ -161,8 +166,9 @@ impl Loader<'_> {
 }
 
 impl Weights {
-    /// Loads and checks every tensor `cfg` calls for.
-    pub fn load(g: &GgufModel, cfg: &Config) -> Result<Weights> {
+    /// Loads and checks every tensor `cfg` calls for. With `stacked_experts` false the
+    /// routed experts are not looked for (they come from an expert store).
+    pub fn load(g: &dyn TensorSource, cfg: &Config, stacked_experts: bool) -> Result<Weights> {
         let l = Loader { g };
         let d = cfg.n_embd;
         let tok_embd = l.matrix("token_embd.weight", d, cfg.n_vocab)?;
@@ -207,7 +213,7 @@ impl Weights {
                 }
                 let (hq, hk, hv) = (cfg.n_head * cfg.head_dim_k, cfg.n_head_kv * cfg.head_dim_k, cfg.n_head_kv * cfg.head_dim_v);
                 let norm = |name: &str, per_head: usize, all: usize| -> Result<Option<Vec<f32>>> {
-                    match g.tensor(&p(name)) {
+                    match g.tensor_meta(&p(name)) {
                         None => Ok(None),
                         Some(t) if t.dims.first() == Some(&(all as u64)) && all != per_head => l.vector(&p(name), all).map(Some),
                         Some(_) => l.vector(&p(name), per_head).map(Some),
@@ -235,12 +241,17 @@ impl Weights {
             let (ffn, stack) = match &cfg.moe {
                 Some(m) if i >= m.n_dense_lead => {
                     let (e, ff) = (m.n_expert, m.n_ff_exp);
-                    let (gate, up) = if l.has(&p("ffn_gate_up_exps.weight")) {
+                    if l.has(&p("ffn_gate_up_exps.weight")) {
                         return Err(Error::model(format!("{}: merged gate/up expert tensors are not supported yet", p("ffn_gate_up_exps.weight"))));
+                    }
+                    let stack = if stacked_experts {
+                        let gate = l.tensor(&p("ffn_gate_exps.weight"), &[d, ff, e])?;
+                        let up = l.tensor(&p("ffn_up_exps.weight"), &[d, ff, e])?;
+                        let down = l.tensor(&p("ffn_down_exps.weight"), &[ff, d, e])?;
+                        Some(StackedExperts { gate, up, down, n_expert: e })
                     } else {
-                        (l.tensor(&p("ffn_gate_exps.weight"), &[d, ff, e])?, l.tensor(&p("ffn_up_exps.weight"), &[d, ff, e])?)
+                        None
                     };
-                    let down = l.tensor(&p("ffn_down_exps.weight"), &[ff, d, e])?;
                     let shared = if m.n_ff_shexp > 0 { Some(dense(m.n_ff_shexp, "_shexp")?) } else { None };
                     let shared_gate = if cfg.arch == Arch::Qwen2Moe && l.has(&p("ffn_gate_inp_shexp.weight")) {
                         Some(l.tensor(&p("ffn_gate_inp_shexp.weight"), &[d])?)
@@ -254,7 +265,7 @@ impl Weights {
                             shared,
                             shared_gate,
                         },
-                        Some(StackedExperts { gate, up, down, n_expert: e }),
+                        stack,
                     )
                 }
                 _ => {

@@ -26,9 +26,9 @@ pub fn run(model: &Path, a: Args) -> Result<(), Box<dyn std::error::Error>> {
         return Err("the prompt is empty".into());
     }
     let m = Model::open_with(model, &a.mode)?;
-    let tok = Tokenizer::from_gguf(m.gguf().metadata())?;
+    let tok = Tokenizer::from_gguf(m.metadata())?;
     let (text, parse_special) = if a.chat {
-        let template = odmoe::tokenizer::ChatTemplate::from_gguf(m.gguf().metadata())?;
+        let template = odmoe::tokenizer::ChatTemplate::from_gguf(m.metadata())?;
         let msgs = [odmoe::tokenizer::ChatMessage::new("user", &a.prompt)];
         (template.render(&msgs, true)?, true)
     } else {

@@ -29,6 +29,9 @@ fn is_routed_expert(name: &str) -> bool {
 }
 
 pub fn run(model: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    if odmoe::experts::store::Store::is_store(model) {
+        return store_info(model);
+    }
     let g = GgufModel::open(model)?;
     let md = g.metadata();
     let nf = g.files().len();
@@ -115,6 +118,23 @@ pub fn run(model: &Path) -> Result<(), Box<dyn std::error::Error>> {
     // A full load checks every tensor's presence, shape and type.
     match Model::open(model) {
         Ok(_) => println!("status:         ready (all tensors present with computable types)"),
+        Err(e) => println!("status:         cannot run: {e}"),
+    }
+    Ok(())
+}
+
+fn store_info(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let s = odmoe::experts::store::Store::open(dir)?;
+    let m = s.manifest();
+    println!("store:          {} (converted from {}, {}, sha256 {})", dir.display(), m.source.files.join(", "), human_bytes(m.source.bytes), &m.source.sha256[..16]);
+    let experts: u64 = m.layers.iter().map(|l| l.record_bytes * l.n_expert as u64).sum();
+    println!("expert files:   {} layers, {} in records", m.layers.len(), human_bytes(experts));
+    match Model::open(dir) {
+        Ok(model) => {
+            let c = model.config();
+            println!("architecture:   {} ({} layers, hidden {}, vocabulary {})", c.arch.name(), c.n_layer, c.n_embd, c.n_vocab);
+            println!("status:         ready");
+        }
         Err(e) => println!("status:         cannot run: {e}"),
     }
     Ok(())

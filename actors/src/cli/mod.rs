@@ -1,6 +1,7 @@
 //! Subcommands of the `odmoe` binary. Each one is a small module; the argument
 //! definitions here are the command-line contract (see DESIGN.md).
 
+mod convert;
 mod demo;
 mod generate;
 mod info;
@@ -113,6 +114,15 @@ enum Command {
         #[arg(long, value_delimiter = ',', required = true)]
         ids: Vec<u32>,
     },
+    /// Convert a GGUF model (single or split) into an expert store directory for paging.
+    Convert {
+        /// GGUF model file (any shard of a split model).
+        #[arg(long)]
+        input: PathBuf,
+        /// Output directory (must not exist).
+        #[arg(long)]
+        output: PathBuf,
+    },
     /// Describe a model: architecture, hyperparameters, tensor types, base and expert bytes.
     Info {
         /// GGUF model file (any shard of a split model).
@@ -128,6 +138,7 @@ pub fn run() -> Result<(), Box<dyn std::error::Error>> {
             logits::run(&demo::resolve(model)?, &tokens, backend, &expert_mode(cache_budget.as_deref())?)
         }
         Command::Info { model } => info::run(&model),
+        Command::Convert { input, output } => convert::run(&input, &output),
         Command::Generate { model, prompt, chat, max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, seed, stop, cache_budget } => {
             let sampling = odmoe::sampling::SamplingParams {
                 temperature,
