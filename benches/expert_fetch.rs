@@ -1,0 +1,125 @@
+//! Cold expert reads through the pager versus a plain sequential read of the same files.
+//!
+//! Builds a synthetic expert store (default 4 GiB: 48 layers × 34 experts of 2.65 MB, the
+//! size of a Qwen3-30B-A3B Q4_K expert), drops it from the page cache with
+//! `posix_fadvise(DONTNEED)`, reads it sequentially, drops it again, then reads every
+//! expert once in random order through the pager, eight experts per layer at a time (as a
+//! top-8 layer asks), and prints both throughputs and their ratio (target ≥ 0.8).
+//!
+//! Run: `cargo bench --bench expert_fetch` (`ODMOE_BENCH_GIB=8` for a larger store,
+//! `ODMOE_BENCH_DIR` to choose where it is written; it is deleted afterwards).
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+use std::time::Instant;
+
+use odmoe::experts::store::{LayerExperts, Manifest, ProjectionInfo, SourceInfo, Store, RECORD_ALIGN};
+use odmoe::experts::{ExpertSource, PagedExperts};
+
+const LAYERS: usize = 48;
+const EXPERT_ROWS: usize = 768;
+const HIDDEN: usize = 2048;
+
+fn drop_cache(dir: &Path) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let f = File::open(e.unwrap().path()).unwrap();
+        f.sync_all().ok();
+        // SAFETY: plain syscall on an open descriptor.
+        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    }
+}
+
+fn main() {
+    let gib: f64 = std::env::var("ODMOE_BENCH_GIB").ok().and_then(|v| v.parse().ok()).unwrap_or(4.0);
+    let root = std::env::var_os("ODMOE_BENCH_DIR").map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let dir = root.join(format!("odmoe-bench-store-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+
+    // Q4_K projections: 768 × 2048 (gate, up) and 2048 × 768 (down)
+    let q4k = |rows: usize, cols: usize| ProjectionInfo { ty: "Q4_K".into(), rows, cols, bytes: (rows * cols / 256 * 144) as u64 };
+    let (gate, up, down) = (q4k(EXPERT_ROWS, HIDDEN), q4k(EXPERT_ROWS, HIDDEN), q4k(HIDDEN, EXPERT_ROWS));
+    let rec = gate.bytes + up.bytes + down.bytes;
+    let record_bytes = rec.div_ceil(RECORD_ALIGN) * RECORD_ALIGN;
+    let n_expert = ((gib * (1u64 << 30) as f64) / (record_bytes as f64 * LAYERS as f64)).ceil() as usize;
+    eprintln!("writing {LAYERS} layers x {n_expert} experts of {:.2} MB ({:.2} GiB) to {}", rec as f64 / 1e6, (record_bytes * (LAYERS * n_expert) as u64) as f64 / (1u64 << 30) as f64, dir.display());
+
+    let mut s: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut buf = vec![0u8; record_bytes as usize];
+    let mut layers = Vec::new();
+    for l in 0..LAYERS {
+        let name = format!("experts-{l:03}.bin");
+        let mut f = std::io::BufWriter::with_capacity(8 << 20, File::create(dir.join(&name)).unwrap());
+        let mut crcs = Vec::new();
+        for _ in 0..n_expert {
+            for w in buf[..rec as usize].chunks_exact_mut(8) {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                w.copy_from_slice(&s.to_le_bytes());
+            }
+            crcs.push(crc32fast::hash(&buf[..rec as usize]));
+            f.write_all(&buf).unwrap();
+        }
+        f.flush().unwrap();
+        layers.push(LayerExperts { layer: l, file: name, n_expert, record_bytes, gate: gate.clone(), up: up.clone(), down: down.clone(), crc32: crcs });
+    }
+    safetensors::tensor::serialize_to_file(Vec::<(String, safetensors::tensor::TensorView<'_>)>::new(), None, &dir.join("base.safetensors")).unwrap();
+    let manifest = Manifest { format: "odmoe-expert-store".into(), version: 1, source: SourceInfo { files: vec![], bytes: 0, sha256: String::new() }, metadata: vec![], layers };
+    std::fs::write(dir.join("manifest.json"), serde_json::to_vec(&manifest).unwrap()).unwrap();
+
+    // sequential read of the same files, cold
+    drop_cache(&dir);
+    let t = Instant::now();
+    let mut total = 0u64;
+    let mut rb = vec![0u8; 8 << 20];
+    for l in 0..LAYERS {
+        let mut f = File::open(dir.join(format!("experts-{l:03}.bin"))).unwrap();
+        loop {
+            let n = f.read(&mut rb).unwrap();
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+        }
+    }
+    let seq = total as f64 / t.elapsed().as_secs_f64();
+
+    // every expert once, random order, 8 per layer per request, through the pager, cold
+    drop_cache(&dir);
+    let store = Store::open(&dir).unwrap();
+    let threads: usize = std::env::var("ODMOE_BENCH_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
+    let pager = PagedExperts::from_store(&store, LAYERS, 0, threads).unwrap();
+    let mut order: Vec<(usize, usize)> = (0..LAYERS).flat_map(|l| (0..n_expert).map(move |e| (l, e))).collect();
+    for i in (1..order.len()).rev() {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        order.swap(i, (s % (i as u64 + 1)) as usize);
+    }
+    // group into requests of up to 8 experts of one layer, in the shuffled order
+    let mut requests: Vec<(usize, Vec<usize>)> = Vec::new();
+    let mut pending: Vec<Vec<usize>> = vec![Vec::new(); LAYERS];
+    for (l, e) in order {
+        pending[l].push(e);
+        if pending[l].len() == 8 {
+            requests.push((l, std::mem::take(&mut pending[l])));
+        }
+    }
+    for (l, p) in pending.into_iter().enumerate() {
+        if !p.is_empty() {
+            requests.push((l, p));
+        }
+    }
+    let t = Instant::now();
+    for (l, ids) in &requests {
+        let w = pager.experts(*l, ids).unwrap();
+        std::hint::black_box(w);
+    }
+    let paged = pager.stats().bytes_read as f64 / t.elapsed().as_secs_f64();
+    println!("sequential read: {:.2} GB/s", seq / 1e9);
+    println!("pager, random experts, {threads} threads: {:.2} GB/s", paged / 1e9);
+    println!("ratio: {:.2}", paged / seq);
+    std::fs::remove_dir_all(&dir).ok();
+}
