@@ -7,7 +7,8 @@
 //! top-8 layer asks), and prints both throughputs and their ratio (target ≥ 0.8).
 //!
 //! Run: `cargo bench --bench expert_fetch` (`ODMOE_BENCH_GIB=8` for a larger store,
-//! `ODMOE_BENCH_DIR` to choose where it is written; it is deleted afterwards).
+//! `ODMOE_BENCH_DIR` to choose where it is written; it is deleted afterwards;
+//! `ODMOE_BENCH_THREADS` reader threads, default 8; `ODMOE_BENCH_DIRECT=1` for O_DIRECT).
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -90,7 +91,8 @@ fn main() {
     drop_cache(&dir);
     let store = Store::open(&dir).unwrap();
     let threads: usize = std::env::var("ODMOE_BENCH_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
-    let pager = PagedExperts::from_store(&store, LAYERS, 0, threads).unwrap();
+    let direct = std::env::var_os("ODMOE_BENCH_DIRECT").is_some();
+    let pager = PagedExperts::from_store_with(&store, LAYERS, 0, threads, direct).unwrap();
     let mut order: Vec<(usize, usize)> = (0..LAYERS).flat_map(|l| (0..n_expert).map(move |e| (l, e))).collect();
     for i in (1..order.len()).rev() {
         s ^= s << 13;
@@ -119,7 +121,7 @@ fn main() {
     }
     let paged = pager.stats().bytes_read as f64 / t.elapsed().as_secs_f64();
     println!("sequential read: {:.2} GB/s", seq / 1e9);
-    println!("pager, random experts, {threads} threads: {:.2} GB/s", paged / 1e9);
+    println!("pager, random experts, {threads} threads{}: {:.2} GB/s", if pager.direct_io() { ", O_DIRECT" } else { "" }, paged / 1e9);
     println!("ratio: {:.2}", paged / seq);
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -61,7 +61,7 @@ impl LayerLayout {
 
 enum Slot {
     Loading,
-    Ready { data: Arc<Vec<u8>>, last_use: u64 },
+    Ready { data: Arc<ExpertBuf>, last_use: u64 },
 }
 
 struct CacheState {
@@ -114,6 +114,8 @@ pub struct PagedExperts {
     ready: Condvar,
     stats: PagerStats,
     read_threads: usize,
+    /// Store files opened with O_DIRECT (bypassing the page cache).
+    direct: bool,
 }
 
 impl PagedExperts {
@@ -145,6 +147,13 @@ impl PagedExperts {
 
     /// Pages the experts of an expert store (one record per expert, checksummed).
     pub fn from_store(store: &super::store::Store, n_layer: usize, budget: u64, read_threads: usize) -> Result<PagedExperts> {
+        Self::from_store_with(store, n_layer, budget, read_threads, false)
+    }
+
+    /// As [`Self::from_store`], optionally reading with `O_DIRECT` (page cache bypassed;
+    /// falls back to buffered reads where the filesystem refuses it, see [`Self::direct_io`]).
+    pub fn from_store_with(store: &super::store::Store, n_layer: usize, budget: u64, read_threads: usize, direct: bool) -> Result<PagedExperts> {
+        let mut direct = direct;
         let mut files = Vec::new();
         let mut layers: Vec<Option<LayerLayout>> = vec![None; n_layer];
         for le in &store.manifest().layers {
@@ -152,7 +161,18 @@ impl PagedExperts {
                 return Err(Error::model(format!("store: expert file for layer {} but the model has {n_layer} layers", le.layer)));
             }
             let path = store.dir().join(&le.file);
-            let f = File::open(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
+            let f = if direct {
+                use std::os::unix::fs::OpenOptionsExt;
+                match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(&path) {
+                    Ok(f) => f,
+                    Err(_) => {
+                        direct = false;
+                        File::open(&path).map_err(|source| Error::Io { path: path.clone(), source })?
+                    }
+                }
+            } else {
+                File::open(&path).map_err(|source| Error::Io { path: path.clone(), source })?
+            };
             let len = f.metadata().map_err(|source| Error::Io { path: path.clone(), source })?.len();
             let need = le.record_bytes * le.n_expert as u64;
             if len < need || le.crc32.len() != le.n_expert {
@@ -173,7 +193,14 @@ impl PagedExperts {
             let down = proj(&le.down, le.gate.bytes + le.up.bytes)?;
             layers[le.layer] = Some(LayerLayout { gate, up, down, n_expert: le.n_expert, crc32: Some(le.crc32.clone()) });
         }
-        Ok(Self::new(files, layers, budget, read_threads))
+        let mut p = Self::new(files, layers, budget, read_threads);
+        p.direct = direct;
+        Ok(p)
+    }
+
+    /// Whether reads bypass the page cache.
+    pub fn direct_io(&self) -> bool {
+        self.direct
     }
 
     fn new(files: Vec<File>, layers: Vec<Option<LayerLayout>>, budget: u64, read_threads: usize) -> PagedExperts {
@@ -185,6 +212,7 @@ impl PagedExperts {
             ready: Condvar::new(),
             stats: PagerStats::default(),
             read_threads: read_threads.max(1),
+            direct: false,
             layers,
         }
     }
@@ -225,22 +253,26 @@ impl PagedExperts {
         Ok(l)
     }
 
-    fn read(&self, layer: usize, expert: usize) -> Result<Arc<Vec<u8>>> {
+    fn read(&self, layer: usize, expert: usize) -> Result<Arc<ExpertBuf>> {
         let l = self.layout(layer, expert)?;
         let t0 = Instant::now();
-        let mut buf = vec![0u8; l.expert_bytes() as usize];
+        let len = l.expert_bytes() as usize;
         let fail = |e: std::io::Error| Error::model(format!("reading expert {expert} of layer {layer}: {e} (is the model file truncated or changing?)"));
+        let mut buf;
         if let Some(crcs) = &l.crc32 {
-            // one contiguous record
-            self.files[l.gate.file].read_exact_at(&mut buf, l.gate.offset + expert as u64 * l.gate.stride).map_err(fail)?;
-            if crc32fast::hash(&buf) != crcs[expert] {
+            // one contiguous record; with direct I/O the whole aligned record is read
+            let read_len = if self.direct { l.gate.stride as usize } else { len };
+            buf = ExpertBuf::zeroed(read_len, len);
+            self.files[l.gate.file].read_exact_at(buf.full_mut(), l.gate.offset + expert as u64 * l.gate.stride).map_err(fail)?;
+            if crc32fast::hash(buf.as_ref()) != crcs[expert] {
                 return Err(Error::model(format!("expert {expert} of layer {layer} is corrupt: its checksum does not match the store's manifest")));
             }
         } else {
+            buf = ExpertBuf::zeroed(len, len);
             let mut at = 0usize;
             for p in [&l.gate, &l.up, &l.down] {
                 let n = l.proj_bytes(p) as usize;
-                self.files[p.file].read_exact_at(&mut buf[at..at + n], p.offset + expert as u64 * p.stride).map_err(fail)?;
+                self.files[p.file].read_exact_at(&mut buf.full_mut()[at..at + n], p.offset + expert as u64 * p.stride).map_err(fail)?;
                 at += n;
             }
         }
@@ -249,7 +281,7 @@ impl PagedExperts {
         Ok(Arc::new(buf))
     }
 
-    fn weights(&self, layer: usize, data: Arc<Vec<u8>>) -> ExpertWeights {
+    fn weights(&self, layer: usize, data: Arc<ExpertBuf>) -> ExpertWeights {
         let l = self.layers[layer].as_ref().expect("layer has experts");
         let bytes = Bytes::from_owner(Shared(data));
         let (g, u) = (l.proj_bytes(&l.gate) as usize, l.proj_bytes(&l.up) as usize);
@@ -339,11 +371,70 @@ impl PagedExperts {
 }
 
 /// Keeps an expert's buffer alive (and pinned) while any handle on it exists.
-struct Shared(Arc<Vec<u8>>);
+struct Shared(Arc<ExpertBuf>);
 
 impl AsRef<[u8]> for Shared {
     fn as_ref(&self) -> &[u8] {
-        &self.0
+        self.0.as_ref().as_ref()
+    }
+}
+
+/// Alignment of expert buffers: what direct I/O needs on common filesystems.
+const BUF_ALIGN: usize = 4096;
+
+/// An expert's bytes in a page-aligned allocation (so direct I/O can read into it);
+/// `len` bytes are the expert, `cap` may include the record's padding.
+pub struct ExpertBuf {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+    cap: usize,
+}
+
+// SAFETY: a uniquely owned heap allocation of plain bytes.
+unsafe impl Send for ExpertBuf {}
+// SAFETY: shared access is read-only.
+unsafe impl Sync for ExpertBuf {}
+
+impl ExpertBuf {
+    fn layout(cap: usize) -> std::alloc::Layout {
+        std::alloc::Layout::from_size_align(cap.max(1), BUF_ALIGN).expect("expert size fits a layout")
+    }
+
+    fn zeroed(cap: usize, len: usize) -> ExpertBuf {
+        assert!(len <= cap);
+        // SAFETY: the layout has non-zero size.
+        let p = unsafe { std::alloc::alloc_zeroed(Self::layout(cap)) };
+        let ptr = std::ptr::NonNull::new(p).unwrap_or_else(|| std::alloc::handle_alloc_error(Self::layout(cap)));
+        ExpertBuf { ptr, len, cap }
+    }
+
+    fn full_mut(&mut self) -> &mut [u8] {
+        // SAFETY: `cap` initialized (zeroed) bytes owned by self.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.cap) }
+    }
+
+    /// Bytes of the expert.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the buffer is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl AsRef<[u8]> for ExpertBuf {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `len <= cap` initialized bytes owned by self.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for ExpertBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `zeroed` with this layout.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.cap)) }
     }
 }
 
