@@ -384,7 +384,7 @@ const BUF_ALIGN: usize = 4096;
 
 /// An expert's bytes in a page-aligned allocation (so direct I/O can read into it);
 /// `len` bytes are the expert, `cap` may include the record's padding.
-pub struct ExpertBuf {
+struct ExpertBuf {
     ptr: std::ptr::NonNull<u8>,
     len: usize,
     cap: usize,
@@ -414,13 +414,8 @@ impl ExpertBuf {
     }
 
     /// Bytes of the expert.
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.len
-    }
-
-    /// Whether the buffer is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 }
 
