@@ -1,6 +1,7 @@
 //! The `odmoe` command-line interface.
 
 mod cli;
+mod server;
 
 fn main() {
     if let Err(e) = cli::run() {

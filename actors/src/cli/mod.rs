@@ -31,6 +31,21 @@ pub enum Backend {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve the OpenAI-compatible HTTP API (chat and text completions, streamed as SSE).
+    Serve {
+        /// GGUF model file or expert store; the demo model if not given.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// Port (0 picks a free one).
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Read routed experts on demand into a cache of this many bytes.
+        #[arg(long)]
+        cache_budget: Option<String>,
+    },
     /// Print the logits at every position as JSON: {"logits": [[f32; vocab]; n_tokens]}.
     Logits {
         /// GGUF model file (any shard of a split model); the demo model if not given.
@@ -138,6 +153,11 @@ pub fn run() -> Result<(), Box<dyn std::error::Error>> {
             logits::run(&demo::resolve(model)?, &tokens, backend, &expert_mode(cache_budget.as_deref())?)
         }
         Command::Info { model } => info::run(&model),
+        Command::Serve { model, host, port, cache_budget } => {
+            let addr: std::net::SocketAddr = format!("{host}:{port}").parse().map_err(|e| format!("--host {host} --port {port}: {e}"))?;
+            let config = crate::server::ServerConfig { addr, queue: 16, stream_buffer: 64, max_body_bytes: 1 << 20, max_context: 4096 };
+            crate::server::run(&demo::resolve(model)?, &expert_mode(cache_budget.as_deref())?, config)
+        }
         Command::Convert { input, output } => convert::run(&input, &output),
         Command::Generate { model, prompt, chat, max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, seed, stop, cache_budget } => {
             let sampling = odmoe::sampling::SamplingParams {

@@ -1,0 +1,90 @@
+//! `odmoe serve`: an OpenAI-compatible HTTP server (warp) over the engine thread.
+//!
+//! Requests are tokenized on the HTTP side and queued to the engine (a bounded queue: a
+//! full queue answers 503 at once rather than letting requests pile up). Each request gets
+//! its own bounded event channel; when a streaming client goes away, the next send fails
+//! and the engine cancels that generation. One generation runs at a time for now.
+
+mod engine;
+mod openai;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use odmoe::model::{ExpertMode, Model};
+use odmoe::tokenizer::{ChatTemplate, Tokenizer};
+use warp::Filter;
+
+/// Server limits.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub addr: SocketAddr,
+    /// Generation requests waiting for the engine before new ones get 503.
+    pub queue: usize,
+    /// Events buffered per streaming response before the engine waits for the client.
+    pub stream_buffer: usize,
+    /// Largest request body.
+    pub max_body_bytes: u64,
+    /// Context limit per request (prompt plus completion).
+    pub max_context: usize,
+}
+
+/// What every handler shares.
+pub struct AppState {
+    pub model_name: String,
+    pub tokenizer: Arc<Tokenizer>,
+    pub template: Option<ChatTemplate>,
+    pub jobs: tokio::sync::mpsc::Sender<engine::Job>,
+    pub config: ServerConfig,
+    pub started: Instant,
+}
+
+/// Loads the model and serves until the process ends.
+pub fn run(model_path: &Path, mode: &ExpertMode, config: ServerConfig) -> Result<(), Box<dyn std::error::Error>> {
+    eprintln!("loading {} ...", model_path.display());
+    let model = Arc::new(Model::open_with(model_path, mode)?);
+    let tokenizer = Arc::new(Tokenizer::from_gguf(model.metadata())?);
+    let template = ChatTemplate::from_gguf(model.metadata()).ok();
+    let max_context = model.config().n_ctx_train.min(config.max_context);
+    let name = model_path.file_stem().map_or_else(|| "model".to_string(), |s| s.to_string_lossy().into_owned());
+    let jobs = engine::start(model, tokenizer.clone(), config.queue);
+    let state = Arc::new(AppState {
+        model_name: name,
+        tokenizer,
+        template,
+        jobs,
+        config: ServerConfig { max_context, ..config.clone() },
+        started: Instant::now(),
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.addr).await.map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
+        let local = listener.local_addr()?;
+        eprintln!("listening on http://{local}");
+        warp::serve(routes(state)).incoming(listener).run().await;
+        Ok::<(), Box<dyn std::error::Error>>(())
+    })
+}
+
+fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl warp::Reply,), Error = std::convert::Infallible> + Clone + Send + Sync + 'static {
+    let limit = state.config.max_body_bytes;
+    let st = warp::any().map(move || state.clone());
+    let health = warp::path!("health").and(warp::get()).and(st.clone()).map(openai::health);
+    let models = warp::path!("v1" / "models").and(warp::get()).and(st.clone()).map(openai::models);
+    let chat = warp::path!("v1" / "chat" / "completions")
+        .and(warp::post())
+        .and(warp::body::content_length_limit(limit))
+        .and(warp::body::bytes())
+        .and(st.clone())
+        .and_then(|b, s| openai::completion(b, s, true));
+    let completions = warp::path!("v1" / "completions")
+        .and(warp::post())
+        .and(warp::body::content_length_limit(limit))
+        .and(warp::body::bytes())
+        .and(st)
+        .and_then(|b, s| openai::completion(b, s, false));
+    health.or(models).or(chat).or(completions).recover(openai::rejection)
+}

@@ -1,0 +1,244 @@
+//! OpenAI-compatible request handling: `/v1/chat/completions`, `/v1/completions` (streamed
+//! as SSE ending in `data: [DONE]`, or whole), `/v1/models`, `/health`, and errors in
+//! OpenAI's shape (`{"error": {"message", "type", "code"}}`).
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes_compat::Bytes;
+use futures_util::stream;
+use odmoe::generate::{FinishReason, GenerateOptions};
+use odmoe::sampling::SamplingParams;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::Reply;
+
+use super::engine::{Event, Job};
+use super::AppState;
+
+mod bytes_compat {
+    pub use warp::hyper::body::Bytes;
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// An OpenAI-shaped error response.
+pub fn error(status: StatusCode, message: impl Into<String>, kind: &str, code: &str) -> Response {
+    let body = json!({ "error": { "message": message.into(), "type": kind, "code": code } });
+    warp::reply::with_status(warp::reply::json(&body), status).into_response()
+}
+
+fn bad_request(message: impl Into<String>) -> Response {
+    error(StatusCode::BAD_REQUEST, message, "invalid_request_error", "invalid_request")
+}
+
+pub fn health(st: Arc<AppState>) -> Response {
+    warp::reply::json(&json!({ "status": "ok", "model": st.model_name, "uptime_seconds": st.started.elapsed().as_secs() })).into_response()
+}
+
+pub fn models(st: Arc<AppState>) -> Response {
+    warp::reply::json(&json!({ "object": "list", "data": [{ "id": st.model_name, "object": "model", "created": 0, "owned_by": "odmoe" }] })).into_response()
+}
+
+/// Turns warp's rejections (unknown path, wrong method, oversized body) into OpenAI errors.
+pub async fn rejection(r: warp::Rejection) -> Result<Response, Infallible> {
+    Ok(if r.is_not_found() {
+        error(StatusCode::NOT_FOUND, "not found", "invalid_request_error", "not_found")
+    } else if r.find::<warp::reject::PayloadTooLarge>().is_some() {
+        error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large", "invalid_request_error", "payload_too_large")
+    } else if r.find::<warp::reject::MethodNotAllowed>().is_some() {
+        error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed", "invalid_request_error", "method_not_allowed")
+    } else {
+        error(StatusCode::BAD_REQUEST, format!("bad request: {r:?}"), "invalid_request_error", "invalid_request")
+    })
+}
+
+struct Request {
+    prompt: Vec<u32>,
+    opts: GenerateOptions,
+    stream: bool,
+    include_usage: bool,
+}
+
+fn field<'a>(v: &'a Value, names: &[&str]) -> Option<&'a Value> {
+    names.iter().find_map(|n| v.get(*n)).filter(|x| !x.is_null())
+}
+
+fn parse(body: &[u8], st: &AppState, chat: bool) -> Result<Request, String> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| format!("request body is not valid JSON: {e}"))?;
+    if !v.is_object() {
+        return Err("request body must be a JSON object".into());
+    }
+    let num = |names: &[&str]| -> Result<Option<f64>, String> {
+        match field(&v, names) {
+            None => Ok(None),
+            Some(x) => x.as_f64().map(Some).ok_or_else(|| format!("'{}' must be a number", names[0])),
+        }
+    };
+    if let Some(n) = num(&["n"])? {
+        if n != 1.0 {
+            return Err("only n = 1 is supported".into());
+        }
+    }
+    let max_tokens = num(&["max_completion_tokens", "max_tokens"])?.unwrap_or(256.0);
+    if !(max_tokens >= 1.0 && max_tokens.fract() == 0.0) {
+        return Err("'max_tokens' must be a positive integer".into());
+    }
+    let mut sampling = SamplingParams::default();
+    if let Some(t) = num(&["temperature"])? {
+        sampling.temperature = t as f32;
+    }
+    if let Some(p) = num(&["top_p"])? {
+        sampling.top_p = p as f32;
+    }
+    if let Some(s) = num(&["seed"])? {
+        sampling.seed = s as u64;
+    }
+    if let Some(p) = num(&["presence_penalty"])? {
+        sampling.presence_penalty = p as f32;
+    }
+    if let Some(p) = num(&["frequency_penalty"])? {
+        sampling.frequency_penalty = p as f32;
+    }
+    sampling.validate().map_err(|e| e.to_string())?;
+    let stop = match field(&v, &["stop"]) {
+        None => vec![],
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) => a.iter().map(|x| x.as_str().map(str::to_string).ok_or("'stop' must be a string or a list of strings")).collect::<Result<_, _>>()?,
+        Some(_) => return Err("'stop' must be a string or a list of strings".into()),
+    };
+    let stream = match field(&v, &["stream"]) {
+        None => false,
+        Some(x) => x.as_bool().ok_or("'stream' must be a boolean")?,
+    };
+    let include_usage = v.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false);
+    let prompt = if chat {
+        let messages = field(&v, &["messages"]).filter(|m| m.as_array().is_some_and(|a| !a.is_empty())).ok_or("'messages' must be a non-empty list")?;
+        for m in messages.as_array().unwrap() {
+            if m.get("role").and_then(Value::as_str).is_none() {
+                return Err("every message needs a 'role'".into());
+            }
+        }
+        let template = st.template.as_ref().ok_or("this model has no chat template; use /v1/completions")?;
+        let text = template.render_json(messages, true, field(&v, &["tools"])).map_err(|e| e.to_string())?;
+        st.tokenizer.encode(&text, true, true).map_err(|e| e.to_string())?
+    } else {
+        let text = match field(&v, &["prompt"]) {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => a[0].as_str().unwrap().to_string(),
+            _ => return Err("'prompt' must be a string".into()),
+        };
+        if text.is_empty() {
+            return Err("'prompt' is empty".into());
+        }
+        st.tokenizer.encode(&text, true, false).map_err(|e| e.to_string())?
+    };
+    if prompt.is_empty() {
+        return Err("the prompt is empty".into());
+    }
+    if prompt.len() >= st.config.max_context {
+        return Err(format!("the prompt has {} tokens; the context holds {}", prompt.len(), st.config.max_context));
+    }
+    let opts = GenerateOptions { max_tokens: max_tokens as usize, stop, sampling, max_context: st.config.max_context };
+    Ok(Request { prompt, opts, stream, include_usage })
+}
+
+fn finish_reason(f: FinishReason) -> &'static str {
+    match f {
+        FinishReason::Length => "length",
+        FinishReason::Stop | FinishReason::Cancelled => "stop",
+    }
+}
+
+/// `/v1/chat/completions` (`chat`) and `/v1/completions`.
+pub async fn completion(body: Bytes, st: Arc<AppState>, chat: bool) -> Result<Response, Infallible> {
+    let req = match parse(&body, &st, chat) {
+        Ok(r) => r,
+        Err(m) => return Ok(bad_request(m)),
+    };
+    let (tx, mut rx) = mpsc::channel(st.config.stream_buffer.max(1));
+    let n_prompt = req.prompt.len();
+    if st.jobs.try_send(Job { prompt: req.prompt, opts: req.opts, events: tx }).is_err() {
+        return Ok(error(StatusCode::SERVICE_UNAVAILABLE, "the server is busy; retry shortly", "server_error", "queue_full"));
+    }
+    let id = format!("{}-{}", if chat { "chatcmpl" } else { "cmpl" }, NEXT_ID.fetch_add(1, Ordering::Relaxed));
+    let created = now();
+    let model = st.model_name.clone();
+    let object = if chat { "chat.completion" } else { "text_completion" };
+
+    if !req.stream {
+        let mut text = String::new();
+        while let Some(ev) = rx.recv().await {
+            match ev {
+                Event::Text(t) => text.push_str(&t),
+                Event::Error(e) => return Ok(error(StatusCode::INTERNAL_SERVER_ERROR, e, "server_error", "generation_failed")),
+                Event::Done { finish, prompt_tokens, completion_tokens } => {
+                    let choice = if chat {
+                        json!({ "index": 0, "message": { "role": "assistant", "content": text }, "finish_reason": finish_reason(finish) })
+                    } else {
+                        json!({ "index": 0, "text": text, "finish_reason": finish_reason(finish) })
+                    };
+                    let usage = json!({ "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens });
+                    return Ok(warp::reply::json(&json!({ "id": id, "object": object, "created": created, "model": model, "choices": [choice], "usage": usage })).into_response());
+                }
+            }
+        }
+        return Ok(error(StatusCode::INTERNAL_SERVER_ERROR, "the engine stopped", "server_error", "engine_stopped"));
+    }
+
+    let chunk_object = if chat { "chat.completion.chunk" } else { "text_completion" };
+    let chunk = move |delta: Value, finish: Option<&str>| -> Value {
+        let choice = if chat {
+            json!({ "index": 0, "delta": delta, "finish_reason": finish })
+        } else {
+            json!({ "index": 0, "text": delta.get("content").cloned().unwrap_or(json!("")), "finish_reason": finish })
+        };
+        json!({ "id": id, "object": chunk_object, "created": created, "model": model, "choices": [choice] })
+    };
+    let include_usage = req.include_usage;
+    // state: 0 = send the role, 1 = streaming, 2 = send [DONE], 3 = finished
+    let events = stream::unfold((rx, 0u8, Vec::<Value>::new()), move |(mut rx, phase, mut tail)| {
+        let chunk = chunk.clone();
+        async move {
+            let data = |v: &Value| warp::sse::Event::default().data(v.to_string());
+            if let Some(v) = tail.pop() {
+                return Some((Ok::<_, Infallible>(data(&v)), (rx, phase, tail)));
+            }
+            match phase {
+                0 => {
+                    let first = if chat { chunk(json!({ "role": "assistant", "content": "" }), None) } else { chunk(json!({ "content": "" }), None) };
+                    Some((Ok(data(&first)), (rx, 1, tail)))
+                }
+                1 => match rx.recv().await {
+                    Some(Event::Text(t)) => Some((Ok(data(&chunk(json!({ "content": t }), None))), (rx, 1, tail))),
+                    Some(Event::Done { finish, prompt_tokens, completion_tokens }) => {
+                        if include_usage {
+                            let mut u = chunk(json!({}), None);
+                            u["choices"] = json!([]);
+                            u["usage"] = json!({ "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens });
+                            tail.push(u);
+                        }
+                        Some((Ok(data(&chunk(json!({}), Some(finish_reason(finish))))), (rx, 2, tail)))
+                    }
+                    Some(Event::Error(e)) => {
+                        let err = json!({ "error": { "message": e, "type": "server_error", "code": "generation_failed" } });
+                        Some((Ok(data(&err)), (rx, 2, tail)))
+                    }
+                    None => Some((Ok(data(&json!({ "error": { "message": "the engine stopped", "type": "server_error", "code": "engine_stopped" } }))), (rx, 2, tail))),
+                },
+                2 => Some((Ok(warp::sse::Event::default().data("[DONE]")), (rx, 3, tail))),
+                _ => None,
+            }
+        }
+    });
+    let _ = n_prompt;
+    Ok(warp::sse::reply(warp::sse::keep_alive().stream(events)).into_response())
+}

@@ -1,0 +1,146 @@
+//! `odmoe serve` end to end over loopback: streaming and whole chat completions, text
+//! completions, models and health, OpenAI-shaped errors for bad requests, and a client
+//! that disconnects mid-stream leaves the server serving.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start() -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_odmoe"))
+        .args(["serve", "--port", "0"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start odmoe serve");
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "server exited before listening");
+        if let Some(a) = line.trim().strip_prefix("listening on http://") {
+            break a.to_string();
+        }
+    };
+    // keep draining stderr so the server never blocks on it
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        let _ = err.read_to_string(&mut sink);
+    });
+    Server { child, addr }
+}
+
+/// Sends one HTTP/1.1 request and returns (status, body).
+fn request(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status: u16 = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
+    (status, body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    loop {
+        let Some((size, rest)) = s.split_once("\r\n") else { break };
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = &rest[n + 2..];
+    }
+    out
+}
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+#[test]
+fn serves_openai_requests() {
+    let srv = start();
+    let a = &srv.addr;
+
+    let (st, body) = request(a, "GET", "/health", "");
+    assert_eq!(st, 200);
+    assert_eq!(json(&body)["status"], "ok");
+    let (st, body) = request(a, "GET", "/v1/models", "");
+    assert_eq!(st, 200);
+    assert_eq!(json(&body)["data"][0]["object"], "model");
+
+    // streaming chat: SSE chunks, a finish reason, usage when asked, then [DONE]
+    let req = r#"{"messages":[{"role":"user","content":"Who art thou?"}],"stream":true,"max_tokens":12,"seed":1,"stream_options":{"include_usage":true}}"#;
+    let (st, body) = request(a, "POST", "/v1/chat/completions", req);
+    assert_eq!(st, 200);
+    let events: Vec<&str> = body.lines().filter_map(|l| l.strip_prefix("data:")).map(str::trim).collect();
+    assert_eq!(*events.last().unwrap(), "[DONE]");
+    let chunks: Vec<serde_json::Value> = events[..events.len() - 1].iter().map(|e| json(e)).collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let text: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    assert!(text.chars().filter(|c| c.is_alphabetic()).count() > 5, "{text:?}");
+    assert!(chunks.iter().any(|c| c["choices"][0]["finish_reason"] == "length"));
+    assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 12);
+
+    // whole chat completion and text completion
+    let (st, body) = request(a, "POST", "/v1/chat/completions", r#"{"messages":[{"role":"user","content":"Speak."}],"max_tokens":8}"#);
+    assert_eq!(st, 200);
+    let v = json(&body);
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(v["usage"]["completion_tokens"], 8);
+    let (st, body) = request(a, "POST", "/v1/completions", r#"{"prompt":"ROMEO:","max_tokens":6,"temperature":0}"#);
+    assert_eq!(st, 200);
+    assert_eq!(json(&body)["object"], "text_completion");
+
+    // bad requests: OpenAI-shaped errors, server keeps serving
+    for (path, body, want) in [
+        ("/v1/chat/completions", "{not json", "not valid JSON"),
+        ("/v1/chat/completions", r#"{"messages":[]}"#, "messages"),
+        ("/v1/chat/completions", r#"{"messages":[{"role":"user","content":"x"}],"n":3}"#, "n = 1"),
+        ("/v1/chat/completions", r#"{"messages":[{"role":"user","content":"x"}],"temperature":-2}"#, "temperature"),
+        ("/v1/completions", r#"{"prompt":""}"#, "empty"),
+        ("/v1/completions", r#"{"prompt":"x","max_tokens":0}"#, "max_tokens"),
+    ] {
+        let (st, b) = request(a, "POST", path, body);
+        assert_eq!(st, 400, "{body}");
+        let e = json(&b);
+        assert!(e["error"]["message"].as_str().unwrap().contains(want), "{body}: {b}");
+        assert_eq!(e["error"]["type"], "invalid_request_error");
+    }
+    let long = format!(r#"{{"prompt":"{}"}}"#, "ROMEO: ".repeat(3000));
+    let (st, b) = request(a, "POST", "/v1/completions", &long);
+    assert_eq!(st, 400, "{b}");
+    assert!(b.contains("context"), "{b}");
+    let (st, _) = request(a, "GET", "/v1/nothing", "");
+    assert_eq!(st, 404);
+
+    // a client that goes away mid-stream: the server cancels it and keeps serving
+    {
+        let mut s = TcpStream::connect(a).unwrap();
+        let body = r#"{"prompt":"ROMEO:","stream":true,"max_tokens":500}"#;
+        write!(s, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+        let mut buf = [0u8; 256];
+        let _ = s.read(&mut buf).unwrap();
+    }
+    let (st, body) = request(a, "POST", "/v1/completions", r#"{"prompt":"JULIET:","max_tokens":4}"#);
+    assert_eq!(st, 200, "{body}");
+}
