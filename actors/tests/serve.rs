@@ -91,7 +91,7 @@ fn serves_openai_requests() {
     let req = r#"{"messages":[{"role":"user","content":"Who art thou?"}],"stream":true,"max_tokens":12,"seed":1,"stream_options":{"include_usage":true}}"#;
     let (st, body) = request(a, "POST", "/v1/chat/completions", req);
     assert_eq!(st, 200);
-    let events: Vec<&str> = body.lines().filter_map(|l| l.strip_prefix("data:")).map(str::trim).collect();
+    let events: Vec<&str> = body.lines().filter_map(|l| l.strip_prefix("data: ")).map(str::trim).collect();
     assert_eq!(*events.last().unwrap(), "[DONE]");
     let chunks: Vec<serde_json::Value> = events[..events.len() - 1].iter().map(|e| json(e)).collect();
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");

@@ -208,7 +208,8 @@ pub async fn completion(body: Bytes, st: Arc<AppState>, chat: bool) -> Result<Re
     let events = stream::unfold((rx, 0u8, Vec::<Value>::new()), move |(mut rx, phase, mut tail)| {
         let chunk = chunk.clone();
         async move {
-            let data = |v: &Value| warp::sse::Event::default().data(v.to_string());
+            // "data: {...}": the space after the colon is what OpenAI sends (SSE parsers drop it)
+            let data = |v: &Value| warp::sse::Event::default().data(format!(" {v}"));
             if let Some(v) = tail.pop() {
                 return Some((Ok::<_, Infallible>(data(&v)), (rx, phase, tail)));
             }
@@ -234,7 +235,7 @@ pub async fn completion(body: Bytes, st: Arc<AppState>, chat: bool) -> Result<Re
                     }
                     None => Some((Ok(data(&json!({ "error": { "message": "the engine stopped", "type": "server_error", "code": "engine_stopped" } }))), (rx, 2, tail))),
                 },
-                2 => Some((Ok(warp::sse::Event::default().data("[DONE]")), (rx, 3, tail))),
+                2 => Some((Ok(warp::sse::Event::default().data(" [DONE]")), (rx, 3, tail))),
                 _ => None,
             }
         }
