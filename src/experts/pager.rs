@@ -178,7 +178,7 @@ impl PagedExperts {
             if len < need || le.crc32.len() != le.n_expert {
                 return Err(Error::model(format!("store: {} is truncated or inconsistent ({len} bytes, {need} expected for {} experts)", path.display(), le.n_expert)));
             }
-            let ty = |name: &str| (0..64).filter_map(GgmlType::from_id).find(|t| t.name() == name).ok_or_else(|| Error::model(format!("store: unknown type {name}")));
+            let ty = |name: &str| GgmlType::from_name(name).ok_or_else(|| Error::model(format!("store: unknown type {name}")));
             let file = files.len();
             files.push(f);
             let proj = |pi: &super::store::ProjectionInfo, offset: u64| -> Result<ProjectionLayout> {

@@ -24,7 +24,7 @@ use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::gguf::{GgufModel, Metadata, Value};
+use crate::gguf::{GgufModel, MapRange, Metadata, Value};
 use crate::model::source::{TensorMeta, TensorSource};
 use crate::quant::GgmlType;
 use crate::{Error, Result};
@@ -297,7 +297,7 @@ impl Store {
         for (name, ti) in st.tensors() {
             let desc = types.get(&name).ok_or_else(|| Error::model(format!("{}: tensor {name} has no GGUF type", bpath.display())))?;
             let (ty, dims) = desc.split_once(':').ok_or_else(|| Error::model(format!("{}: bad type entry for {name}", bpath.display())))?;
-            let ty = (0..64).filter_map(GgmlType::from_id).find(|t| t.name() == ty).ok_or_else(|| Error::model(format!("{name}: unknown type {ty}")))?;
+            let ty = GgmlType::from_name(ty).ok_or_else(|| Error::model(format!("{name}: unknown type {ty}")))?;
             let dims: Vec<u64> = dims.split(',').map(|d| d.parse().map_err(|_| Error::model(format!("{name}: bad dims {dims}")))).collect::<Result<_>>()?;
             let (a, b) = ti.data_offsets;
             let range = data_start + a..data_start + b;
@@ -320,14 +320,6 @@ impl Store {
     }
 }
 
-struct MapRange(Arc<Mmap>, std::ops::Range<usize>);
-
-impl AsRef<[u8]> for MapRange {
-    fn as_ref(&self) -> &[u8] {
-        &self.0[self.1.clone()]
-    }
-}
-
 impl TensorSource for Store {
     fn metadata(&self) -> &Metadata {
         &self.metadata
@@ -338,6 +330,6 @@ impl TensorSource for Store {
     }
 
     fn tensor_bytes(&self, name: &str) -> Option<Bytes> {
-        self.base.get(name).map(|(_, r)| Bytes::from_owner(MapRange(self.map.clone(), r.clone())))
+        self.base.get(name).map(|(_, r)| Bytes::from_owner(MapRange { map: self.map.clone(), start: r.start, end: r.end }))
     }
 }

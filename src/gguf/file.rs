@@ -74,10 +74,10 @@ impl GgufFile {
 }
 
 /// A byte range of a shared mapping, so [`Bytes`] handles keep the mapping alive.
-struct MapRange {
-    map: Arc<Mmap>,
-    start: usize,
-    end: usize,
+pub(crate) struct MapRange {
+    pub(crate) map: Arc<Mmap>,
+    pub(crate) start: usize,
+    pub(crate) end: usize,
 }
 
 impl AsRef<[u8]> for MapRange {

@@ -8,6 +8,7 @@ mod parse;
 mod value;
 
 pub use file::GgufFile;
+pub(crate) use file::MapRange;
 pub use parse::{parse_header, Header, TensorInfo, DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_DIMS};
 pub use value::{Metadata, Value};
 

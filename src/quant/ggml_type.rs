@@ -84,6 +84,11 @@ impl GgmlType {
         })
     }
 
+    /// The type with llama.cpp's name `name` (as [`GgmlType::name`] writes it).
+    pub fn from_name(name: &str) -> Option<Self> {
+        (0..64).filter_map(GgmlType::from_id).find(|t| t.name() == name)
+    }
+
     /// The GGUF type id.
     pub fn id(self) -> u32 {
         use GgmlType::*;
