@@ -32,7 +32,7 @@ fn start() -> Server {
         line.clear();
         assert!(err.read_line(&mut line).unwrap() > 0, "server exited before listening");
         if let Some(a) = line.trim().strip_prefix("listening on http://") {
-            break a.to_string();
+            break a.split_whitespace().next().unwrap().to_string();
         }
     };
     // keep draining stderr so the server never blocks on it
@@ -79,9 +79,20 @@ fn serves_openai_requests() {
     let srv = start();
     let a = &srv.addr;
 
-    let (st, body) = request(a, "GET", "/health", "");
-    assert_eq!(st, 200);
-    assert_eq!(json(&body)["status"], "ok");
+    // 503 while loading, then 200
+    let mut tries = 0;
+    loop {
+        let (st, body) = request(a, "GET", "/health", "");
+        if st == 200 {
+            assert_eq!(json(&body)["status"], "ok");
+            break;
+        }
+        assert_eq!(st, 503, "{body}");
+        assert_eq!(json(&body)["status"], "loading");
+        tries += 1;
+        assert!(tries < 600, "the model never finished loading");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let (st, body) = request(a, "GET", "/v1/models", "");
     assert_eq!(st, 200);
     assert_eq!(json(&body)["data"][0]["object"], "model");

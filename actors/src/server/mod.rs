@@ -32,41 +32,56 @@ pub struct ServerConfig {
     pub max_context: usize,
 }
 
-/// What every handler shares.
+/// What every handler shares. The port opens before the model is loaded; until `loaded`
+/// is set, /health and the completion endpoints answer 503.
 pub struct AppState {
     pub model_name: String,
+    pub config: ServerConfig,
+    pub started: Instant,
+    pub loaded: std::sync::OnceLock<Loaded>,
+}
+
+/// The parts of the server that exist once the model is loaded.
+pub struct Loaded {
     pub tokenizer: Arc<Tokenizer>,
     pub template: Option<ChatTemplate>,
     pub jobs: tokio::sync::mpsc::Sender<engine::Job>,
-    pub config: ServerConfig,
-    pub started: Instant,
+    pub max_context: usize,
 }
 
-/// Loads the model and serves until the process ends.
+/// Opens the port, loads the model (answering 503 meanwhile) and serves until the process
+/// ends. A model that fails to load ends the process with the error.
 pub fn run(model_path: &Path, mode: &ExpertMode, config: ServerConfig) -> Result<(), Box<dyn std::error::Error>> {
-    eprintln!("loading {} ...", model_path.display());
-    let model = Arc::new(Model::open_with(model_path, mode)?);
-    let tokenizer = Arc::new(Tokenizer::from_gguf(model.metadata())?);
-    let template = ChatTemplate::from_gguf(model.metadata()).ok();
-    let max_context = model.config().n_ctx_train.min(config.max_context);
     let name = model_path.file_stem().map_or_else(|| "model".to_string(), |s| s.to_string_lossy().into_owned());
-    let jobs = engine::start(model, tokenizer.clone(), config.queue);
-    let state = Arc::new(AppState {
-        model_name: name,
-        tokenizer,
-        template,
-        jobs,
-        config: ServerConfig { max_context, ..config.clone() },
-        started: Instant::now(),
-    });
+    let state = Arc::new(AppState { model_name: name, config: config.clone(), started: Instant::now(), loaded: std::sync::OnceLock::new() });
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.addr).await.map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
         let local = listener.local_addr()?;
-        eprintln!("listening on http://{local}");
+        eprintln!("listening on http://{local} (loading {})", model_path.display());
+        let (st, path, mode) = (state.clone(), model_path.to_path_buf(), mode.clone());
+        std::thread::spawn(move || match load(&path, &mode, &st.config) {
+            Ok(l) => {
+                let _ = st.loaded.set(l);
+                eprintln!("ready: {}", path.display());
+            }
+            Err(e) => {
+                eprintln!("error: {}: {e}", path.display());
+                std::process::exit(1);
+            }
+        });
         warp::serve(routes(state)).incoming(listener).run().await;
         Ok::<(), Box<dyn std::error::Error>>(())
     })
+}
+
+fn load(path: &Path, mode: &ExpertMode, config: &ServerConfig) -> Result<Loaded, Box<dyn std::error::Error + Send + Sync>> {
+    let model = Arc::new(Model::open_with(path, mode).map_err(|e| e.to_string())?);
+    let tokenizer = Arc::new(Tokenizer::from_gguf(model.metadata()).map_err(|e| e.to_string())?);
+    let template = ChatTemplate::from_gguf(model.metadata()).ok();
+    let max_context = model.config().n_ctx_train.min(config.max_context);
+    let jobs = engine::start(model, tokenizer.clone(), config.queue);
+    Ok(Loaded { tokenizer, template, jobs, max_context })
 }
 
 fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl warp::Reply,), Error = std::convert::Infallible> + Clone + Send + Sync + 'static {

@@ -18,7 +18,7 @@ use warp::reply::Response;
 use warp::Reply;
 
 use super::engine::{Event, Job};
-use super::AppState;
+use super::{AppState, Loaded};
 
 mod bytes_compat {
     pub use warp::hyper::body::Bytes;
@@ -40,8 +40,15 @@ fn bad_request(message: impl Into<String>) -> Response {
     error(StatusCode::BAD_REQUEST, message, "invalid_request_error", "invalid_request")
 }
 
+fn loading() -> Response {
+    error(StatusCode::SERVICE_UNAVAILABLE, "the model is still loading", "server_error", "loading")
+}
+
 pub fn health(st: Arc<AppState>) -> Response {
-    warp::reply::json(&json!({ "status": "ok", "model": st.model_name, "uptime_seconds": st.started.elapsed().as_secs() })).into_response()
+    let status = if st.loaded.get().is_some() { "ok" } else { "loading" };
+    let body = warp::reply::json(&json!({ "status": status, "model": st.model_name, "uptime_seconds": st.started.elapsed().as_secs() }));
+    let code = if status == "ok" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    warp::reply::with_status(body, code).into_response()
 }
 
 pub fn models(st: Arc<AppState>) -> Response {
@@ -72,7 +79,7 @@ fn field<'a>(v: &'a Value, names: &[&str]) -> Option<&'a Value> {
     names.iter().find_map(|n| v.get(*n)).filter(|x| !x.is_null())
 }
 
-fn parse(body: &[u8], st: &AppState, chat: bool) -> Result<Request, String> {
+fn parse(body: &[u8], st: &Loaded, chat: bool) -> Result<Request, String> {
     let v: Value = serde_json::from_slice(body).map_err(|e| format!("request body is not valid JSON: {e}"))?;
     if !v.is_object() {
         return Err("request body must be a JSON object".into());
@@ -144,10 +151,10 @@ fn parse(body: &[u8], st: &AppState, chat: bool) -> Result<Request, String> {
     if prompt.is_empty() {
         return Err("the prompt is empty".into());
     }
-    if prompt.len() >= st.config.max_context {
-        return Err(format!("the prompt has {} tokens; the context holds {}", prompt.len(), st.config.max_context));
+    if prompt.len() >= st.max_context {
+        return Err(format!("the prompt has {} tokens; the context holds {}", prompt.len(), st.max_context));
     }
-    let opts = GenerateOptions { max_tokens: max_tokens as usize, stop, sampling, max_context: st.config.max_context };
+    let opts = GenerateOptions { max_tokens: max_tokens as usize, stop, sampling, max_context: st.max_context };
     Ok(Request { prompt, opts, stream, include_usage })
 }
 
@@ -159,19 +166,20 @@ fn finish_reason(f: FinishReason) -> &'static str {
 }
 
 /// `/v1/chat/completions` (`chat`) and `/v1/completions`.
-pub async fn completion(body: Bytes, st: Arc<AppState>, chat: bool) -> Result<Response, Infallible> {
-    let req = match parse(&body, &st, chat) {
+pub async fn completion(body: Bytes, app: Arc<AppState>, chat: bool) -> Result<Response, Infallible> {
+    let Some(st) = app.loaded.get() else { return Ok(loading()) };
+    let req = match parse(&body, st, chat) {
         Ok(r) => r,
         Err(m) => return Ok(bad_request(m)),
     };
-    let (tx, mut rx) = mpsc::channel(st.config.stream_buffer.max(1));
+    let (tx, mut rx) = mpsc::channel(app.config.stream_buffer.max(1));
     let n_prompt = req.prompt.len();
     if st.jobs.try_send(Job { prompt: req.prompt, opts: req.opts, events: tx }).is_err() {
         return Ok(error(StatusCode::SERVICE_UNAVAILABLE, "the server is busy; retry shortly", "server_error", "queue_full"));
     }
     let id = format!("{}-{}", if chat { "chatcmpl" } else { "cmpl" }, NEXT_ID.fetch_add(1, Ordering::Relaxed));
     let created = now();
-    let model = st.model_name.clone();
+    let model = app.model_name.clone();
     let object = if chat { "chat.completion" } else { "text_completion" };
 
     if !req.stream {
