@@ -66,7 +66,7 @@ pub fn run(model_path: &Path, mode: &ExpertMode, config: ServerConfig) -> Result
                 eprintln!("ready: {}", path.display());
             }
             Err(e) => {
-                eprintln!("error: {}: {e}", path.display());
+                eprintln!("error: cannot load the model: {e}");
                 std::process::exit(1);
             }
         });
