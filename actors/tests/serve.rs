@@ -153,4 +153,15 @@ fn serves_openai_requests() {
     }
     let (st, body) = request(a, "POST", "/v1/completions", r#"{"prompt":"JULIET:","max_tokens":4}"#);
     assert_eq!(st, 200, "{body}");
+
+    // Prometheus metrics count what happened above
+    let (st, m) = request(a, "GET", "/metrics", "");
+    assert_eq!(st, 200);
+    let value = |name: &str| -> f64 {
+        m.lines().find(|l| l.starts_with(name) && !l.starts_with('#')).and_then(|l| l.rsplit(' ').next()).unwrap().parse().unwrap()
+    };
+    assert!(value("odmoe_requests_total{endpoint=\"chat\"}") >= 2.0, "{m}");
+    assert!(value("odmoe_requests_rejected_total") >= 7.0, "{m}");
+    assert!(value("odmoe_tokens_generated_total") >= 12.0 + 8.0 + 6.0 + 4.0, "{m}");
+    assert!(value("odmoe_time_to_first_token_seconds_count") >= 4.0, "{m}");
 }

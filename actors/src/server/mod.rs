@@ -6,6 +6,7 @@
 //! and the engine cancels that generation. One generation runs at a time for now.
 
 mod engine;
+mod metrics;
 mod openai;
 
 use std::net::SocketAddr;
@@ -39,6 +40,7 @@ pub struct AppState {
     pub config: ServerConfig,
     pub started: Instant,
     pub loaded: std::sync::OnceLock<Loaded>,
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 /// The parts of the server that exist once the model is loaded.
@@ -47,20 +49,27 @@ pub struct Loaded {
     pub template: Option<ChatTemplate>,
     pub jobs: tokio::sync::mpsc::Sender<engine::Job>,
     pub max_context: usize,
+    pub model: Arc<Model>,
 }
 
 /// Opens the port, loads the model (answering 503 meanwhile) and serves until the process
 /// ends. A model that fails to load ends the process with the error.
 pub fn run(model_path: &Path, mode: &ExpertMode, config: ServerConfig) -> Result<(), Box<dyn std::error::Error>> {
     let name = model_path.file_stem().map_or_else(|| "model".to_string(), |s| s.to_string_lossy().into_owned());
-    let state = Arc::new(AppState { model_name: name, config: config.clone(), started: Instant::now(), loaded: std::sync::OnceLock::new() });
+    let state = Arc::new(AppState {
+        model_name: name,
+        config: config.clone(),
+        started: Instant::now(),
+        loaded: std::sync::OnceLock::new(),
+        metrics: Arc::new(metrics::Metrics::default()),
+    });
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.addr).await.map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
         let local = listener.local_addr()?;
         eprintln!("listening on http://{local} (loading {})", model_path.display());
         let (st, path, mode) = (state.clone(), model_path.to_path_buf(), mode.clone());
-        std::thread::spawn(move || match load(&path, &mode, &st.config) {
+        std::thread::spawn(move || match load(&path, &mode, &st.config, st.metrics.clone()) {
             Ok(l) => {
                 let _ = st.loaded.set(l);
                 eprintln!("ready: {}", path.display());
@@ -75,13 +84,13 @@ pub fn run(model_path: &Path, mode: &ExpertMode, config: ServerConfig) -> Result
     })
 }
 
-fn load(path: &Path, mode: &ExpertMode, config: &ServerConfig) -> Result<Loaded, Box<dyn std::error::Error + Send + Sync>> {
+fn load(path: &Path, mode: &ExpertMode, config: &ServerConfig, metrics: Arc<metrics::Metrics>) -> Result<Loaded, Box<dyn std::error::Error + Send + Sync>> {
     let model = Arc::new(Model::open_with(path, mode).map_err(|e| e.to_string())?);
     let tokenizer = Arc::new(Tokenizer::from_gguf(model.metadata()).map_err(|e| e.to_string())?);
     let template = ChatTemplate::from_gguf(model.metadata()).ok();
     let max_context = model.config().n_ctx_train.min(config.max_context);
-    let jobs = engine::start(model, tokenizer.clone(), config.queue);
-    Ok(Loaded { tokenizer, template, jobs, max_context })
+    let jobs = engine::start(model.clone(), tokenizer.clone(), config.queue, metrics);
+    Ok(Loaded { tokenizer, template, jobs, max_context, model })
 }
 
 fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl warp::Reply,), Error = std::convert::Infallible> + Clone + Send + Sync + 'static {
@@ -89,6 +98,7 @@ fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl warp::Reply,), Er
     let st = warp::any().map(move || state.clone());
     let health = warp::path!("health").and(warp::get()).and(st.clone()).map(openai::health);
     let models = warp::path!("v1" / "models").and(warp::get()).and(st.clone()).map(openai::models);
+    let metrics = warp::path!("metrics").and(warp::get()).and(st.clone()).map(openai::metrics);
     let chat = warp::path!("v1" / "chat" / "completions")
         .and(warp::post())
         .and(warp::body::content_length_limit(limit))
@@ -101,5 +111,5 @@ fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl warp::Reply,), Er
         .and(warp::body::bytes())
         .and(st)
         .and_then(|b, s| openai::completion(b, s, false));
-    health.or(models).or(chat).or(completions).recover(openai::rejection)
+    health.or(models).or(metrics).or(chat).or(completions).recover(openai::rejection)
 }

@@ -51,6 +51,15 @@ pub fn health(st: Arc<AppState>) -> Response {
     warp::reply::with_status(body, code).into_response()
 }
 
+pub fn metrics(st: Arc<AppState>) -> Response {
+    let (depth, experts) = match st.loaded.get() {
+        Some(l) => (l.jobs.max_capacity() - l.jobs.capacity(), l.model.pager().map(|p| p.stats())),
+        None => (0, None),
+    };
+    let body = st.metrics.render(depth, experts);
+    warp::reply::with_header(body, "content-type", "text/plain; version=0.0.4").into_response()
+}
+
 pub fn models(st: Arc<AppState>) -> Response {
     warp::reply::json(&json!({ "object": "list", "data": [{ "id": st.model_name, "object": "model", "created": 0, "owned_by": "odmoe" }] })).into_response()
 }
@@ -170,12 +179,23 @@ pub async fn completion(body: Bytes, app: Arc<AppState>, chat: bool) -> Result<R
     let Some(st) = app.loaded.get() else { return Ok(loading()) };
     let req = match parse(&body, st, chat) {
         Ok(r) => r,
-        Err(m) => return Ok(bad_request(m)),
+        Err(m) => {
+            app.metrics.requests_rejected.fetch_add(1, Ordering::Relaxed);
+            return Ok(bad_request(m));
+        }
     };
     let (tx, mut rx) = mpsc::channel(app.config.stream_buffer.max(1));
     let n_prompt = req.prompt.len();
-    if st.jobs.try_send(Job { prompt: req.prompt, opts: req.opts, events: tx }).is_err() {
+    app.metrics.active.fetch_add(1, Ordering::Relaxed);
+    if st.jobs.try_send(Job { prompt: req.prompt, opts: req.opts, events: tx, accepted: std::time::Instant::now() }).is_err() {
+        app.metrics.active.fetch_sub(1, Ordering::Relaxed);
+        app.metrics.requests_rejected.fetch_add(1, Ordering::Relaxed);
         return Ok(error(StatusCode::SERVICE_UNAVAILABLE, "the server is busy; retry shortly", "server_error", "queue_full"));
+    }
+    if chat {
+        app.metrics.requests_chat.fetch_add(1, Ordering::Relaxed);
+    } else {
+        app.metrics.requests_text.fetch_add(1, Ordering::Relaxed);
     }
     let id = format!("{}-{}", if chat { "chatcmpl" } else { "cmpl" }, NEXT_ID.fetch_add(1, Ordering::Relaxed));
     let created = now();

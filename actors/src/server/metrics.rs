@@ -1,0 +1,104 @@
+//! Server metrics in Prometheus' text format (`GET /metrics`, names prefixed `odmoe_`).
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+/// A fixed-bucket histogram of seconds.
+pub struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<AtomicU64>,
+    sum_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram { bounds, counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(), sum_micros: AtomicU64::new(0), count: AtomicU64::new(0) }
+    }
+
+    /// Records one observation.
+    pub fn observe(&self, seconds: f64) {
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            if seconds <= *b {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.sum_micros.fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn render(&self, name: &str, help: &str, out: &mut String) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {}", c.load(Ordering::Relaxed));
+        }
+        let n = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {n}");
+        let _ = writeln!(out, "{name}_sum {}", self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count {n}");
+    }
+}
+
+const LATENCY_BOUNDS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// Counters shared by the HTTP handlers and the engine thread.
+pub struct Metrics {
+    /// Completion requests accepted, chat and text.
+    pub requests_chat: AtomicU64,
+    /// Text completion requests accepted.
+    pub requests_text: AtomicU64,
+    /// Requests refused with an error response.
+    pub requests_rejected: AtomicU64,
+    /// Prompt tokens processed.
+    pub prompt_tokens: AtomicU64,
+    /// Tokens generated.
+    pub generated_tokens: AtomicU64,
+    /// Generations queued or running.
+    pub active: AtomicI64,
+    /// From request accepted to first text.
+    pub time_to_first_token: Histogram,
+    /// Between successive pieces of text.
+    pub inter_token_latency: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests_chat: AtomicU64::new(0),
+            requests_text: AtomicU64::new(0),
+            requests_rejected: AtomicU64::new(0),
+            prompt_tokens: AtomicU64::new(0),
+            generated_tokens: AtomicU64::new(0),
+            active: AtomicI64::new(0),
+            time_to_first_token: Histogram::new(LATENCY_BOUNDS),
+            inter_token_latency: Histogram::new(LATENCY_BOUNDS),
+        }
+    }
+}
+
+impl Metrics {
+    /// Prometheus text; `queue_depth` and expert-cache figures come from their owners.
+    pub fn render(&self, queue_depth: usize, experts: Option<odmoe::experts::PagerStatsSnapshot>) -> String {
+        let mut o = String::new();
+        let c = |o: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        };
+        let _ = writeln!(o, "# HELP odmoe_requests_total Completion requests accepted.\n# TYPE odmoe_requests_total counter");
+        let _ = writeln!(o, "odmoe_requests_total{{endpoint=\"chat\"}} {}", self.requests_chat.load(Ordering::Relaxed));
+        let _ = writeln!(o, "odmoe_requests_total{{endpoint=\"completions\"}} {}", self.requests_text.load(Ordering::Relaxed));
+        c(&mut o, "odmoe_requests_rejected_total", "Requests answered with an error.", self.requests_rejected.load(Ordering::Relaxed));
+        c(&mut o, "odmoe_prompt_tokens_total", "Prompt tokens processed.", self.prompt_tokens.load(Ordering::Relaxed));
+        c(&mut o, "odmoe_tokens_generated_total", "Tokens generated.", self.generated_tokens.load(Ordering::Relaxed));
+        let _ = writeln!(o, "# HELP odmoe_active_sessions Generations queued or running.\n# TYPE odmoe_active_sessions gauge\nodmoe_active_sessions {}", self.active.load(Ordering::Relaxed));
+        let _ = writeln!(o, "# HELP odmoe_queue_depth Generations waiting for the engine.\n# TYPE odmoe_queue_depth gauge\nodmoe_queue_depth {queue_depth}");
+        self.time_to_first_token.render("odmoe_time_to_first_token_seconds", "Seconds from request to first text.", &mut o);
+        self.inter_token_latency.render("odmoe_inter_token_latency_seconds", "Seconds between successive pieces of text.", &mut o);
+        if let Some(s) = experts {
+            c(&mut o, "odmoe_expert_cache_hits_total", "Expert requests served from the cache.", s.hits);
+            c(&mut o, "odmoe_expert_cache_misses_total", "Expert requests that needed a read.", s.misses);
+            c(&mut o, "odmoe_expert_bytes_read_total", "Bytes of experts read from disk.", s.bytes_read);
+            c(&mut o, "odmoe_expert_evictions_total", "Experts evicted from the cache.", s.evictions);
+        }
+        o
+    }
+}
