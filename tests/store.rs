@@ -64,6 +64,16 @@ fn damaged_stores_are_refused() {
     assert!(e.contains("already exists"), "{e}");
     assert!(logits(&dir, &ExpertMode::Mapped).is_ok());
 
+    // a manifest that lacks a layer's experts is refused at load, naming the layer
+    let mpath = dir.join("manifest.json");
+    let original = std::fs::read(&mpath).unwrap();
+    let mut m: serde_json::Value = serde_json::from_slice(&original).unwrap();
+    m["layers"].as_array_mut().unwrap().remove(1);
+    std::fs::write(&mpath, serde_json::to_vec(&m).unwrap()).unwrap();
+    let e = Model::open(&dir).err().unwrap().to_string();
+    assert!(e.contains("layer 1 experts"), "{e}");
+    std::fs::write(&mpath, &original).unwrap();
+
     // a flipped byte in an expert record is caught by its checksum, naming layer and expert
     let f = dir.join("experts-001.bin");
     let mut bytes = std::fs::read(&f).unwrap();

@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
@@ -123,16 +124,14 @@ impl PagedExperts {
     /// bytes (`u64::MAX` for no limit), reading with up to `read_threads` threads.
     pub fn from_gguf(g: &GgufModel, n_layer: usize, budget: u64, read_threads: usize) -> Result<PagedExperts> {
         let mut files = Vec::new();
-        let mut file_index = HashMap::new();
-        for (i, f) in g.files().iter().enumerate() {
+        for f in g.files() {
             files.push(File::open(f.path()).map_err(|source| Error::Io { path: f.path().to_path_buf(), source })?);
-            file_index.insert(f.path().to_path_buf(), i);
         }
         let mut layers = Vec::with_capacity(n_layer);
         for l in 0..n_layer {
             let proj = |name: &str| -> Option<(ProjectionLayout, usize)> {
                 let full = format!("blk.{l}.ffn_{name}_exps.weight");
-                let (fi, info) = g.files().iter().enumerate().find_map(|(fi, f)| f.tensors().iter().find(|t| t.name == full).map(|t| (fi, t)))?;
+                let (fi, info) = g.tensor_location(&full)?;
                 let n_expert = *info.dims.get(2)? as usize;
                 let (cols, rows) = (info.dims[0] as usize, info.dims[1] as usize);
                 Some((ProjectionLayout { file: fi, offset: info.offset, stride: info.size / n_expert as u64, ty: info.ggml_type, rows, cols }, n_expert))
@@ -153,34 +152,21 @@ impl PagedExperts {
     /// As [`Self::from_store`], optionally reading with `O_DIRECT` (page cache bypassed;
     /// falls back to buffered reads where the filesystem refuses it, see [`Self::direct_io`]).
     pub fn from_store_with(store: &super::store::Store, n_layer: usize, budget: u64, read_threads: usize, direct: bool) -> Result<PagedExperts> {
-        let mut direct = direct;
-        let mut files = Vec::new();
+        let mut paths = Vec::new();
         let mut layers: Vec<Option<LayerLayout>> = vec![None; n_layer];
         for le in &store.manifest().layers {
             if le.layer >= n_layer {
                 return Err(Error::model(format!("store: expert file for layer {} but the model has {n_layer} layers", le.layer)));
             }
             let path = store.dir().join(&le.file);
-            let f = if direct {
-                use std::os::unix::fs::OpenOptionsExt;
-                match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(&path) {
-                    Ok(f) => f,
-                    Err(_) => {
-                        direct = false;
-                        File::open(&path).map_err(|source| Error::Io { path: path.clone(), source })?
-                    }
-                }
-            } else {
-                File::open(&path).map_err(|source| Error::Io { path: path.clone(), source })?
-            };
-            let len = f.metadata().map_err(|source| Error::Io { path: path.clone(), source })?.len();
+            let len = std::fs::metadata(&path).map_err(|source| Error::Io { path: path.clone(), source })?.len();
             let need = le.record_bytes * le.n_expert as u64;
             if len < need || le.crc32.len() != le.n_expert {
                 return Err(Error::model(format!("store: {} is truncated or inconsistent ({len} bytes, {need} expected for {} experts)", path.display(), le.n_expert)));
             }
             let ty = |name: &str| GgmlType::from_name(name).ok_or_else(|| Error::model(format!("store: unknown type {name}")));
-            let file = files.len();
-            files.push(f);
+            let file = paths.len();
+            paths.push(path);
             let proj = |pi: &super::store::ProjectionInfo, offset: u64| -> Result<ProjectionLayout> {
                 let t = ty(&pi.ty)?;
                 if t.row_bytes(pi.cols as u64).map(|rb| rb * pi.rows as u64) != Some(pi.bytes) {
@@ -193,9 +179,25 @@ impl PagedExperts {
             let down = proj(&le.down, le.gate.bytes + le.up.bytes)?;
             layers[le.layer] = Some(LayerLayout { gate, up, down, n_expert: le.n_expert, crc32: Some(le.crc32.clone()) });
         }
+        // Direct I/O for all files or none: reads size their buffers by the mode.
+        let open_direct = |p: &PathBuf| {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(p)
+        };
+        let direct_files = if direct { paths.iter().map(open_direct).collect::<std::io::Result<Vec<File>>>().ok() } else { None };
+        let direct = direct_files.is_some();
+        let files = match direct_files {
+            Some(f) => f,
+            None => paths.iter().map(|p| File::open(p).map_err(|source| Error::Io { path: p.clone(), source })).collect::<Result<Vec<File>>>()?,
+        };
         let mut p = Self::new(files, layers, budget, read_threads);
         p.direct = direct;
         Ok(p)
+    }
+
+    /// Experts, expert FFN size and hidden size of `layer`'s routed experts, if it has any.
+    pub fn layer_shape(&self, layer: usize) -> Option<(usize, usize, usize)> {
+        self.layers.get(layer)?.as_ref().map(|l| (l.n_expert, l.gate.rows, l.gate.cols))
     }
 
     /// Whether reads bypass the page cache.

@@ -96,6 +96,11 @@ impl GgufModel {
         self.index.get(name).map(|&(f, t)| &self.files[f].tensors()[t])
     }
 
+    /// A tensor's description and the index (in [`GgufModel::files`]) of the shard holding it.
+    pub fn tensor_location(&self, name: &str) -> Option<(usize, &TensorInfo)> {
+        self.index.get(name).map(|&(f, t)| (f, &self.files[f].tensors()[t]))
+    }
+
     /// A tensor's description and its bytes.
     pub fn tensor_data(&self, name: &str) -> Option<(&TensorInfo, &[u8])> {
         let &(f, t) = self.index.get(name)?;

@@ -102,6 +102,16 @@ impl Model {
                 ExpertMode::Mapped => (u64::MAX, 4),
             };
             let pager = Arc::new(PagedExperts::from_store(&store, config.n_layer, budget, threads)?);
+            // the store's expert files must hold what the configuration calls for
+            if let Some(moe) = &config.moe {
+                for l in moe.n_dense_lead..config.n_layer {
+                    let want = (moe.n_expert, moe.n_ff_exp, config.n_embd);
+                    match pager.layer_shape(l) {
+                        Some(got) if got == want => {}
+                        got => return Err(Error::model(format!("store: layer {l} experts are {got:?} (experts, ffn, hidden), the model needs {want:?}"))),
+                    }
+                }
+            }
             return Ok(Model { config, weights, experts: pager.clone(), pager: Some(pager), source: store });
         }
         let g = Arc::new(GgufModel::open(path)?);
