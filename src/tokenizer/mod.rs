@@ -127,7 +127,7 @@ impl Tokenizer {
         // Like llama.cpp, also end generation on well-known end-of-turn control tokens.
         for (i, t) in tokens.iter().enumerate() {
             if types[i] == TokenType::Control
-                && matches!(t.as_str(), "<|eot_id|>" | "<|im_end|>" | "<|end|>" | "<end_of_turn>" | "<|endoftext|>" | "<|end▁of▁sentence|>" | "<|im_end|>\n" | "<|eom_id|>")
+                && matches!(t.as_str(), "<|eot_id|>" | "<|im_end|>" | "<|end|>" | "<end_of_turn>" | "<|endoftext|>" | "<|end▁of▁sentence|>" | "<|eom_id|>")
             {
                 eog.insert(i as u32);
             }

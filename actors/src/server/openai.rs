@@ -185,7 +185,6 @@ pub async fn completion(body: Bytes, app: Arc<AppState>, chat: bool) -> Result<R
         }
     };
     let (tx, mut rx) = mpsc::channel(app.config.stream_buffer.max(1));
-    let n_prompt = req.prompt.len();
     app.metrics.active.fetch_add(1, Ordering::Relaxed);
     if st.jobs.try_send(Job { prompt: req.prompt, opts: req.opts, events: tx, accepted: std::time::Instant::now() }).is_err() {
         app.metrics.active.fetch_sub(1, Ordering::Relaxed);
@@ -268,6 +267,5 @@ pub async fn completion(body: Bytes, app: Arc<AppState>, chat: bool) -> Result<R
             }
         }
     });
-    let _ = n_prompt;
     Ok(warp::sse::reply(warp::sse::keep_alive().stream(events)).into_response())
 }
