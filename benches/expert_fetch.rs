@@ -17,7 +17,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use odmoe::experts::store::{LayerExperts, Manifest, ProjectionInfo, SourceInfo, Store, RECORD_ALIGN};
-use odmoe::experts::{ExpertSource, PagedExperts};
+use odmoe::experts::{ExpertSource, PagedExperts, PagerOptions};
 
 const LAYERS: usize = 48;
 const EXPERT_ROWS: usize = 768;
@@ -92,7 +92,7 @@ fn main() {
     let store = Store::open(&dir).unwrap();
     let threads: usize = std::env::var("ODMOE_BENCH_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
     let direct = std::env::var_os("ODMOE_BENCH_DIRECT").is_some();
-    let pager = PagedExperts::from_store_with(&store, LAYERS, 0, threads, direct).unwrap();
+    let pager = PagedExperts::from_store(&store, LAYERS, &PagerOptions { budget: 0, read_threads: threads, prefetch_in_flight: threads, direct_io: direct }).unwrap();
     let mut order: Vec<(usize, usize)> = (0..LAYERS).flat_map(|l| (0..n_expert).map(move |e| (l, e))).collect();
     for i in (1..order.len()).rev() {
         s ^= s << 13;

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use odmoe::experts::store;
 use odmoe::gguf::GgufModel;
+use odmoe::experts::PagerOptions;
 use odmoe::model::{ExpertMode, Logits, Model};
 
 const TOKENS: [u32; 10] = [1, 17, 300, 42, 511, 7, 99, 256, 128, 3];
@@ -46,7 +47,7 @@ fn store_runs_exactly_like_the_gguf() {
         let total: u64 = store::Store::open(&dir).unwrap().manifest().layers.iter().map(|l| (l.gate.bytes + l.up.bytes + l.down.bytes) * l.n_expert as u64).sum();
         for budget in [u64::MAX, total / 4, 1] {
             for threads in [1, 3] {
-                let got = logits(&dir, &ExpertMode::Paged { budget, read_threads: threads }).unwrap();
+                let got = logits(&dir, &ExpertMode::Paged(PagerOptions { budget, read_threads: threads, ..Default::default() })).unwrap();
                 assert!(got == want, "{name}: store with budget {budget} differs from the GGUF");
             }
         }

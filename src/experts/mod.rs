@@ -8,7 +8,7 @@
 mod pager;
 pub mod store;
 
-pub use pager::{parse_size, PagedExperts, PagerStats, PagerStatsSnapshot};
+pub use pager::{parse_size, PagedExperts, PagerOptions, PagerStats, PagerStatsSnapshot};
 
 use crate::compute::QMatrix;
 use crate::Result;
@@ -34,6 +34,14 @@ pub trait ExpertSource: Send + Sync {
     fn experts(&self, layer: usize, ids: &[usize]) -> Result<Vec<ExpertWeights>> {
         ids.iter().map(|&e| self.expert(layer, e)).collect()
     }
+
+    /// A hint that `ids` of `layer` will likely be asked for soon: a disk-backed source
+    /// starts reading them at low priority. Never changes results.
+    fn prefetch(&self, _layer: usize, _ids: &[usize]) {}
+
+    /// Drops the prefetches not yet started for layers up to `through_layer` (all layers
+    /// with `None`): the pass they were for has gone by.
+    fn cancel_prefetches(&self, _through_layer: Option<usize>) {}
 }
 
 /// One layer's experts as stacked matrices (`n_expert` blocks of rows each).

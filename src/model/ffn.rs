@@ -17,6 +17,19 @@ fn mlp(m: &Mlp, x: &[f32]) -> Vec<f32> {
     matmul(&m.down, &g)
 }
 
+/// The experts `f`'s router would choose for the tokens `x` (`n × n_embd`), each once,
+/// or `None` when `f` is dense. Applied to the state entering an earlier layer, this is
+/// the zero-training prediction of which experts that layer will need.
+pub fn router_choice(cfg: &Config, f: &Ffn, x: &[f32]) -> Option<Vec<usize>> {
+    let Ffn::Moe { router, bias, .. } = f else { return None };
+    let moe = cfg.moe.as_ref()?;
+    let logits = matmul(router, x);
+    let mut ids: Vec<usize> = logits.chunks_exact(moe.n_expert).flat_map(|l| route(moe, l, bias.as_deref()).ids).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    Some(ids)
+}
+
 /// Applies the FFN of `layer` to `x` (`n × n_embd`, normalized). Returns `n × n_embd`.
 pub fn forward(cfg: &Config, layer: usize, f: &Ffn, experts: &dyn ExpertSource, x: &[f32]) -> Result<Vec<f32>> {
     let d = cfg.n_embd;

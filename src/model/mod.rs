@@ -18,7 +18,7 @@ pub use config::{Arch, Config};
 
 use crate::compute::cpu::{add_assign, matmul, rms_norm};
 use crate::experts::store::Store;
-use crate::experts::{ExpertSource, PagedExperts, ResidentExperts};
+use crate::experts::{ExpertSource, PagedExperts, PagerOptions, ResidentExperts};
 use crate::gguf::{GgufModel, Metadata};
 use source::TensorSource;
 use crate::{Error, Result};
@@ -32,6 +32,7 @@ pub struct Model {
     experts: Arc<dyn ExpertSource>,
     pager: Option<Arc<PagedExperts>>,
     source: Arc<dyn TensorSource>,
+    prefetch: Prefetch,
 }
 
 /// How a model's routed experts are reached.
@@ -39,14 +40,19 @@ pub struct Model {
 pub enum ExpertMode {
     /// Through the memory mapping of the model file (the OS pages them in and out).
     Mapped,
-    /// Read on demand into a cache of at most `budget` bytes (`u64::MAX`: no limit),
-    /// with up to `read_threads` reads in flight.
-    Paged {
-        /// Cache byte budget for routed experts.
-        budget: u64,
-        /// Parallel reads.
-        read_threads: usize,
-    },
+    /// Read on demand into a byte-budgeted cache by a pool of readers.
+    Paged(PagerOptions),
+}
+
+/// Which experts are read ahead of the layer that needs them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Prefetch {
+    /// None: every miss is read when its layer asks.
+    #[default]
+    Off,
+    /// While layer L computes, layer L+1's router is applied to L's FFN input and the
+    /// experts it picks are prefetched (no training needed; exact results either way).
+    Gate,
 }
 
 /// Per-sequence attention state: one cache per layer and the number of positions held.
@@ -97,11 +103,11 @@ impl Model {
             let store = Arc::new(Store::open(path)?);
             let config = Config::from_metadata(store.metadata())?;
             let weights = Weights::load(store.as_ref(), &config, false)?;
-            let (budget, threads) = match *mode {
-                ExpertMode::Paged { budget, read_threads } => (budget, read_threads),
-                ExpertMode::Mapped => (u64::MAX, 4),
+            let opts = match mode {
+                ExpertMode::Paged(o) => o.clone(),
+                ExpertMode::Mapped => PagerOptions::default(),
             };
-            let pager = Arc::new(PagedExperts::from_store(&store, config.n_layer, budget, threads)?);
+            let pager = Arc::new(PagedExperts::from_store(&store, config.n_layer, &opts)?);
             // the store's expert files must hold what the configuration calls for
             if let Some(moe) = &config.moe {
                 for l in moe.n_dense_lead..config.n_layer {
@@ -112,12 +118,12 @@ impl Model {
                     }
                 }
             }
-            return Ok(Model { config, weights, experts: pager.clone(), pager: Some(pager), source: store });
+            return Ok(Model { config, weights, experts: pager.clone(), pager: Some(pager), source: store, prefetch: Prefetch::Off });
         }
         let g = Arc::new(GgufModel::open(path)?);
         let mut m = Self::from_gguf(g.clone())?;
-        if let ExpertMode::Paged { budget, read_threads } = *mode {
-            let pager = Arc::new(PagedExperts::from_gguf(&g, m.config.n_layer, budget, read_threads)?);
+        if let ExpertMode::Paged(opts) = mode {
+            let pager = Arc::new(PagedExperts::from_gguf(&g, m.config.n_layer, opts)?);
             m.experts = pager.clone();
             m.pager = Some(pager);
         }
@@ -129,7 +135,7 @@ impl Model {
         let config = Config::from_metadata(g.metadata())?;
         let mut weights = Weights::load(g.as_ref(), &config, true)?;
         let experts = Arc::new(ResidentExperts::new(std::mem::take(&mut weights.experts)));
-        Ok(Model { config, weights, experts, pager: None, source: g })
+        Ok(Model { config, weights, experts, pager: None, source: g, prefetch: Prefetch::Off })
     }
 
     /// The expert pager, when experts are paged.
@@ -142,6 +148,16 @@ impl Model {
         self.experts = experts;
         self.pager = None;
         self
+    }
+
+    /// Sets how experts are read ahead (results are the same either way).
+    pub fn set_prefetch(&mut self, p: Prefetch) {
+        self.prefetch = p;
+    }
+
+    /// How experts are read ahead.
+    pub fn prefetch(&self) -> Prefetch {
+        self.prefetch
     }
 
     /// The model's configuration.
@@ -196,8 +212,15 @@ impl Model {
             add_assign(&mut x, &a);
             let mut h = x.clone();
             rms_norm(&mut h, &layer.ffn_norm, cfg.rms_eps);
-            let f = ffn::forward(cfg, l, &layer.ffn, self.experts.as_ref(), &h)?;
-            add_assign(&mut x, &f);
+            if self.prefetch == Prefetch::Gate {
+                if let Some(ids) = self.weights.layers.get(l + 1).and_then(|next| ffn::router_choice(cfg, &next.ffn, &h)) {
+                    self.experts.prefetch(l + 1, &ids);
+                }
+            }
+            let f = ffn::forward(cfg, l, &layer.ffn, self.experts.as_ref(), &h);
+            // prefetches for this layer that never started are of no use now
+            self.experts.cancel_prefetches(Some(l));
+            add_assign(&mut x, &f?);
         }
         cache.len += n;
         let x = match which {

@@ -184,6 +184,6 @@ const READ_THREADS: usize = 4;
 fn expert_mode(budget: Option<&str>) -> Result<odmoe::model::ExpertMode, Box<dyn std::error::Error>> {
     Ok(match budget {
         None => odmoe::model::ExpertMode::Mapped,
-        Some(b) => odmoe::model::ExpertMode::Paged { budget: odmoe::experts::parse_size(b)?, read_threads: READ_THREADS },
+        Some(b) => odmoe::model::ExpertMode::Paged(odmoe::experts::PagerOptions { budget: odmoe::experts::parse_size(b)?, read_threads: READ_THREADS, ..Default::default() }),
     })
 }

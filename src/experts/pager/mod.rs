@@ -1,0 +1,559 @@
+//! On-demand experts: routed experts are read from the model file with positioned reads
+//! into a cache bounded by a byte budget, instead of being reached through the mapping.
+//!
+//! A fixed pool of reader threads serves two queues: demand reads (an expert a running
+//! layer needs now) and prefetches (an expert a predictor expects soon). Guarantees:
+//! - Exact: the bytes are the file's bytes, so results equal the resident run bit for bit.
+//! - Never two reads of one expert at once: a demand for an expert already queued or being
+//!   read joins that read (single flight); a queued prefetch that is demanded is promoted.
+//! - Demand before prefetch: readers always take a queued demand read first, and at most
+//!   `prefetch_in_flight` prefetch reads run at once, so prefetches never occupy every
+//!   reader.
+//! - Prefetches are hints: they can be cancelled (those not yet started are dropped), are
+//!   silently skipped for experts already cached or on their way, and a failed prefetch
+//!   read is forgotten (a later demand reads again and reports the error).
+//! - Experts in use are pinned: handing out an expert gives the caller a shared handle; the
+//!   cache never evicts an entry while such a handle is alive.
+//! - The budget is split evenly over the layers that have experts, and each layer evicts
+//!   its least recently used unpinned experts to stay within its share. An expert larger
+//!   than its layer's share is still read (the layer must run) and kept only while used.
+
+mod io;
+mod stats;
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::{ExpertSource, ExpertWeights};
+use crate::compute::QMatrix;
+use crate::gguf::GgufModel;
+use crate::quant::GgmlType;
+use crate::{Error, Result};
+use io::{ExpertBuf, LayerLayout, ProjectionLayout, Shared};
+pub use stats::{PagerStats, PagerStatsSnapshot};
+
+/// How a pager reads and how much it keeps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PagerOptions {
+    /// Cache byte budget for routed experts (`u64::MAX`: no limit).
+    pub budget: u64,
+    /// Reader threads, i.e. reads in flight at most.
+    pub read_threads: usize,
+    /// Prefetch reads in flight at most (capped at `read_threads`).
+    pub prefetch_in_flight: usize,
+    /// Read store files with `O_DIRECT` (bypassing the page cache) where the filesystem
+    /// allows it. GGUF files are always read through the page cache: their experts are
+    /// not aligned as direct I/O requires.
+    pub direct_io: bool,
+}
+
+impl Default for PagerOptions {
+    fn default() -> Self {
+        PagerOptions { budget: u64::MAX, read_threads: 8, prefetch_in_flight: 4, direct_io: false }
+    }
+}
+
+type Key = (usize, usize);
+
+enum Slot {
+    /// In a queue, not started. `demand`: a caller is waiting (it is in the demand queue).
+    Queued { demand: bool, waiters: Vec<u64> },
+    /// A reader has it. `prefetch`: it was started as a prefetch.
+    Reading { prefetch: bool, waiters: Vec<u64> },
+    /// Cached. `prefetched_unused`: brought in by a prefetch and not yet demanded.
+    Ready { data: Arc<ExpertBuf>, last_use: u64, prefetched_unused: bool },
+}
+
+struct CacheState {
+    slots: HashMap<Key, Slot>,
+    /// Bytes held per layer.
+    used: Vec<u64>,
+    clock: u64,
+    demand: VecDeque<Key>,
+    prefetch: VecDeque<Key>,
+    prefetch_in_flight: usize,
+    next_ticket: u64,
+    /// Finished reads awaiting pickup by the caller holding the ticket.
+    delivered: HashMap<u64, std::result::Result<Arc<ExpertBuf>, String>>,
+    shutdown: bool,
+}
+
+/// What the reader threads share with the callers.
+struct Core {
+    files: Vec<File>,
+    layers: Vec<Option<LayerLayout>>,
+    layer_budget: u64,
+    prefetch_limit: usize,
+    direct: bool,
+    state: Mutex<CacheState>,
+    /// Signalled when a read completes.
+    ready: Condvar,
+    /// Signalled when a job is queued (or on shutdown).
+    work: Condvar,
+    stats: PagerStats,
+}
+
+/// Routed experts read on demand from GGUF files or an expert store into a
+/// byte-budgeted cache, by a pool of reader threads.
+pub struct PagedExperts {
+    core: Arc<Core>,
+    workers: Vec<JoinHandle<()>>,
+}
+impl PagedExperts {
+    /// Pages the experts of `g` (already validated by the model loader) as `opts` say.
+    pub fn from_gguf(g: &GgufModel, n_layer: usize, opts: &PagerOptions) -> Result<PagedExperts> {
+        let mut files = Vec::new();
+        for f in g.files() {
+            files.push(File::open(f.path()).map_err(|source| Error::Io { path: f.path().to_path_buf(), source })?);
+        }
+        let mut layers = Vec::with_capacity(n_layer);
+        for l in 0..n_layer {
+            let proj = |name: &str| -> Option<(ProjectionLayout, usize)> {
+                let full = format!("blk.{l}.ffn_{name}_exps.weight");
+                let (fi, info) = g.tensor_location(&full)?;
+                let n_expert = *info.dims.get(2)? as usize;
+                let (cols, rows) = (info.dims[0] as usize, info.dims[1] as usize);
+                Some((ProjectionLayout { file: fi, offset: info.offset, stride: info.size / n_expert as u64, ty: info.ggml_type, rows, cols }, n_expert))
+            };
+            layers.push(match (proj("gate"), proj("up"), proj("down")) {
+                (Some((gate, n)), Some((up, _)), Some((down, _))) => Some(LayerLayout { gate, up, down, n_expert: n, crc32: None }),
+                _ => None,
+            });
+        }
+        Ok(Self::start(files, layers, opts, false))
+    }
+
+    /// Pages the experts of an expert store (one checksummed record per expert) as `opts`
+    /// say; with `opts.direct_io`, all files are opened with `O_DIRECT` or, where the
+    /// filesystem refuses it, none are (see [`Self::direct_io`]).
+    pub fn from_store(store: &super::store::Store, n_layer: usize, opts: &PagerOptions) -> Result<PagedExperts> {
+        let mut paths = Vec::new();
+        let mut layers: Vec<Option<LayerLayout>> = vec![None; n_layer];
+        for le in &store.manifest().layers {
+            if le.layer >= n_layer {
+                return Err(Error::model(format!("store: expert file for layer {} but the model has {n_layer} layers", le.layer)));
+            }
+            let path = store.dir().join(&le.file);
+            let len = std::fs::metadata(&path).map_err(|source| Error::Io { path: path.clone(), source })?.len();
+            let need = le.record_bytes * le.n_expert as u64;
+            if len < need || le.crc32.len() != le.n_expert {
+                return Err(Error::model(format!("store: {} is truncated or inconsistent ({len} bytes, {need} expected for {} experts)", path.display(), le.n_expert)));
+            }
+            let ty = |name: &str| GgmlType::from_name(name).ok_or_else(|| Error::model(format!("store: unknown type {name}")));
+            let file = paths.len();
+            paths.push(path);
+            let proj = |pi: &super::store::ProjectionInfo, offset: u64| -> Result<ProjectionLayout> {
+                let t = ty(&pi.ty)?;
+                if t.row_bytes(pi.cols as u64).map(|rb| rb * pi.rows as u64) != Some(pi.bytes) {
+                    return Err(Error::model(format!("store: layer {}: {} bytes for a {}x{} {} projection", le.layer, pi.bytes, pi.rows, pi.cols, pi.ty)));
+                }
+                Ok(ProjectionLayout { file, offset, stride: le.record_bytes, ty: t, rows: pi.rows, cols: pi.cols })
+            };
+            let gate = proj(&le.gate, 0)?;
+            let up = proj(&le.up, le.gate.bytes)?;
+            let down = proj(&le.down, le.gate.bytes + le.up.bytes)?;
+            layers[le.layer] = Some(LayerLayout { gate, up, down, n_expert: le.n_expert, crc32: Some(le.crc32.clone()) });
+        }
+        // Direct I/O for all files or none: reads size their buffers by the mode.
+        let open_direct = |p: &PathBuf| {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(p)
+        };
+        let direct_files = if opts.direct_io { paths.iter().map(open_direct).collect::<std::io::Result<Vec<File>>>().ok() } else { None };
+        let direct = direct_files.is_some();
+        let files = match direct_files {
+            Some(f) => f,
+            None => paths.iter().map(|p| File::open(p).map_err(|source| Error::Io { path: p.clone(), source })).collect::<Result<Vec<File>>>()?,
+        };
+        Ok(Self::start(files, layers, opts, direct))
+    }
+
+    fn start(files: Vec<File>, layers: Vec<Option<LayerLayout>>, opts: &PagerOptions, direct: bool) -> PagedExperts {
+        let n_moe = layers.iter().filter(|l| l.is_some()).count().max(1) as u64;
+        let threads = opts.read_threads.max(1);
+        let core = Arc::new(Core {
+            files,
+            layer_budget: if opts.budget == u64::MAX { u64::MAX } else { opts.budget / n_moe },
+            prefetch_limit: opts.prefetch_in_flight.min(threads),
+            direct,
+            state: Mutex::new(CacheState {
+                slots: HashMap::new(),
+                used: vec![0; layers.len()],
+                clock: 0,
+                demand: VecDeque::new(),
+                prefetch: VecDeque::new(),
+                prefetch_in_flight: 0,
+                next_ticket: 0,
+                delivered: HashMap::new(),
+                shutdown: false,
+            }),
+            ready: Condvar::new(),
+            work: Condvar::new(),
+            stats: PagerStats::default(),
+            layers,
+        });
+        let workers = (0..threads)
+            .map(|i| {
+                let c = core.clone();
+                std::thread::Builder::new().name(format!("odmoe-read-{i}")).spawn(move || c.serve_reads()).expect("spawning a reader thread")
+            })
+            .collect();
+        PagedExperts { core, workers }
+    }
+
+    /// Experts, expert FFN size and hidden size of `layer`'s routed experts, if it has any.
+    pub fn layer_shape(&self, layer: usize) -> Option<(usize, usize, usize)> {
+        self.core.layers.get(layer)?.as_ref().map(|l| (l.n_expert, l.gate.rows, l.gate.cols))
+    }
+
+    /// Whether reads bypass the page cache.
+    pub fn direct_io(&self) -> bool {
+        self.core.direct
+    }
+
+    /// Bytes of routed experts in the whole model.
+    pub fn total_expert_bytes(&self) -> u64 {
+        self.core.layers.iter().flatten().map(|l| l.expert_bytes() * l.n_expert as u64).sum()
+    }
+
+    /// Bytes of one expert of `layer` (0 for layers without experts).
+    pub fn expert_bytes(&self, layer: usize) -> u64 {
+        self.core.layers.get(layer).and_then(|l| l.as_ref()).map_or(0, |l| l.expert_bytes())
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> PagerStatsSnapshot {
+        self.core.stats.snapshot()
+    }
+
+    /// Bytes the cache holds now.
+    pub fn cached_bytes(&self) -> u64 {
+        self.core.lock().used.iter().sum()
+    }
+
+    fn check(&self, layer: usize, expert: usize) -> Result<()> {
+        let l = self.core.layers.get(layer).and_then(|l| l.as_ref()).ok_or_else(|| Error::Invalid(format!("layer {layer} has no routed experts")))?;
+        if expert >= l.n_expert {
+            return Err(Error::Invalid(format!("layer {layer}: expert {expert} out of range ({})", l.n_expert)));
+        }
+        Ok(())
+    }
+
+    fn weights(&self, layer: usize, data: Arc<ExpertBuf>) -> ExpertWeights {
+        let l = self.core.layers[layer].as_ref().expect("layer has experts");
+        let bytes = Bytes::from_owner(Shared(data));
+        let (g, u) = (l.proj_bytes(&l.gate) as usize, l.proj_bytes(&l.up) as usize);
+        let m = |p: &ProjectionLayout, r: std::ops::Range<usize>| QMatrix { ty: p.ty, rows: p.rows, cols: p.cols, data: bytes.slice(r) };
+        ExpertWeights { gate: m(&l.gate, 0..g), up: m(&l.up, g..g + u), down: m(&l.down, g + u..bytes.len()) }
+    }
+
+    /// The experts `ids` of `layer`, in that order: cached ones at once, the others read
+    /// in parallel by the reader pool (before any prefetch) and waited for.
+    fn demand(&self, layer: usize, ids: &[usize]) -> Result<Vec<ExpertWeights>> {
+        for &e in ids {
+            self.check(layer, e)?;
+        }
+        let core = &*self.core;
+        let mut out: Vec<Option<Arc<ExpertBuf>>> = vec![None; ids.len()];
+        let mut tickets: Vec<(usize, u64)> = Vec::new();
+        let mut st = core.lock();
+        for (i, &e) in ids.iter().enumerate() {
+            let key = (layer, e);
+            st.clock += 1;
+            let now = st.clock;
+            let ticket = st.next_ticket;
+            let mut queue_demand = false;
+            match st.slots.get_mut(&key) {
+                Some(Slot::Ready { data, last_use, prefetched_unused }) => {
+                    *last_use = now;
+                    if std::mem::take(prefetched_unused) {
+                        PagerStats::add(&core.stats.prefetch_hits, 1);
+                    }
+                    PagerStats::add(&core.stats.hits, 1);
+                    out[i] = Some(data.clone());
+                    continue;
+                }
+                Some(Slot::Queued { demand, waiters }) => {
+                    if !*demand {
+                        PagerStats::add(&core.stats.prefetch_hits, 1);
+                        *demand = true;
+                        queue_demand = true;
+                    }
+                    waiters.push(ticket);
+                }
+                Some(Slot::Reading { prefetch, waiters }) => {
+                    if *prefetch {
+                        PagerStats::add(&core.stats.prefetch_hits, 1);
+                    }
+                    waiters.push(ticket);
+                }
+                None => {
+                    st.slots.insert(key, Slot::Queued { demand: true, waiters: vec![ticket] });
+                    queue_demand = true;
+                }
+            }
+            PagerStats::add(&core.stats.misses, 1);
+            if queue_demand {
+                st.demand.push_back(key);
+            }
+            st.next_ticket += 1;
+            tickets.push((i, ticket));
+        }
+        if !tickets.is_empty() {
+            core.work.notify_all();
+            let t0 = Instant::now();
+            let mut error = None;
+            let mut left = tickets.len();
+            while left > 0 {
+                for &(i, t) in &tickets {
+                    if let Some(r) = st.delivered.remove(&t) {
+                        left -= 1;
+                        match r {
+                            Ok(d) => out[i] = Some(d),
+                            Err(m) => error = Some(m),
+                        }
+                    }
+                }
+                if left > 0 {
+                    st = core.ready.wait(st).unwrap();
+                }
+            }
+            PagerStats::add(&core.stats.wait_micros, t0.elapsed().as_micros() as u64);
+            if let Some(m) = error {
+                return Err(Error::Model(m));
+            }
+        }
+        drop(st);
+        Ok(out.into_iter().map(|d| self.weights(layer, d.expect("every expert delivered"))).collect())
+    }
+}
+
+impl Core {
+    fn lock(&self) -> MutexGuard<'_, CacheState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A reader thread: takes jobs (demand first) until shutdown.
+    fn serve_reads(&self) {
+        let mut st = self.lock();
+        loop {
+            if st.shutdown {
+                return;
+            }
+            let Some((key, prefetch)) = self.next_job(&mut st) else {
+                st = self.work.wait(st).unwrap_or_else(|p| p.into_inner());
+                continue;
+            };
+            drop(st);
+            let (layer, expert) = key;
+            let t0 = Instant::now();
+            let layout = self.layers[layer].as_ref().expect("queued experts are validated");
+            let read = io::read_expert(&self.files, layout, layer, expert, self.direct).map(Arc::new);
+            if let Ok(b) = &read {
+                self.stats.record_read(b.len() as u64, t0.elapsed().as_micros() as u64);
+            }
+            st = self.lock();
+            self.complete(&mut st, key, prefetch, read);
+            self.ready.notify_all();
+            // a finished prefetch may let a queued one start
+            self.work.notify_one();
+        }
+    }
+
+    /// The next expert to read and whether it starts as a prefetch; marks it as reading.
+    fn next_job(&self, st: &mut CacheState) -> Option<(Key, bool)> {
+        while let Some(key) = st.demand.pop_front() {
+            if let Some(slot) = st.slots.get_mut(&key) {
+                if let Slot::Queued { waiters, .. } = slot {
+                    *slot = Slot::Reading { prefetch: false, waiters: std::mem::take(waiters) };
+                    return Some((key, false));
+                }
+            }
+        }
+        if st.prefetch_in_flight >= self.prefetch_limit {
+            return None;
+        }
+        while let Some(key) = st.prefetch.pop_front() {
+            let Some(slot) = st.slots.get_mut(&key) else { continue };
+            if let Slot::Queued { demand, waiters } = slot {
+                // a promoted prefetch found here first is read as the demand it now is
+                let prefetch = !*demand;
+                *slot = Slot::Reading { prefetch, waiters: std::mem::take(waiters) };
+                if prefetch {
+                    st.prefetch_in_flight += 1;
+                    PagerStats::add(&self.stats.prefetch_reads, 1);
+                }
+                return Some((key, prefetch));
+            }
+        }
+        None
+    }
+
+    /// Hands a finished read to its waiters and caches it if its layer's share allows.
+    fn complete(&self, st: &mut CacheState, key: Key, started_as_prefetch: bool, read: std::result::Result<Arc<ExpertBuf>, String>) {
+        if started_as_prefetch {
+            st.prefetch_in_flight -= 1;
+        }
+        let waiters = match st.slots.remove(&key) {
+            Some(Slot::Reading { waiters, .. }) => waiters,
+            _ => unreachable!("only the reader completes a reading slot"),
+        };
+        match read {
+            Ok(data) => {
+                let size = data.len() as u64;
+                let unused = waiters.is_empty();
+                for &w in &waiters {
+                    st.delivered.insert(w, Ok(data.clone()));
+                }
+                let layer = key.0;
+                self.make_room(st, layer, size);
+                if st.used[layer] + size <= self.layer_budget {
+                    st.clock += 1;
+                    let now = st.clock;
+                    st.slots.insert(key, Slot::Ready { data, last_use: now, prefetched_unused: unused });
+                    st.used[layer] += size;
+                } else if unused {
+                    PagerStats::add(&self.stats.prefetch_wasted_bytes, size);
+                }
+            }
+            Err(msg) => {
+                for &w in &waiters {
+                    st.delivered.insert(w, Err(msg.clone()));
+                }
+            }
+        }
+    }
+
+    /// Evicts least recently used, unpinned experts of `layer` until `incoming` more
+    /// bytes fit in its share.
+    fn make_room(&self, st: &mut CacheState, layer: usize, incoming: u64) {
+        while st.used[layer] + incoming > self.layer_budget {
+            let victim = st
+                .slots
+                .iter()
+                .filter_map(|(&(l, e), s)| match s {
+                    Slot::Ready { data, last_use, prefetched_unused } if l == layer && Arc::strong_count(data) == 1 => Some(((l, e), *last_use, data.len() as u64, *prefetched_unused)),
+                    _ => None,
+                })
+                .min_by_key(|v| v.1);
+            let Some((key, _, size, unused)) = victim else { break };
+            st.slots.remove(&key);
+            st.used[layer] -= size;
+            PagerStats::add(&self.stats.evictions, 1);
+            if unused {
+                PagerStats::add(&self.stats.prefetch_wasted_bytes, size);
+            }
+        }
+    }
+}
+
+impl Drop for PagedExperts {
+    fn drop(&mut self) {
+        self.core.lock().shutdown = true;
+        self.core.work.notify_all();
+        for w in self.workers.drain(..) {
+            w.join().ok();
+        }
+    }
+}
+
+impl ExpertSource for PagedExperts {
+    fn expert(&self, layer: usize, expert: usize) -> Result<ExpertWeights> {
+        Ok(self.demand(layer, &[expert])?.pop().expect("one expert"))
+    }
+
+    fn experts(&self, layer: usize, ids: &[usize]) -> Result<Vec<ExpertWeights>> {
+        self.demand(layer, ids)
+    }
+
+    fn prefetch(&self, layer: usize, ids: &[usize]) {
+        let core = &*self.core;
+        if core.prefetch_limit == 0 {
+            return;
+        }
+        let mut st = core.lock();
+        let mut queued = false;
+        for &e in ids {
+            if self.check(layer, e).is_err() || st.slots.contains_key(&(layer, e)) {
+                continue;
+            }
+            st.slots.insert((layer, e), Slot::Queued { demand: false, waiters: Vec::new() });
+            st.prefetch.push_back((layer, e));
+            queued = true;
+        }
+        drop(st);
+        if queued {
+            core.work.notify_all();
+        }
+    }
+
+    fn cancel_prefetches(&self, through_layer: Option<usize>) {
+        let core = &*self.core;
+        let mut st = core.lock();
+        let queue = std::mem::take(&mut st.prefetch);
+        let mut keep = VecDeque::with_capacity(queue.len());
+        for key in queue {
+            match st.slots.get(&key) {
+                Some(Slot::Queued { demand: false, .. }) if through_layer.is_none_or(|t| key.0 <= t) => {
+                    st.slots.remove(&key);
+                    PagerStats::add(&core.stats.prefetch_cancelled, 1);
+                }
+                Some(Slot::Queued { .. }) => keep.push_back(key),
+                _ => {}
+            }
+        }
+        st.prefetch = keep;
+    }
+}
+
+/// Parses a byte size: a plain number of bytes, or with a suffix KiB/MiB/GiB/TiB (powers
+/// of 1024) or KB/MB/GB/TB (powers of 1000), case-insensitive; `unlimited` for no limit.
+pub fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim();
+    if t.eq_ignore_ascii_case("unlimited") {
+        return Ok(u64::MAX);
+    }
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kib" => 1024.0,
+        "m" | "mib" => 1024f64.powi(2),
+        "g" | "gib" => 1024f64.powi(3),
+        "t" | "tib" => 1024f64.powi(4),
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "tb" => 1e12,
+        other => return Err(Error::Invalid(format!("size {s:?}: unknown unit {other:?} (use bytes, KiB, MiB, GiB, TiB, KB, MB, GB or TB)"))),
+    };
+    let v: f64 = num.parse().map_err(|_| Error::Invalid(format!("size {s:?} is not a number with an optional unit")))?;
+    let bytes = v * mult;
+    if !(bytes.is_finite() && (0.0..1.8e19).contains(&bytes)) {
+        return Err(Error::Invalid(format!("size {s:?} is out of range")));
+    }
+    Ok(bytes as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1024").unwrap(), 1024);
+        assert_eq!(parse_size("4GiB").unwrap(), 4 << 30);
+        assert_eq!(parse_size("512 MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_size("1.5kb").unwrap(), 1500);
+        assert_eq!(parse_size("unlimited").unwrap(), u64::MAX);
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("-3GiB").is_err());
+        assert!(parse_size("").is_err());
+    }
+}
