@@ -1,6 +1,7 @@
 //! The `odmoe` command-line interface.
 
 mod cli;
+mod config;
 mod server;
 
 fn main() {

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::Path;
 
 use odmoe::generate::{generate, GenerateOptions};
-use odmoe::model::{ExpertMode, Model};
+use odmoe::model::{ExpertMode, Model, Prefetch};
 use odmoe::sampling::SamplingParams;
 use odmoe::tokenizer::Tokenizer;
 
@@ -18,6 +18,7 @@ pub struct Args {
     pub sampling: SamplingParams,
     pub stop: Vec<String>,
     pub mode: ExpertMode,
+    pub prefetch: Prefetch,
 }
 
 pub fn run(model: &Path, a: Args) -> Result<(), Box<dyn std::error::Error>> {
@@ -25,7 +26,8 @@ pub fn run(model: &Path, a: Args) -> Result<(), Box<dyn std::error::Error>> {
     if a.prompt.is_empty() {
         return Err("the prompt is empty".into());
     }
-    let m = Model::open_with(model, &a.mode)?;
+    let mut m = Model::open_with(model, &a.mode)?;
+    m.set_prefetch(a.prefetch);
     let tok = Tokenizer::from_gguf(m.metadata())?;
     let (text, parse_special) = if a.chat {
         let template = odmoe::tokenizer::ChatTemplate::from_gguf(m.metadata())?;
@@ -64,15 +66,26 @@ pub fn run(model: &Path, a: Args) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(p) = m.pager() {
         let s = p.stats();
         eprintln!(
-            "experts: {} hits, {} misses ({:.1}% hit rate), {:.1} MiB read, {} evictions, {:.2} s waiting on reads; cache holds {:.1} MiB",
+            "experts: {} hits, {} misses ({:.1}% hit rate), {:.1} MiB read, {} evictions, {:.2} s waiting on reads; reads p50 {:.1} ms, p99 {:.1} ms; cache holds {:.1} MiB",
             s.hits,
             s.misses,
-            100.0 * s.hits as f64 / (s.hits + s.misses).max(1) as f64,
+            100.0 * s.hit_rate(),
             s.bytes_read as f64 / (1u64 << 20) as f64,
             s.evictions,
             s.wait_micros as f64 / 1e6,
+            s.read_p50_micros as f64 / 1e3,
+            s.read_p99_micros as f64 / 1e3,
             p.cached_bytes() as f64 / (1u64 << 20) as f64
         );
+        if m.prefetch() != Prefetch::Off {
+            eprintln!(
+                "prefetch: {} reads, {} served a later demand, {:.1} MiB wasted, {} cancelled before reading",
+                s.prefetch_reads,
+                s.prefetch_hits,
+                s.prefetch_wasted_bytes as f64 / (1u64 << 20) as f64,
+                s.prefetch_cancelled
+            );
+        }
     }
     Ok(())
 }

@@ -12,6 +12,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::config::{Config, PrefetchMode};
+
 /// Runs Mixture-of-Experts language models from GGUF files.
 #[derive(Parser)]
 #[command(name = "odmoe", version, about)]
@@ -36,15 +38,23 @@ enum Command {
         /// GGUF model file or expert store; the demo model if not given.
         #[arg(long)]
         model: Option<PathBuf>,
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1")]
-        host: String,
-        /// Port (0 picks a free one).
-        #[arg(long, default_value_t = 8080)]
-        port: u16,
-        /// Read routed experts on demand into a cache of this many bytes.
+        /// TOML configuration file (see odmoe.example.toml); ODMOE_<SECTION>_<KEY>
+        /// environment variables override it, and these flags override both.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Address to listen on [default: 127.0.0.1].
+        #[arg(long)]
+        host: Option<String>,
+        /// Port (0 picks a free one) [default: 8080].
+        #[arg(long)]
+        port: Option<u16>,
+        /// Read routed experts on demand into a cache of this many bytes (e.g. 512MiB,
+        /// 4GiB, unlimited). Without it, experts are reached through the file mapping.
         #[arg(long)]
         cache_budget: Option<String>,
+        /// Read experts ahead of the layer that needs them [default: off].
+        #[arg(long, value_enum)]
+        prefetch: Option<PrefetchMode>,
     },
     /// Print the logits at every position as JSON: {"logits": [[f32; vocab]; n_tokens]}.
     Logits {
@@ -101,6 +111,12 @@ enum Command {
         /// 4GiB, unlimited). Without it, experts are reached through the file mapping.
         #[arg(long)]
         cache_budget: Option<String>,
+        /// Read experts ahead of the layer that needs them [default: off].
+        #[arg(long, value_enum)]
+        prefetch: Option<PrefetchMode>,
+        /// TOML configuration file: its [cache], [prefetch] and [threads] sections apply.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Tokenize text with the model's tokenizer; prints {"ids": [...]}.
     Tokenize {
@@ -153,13 +169,24 @@ pub fn run() -> Result<(), Box<dyn std::error::Error>> {
             logits::run(&demo::resolve(model)?, &tokens, backend, &expert_mode(cache_budget.as_deref())?)
         }
         Command::Info { model } => info::run(&model),
-        Command::Serve { model, host, port, cache_budget } => {
-            let addr: std::net::SocketAddr = format!("{host}:{port}").parse().map_err(|e| format!("--host {host} --port {port}: {e}"))?;
-            let config = crate::server::ServerConfig { addr, queue: 16, stream_buffer: 64, max_body_bytes: 1 << 20, max_context: 4096 };
-            crate::server::run(&demo::resolve(model)?, &expert_mode(cache_budget.as_deref())?, config)
+        Command::Serve { model, config, host, port, cache_budget, prefetch } => {
+            let mut c = Config::load(config.as_deref(), std::env::vars())?;
+            if let Some(h) = host {
+                c.server.host = h;
+            }
+            if let Some(p) = port {
+                c.server.port = p;
+            }
+            apply_cache_flags(&mut c, cache_budget.as_deref(), prefetch)?;
+            apply_threads(&c)?;
+            let server = crate::server::ServerConfig::from_config(&c)?;
+            crate::server::run(&demo::resolve(model)?, &c.expert_mode(), server)
         }
         Command::Convert { input, output } => convert::run(&input, &output),
-        Command::Generate { model, prompt, chat, max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, seed, stop, cache_budget } => {
+        Command::Generate { model, prompt, chat, max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, seed, stop, cache_budget, prefetch, config } => {
+            let mut c = Config::load(config.as_deref(), std::env::vars())?;
+            apply_cache_flags(&mut c, cache_budget.as_deref(), prefetch)?;
+            apply_threads(&c)?;
             let sampling = odmoe::sampling::SamplingParams {
                 temperature,
                 top_p,
@@ -169,21 +196,35 @@ pub fn run() -> Result<(), Box<dyn std::error::Error>> {
                 seed,
                 ..Default::default()
             };
-            let mode = expert_mode(cache_budget.as_deref())?;
-            generate::run(&demo::resolve(model)?, generate::Args { prompt, chat, max_tokens, sampling, stop, mode })
+            generate::run(&demo::resolve(model)?, generate::Args { prompt, chat, max_tokens, sampling, stop, mode: c.expert_mode(), prefetch: c.prefetch() })
         }
         Command::Tokenize { model, text, file, no_bos, special } => tokenize::tokenize(&model, text, file.as_deref(), no_bos, special),
         Command::Detokenize { model, ids } => tokenize::detokenize(&model, &ids),
     }
 }
 
-/// Parallel expert reads when experts are paged.
-const READ_THREADS: usize = 4;
-
-/// The expert mode a `--cache-budget` flag asks for.
+/// The expert mode a `--cache-budget` flag asks for (default settings otherwise).
 fn expert_mode(budget: Option<&str>) -> Result<odmoe::model::ExpertMode, Box<dyn std::error::Error>> {
-    Ok(match budget {
-        None => odmoe::model::ExpertMode::Mapped,
-        Some(b) => odmoe::model::ExpertMode::Paged(odmoe::experts::PagerOptions { budget: odmoe::experts::parse_size(b)?, read_threads: READ_THREADS, ..Default::default() }),
-    })
+    let mut c = Config::default();
+    apply_cache_flags(&mut c, budget, None)?;
+    Ok(c.expert_mode())
+}
+
+/// `--cache-budget` and `--prefetch` override the configuration.
+fn apply_cache_flags(c: &mut Config, budget: Option<&str>, prefetch: Option<PrefetchMode>) -> Result<(), Box<dyn std::error::Error>> {
+    if let Some(b) = budget {
+        c.cache.budget = Some(crate::config::Size(odmoe::experts::parse_size(b)?));
+    }
+    if let Some(p) = prefetch {
+        c.prefetch.mode = p;
+    }
+    Ok(())
+}
+
+/// Sizes the compute thread pool as `[threads] compute` says (0: one per core).
+fn apply_threads(c: &Config) -> Result<(), Box<dyn std::error::Error>> {
+    if c.threads.compute > 0 {
+        rayon::ThreadPoolBuilder::new().num_threads(c.threads.compute).build_global().map_err(|e| format!("threads.compute: {e}"))?;
+    }
+    Ok(())
 }

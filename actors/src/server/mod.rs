@@ -18,12 +18,12 @@ use odmoe::model::{ExpertMode, Model};
 use odmoe::tokenizer::{ChatTemplate, Tokenizer};
 use warp::Filter;
 
-/// Server limits.
+/// The server's settings, resolved from the config file, environment and flags.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     /// Address to listen on.
     pub addr: SocketAddr,
-    /// Generation requests waiting for the engine before new ones get 503.
+    /// Generation requests waiting for the engine before new ones get 429.
     pub queue: usize,
     /// Events buffered per streaming response before the engine waits for the client.
     pub stream_buffer: usize,
@@ -31,6 +31,39 @@ pub struct ServerConfig {
     pub max_body_bytes: u64,
     /// Context limit per request (prompt plus completion).
     pub max_context: usize,
+    /// Longest prompt accepted (tokens).
+    pub max_prompt_tokens: usize,
+    /// Most completion tokens a request may ask for.
+    pub max_tokens: usize,
+    /// Completion tokens when a request does not say.
+    pub default_max_tokens: usize,
+    /// Expert prefetching.
+    pub prefetch: odmoe::model::Prefetch,
+    /// Seconds running streams get to finish after SIGINT/SIGTERM.
+    pub shutdown_timeout_s: u64,
+}
+
+impl ServerConfig {
+    /// The server's part of `c`.
+    pub fn from_config(c: &crate::config::Config) -> Result<ServerConfig, String> {
+        let (host, port) = (&c.server.host, c.server.port);
+        let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
+            .map_err(|e| format!("cannot use host {host} port {port}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("host {host} has no address"))?;
+        Ok(ServerConfig {
+            addr,
+            queue: c.server.max_queued,
+            stream_buffer: c.server.stream_buffer,
+            max_body_bytes: c.server.max_body.0,
+            max_context: c.limits.context,
+            max_prompt_tokens: c.limits.max_prompt_tokens,
+            max_tokens: c.limits.max_tokens,
+            default_max_tokens: c.limits.default_max_tokens,
+            prefetch: c.prefetch(),
+            shutdown_timeout_s: c.server.shutdown_timeout_s,
+        })
+    }
 }
 
 /// What every handler shares. The port opens before the model is loaded; until `loaded`
@@ -79,13 +112,32 @@ pub fn run(model_path: &Path, mode: &ExpertMode, config: ServerConfig) -> Result
                 std::process::exit(1);
             }
         });
-        warp::serve(routes(state)).incoming(listener).run().await;
+        let grace = std::time::Duration::from_secs(state.config.shutdown_timeout_s);
+        let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
+        let signal = async move {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing a SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            eprintln!("shutting down: no new connections; letting running streams finish (up to {} s)", grace.as_secs());
+            let _ = stopping_tx.send(());
+        };
+        let server = warp::serve(routes(state)).incoming(listener).graceful(signal).run();
+        tokio::select! {
+            _ = server => eprintln!("stopped"),
+            _ = async { if stopping.await.is_ok() { tokio::time::sleep(grace).await } else { std::future::pending::<()>().await } } => {
+                eprintln!("shutdown timeout: cancelling the remaining streams");
+            }
+        }
         Ok::<(), Box<dyn std::error::Error>>(())
     })
 }
 
 fn load(path: &Path, mode: &ExpertMode, config: &ServerConfig, metrics: Arc<metrics::Metrics>) -> Result<Loaded, Box<dyn std::error::Error + Send + Sync>> {
-    let model = Arc::new(Model::open_with(path, mode).map_err(|e| e.to_string())?);
+    let mut model = Model::open_with(path, mode).map_err(|e| e.to_string())?;
+    model.set_prefetch(config.prefetch);
+    let model = Arc::new(model);
     let tokenizer = Arc::new(Tokenizer::from_gguf(model.metadata()).map_err(|e| e.to_string())?);
     let template = ChatTemplate::from_gguf(model.metadata()).ok();
     let max_context = model.config().n_ctx_train.min(config.max_context);

@@ -18,7 +18,7 @@ use warp::reply::Response;
 use warp::Reply;
 
 use super::engine::{Event, Job};
-use super::{AppState, Loaded};
+use super::{AppState, Loaded, ServerConfig};
 
 mod bytes_compat {
     pub use warp::hyper::body::Bytes;
@@ -88,7 +88,7 @@ fn field<'a>(v: &'a Value, names: &[&str]) -> Option<&'a Value> {
     names.iter().find_map(|n| v.get(*n)).filter(|x| !x.is_null())
 }
 
-fn parse(body: &[u8], st: &Loaded, chat: bool) -> Result<Request, String> {
+fn parse(body: &[u8], st: &Loaded, limits: &ServerConfig, chat: bool) -> Result<Request, String> {
     let v: Value = serde_json::from_slice(body).map_err(|e| format!("request body is not valid JSON: {e}"))?;
     if !v.is_object() {
         return Err("request body must be a JSON object".into());
@@ -104,9 +104,12 @@ fn parse(body: &[u8], st: &Loaded, chat: bool) -> Result<Request, String> {
             return Err("only n = 1 is supported".into());
         }
     }
-    let max_tokens = num(&["max_completion_tokens", "max_tokens"])?.unwrap_or(256.0);
+    let max_tokens = num(&["max_completion_tokens", "max_tokens"])?.unwrap_or(limits.default_max_tokens as f64);
     if !(max_tokens >= 1.0 && max_tokens.fract() == 0.0) {
         return Err("'max_tokens' must be a positive integer".into());
+    }
+    if max_tokens > limits.max_tokens as f64 {
+        return Err(format!("'max_tokens' is {max_tokens}; this server allows at most {}", limits.max_tokens));
     }
     let mut sampling = SamplingParams::default();
     if let Some(t) = num(&["temperature"])? {
@@ -163,6 +166,9 @@ fn parse(body: &[u8], st: &Loaded, chat: bool) -> Result<Request, String> {
     if prompt.len() >= st.max_context {
         return Err(format!("the prompt has {} tokens; the context holds {}", prompt.len(), st.max_context));
     }
+    if prompt.len() > limits.max_prompt_tokens {
+        return Err(format!("the prompt has {} tokens; this server accepts at most {}", prompt.len(), limits.max_prompt_tokens));
+    }
     let opts = GenerateOptions { max_tokens: max_tokens as usize, stop, sampling, max_context: st.max_context };
     Ok(Request { prompt, opts, stream, include_usage })
 }
@@ -177,7 +183,7 @@ fn finish_reason(f: FinishReason) -> &'static str {
 /// `/v1/chat/completions` (`chat`) and `/v1/completions`.
 pub async fn completion(body: Bytes, app: Arc<AppState>, chat: bool) -> Result<Response, Infallible> {
     let Some(st) = app.loaded.get() else { return Ok(loading()) };
-    let req = match parse(&body, st, chat) {
+    let req = match parse(&body, st, &app.config, chat) {
         Ok(r) => r,
         Err(m) => {
             app.metrics.requests_rejected.fetch_add(1, Ordering::Relaxed);
@@ -189,7 +195,9 @@ pub async fn completion(body: Bytes, app: Arc<AppState>, chat: bool) -> Result<R
     if st.jobs.try_send(Job { prompt: req.prompt, opts: req.opts, events: tx, accepted: std::time::Instant::now() }).is_err() {
         app.metrics.active.fetch_sub(1, Ordering::Relaxed);
         app.metrics.requests_rejected.fetch_add(1, Ordering::Relaxed);
-        return Ok(error(StatusCode::SERVICE_UNAVAILABLE, "the server is busy; retry shortly", "server_error", "queue_full"));
+        let mut r = error(StatusCode::TOO_MANY_REQUESTS, "the server is busy: too many requests are waiting; retry shortly", "server_error", "queue_full");
+        r.headers_mut().insert("retry-after", warp::http::HeaderValue::from_static("1"));
+        return Ok(r);
     }
     if chat {
         app.metrics.requests_chat.fetch_add(1, Ordering::Relaxed);

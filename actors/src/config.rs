@@ -1,0 +1,328 @@
+//! The runtime's configuration: one TOML file (`--config FILE`), every knob with a default,
+//! unknown sections and keys rejected by name. `ODMOE_<SECTION>_<KEY>` environment
+//! variables override the file (e.g. `ODMOE_SERVER_PORT=9000`, `ODMOE_CACHE_BUDGET=4GiB`),
+//! and command-line flags override both. `odmoe.example.toml` at the top of the repository
+//! documents every key with its default; a test keeps the two in step.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// Everything `odmoe serve` (and, for the cache, `odmoe generate`) can be told.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Listening address and HTTP-side limits.
+    pub server: Server,
+    /// Per-request limits.
+    pub limits: Limits,
+    /// The routed-expert cache.
+    pub cache: Cache,
+    /// Reading experts ahead of the layer that needs them.
+    pub prefetch: PrefetchConfig,
+    /// Compute threads.
+    pub threads: Threads,
+}
+
+/// `[server]`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    /// Address to listen on.
+    pub host: String,
+    /// Port (0 picks a free one).
+    pub port: u16,
+    /// Generation requests waiting for the engine; beyond it, 429 with `Retry-After`.
+    pub max_queued: usize,
+    /// Events buffered per streaming response: a client that does not read stalls only
+    /// its own generation once this many are waiting.
+    pub stream_buffer: usize,
+    /// Largest request body.
+    pub max_body: Size,
+    /// Seconds to let running streams finish after SIGINT/SIGTERM before cancelling them.
+    pub shutdown_timeout_s: u64,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server { host: "127.0.0.1".into(), port: 8080, max_queued: 16, stream_buffer: 64, max_body: Size(1 << 20), shutdown_timeout_s: 10 }
+    }
+}
+
+/// `[limits]`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Positions per request, prompt plus completion (also capped by the model's own).
+    pub context: usize,
+    /// Longest prompt accepted, in tokens.
+    pub max_prompt_tokens: usize,
+    /// Most completion tokens a request may ask for.
+    pub max_tokens: usize,
+    /// Completion tokens when a request does not say.
+    pub default_max_tokens: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { context: 4096, max_prompt_tokens: 4096, max_tokens: 4096, default_max_tokens: 256 }
+    }
+}
+
+/// `[cache]`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cache {
+    /// Byte budget for routed experts read on demand; absent: experts are reached through
+    /// the file mapping (GGUF) or kept without limit (expert store).
+    pub budget: Option<Size>,
+    /// Eviction policy within a layer's share of the budget.
+    pub policy: Policy,
+    /// Reader threads, i.e. expert reads in flight at most.
+    pub read_threads: usize,
+    /// Read expert stores with O_DIRECT (bypassing the page cache).
+    pub direct_io: bool,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Cache { budget: None, policy: Policy::Lru, read_threads: 8, direct_io: false }
+    }
+}
+
+/// Eviction policies.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    /// Least recently used, per layer.
+    Lru,
+}
+
+/// `[prefetch]`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrefetchConfig {
+    /// `off` or `gate` (the next layer's router applied to the current state).
+    pub mode: PrefetchMode,
+    /// Prefetch reads in flight at most (never more than `cache.read_threads`).
+    pub in_flight: usize,
+}
+
+impl Default for PrefetchConfig {
+    fn default() -> Self {
+        PrefetchConfig { mode: PrefetchMode::Off, in_flight: 4 }
+    }
+}
+
+/// Prefetch modes, as written in the file and on the command line.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PrefetchMode {
+    /// Read experts only when a layer asks.
+    Off,
+    /// Apply the next layer's router to the current state and read its picks ahead.
+    Gate,
+}
+
+/// `[threads]`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Threads {
+    /// Compute threads (0: one per core).
+    pub compute: usize,
+}
+
+/// A byte count written as a number of bytes or a string with a unit ("512MiB", "4GiB").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bytes(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bytes(b) => Ok(Size(b)),
+            Raw::Text(t) => odmoe::experts::parse_size(&t).map(Size).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Sections, as they appear in the file and in environment variable names.
+const SECTIONS: [&str; 5] = ["server", "limits", "cache", "prefetch", "threads"];
+
+impl Config {
+    /// Reads `file` (defaults when `None`) and applies `ODMOE_<SECTION>_<KEY>` overrides
+    /// from `env`. Errors name the file, section and key.
+    pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, String> {
+        let mut table: toml::Table = match file {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| format!("config {}: {e}", p.display()))?;
+                text.parse().map_err(|e: toml::de::Error| format!("config {}: {}", p.display(), e.message()))?
+            }
+            None => toml::Table::new(),
+        };
+        let where_ = file.map_or_else(|| "config".to_string(), |p| format!("config {}", p.display()));
+        // "section.key" -> the variable that set it, to name it in errors
+        let mut from_env: Vec<(String, String)> = Vec::new();
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix("ODMOE_") else { continue };
+            let lower = rest.to_ascii_lowercase();
+            let Some(section) = SECTIONS.iter().find(|s| lower.starts_with(&format!("{s}_"))) else { continue };
+            let key = &lower[section.len() + 1..];
+            let sec = table.entry(section.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let toml::Value::Table(sec) = sec else { return Err(format!("{where_}: [{section}] must be a table")) };
+            sec.insert(key.to_string(), env_value(&value));
+            from_env.push((format!("{section}.{key}"), name));
+        }
+        let parsed: Result<Config, _> = serde_path_to_error::deserialize(toml::Value::Table(table));
+        parsed
+            .map_err(|e| {
+                let path = e.path().to_string();
+                match from_env.iter().find(|(k, _)| *k == path) {
+                    Some((_, var)) => format!("environment variable {var}: {path}: {}", e.inner().message()),
+                    None => format!("{where_}: {path}: {}", e.inner().message()),
+                }
+            })?
+            .checked()
+    }
+
+    fn checked(self) -> Result<Config, String> {
+        let positive = [
+            ("server.max_queued", self.server.max_queued),
+            ("server.stream_buffer", self.server.stream_buffer),
+            ("limits.context", self.limits.context),
+            ("limits.max_prompt_tokens", self.limits.max_prompt_tokens),
+            ("limits.max_tokens", self.limits.max_tokens),
+            ("limits.default_max_tokens", self.limits.default_max_tokens),
+            ("cache.read_threads", self.cache.read_threads),
+        ];
+        for (k, v) in positive {
+            if v == 0 {
+                return Err(format!("config: {k} must be at least 1"));
+            }
+        }
+        if self.limits.default_max_tokens > self.limits.max_tokens {
+            return Err(format!("config: limits.default_max_tokens ({}) exceeds limits.max_tokens ({})", self.limits.default_max_tokens, self.limits.max_tokens));
+        }
+        Ok(self)
+    }
+
+    /// How the engine should reach routed experts.
+    pub fn expert_mode(&self) -> odmoe::model::ExpertMode {
+        match self.cache.budget {
+            None => odmoe::model::ExpertMode::Mapped,
+            Some(Size(budget)) => odmoe::model::ExpertMode::Paged(odmoe::experts::PagerOptions {
+                budget,
+                read_threads: self.cache.read_threads,
+                prefetch_in_flight: self.prefetch.in_flight,
+                direct_io: self.cache.direct_io,
+            }),
+        }
+    }
+
+    /// The engine's prefetch setting.
+    pub fn prefetch(&self) -> odmoe::model::Prefetch {
+        match self.prefetch.mode {
+            PrefetchMode::Off => odmoe::model::Prefetch::Off,
+            PrefetchMode::Gate => odmoe::model::Prefetch::Gate,
+        }
+    }
+}
+
+/// An environment value as TOML: integers and booleans as such, anything else a string.
+fn env_value(v: &str) -> toml::Value {
+    if let Ok(i) = v.parse::<i64>() {
+        toml::Value::Integer(i)
+    } else if let Ok(b) = v.parse::<bool>() {
+        toml::Value::Boolean(b)
+    } else {
+        toml::Value::String(v.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn none() -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    fn write(text: &str) -> tempfile_path::TempPath {
+        tempfile_path::TempPath::with(text)
+    }
+
+    /// A temporary file removed on drop (tests only).
+    mod tempfile_path {
+        pub struct TempPath(pub std::path::PathBuf);
+        impl TempPath {
+            pub fn with(text: &str) -> TempPath {
+                static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+                let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let p = std::env::temp_dir().join(format!("odmoe-config-test-{}-{n}.toml", std::process::id()));
+                std::fs::write(&p, text).unwrap();
+                TempPath(p)
+            }
+        }
+        impl Drop for TempPath {
+            fn drop(&mut self) {
+                std::fs::remove_file(&self.0).ok();
+            }
+        }
+    }
+
+    #[test]
+    fn the_example_file_states_the_defaults() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../odmoe.example.toml");
+        assert_eq!(Config::load(Some(&example), none()).unwrap(), Config::default());
+        // and mentions every key: uncommenting it must still parse to the defaults
+        let text = std::fs::read_to_string(&example).unwrap();
+        let uncommented: String = text.lines().map(|l| l.strip_prefix("# ").filter(|r| r.contains(" = ")).unwrap_or(l)).collect::<Vec<_>>().join("\n");
+        let f = write(&uncommented);
+        let mut want = Config::default();
+        want.cache.budget = Some(Size(8 << 30));
+        assert_eq!(Config::load(Some(&f.0), none()).unwrap(), want);
+        let keys = uncommented.lines().filter(|l| l.contains(" = ") && !l.starts_with('#')).count();
+        assert_eq!(keys, 17, "the example should list every key once");
+    }
+
+    #[test]
+    fn files_and_environment_set_values() {
+        let f = write("[server]\nport = 9000\nmax_body = \"2MiB\"\n[cache]\nbudget = \"512MiB\"\n[prefetch]\nmode = \"gate\"\n");
+        let c = Config::load(Some(&f.0), none()).unwrap();
+        assert_eq!((c.server.port, c.server.max_body, c.cache.budget), (9000, Size(2 << 20), Some(Size(512 << 20))));
+        assert_eq!(c.prefetch.mode, PrefetchMode::Gate);
+        let env = [("ODMOE_SERVER_PORT", "9100"), ("ODMOE_CACHE_BUDGET", "1GiB"), ("ODMOE_CACHE_DIRECT_IO", "true"), ("ODMOE_DEMO_MODEL", "x"), ("PATH", "/bin")];
+        let c = Config::load(Some(&f.0), env.map(|(k, v)| (k.to_string(), v.to_string()))).unwrap();
+        assert_eq!((c.server.port, c.cache.budget, c.cache.direct_io), (9100, Some(Size(1 << 30)), true));
+        assert_eq!(c.cache.budget.map(|s| s.0), Some(1 << 30));
+        let c = Config::load(None, [("ODMOE_SERVER_HOST".to_string(), "0.0.0.0".to_string())]).unwrap();
+        assert_eq!(c.server.host, "0.0.0.0");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let cases = [
+            ("[server]\nprot = 1\n", "prot"),
+            ("[sever]\nport = 1\n", "sever"),
+            ("[cache]\nbudget = \"12 parsecs\"\n", "parsecs"),
+            ("[cache]\npolicy = \"fifo\"\n", "fifo"),
+            ("[server]\nport = \"eighty\"\n", "port"),
+            ("[limits]\ncontext = 0\n", "limits.context"),
+            ("[server\nport = 1\n", "config"),
+        ];
+        for (text, needle) in cases {
+            let f = write(text);
+            let e = Config::load(Some(&f.0), none()).unwrap_err();
+            assert!(e.contains(needle), "{text:?}: {e}");
+        }
+        let e = Config::load(None, [("ODMOE_SERVER_PROT".to_string(), "1".to_string())]).unwrap_err();
+        assert!(e.contains("ODMOE_SERVER_PROT") && e.contains("prot"), "{e}");
+        let e = Config::load(Some(Path::new("/nonexistent/odmoe.toml")), none()).unwrap_err();
+        assert!(e.contains("/nonexistent/odmoe.toml"), "{e}");
+    }
+}
