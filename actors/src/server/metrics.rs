@@ -98,6 +98,15 @@ impl Metrics {
             c(&mut o, "odmoe_expert_cache_misses_total", "Expert requests that needed a read.", s.misses);
             c(&mut o, "odmoe_expert_bytes_read_total", "Bytes of experts read from disk.", s.bytes_read);
             c(&mut o, "odmoe_expert_evictions_total", "Experts evicted from the cache.", s.evictions);
+            let _ = writeln!(o, "# HELP odmoe_expert_read_wait_seconds_total Seconds the compute waited on expert reads.\n# TYPE odmoe_expert_read_wait_seconds_total counter\nodmoe_expert_read_wait_seconds_total {}", s.wait_micros as f64 / 1e6);
+            c(&mut o, "odmoe_expert_prefetch_reads_total", "Prefetch reads started.", s.prefetch_reads);
+            c(&mut o, "odmoe_expert_prefetch_hits_total", "Demanded experts that a prefetch brought in.", s.prefetch_hits);
+            c(&mut o, "odmoe_expert_prefetch_wasted_bytes_total", "Bytes of prefetched experts dropped before any use.", s.prefetch_wasted_bytes);
+            c(&mut o, "odmoe_expert_prefetch_cancelled_total", "Prefetches cancelled before their read started.", s.prefetch_cancelled);
+            let _ = writeln!(o, "# HELP odmoe_expert_read_latency_seconds Expert read latency percentiles (upper bounds of quarter-octave buckets).\n# TYPE odmoe_expert_read_latency_seconds gauge");
+            for (q, v) in [("0.5", s.read_p50_micros), ("0.9", s.read_p90_micros), ("0.99", s.read_p99_micros)] {
+                let _ = writeln!(o, "odmoe_expert_read_latency_seconds{{quantile=\"{q}\"}} {}", v as f64 / 1e6);
+            }
         }
         o
     }

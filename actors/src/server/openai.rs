@@ -46,7 +46,27 @@ fn loading() -> Response {
 
 pub fn health(st: Arc<AppState>) -> Response {
     let status = if st.loaded.get().is_some() { "ok" } else { "loading" };
-    let body = warp::reply::json(&json!({ "status": status, "model": st.model_name, "uptime_seconds": st.started.elapsed().as_secs() }));
+    let mut v = json!({ "status": status, "model": st.model_name, "uptime_seconds": st.started.elapsed().as_secs() });
+    if let Some(l) = st.loaded.get() {
+        v["sessions"] = json!({ "active": st.metrics.active.load(Ordering::Relaxed), "queued": l.jobs.max_capacity() - l.jobs.capacity() });
+        if let Some(p) = l.model.pager() {
+            let s = p.stats();
+            v["expert_cache"] = json!({
+                "budget_bytes": p.budget(),
+                "cached_bytes": p.cached_bytes(),
+                "hits": s.hits,
+                "misses": s.misses,
+                "hit_rate": s.hit_rate(),
+                "bytes_read": s.bytes_read,
+                "evictions": s.evictions,
+                "prefetch_hits": s.prefetch_hits,
+                "prefetch_wasted_bytes": s.prefetch_wasted_bytes,
+                "read_p50_ms": s.read_p50_micros as f64 / 1e3,
+                "read_p99_ms": s.read_p99_micros as f64 / 1e3,
+            });
+        }
+    }
+    let body = warp::reply::json(&v);
     let code = if status == "ok" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     warp::reply::with_status(body, code).into_response()
 }

@@ -232,6 +232,12 @@ impl PagedExperts {
         self.core.stats.snapshot()
     }
 
+    /// The cache's byte budget (`u64::MAX`: none), as split evenly over the layers.
+    pub fn budget(&self) -> u64 {
+        let n = self.core.layers.iter().filter(|l| l.is_some()).count() as u64;
+        self.core.layer_budget.saturating_mul(n.max(1))
+    }
+
     /// Bytes the cache holds now.
     pub fn cached_bytes(&self) -> u64 {
         self.core.lock().used.iter().sum()
