@@ -40,9 +40,9 @@ fn paged_logits_equal_mapped_logits_bit_for_bit() {
         let total = pager.total_expert_bytes();
         let one_per_layer = (0..probe.config().n_layer).map(|l| pager.expert_bytes(l)).max().unwrap() * probe.config().n_layer as u64;
         for (label, budget) in [("unlimited", u64::MAX), ("quarter", total / 4), ("one expert per layer", one_per_layer)] {
-            for (threads, prefetch) in [(1, Prefetch::Off), (3, Prefetch::Off), (3, Prefetch::Gate)] {
-                let (got, m) = run_with(&path, &ExpertMode::Paged(PagerOptions { budget, read_threads: threads, ..Default::default() }), prefetch);
-                assert!(got == want, "{name}, budget {label}, {threads} threads, prefetch {prefetch:?}: logits differ from the mapped run");
+            for (threads, prefetch, direct_io) in [(1, Prefetch::Off, false), (3, Prefetch::Off, false), (3, Prefetch::Gate, false), (2, Prefetch::Gate, true)] {
+                let (got, m) = run_with(&path, &ExpertMode::Paged(PagerOptions { budget, read_threads: threads, direct_io, ..Default::default() }), prefetch);
+                assert!(got == want, "{name}, budget {label}, {threads} threads, prefetch {prefetch:?}, direct {direct_io}: logits differ from the mapped run");
                 let p = m.pager().unwrap();
                 let s = p.stats();
                 assert!(s.misses > 0 && s.bytes_read > 0, "{name}: nothing was read");

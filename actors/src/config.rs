@@ -106,11 +106,13 @@ pub struct PrefetchConfig {
     pub mode: PrefetchMode,
     /// Prefetch reads in flight at most (never more than `cache.read_threads`).
     pub in_flight: usize,
+    /// Layers ahead whose experts are guessed and read (at least 1).
+    pub depth: usize,
 }
 
 impl Default for PrefetchConfig {
     fn default() -> Self {
-        PrefetchConfig { mode: PrefetchMode::Off, in_flight: 4 }
+        PrefetchConfig { mode: PrefetchMode::Off, in_flight: 4, depth: 1 }
     }
 }
 
@@ -199,6 +201,7 @@ impl Config {
             ("limits.max_tokens", self.limits.max_tokens),
             ("limits.default_max_tokens", self.limits.default_max_tokens),
             ("cache.read_threads", self.cache.read_threads),
+            ("prefetch.depth", self.prefetch.depth),
         ];
         for (k, v) in positive {
             if v == 0 {
@@ -287,7 +290,7 @@ mod tests {
         want.cache.budget = Some(Size(8 << 30));
         assert_eq!(Config::load(Some(&f.0), none()).unwrap(), want);
         let keys = uncommented.lines().filter(|l| l.contains(" = ") && !l.starts_with('#')).count();
-        assert_eq!(keys, 17, "the example should list every key once");
+        assert_eq!(keys, 18, "the example should list every key once");
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub struct Model {
     pager: Option<Arc<PagedExperts>>,
     source: Arc<dyn TensorSource>,
     prefetch: Prefetch,
+    prefetch_depth: usize,
 }
 
 /// How a model's routed experts are reached.
@@ -50,8 +51,9 @@ pub enum Prefetch {
     /// None: every miss is read when its layer asks.
     #[default]
     Off,
-    /// While layer L computes, layer L+1's router is applied to L's FFN input and the
-    /// experts it picks are prefetched (no training needed; exact results either way).
+    /// While layer L computes, the routers of layers L+1..=L+depth are applied to L's FFN
+    /// input and the experts they pick are prefetched (no training needed; exact results
+    /// either way).
     Gate,
 }
 
@@ -118,7 +120,7 @@ impl Model {
                     }
                 }
             }
-            return Ok(Model { config, weights, experts: pager.clone(), pager: Some(pager), source: store, prefetch: Prefetch::Off });
+            return Ok(Model { config, weights, experts: pager.clone(), pager: Some(pager), source: store, prefetch: Prefetch::Off, prefetch_depth: 1 });
         }
         let g = Arc::new(GgufModel::open(path)?);
         let mut m = Self::from_gguf(g.clone())?;
@@ -135,7 +137,7 @@ impl Model {
         let config = Config::from_metadata(g.metadata())?;
         let mut weights = Weights::load(g.as_ref(), &config, true)?;
         let experts = Arc::new(ResidentExperts::new(std::mem::take(&mut weights.experts)));
-        Ok(Model { config, weights, experts, pager: None, source: g, prefetch: Prefetch::Off })
+        Ok(Model { config, weights, experts, pager: None, source: g, prefetch: Prefetch::Off, prefetch_depth: 1 })
     }
 
     /// The expert pager, when experts are paged.
@@ -153,6 +155,11 @@ impl Model {
     /// Sets how experts are read ahead (results are the same either way).
     pub fn set_prefetch(&mut self, p: Prefetch) {
         self.prefetch = p;
+    }
+
+    /// How many layers ahead prefetching looks (at least 1).
+    pub fn set_prefetch_depth(&mut self, depth: usize) {
+        self.prefetch_depth = depth.max(1);
     }
 
     /// How experts are read ahead.
@@ -213,8 +220,12 @@ impl Model {
             let mut h = x.clone();
             rms_norm(&mut h, &layer.ffn_norm, cfg.rms_eps);
             if self.prefetch == Prefetch::Gate {
-                if let Some(ids) = self.weights.layers.get(l + 1).and_then(|next| ffn::router_choice(cfg, &next.ffn, &h)) {
-                    self.experts.prefetch(l + 1, &ids);
+                // layer l+1 is asked for by every layer within reach, so its guess is
+                // refined as the pass gets closer; the pager skips repeats
+                for ahead in l + 1..=(l + self.prefetch_depth).min(self.weights.layers.len() - 1) {
+                    if let Some(ids) = ffn::router_choice(cfg, &self.weights.layers[ahead].ffn, &h) {
+                        self.experts.prefetch(ahead, &ids);
+                    }
                 }
             }
             let f = ffn::forward(cfg, l, &layer.ffn, self.experts.as_ref(), &h);

@@ -50,83 +50,140 @@ impl AsRef<[u8]> for Shared {
     }
 }
 
-/// Alignment of expert buffers: what direct I/O needs on common filesystems.
-const BUF_ALIGN: usize = 4096;
-
-/// An expert's bytes in a page-aligned allocation (so direct I/O can read into it);
-/// `len` bytes are the expert, `cap` may include the record's padding.
+/// An expert's bytes in their own anonymous memory mapping: page-aligned (so direct I/O
+/// can read into it), populated at once, and returned to the system the moment the
+/// buffer is dropped. (Heap allocations of a few MB, freed from several reader threads,
+/// stayed in the allocator's per-thread arenas and grew the resident set well past the
+/// cache budget.) `cap` bytes: the expert plus any record padding or alignment slack.
 pub(super) struct ExpertBuf {
     ptr: std::ptr::NonNull<u8>,
-    len: usize,
     cap: usize,
+    /// Where gate, up and down lie in the buffer (direct reads of a GGUF file leave
+    /// alignment slack around each).
+    parts: [std::ops::Range<usize>; 3],
 }
 
-// SAFETY: a uniquely owned heap allocation of plain bytes.
+// SAFETY: a uniquely owned mapping of plain bytes.
 unsafe impl Send for ExpertBuf {}
 // SAFETY: shared access is read-only.
 unsafe impl Sync for ExpertBuf {}
 
 impl ExpertBuf {
-    fn layout(cap: usize) -> std::alloc::Layout {
-        std::alloc::Layout::from_size_align(cap.max(1), BUF_ALIGN).expect("expert size fits a layout")
-    }
-
-    fn zeroed(cap: usize, len: usize) -> ExpertBuf {
-        assert!(len <= cap);
-        // SAFETY: the layout has non-zero size.
-        let p = unsafe { std::alloc::alloc_zeroed(Self::layout(cap)) };
-        let ptr = std::ptr::NonNull::new(p).unwrap_or_else(|| std::alloc::handle_alloc_error(Self::layout(cap)));
-        ExpertBuf { ptr, len, cap }
+    /// A zero-filled buffer of `cap` bytes.
+    fn zeroed(cap: usize) -> std::io::Result<ExpertBuf> {
+        let cap = cap.max(1);
+        // SAFETY: a fresh private anonymous mapping; no existing memory is affected.
+        let p = unsafe {
+            libc::mmap(std::ptr::null_mut(), cap, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE, -1, 0)
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let ptr = std::ptr::NonNull::new(p.cast::<u8>()).ok_or_else(|| std::io::Error::other("mmap returned null"))?;
+        Ok(ExpertBuf { ptr, cap, parts: [0..0, 0..0, 0..0] })
     }
 
     fn full_mut(&mut self) -> &mut [u8] {
-        // SAFETY: `cap` initialized (zeroed) bytes owned by self.
+        // SAFETY: `cap` zero-initialized bytes mapped for self alone.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.cap) }
     }
 
-    /// Bytes of the expert.
-    pub(super) fn len(&self) -> usize {
-        self.len
+    /// Bytes the buffer holds in memory (the expert and any alignment slack): what the
+    /// cache budget and the read counters account.
+    pub(super) fn size(&self) -> usize {
+        self.cap
+    }
+
+    /// Byte ranges of gate, up and down within [`AsRef::as_ref`].
+    pub(super) fn parts(&self) -> &[std::ops::Range<usize>; 3] {
+        &self.parts
     }
 }
 
 impl AsRef<[u8]> for ExpertBuf {
     fn as_ref(&self) -> &[u8] {
-        // SAFETY: `len <= cap` initialized bytes owned by self.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+        // SAFETY: `cap` initialized bytes mapped for self.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.cap) }
     }
 }
 
 impl Drop for ExpertBuf {
     fn drop(&mut self) {
-        // SAFETY: allocated in `zeroed` with this layout.
-        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.cap)) }
+        // SAFETY: mapped in `zeroed` with this length; no references outlive self.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.cap) };
     }
 }
 
+/// Tells the kernel the page cache need not keep `len` bytes at `offset` of `f`: the
+/// pager holds its own copy, and a second one in the page cache would only crowd the
+/// memory the budget leaves to everything else. Pages mapped by the process (base
+/// weights sharing a page with an expert) are left alone by the kernel.
+fn release_cached(f: &File, offset: u64, len: usize) {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: plain syscall on an open descriptor; failure only means the pages stay.
+    unsafe { libc::posix_fadvise(f.as_raw_fd(), offset as libc::off_t, len as libc::off_t, libc::POSIX_FADV_DONTNEED) };
+}
 
-/// Reads expert `expert` of `layer` (laid out as `l`) from `files`. With `direct`, store
-/// records are read whole (their padded, 64 KiB-aligned size) as `O_DIRECT` requires.
+/// Alignment of direct reads: offsets, lengths and buffers (the filesystem block size
+/// on everything we know of is at most a page).
+const DIRECT_ALIGN: u64 = 4096;
+
+/// Reads from `at` until `buf` is full or the file ends, as long as the first `need`
+/// bytes arrive (a direct read rounded up past the end of the file stops short).
+fn read_at_least(f: &File, buf: &mut [u8], at: u64, need: usize) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        match f.read_at(&mut buf[done..], at + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if done < need {
+        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the file ends before the expert does"));
+    }
+    Ok(())
+}
+
+/// Reads expert `expert` of `layer` (laid out as `l`) from `files`. With `direct` (files
+/// opened with `O_DIRECT`), store records are read whole (their padded, 64 KiB-aligned
+/// size) and each projection of a GGUF expert is read as its enclosing aligned span.
 /// Errors are messages naming the expert; a checksum mismatch is reported as corruption.
 pub(super) fn read_expert(files: &[File], l: &LayerLayout, layer: usize, expert: usize, direct: bool) -> Result<ExpertBuf, String> {
     let len = l.expert_bytes() as usize;
     let fail = |e: std::io::Error| format!("reading expert {expert} of layer {layer}: {e} (is the model file truncated or changing?)");
+    let [g, u, _] = [&l.gate, &l.up, &l.down].map(|p| l.proj_bytes(p) as usize);
     let mut buf;
     if let Some(crcs) = &l.crc32 {
         // one contiguous record
         let read_len = if direct { l.gate.stride as usize } else { len };
-        buf = ExpertBuf::zeroed(read_len, len);
-        files[l.gate.file].read_exact_at(buf.full_mut(), l.gate.offset + expert as u64 * l.gate.stride).map_err(fail)?;
-        if crc32fast::hash(buf.as_ref()) != crcs[expert] {
+        buf = ExpertBuf::zeroed(read_len).map_err(fail)?;
+        let at = l.gate.offset + expert as u64 * l.gate.stride;
+        read_at_least(&files[l.gate.file], buf.full_mut(), at, len).map_err(fail)?;
+        if !direct {
+            release_cached(&files[l.gate.file], at, read_len);
+        }
+        if crc32fast::hash(&buf.as_ref()[..len]) != crcs[expert] {
             return Err(format!("expert {expert} of layer {layer} is corrupt: its checksum does not match the store's manifest"));
         }
+        buf.parts = [0..g, g..g + u, g + u..len];
     } else {
-        buf = ExpertBuf::zeroed(len, len);
+        // each projection's span: exact, or widened to alignment for direct reads
+        let spans = [&l.gate, &l.up, &l.down].map(|p| {
+            let (from, n) = (p.offset + expert as u64 * p.stride, l.proj_bytes(p));
+            let (a0, a1) = if direct { (from / DIRECT_ALIGN * DIRECT_ALIGN, (from + n).div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN) } else { (from, from + n) };
+            (p.file, a0, (a1 - a0) as usize, (from - a0) as usize, n as usize)
+        });
+        buf = ExpertBuf::zeroed(spans.iter().map(|s| s.2).sum()).map_err(fail)?;
         let mut at = 0usize;
-        for p in [&l.gate, &l.up, &l.down] {
-            let n = l.proj_bytes(p) as usize;
-            files[p.file].read_exact_at(&mut buf.full_mut()[at..at + n], p.offset + expert as u64 * p.stride).map_err(fail)?;
-            at += n;
+        for (i, &(file, a0, span, skip, n)) in spans.iter().enumerate() {
+            read_at_least(&files[file], &mut buf.full_mut()[at..at + span], a0, skip + n).map_err(fail)?;
+            if !direct {
+                release_cached(&files[file], a0, span);
+            }
+            buf.parts[i] = at + skip..at + skip + n;
+            at += span;
         }
     }
     Ok(buf)

@@ -47,9 +47,8 @@ pub struct PagerOptions {
     pub read_threads: usize,
     /// Prefetch reads in flight at most (capped at `read_threads`).
     pub prefetch_in_flight: usize,
-    /// Read store files with `O_DIRECT` (bypassing the page cache) where the filesystem
-    /// allows it. GGUF files are always read through the page cache: their experts are
-    /// not aligned as direct I/O requires.
+    /// Read with `O_DIRECT` (bypassing the page cache) where the filesystem allows it.
+    /// Buffered reads drop the pages they read from the page cache afterwards.
     pub direct_io: bool,
 }
 
@@ -108,10 +107,8 @@ pub struct PagedExperts {
 impl PagedExperts {
     /// Pages the experts of `g` (already validated by the model loader) as `opts` say.
     pub fn from_gguf(g: &GgufModel, n_layer: usize, opts: &PagerOptions) -> Result<PagedExperts> {
-        let mut files = Vec::new();
-        for f in g.files() {
-            files.push(File::open(f.path()).map_err(|source| Error::Io { path: f.path().to_path_buf(), source })?);
-        }
+        let paths: Vec<PathBuf> = g.files().iter().map(|f| f.path().to_path_buf()).collect();
+        let (files, direct) = open_files(&paths, opts.direct_io)?;
         let mut layers = Vec::with_capacity(n_layer);
         for l in 0..n_layer {
             let proj = |name: &str| -> Option<(ProjectionLayout, usize)> {
@@ -126,7 +123,7 @@ impl PagedExperts {
                 _ => None,
             });
         }
-        Ok(Self::start(files, layers, opts, false))
+        Ok(Self::start(files, layers, opts, direct))
     }
 
     /// Pages the experts of an expert store (one checksummed record per expert) as `opts`
@@ -160,17 +157,7 @@ impl PagedExperts {
             let down = proj(&le.down, le.gate.bytes + le.up.bytes)?;
             layers[le.layer] = Some(LayerLayout { gate, up, down, n_expert: le.n_expert, crc32: Some(le.crc32.clone()) });
         }
-        // Direct I/O for all files or none: reads size their buffers by the mode.
-        let open_direct = |p: &PathBuf| {
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(p)
-        };
-        let direct_files = if opts.direct_io { paths.iter().map(open_direct).collect::<std::io::Result<Vec<File>>>().ok() } else { None };
-        let direct = direct_files.is_some();
-        let files = match direct_files {
-            Some(f) => f,
-            None => paths.iter().map(|p| File::open(p).map_err(|source| Error::Io { path: p.clone(), source })).collect::<Result<Vec<File>>>()?,
-        };
+        let (files, direct) = open_files(&paths, opts.direct_io)?;
         Ok(Self::start(files, layers, opts, direct))
     }
 
@@ -253,10 +240,10 @@ impl PagedExperts {
 
     fn weights(&self, layer: usize, data: Arc<ExpertBuf>) -> ExpertWeights {
         let l = self.core.layers[layer].as_ref().expect("layer has experts");
+        let [g, u, d] = data.parts().clone();
         let bytes = Bytes::from_owner(Shared(data));
-        let (g, u) = (l.proj_bytes(&l.gate) as usize, l.proj_bytes(&l.up) as usize);
         let m = |p: &ProjectionLayout, r: std::ops::Range<usize>| QMatrix { ty: p.ty, rows: p.rows, cols: p.cols, data: bytes.slice(r) };
-        ExpertWeights { gate: m(&l.gate, 0..g), up: m(&l.up, g..g + u), down: m(&l.down, g + u..bytes.len()) }
+        ExpertWeights { gate: m(&l.gate, g), up: m(&l.up, u), down: m(&l.down, d) }
     }
 
     /// The experts `ids` of `layer`, in that order: cached ones at once, the others read
@@ -340,6 +327,21 @@ impl PagedExperts {
     }
 }
 
+/// Opens `paths` for reading, all with `O_DIRECT` when `direct` asks and the filesystem
+/// allows it for every one, else all buffered (reads size their buffers by the mode).
+/// Returns the files and whether they are direct.
+fn open_files(paths: &[PathBuf], direct: bool) -> Result<(Vec<File>, bool)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if direct {
+        let opened: std::io::Result<Vec<File>> = paths.iter().map(|p| std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(p)).collect();
+        if let Ok(files) = opened {
+            return Ok((files, true));
+        }
+    }
+    let files = paths.iter().map(|p| File::open(p).map_err(|source| Error::Io { path: p.clone(), source })).collect::<Result<Vec<File>>>()?;
+    Ok((files, false))
+}
+
 impl Core {
     fn lock(&self) -> MutexGuard<'_, CacheState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -362,7 +364,7 @@ impl Core {
             let layout = self.layers[layer].as_ref().expect("queued experts are validated");
             let read = io::read_expert(&self.files, layout, layer, expert, self.direct).map(Arc::new);
             if let Ok(b) = &read {
-                self.stats.record_read(b.len() as u64, t0.elapsed().as_micros() as u64);
+                self.stats.record_read(b.size() as u64, t0.elapsed().as_micros() as u64);
             }
             st = self.lock();
             self.complete(&mut st, key, prefetch, read);
@@ -412,7 +414,7 @@ impl Core {
         };
         match read {
             Ok(data) => {
-                let size = data.len() as u64;
+                let size = data.size() as u64;
                 let unused = waiters.is_empty();
                 for &w in &waiters {
                     st.delivered.insert(w, Ok(data.clone()));
@@ -444,7 +446,7 @@ impl Core {
                 .slots
                 .iter()
                 .filter_map(|(&(l, e), s)| match s {
-                    Slot::Ready { data, last_use, prefetched_unused } if l == layer && Arc::strong_count(data) == 1 => Some(((l, e), *last_use, data.len() as u64, *prefetched_unused)),
+                    Slot::Ready { data, last_use, prefetched_unused } if l == layer && Arc::strong_count(data) == 1 => Some(((l, e), *last_use, data.size() as u64, *prefetched_unused)),
                     _ => None,
                 })
                 .min_by_key(|v| v.1);
