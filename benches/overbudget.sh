@@ -9,7 +9,8 @@
 # once and reused). LIMIT is the cgroup memory limit (default 10G: base weights 0.9 GB +
 # budget 8.15 GB fit, the model does not). Needs root and the cgroup v1 memory controller
 # (cgroup v2: a memory.max file instead). Runs prefetch off and gate, buffered and
-# O_DIRECT reads, and prints each run's report (see benches/overbudget.rs).
+# O_DIRECT reads, then gate with deeper lookahead and more reads in flight, and prints
+# each run's report (see benches/overbudget.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR=${1:-target/overbudget}
@@ -49,4 +50,6 @@ for io in buffered direct; do
     echo "cgroup peak usage (page cache included): $(cat "$CG/$PEAK_FILE" 2>/dev/null || echo n/a) bytes"
   done
 done
+echo "== prefetch gate, direct reads, 3 layers ahead, 16 readers, 12 prefetches in flight"
+(echo $BASHPID > "$CG/cgroup.procs"; ODMOE_BENCH_THREADS=16 ODMOE_BENCH_IN_FLIGHT=12 ODMOE_BENCH_DEPTH=3 exec "$BIN" run "$MODEL" half gate direct "$TOKENS")
 rmdir "$CG" 2>/dev/null || true

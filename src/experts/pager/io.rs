@@ -114,16 +114,6 @@ impl Drop for ExpertBuf {
     }
 }
 
-/// Tells the kernel the page cache need not keep `len` bytes at `offset` of `f`: the
-/// pager holds its own copy, and a second one in the page cache would only crowd the
-/// memory the budget leaves to everything else. Pages mapped by the process (base
-/// weights sharing a page with an expert) are left alone by the kernel.
-fn release_cached(f: &File, offset: u64, len: usize) {
-    use std::os::unix::io::AsRawFd;
-    // SAFETY: plain syscall on an open descriptor; failure only means the pages stay.
-    unsafe { libc::posix_fadvise(f.as_raw_fd(), offset as libc::off_t, len as libc::off_t, libc::POSIX_FADV_DONTNEED) };
-}
-
 /// Alignment of direct reads: offsets, lengths and buffers (the filesystem block size
 /// on everything we know of is at most a page).
 const DIRECT_ALIGN: u64 = 4096;
@@ -161,9 +151,6 @@ pub(super) fn read_expert(files: &[File], l: &LayerLayout, layer: usize, expert:
         buf = ExpertBuf::zeroed(read_len).map_err(fail)?;
         let at = l.gate.offset + expert as u64 * l.gate.stride;
         read_at_least(&files[l.gate.file], buf.full_mut(), at, len).map_err(fail)?;
-        if !direct {
-            release_cached(&files[l.gate.file], at, read_len);
-        }
         if crc32fast::hash(&buf.as_ref()[..len]) != crcs[expert] {
             return Err(format!("expert {expert} of layer {layer} is corrupt: its checksum does not match the store's manifest"));
         }
@@ -179,9 +166,6 @@ pub(super) fn read_expert(files: &[File], l: &LayerLayout, layer: usize, expert:
         let mut at = 0usize;
         for (i, &(file, a0, span, skip, n)) in spans.iter().enumerate() {
             read_at_least(&files[file], &mut buf.full_mut()[at..at + span], a0, skip + n).map_err(fail)?;
-            if !direct {
-                release_cached(&files[file], a0, span);
-            }
             buf.parts[i] = at + skip..at + skip + n;
             at += span;
         }

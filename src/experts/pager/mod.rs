@@ -48,7 +48,9 @@ pub struct PagerOptions {
     /// Prefetch reads in flight at most (capped at `read_threads`).
     pub prefetch_in_flight: usize,
     /// Read with `O_DIRECT` (bypassing the page cache) where the filesystem allows it.
-    /// Buffered reads drop the pages they read from the page cache afterwards.
+    /// (Buffered reads leave a copy in the page cache, which the kernel reclaims under
+    /// pressure; dropping it after each read with `posix_fadvise` halved throughput in
+    /// `benches/expert_fetch`.)
     pub direct_io: bool,
 }
 
