@@ -80,13 +80,13 @@ pub struct Cache {
     pub policy: Policy,
     /// Reader threads, i.e. expert reads in flight at most.
     pub read_threads: usize,
-    /// Read expert stores with O_DIRECT (bypassing the page cache).
+    /// Read experts with O_DIRECT (bypassing the page cache) where the filesystem allows.
     pub direct_io: bool,
 }
 
 impl Default for Cache {
     fn default() -> Self {
-        Cache { budget: None, policy: Policy::Lru, read_threads: 8, direct_io: false }
+        Cache { budget: None, policy: Policy::Lru, read_threads: 8, direct_io: true }
     }
 }
 
@@ -299,9 +299,9 @@ mod tests {
         let c = Config::load(Some(&f.0), none()).unwrap();
         assert_eq!((c.server.port, c.server.max_body, c.cache.budget), (9000, Size(2 << 20), Some(Size(512 << 20))));
         assert_eq!(c.prefetch.mode, PrefetchMode::Gate);
-        let env = [("ODMOE_SERVER_PORT", "9100"), ("ODMOE_CACHE_BUDGET", "1GiB"), ("ODMOE_CACHE_DIRECT_IO", "true"), ("ODMOE_DEMO_MODEL", "x"), ("PATH", "/bin")];
+        let env = [("ODMOE_SERVER_PORT", "9100"), ("ODMOE_CACHE_BUDGET", "1GiB"), ("ODMOE_CACHE_DIRECT_IO", "false"), ("ODMOE_DEMO_MODEL", "x"), ("PATH", "/bin")];
         let c = Config::load(Some(&f.0), env.map(|(k, v)| (k.to_string(), v.to_string()))).unwrap();
-        assert_eq!((c.server.port, c.cache.budget, c.cache.direct_io), (9100, Some(Size(1 << 30)), true));
+        assert_eq!((c.server.port, c.cache.budget, c.cache.direct_io), (9100, Some(Size(1 << 30)), false));
         assert_eq!(c.cache.budget.map(|s| s.0), Some(1 << 30));
         let c = Config::load(None, [("ODMOE_SERVER_HOST".to_string(), "0.0.0.0".to_string())]).unwrap();
         assert_eq!(c.server.host, "0.0.0.0");
