@@ -6,9 +6,11 @@
 //! byte-budgeted cache ([`PagedExperts`]), behind the same trait.
 
 mod pager;
+mod size;
 pub mod store;
 
-pub use pager::{parse_size, PagedExperts, PagerOptions, PagerStats, PagerStatsSnapshot};
+pub use pager::{PagedExperts, PagerOptions, PagerStats, PagerStatsSnapshot};
+pub use size::parse_size;
 
 use crate::compute::QMatrix;
 use crate::Result;

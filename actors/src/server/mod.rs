@@ -37,8 +37,9 @@ pub struct ServerConfig {
     pub max_tokens: usize,
     /// Completion tokens when a request does not say.
     pub default_max_tokens: usize,
-    /// Expert prefetching, and how many layers ahead.
+    /// Expert prefetching.
     pub prefetch: odmoe::model::Prefetch,
+    /// Layers ahead that prefetching looks.
     pub prefetch_depth: usize,
     /// Seconds running streams get to finish after SIGINT/SIGTERM.
     pub shutdown_timeout_s: u64,
