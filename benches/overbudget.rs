@@ -278,8 +278,11 @@ fn run(path: &Path, budget: Option<&str>, prefetch: Prefetch, direct_io: bool, t
     let opts = PagerOptions { budget, read_threads: threads, prefetch_in_flight: in_flight, direct_io };
     let t = Instant::now();
     let mut m = Model::open_with(path, &ExpertMode::Paged(opts)).unwrap();
+    let prefetch = match prefetch {
+        Prefetch::Gate { .. } => Prefetch::Gate { depth },
+        off => off,
+    };
     m.set_prefetch(prefetch);
-    m.set_prefetch_depth(depth);
     eprintln!("opened in {:.1} s", t.elapsed().as_secs_f64());
     let mut cache = m.new_cache(64 + tokens + 16);
     let prompt: Vec<u32> = (0..8u32).map(|i| 1000 + i * 7919).collect();
@@ -313,7 +316,7 @@ fn run(path: &Path, budget: Option<&str>, prefetch: Prefetch, direct_io: bool, t
     let (peak, now, anon, file) = rss();
     let gb = |b: f64| b / 1e9;
     let io = if !direct_io { "buffered" } else if m.pager().unwrap().direct_io() { "O_DIRECT" } else { "O_DIRECT refused, buffered" };
-    println!("model: {:.2} GB ({:.2} GB experts, {:.2} GB base); budget {:.2} GB; prefetch {prefetch:?} (depth {depth}, {in_flight} in flight); {threads} readers, {io}", gb(len as f64), gb(expert_bytes as f64), gb(base_bytes as f64), gb(budget as f64));
+    println!("model: {:.2} GB ({:.2} GB experts, {:.2} GB base); budget {:.2} GB; prefetch {prefetch:?} ({in_flight} in flight); {threads} readers, {io}", gb(len as f64), gb(expert_bytes as f64), gb(base_bytes as f64), gb(budget as f64));
     println!(
         "disk (cold reads of 2 GiB, before / after): one stream {:.2} / {:.2} GB/s, 8 streams {:.2} / {:.2} GB/s; used for the ceiling: {:.2} GB/s",
         gb(disk_before.0),
@@ -347,7 +350,7 @@ fn main() {
             let budget = rest.first().copied().filter(|b| *b != "half");
             let prefetch = match rest.get(1).copied() {
                 None | Some("off") => Prefetch::Off,
-                Some("gate") => Prefetch::Gate,
+                Some("gate") => Prefetch::Gate { depth: 1 },
                 Some(p) => panic!("prefetch {p}: off or gate"),
             };
             let direct = match rest.get(2).copied() {

@@ -35,20 +35,20 @@ fn paged_logits_equal_mapped_logits_bit_for_bit() {
         let path = common::fixture(&format!("models/{name}.gguf"));
         let (want, _) = run(&path, &ExpertMode::Mapped);
         // bytes an unlimited cache reads, buffered and direct (direct reads include alignment slack)
-        let unlimited_read = |direct_io: bool| run(&path, &ExpertMode::Paged(PagerOptions { budget: u64::MAX, read_threads: 2, direct_io, ..Default::default() })).1.pager().unwrap().stats().bytes_read;
-        let unlimited_read = [unlimited_read(false), unlimited_read(true)];
-        let (_, probe) = run(&path, &ExpertMode::Paged(PagerOptions { budget: u64::MAX, read_threads: 2, ..Default::default() }));
+        let unlimited = |direct_io: bool| run(&path, &ExpertMode::Paged(PagerOptions { budget: u64::MAX, read_threads: 2, direct_io, ..Default::default() })).1;
+        let (buffered, probe) = (unlimited(false), unlimited(true));
         let pager = probe.pager().unwrap();
+        let unlimited_read = [buffered.pager().unwrap().stats().bytes_read, pager.stats().bytes_read];
         let total = pager.total_expert_bytes();
         let one_per_layer = (0..probe.config().n_layer).map(|l| pager.expert_bytes(l)).max().unwrap() * probe.config().n_layer as u64;
         for (label, budget) in [("unlimited", u64::MAX), ("quarter", total / 4), ("one expert per layer", one_per_layer)] {
-            for (threads, prefetch, direct_io) in [(1, Prefetch::Off, false), (3, Prefetch::Off, false), (3, Prefetch::Gate, false), (2, Prefetch::Gate, true)] {
+            for (threads, prefetch, direct_io) in [(1, Prefetch::Off, false), (3, Prefetch::Off, false), (3, Prefetch::Gate { depth: 1 }, false), (2, Prefetch::Gate { depth: 1 }, true)] {
                 let (got, m) = run_with(&path, &ExpertMode::Paged(PagerOptions { budget, read_threads: threads, direct_io, ..Default::default() }), prefetch);
                 assert!(got == want, "{name}, budget {label}, {threads} threads, prefetch {prefetch:?}, direct {direct_io}: logits differ from the mapped run");
                 let p = m.pager().unwrap();
                 let s = p.stats();
                 assert!(s.misses > 0 && s.bytes_read > 0, "{name}: nothing was read");
-                if prefetch == Prefetch::Gate {
+                if prefetch != Prefetch::Off {
                     assert!(s.prefetch_reads + s.prefetch_cancelled > 0, "{name} {label}: no prefetch was issued");
                 }
                 if budget != u64::MAX {

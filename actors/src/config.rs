@@ -231,7 +231,7 @@ impl Config {
     pub fn prefetch(&self) -> odmoe::model::Prefetch {
         match self.prefetch.mode {
             PrefetchMode::Off => odmoe::model::Prefetch::Off,
-            PrefetchMode::Gate => odmoe::model::Prefetch::Gate,
+            PrefetchMode::Gate => odmoe::model::Prefetch::Gate { depth: self.prefetch.depth },
         }
     }
 }

@@ -33,7 +33,6 @@ pub struct Model {
     pager: Option<Arc<PagedExperts>>,
     source: Arc<dyn TensorSource>,
     prefetch: Prefetch,
-    prefetch_depth: usize,
 }
 
 /// How a model's routed experts are reached.
@@ -53,8 +52,11 @@ pub enum Prefetch {
     Off,
     /// While layer L computes, the routers of layers L+1..=L+depth are applied to L's FFN
     /// input and the experts they pick are prefetched (no training needed; exact results
-    /// either way).
-    Gate,
+    /// either way). A depth of 0 is taken as 1.
+    Gate {
+        /// Layers ahead whose experts are guessed.
+        depth: usize,
+    },
 }
 
 /// Per-sequence attention state: one cache per layer and the number of positions held.
@@ -120,7 +122,7 @@ impl Model {
                     }
                 }
             }
-            return Ok(Model { config, weights, experts: pager.clone(), pager: Some(pager), source: store, prefetch: Prefetch::Off, prefetch_depth: 1 });
+            return Ok(Model { config, weights, experts: pager.clone(), pager: Some(pager), source: store, prefetch: Prefetch::Off });
         }
         let g = Arc::new(GgufModel::open(path)?);
         let mut m = Self::from_gguf(g.clone())?;
@@ -137,7 +139,7 @@ impl Model {
         let config = Config::from_metadata(g.metadata())?;
         let mut weights = Weights::load(g.as_ref(), &config, true)?;
         let experts = Arc::new(ResidentExperts::new(std::mem::take(&mut weights.experts)));
-        Ok(Model { config, weights, experts, pager: None, source: g, prefetch: Prefetch::Off, prefetch_depth: 1 })
+        Ok(Model { config, weights, experts, pager: None, source: g, prefetch: Prefetch::Off })
     }
 
     /// The expert pager, when experts are paged.
@@ -155,11 +157,6 @@ impl Model {
     /// Sets how experts are read ahead (results are the same either way).
     pub fn set_prefetch(&mut self, p: Prefetch) {
         self.prefetch = p;
-    }
-
-    /// How many layers ahead prefetching looks (at least 1).
-    pub fn set_prefetch_depth(&mut self, depth: usize) {
-        self.prefetch_depth = depth.max(1);
     }
 
     /// How experts are read ahead.
@@ -219,18 +216,20 @@ impl Model {
             add_assign(&mut x, &a);
             let mut h = x.clone();
             rms_norm(&mut h, &layer.ffn_norm, cfg.rms_eps);
-            if self.prefetch == Prefetch::Gate {
+            if let Prefetch::Gate { depth } = self.prefetch {
                 // layer l+1 is asked for by every layer within reach, so its guess is
                 // refined as the pass gets closer; the pager skips repeats
-                for ahead in l + 1..=(l + self.prefetch_depth).min(self.weights.layers.len() - 1) {
+                for ahead in l + 1..=(l + depth.max(1)).min(self.weights.layers.len() - 1) {
                     if let Some(ids) = ffn::router_choice(cfg, &self.weights.layers[ahead].ffn, &h) {
                         self.experts.prefetch(ahead, &ids);
                     }
                 }
             }
             let f = ffn::forward(cfg, l, &layer.ffn, self.experts.as_ref(), &h);
-            // prefetches for this layer that never started are of no use now
-            self.experts.cancel_prefetches(Some(l));
+            if self.prefetch != Prefetch::Off {
+                // prefetches for this layer that never started are of no use now
+                self.experts.cancel_prefetches(Some(l));
+            }
             add_assign(&mut x, &f?);
         }
         cache.len += n;

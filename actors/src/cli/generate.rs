@@ -19,7 +19,6 @@ pub struct Args {
     pub stop: Vec<String>,
     pub mode: ExpertMode,
     pub prefetch: Prefetch,
-    pub prefetch_depth: usize,
 }
 
 pub fn run(model: &Path, a: Args) -> Result<(), Box<dyn std::error::Error>> {
@@ -29,7 +28,6 @@ pub fn run(model: &Path, a: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     let mut m = Model::open_with(model, &a.mode)?;
     m.set_prefetch(a.prefetch);
-    m.set_prefetch_depth(a.prefetch_depth);
     let tok = Tokenizer::from_gguf(m.metadata())?;
     let (text, parse_special) = if a.chat {
         let template = odmoe::tokenizer::ChatTemplate::from_gguf(m.metadata())?;

@@ -196,7 +196,7 @@ pub fn run() -> Result<(), Box<dyn std::error::Error>> {
                 seed,
                 ..Default::default()
             };
-            generate::run(&demo::resolve(model)?, generate::Args { prompt, chat, max_tokens, sampling, stop, mode: c.expert_mode(), prefetch: c.prefetch(), prefetch_depth: c.prefetch.depth })
+            generate::run(&demo::resolve(model)?, generate::Args { prompt, chat, max_tokens, sampling, stop, mode: c.expert_mode(), prefetch: c.prefetch() })
         }
         Command::Tokenize { model, text, file, no_bos, special } => tokenize::tokenize(&model, text, file.as_deref(), no_bos, special),
         Command::Detokenize { model, ids } => tokenize::detokenize(&model, &ids),

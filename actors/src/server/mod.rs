@@ -39,8 +39,6 @@ pub struct ServerConfig {
     pub default_max_tokens: usize,
     /// Expert prefetching.
     pub prefetch: odmoe::model::Prefetch,
-    /// Layers ahead that prefetching looks.
-    pub prefetch_depth: usize,
     /// Seconds running streams get to finish after SIGINT/SIGTERM.
     pub shutdown_timeout_s: u64,
 }
@@ -63,7 +61,6 @@ impl ServerConfig {
             max_tokens: c.limits.max_tokens,
             default_max_tokens: c.limits.default_max_tokens,
             prefetch: c.prefetch(),
-            prefetch_depth: c.prefetch.depth,
             shutdown_timeout_s: c.server.shutdown_timeout_s,
         })
     }
@@ -140,7 +137,6 @@ pub fn run(model_path: &Path, mode: &ExpertMode, config: ServerConfig) -> Result
 fn load(path: &Path, mode: &ExpertMode, config: &ServerConfig, metrics: Arc<metrics::Metrics>) -> Result<Loaded, Box<dyn std::error::Error + Send + Sync>> {
     let mut model = Model::open_with(path, mode).map_err(|e| e.to_string())?;
     model.set_prefetch(config.prefetch);
-    model.set_prefetch_depth(config.prefetch_depth);
     let model = Arc::new(model);
     let tokenizer = Arc::new(Tokenizer::from_gguf(model.metadata()).map_err(|e| e.to_string())?);
     let template = ChatTemplate::from_gguf(model.metadata()).ok();
