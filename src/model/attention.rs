@@ -25,13 +25,24 @@ pub enum LayerCache {
     },
 }
 
-/// Runs attention for `n` new tokens (`h`, normalized hidden states, `n × n_embd`) whose
-/// positions are `pos0..pos0+n`, appending them to `cache`. Returns `n × n_embd`.
-pub fn forward(cfg: &Config, w: &Attention, h: &[f32], pos0: usize, rot: &[Rotation], cache: &mut LayerCache) -> Vec<f32> {
+/// Query, key and value rows for a batch of tokens, computed from their normalized hidden
+/// states in one matrix multiplication per projection (rope already applied). The rows of
+/// each sequence in the batch are then attended against that sequence's own cache.
+pub enum Projected {
+    /// Grouped-query attention: `q` is `n × n_head × head_dim_k`, `k` is
+    /// `n × n_head_kv × head_dim_k`, `v` is `n × n_head_kv × head_dim_v`.
+    Standard { q: Vec<f32>, k: Vec<f32>, v: Vec<f32> },
+    /// Latent attention: `q` is `n × n_head × (nope + rope)` (rope part not yet rotated),
+    /// `c` is `n × (kv_lora + rope)`, normalized and roped as the cache stores it.
+    Latent { q: Vec<f32>, c: Vec<f32> },
+}
+
+/// Computes the projections of `h` (`n × n_embd`, normalized) for tokens rotated by `rot`.
+pub fn project(cfg: &Config, w: &Attention, h: &[f32], rot: &[Rotation]) -> Projected {
     let n = h.len() / cfg.n_embd;
-    match (w, cache) {
-        (Attention::Standard { wq, wk, wv, wo, bq, bk, bv, q_norm, k_norm }, LayerCache::Standard { k: kc, v: vc }) => {
-            let (hd, hdv, nh, nkv) = (cfg.head_dim_k, cfg.head_dim_v, cfg.n_head, cfg.n_head_kv);
+    match w {
+        Attention::Standard { wq, wk, wv, bq, bk, bv, q_norm, k_norm, .. } => {
+            let (hd, nh, nkv) = (cfg.head_dim_k, cfg.n_head, cfg.n_head_kv);
             let mut q = matmul(wq, h);
             let mut k = matmul(wk, h);
             let mut v = matmul(wv, h);
@@ -56,37 +67,11 @@ pub fn forward(cfg: &Config, w: &Attention, h: &[f32], pos0: usize, rot: &[Rotat
                     rot[t].apply(hk);
                 }
             }
-            kc.extend_from_slice(&k);
-            vc.extend_from_slice(&v);
-            let group = nh / nkv;
-            let mut out = vec![0.0f32; n * nh * hdv];
-            let mut scores = Vec::new();
-            for t in 0..n {
-                let len = pos0 + t + 1;
-                for head in 0..nh {
-                    let kvh = head / group;
-                    let qh = &q[(t * nh + head) * hd..(t * nh + head + 1) * hd];
-                    scores.clear();
-                    for s in 0..len {
-                        let ks = &kc[(s * nkv + kvh) * hd..(s * nkv + kvh + 1) * hd];
-                        scores.push(dot(qh, ks) * cfg.kq_scale);
-                    }
-                    softmax(&mut scores);
-                    let o = &mut out[(t * nh + head) * hdv..(t * nh + head + 1) * hdv];
-                    for (s, &a) in scores.iter().enumerate() {
-                        let vs = &vc[(s * nkv + kvh) * hdv..(s * nkv + kvh + 1) * hdv];
-                        for (o, v) in o.iter_mut().zip(vs) {
-                            *o += a * v;
-                        }
-                    }
-                }
-            }
-            matmul(wo, &out)
+            Projected::Standard { q, k, v }
         }
-        (Attention::Mla { wq_a, q_a_norm, wq, wkv_a, kv_a_norm, wk_b, wv_b, wo }, LayerCache::Latent { c: cache }) => {
+        Attention::Mla { wq_a, q_a_norm, wq, wkv_a, kv_a_norm, .. } => {
             let m = cfg.mla.as_ref().expect("MLA config");
-            let nh = cfg.n_head;
-            let (nope, rope, lora, vd) = (m.nope_dim, m.rope_dim, m.kv_lora_rank, m.v_dim);
+            let (rope, lora) = (m.rope_dim, m.kv_lora_rank);
             let q = match (wq_a, q_a_norm) {
                 (Some(a), Some(g)) => {
                     let mut qa = matmul(a, h);
@@ -95,44 +80,112 @@ pub fn forward(cfg: &Config, w: &Attention, h: &[f32], pos0: usize, rot: &[Rotat
                 }
                 _ => matmul(wq, h),
             };
-            let kv = matmul(wkv_a, h);
+            let mut c = matmul(wkv_a, h);
             let width = lora + rope;
             for t in 0..n {
-                let row = &kv[t * width..(t + 1) * width];
-                let mut c = row[..lora].to_vec();
-                rms_norm(&mut c, kv_a_norm, cfg.rms_eps);
-                let mut kpe = row[lora..].to_vec();
-                rot[t].apply(&mut kpe);
-                cache.extend_from_slice(&c);
-                cache.extend_from_slice(&kpe);
+                let row = &mut c[t * width..(t + 1) * width];
+                rms_norm(&mut row[..lora], kv_a_norm, cfg.rms_eps);
+                rot[t].apply(&mut row[lora..]);
             }
-            let mut out = vec![0.0f32; n * nh * vd];
-            let mut scores = Vec::new();
-            for t in 0..n {
-                let len = pos0 + t + 1;
-                for head in 0..nh {
-                    let qh = &q[(t * nh + head) * (nope + rope)..(t * nh + head + 1) * (nope + rope)];
-                    let q_abs = matmul(&wk_b.slice_rows(head * lora, (head + 1) * lora), &qh[..nope]);
-                    let mut q_pe = qh[nope..].to_vec();
-                    rot[t].apply(&mut q_pe);
-                    scores.clear();
-                    for s in 0..len {
-                        let cs = &cache[s * width..(s + 1) * width];
-                        scores.push((dot(&q_abs, &cs[..lora]) + dot(&q_pe, &cs[lora..])) * cfg.kq_scale);
-                    }
-                    softmax(&mut scores);
-                    let mut lat = vec![0.0f32; lora];
-                    for (s, &a) in scores.iter().enumerate() {
-                        for (o, c) in lat.iter_mut().zip(&cache[s * width..s * width + lora]) {
-                            *o += a * c;
+            Projected::Latent { q, c }
+        }
+    }
+}
+
+impl Projected {
+    /// Appends the keys and values of tokens `t0..t1` to `cache` and attends their queries
+    /// over it; the first of them sits at position `pos0`, and `rot` holds every token's
+    /// rotation (as given to [`project`]). Returns `(t1 - t0) × n_head ×
+    /// head_dim_v` values, ready for the output projection.
+    pub fn attend(&self, cfg: &Config, w: &Attention, rot: &[Rotation], t0: usize, t1: usize, pos0: usize, cache: &mut LayerCache) -> Vec<f32> {
+        let n = t1 - t0;
+        let nh = cfg.n_head;
+        match (self, w, cache) {
+            (Projected::Standard { q, k, v }, Attention::Standard { .. }, LayerCache::Standard { k: kc, v: vc }) => {
+                let (hd, hdv, nkv) = (cfg.head_dim_k, cfg.head_dim_v, cfg.n_head_kv);
+                kc.extend_from_slice(&k[t0 * nkv * hd..t1 * nkv * hd]);
+                vc.extend_from_slice(&v[t0 * nkv * hdv..t1 * nkv * hdv]);
+                let group = nh / nkv;
+                let mut out = vec![0.0f32; n * nh * hdv];
+                let mut scores = Vec::new();
+                for t in 0..n {
+                    let len = pos0 + t + 1;
+                    for head in 0..nh {
+                        let kvh = head / group;
+                        let qh = &q[((t0 + t) * nh + head) * hd..((t0 + t) * nh + head + 1) * hd];
+                        scores.clear();
+                        for s in 0..len {
+                            let ks = &kc[(s * nkv + kvh) * hd..(s * nkv + kvh + 1) * hd];
+                            scores.push(dot(qh, ks) * cfg.kq_scale);
+                        }
+                        softmax(&mut scores);
+                        let o = &mut out[(t * nh + head) * hdv..(t * nh + head + 1) * hdv];
+                        for (s, &a) in scores.iter().enumerate() {
+                            let vs = &vc[(s * nkv + kvh) * hdv..(s * nkv + kvh + 1) * hdv];
+                            for (o, v) in o.iter_mut().zip(vs) {
+                                *o += a * v;
+                            }
                         }
                     }
-                    let o = matmul(&wv_b.slice_rows(head * vd, (head + 1) * vd), &lat);
-                    out[(t * nh + head) * vd..(t * nh + head + 1) * vd].copy_from_slice(&o);
                 }
+                out
             }
-            matmul(wo, &out)
+            (Projected::Latent { q, c }, Attention::Mla { wk_b, wv_b, .. }, LayerCache::Latent { c: cache }) => {
+                let m = cfg.mla.as_ref().expect("MLA config");
+                let (nope, rope, lora, vd) = (m.nope_dim, m.rope_dim, m.kv_lora_rank, m.v_dim);
+                let width = lora + rope;
+                cache.extend_from_slice(&c[t0 * width..t1 * width]);
+                let mut out = vec![0.0f32; n * nh * vd];
+                let mut scores = Vec::new();
+                for t in 0..n {
+                    let len = pos0 + t + 1;
+                    for head in 0..nh {
+                        let qh = &q[((t0 + t) * nh + head) * (nope + rope)..((t0 + t) * nh + head + 1) * (nope + rope)];
+                        let q_abs = matmul(&wk_b.slice_rows(head * lora, (head + 1) * lora), &qh[..nope]);
+                        let mut q_pe = qh[nope..].to_vec();
+                        rot[t0 + t].apply(&mut q_pe);
+                        scores.clear();
+                        for s in 0..len {
+                            let cs = &cache[s * width..(s + 1) * width];
+                            scores.push((dot(&q_abs, &cs[..lora]) + dot(&q_pe, &cs[lora..])) * cfg.kq_scale);
+                        }
+                        softmax(&mut scores);
+                        let mut lat = vec![0.0f32; lora];
+                        for (s, &a) in scores.iter().enumerate() {
+                            for (o, c) in lat.iter_mut().zip(&cache[s * width..s * width + lora]) {
+                                *o += a * c;
+                            }
+                        }
+                        let o = matmul(&wv_b.slice_rows(head * vd, (head + 1) * vd), &lat);
+                        out[(t * nh + head) * vd..(t * nh + head + 1) * vd].copy_from_slice(&o);
+                    }
+                }
+                out
+            }
+            _ => unreachable!("cache kind matches the attention kind"),
         }
-        _ => unreachable!("cache kind matches the attention kind"),
+    }
+}
+
+/// The output projection of attended rows.
+pub fn output(w: &Attention, attended: &[f32]) -> Vec<f32> {
+    match w {
+        Attention::Standard { wo, .. } | Attention::Mla { wo, .. } => matmul(wo, attended),
+    }
+}
+
+impl LayerCache {
+    /// Drops every position from `len` on (undoes a pass that failed part way).
+    pub fn truncate(&mut self, cfg: &Config, len: usize) {
+        match self {
+            LayerCache::Standard { k, v } => {
+                k.truncate(len * cfg.n_head_kv * cfg.head_dim_k);
+                v.truncate(len * cfg.n_head_kv * cfg.head_dim_v);
+            }
+            LayerCache::Latent { c } => {
+                let m = cfg.mla.as_ref().expect("MLA config");
+                c.truncate(len * (m.kv_lora_rank + m.rope_dim));
+            }
+        }
     }
 }

@@ -90,6 +90,18 @@ pub enum Logits {
     All,
     /// Only the last position (`n_vocab`).
     Last,
+    /// None (a prompt chunk that is not the prompt's end).
+    None,
+}
+
+/// One sequence's part of a batched step ([`Model::forward_batch`]).
+pub struct Sequence<'a> {
+    /// New tokens, after the positions already in `cache`.
+    pub tokens: &'a [u32],
+    /// The sequence's cache; the tokens are appended to it.
+    pub cache: &'a mut KvCache,
+    /// Which of its positions' logits to return.
+    pub logits: Logits,
 }
 
 impl Model {
@@ -185,6 +197,76 @@ impl Model {
     /// Runs `tokens` through the model after the positions already in `cache`, appends
     /// them to the cache, and returns logits as `which` asks.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, which: Logits) -> Result<Vec<f32>> {
+        let mut seqs = [Sequence { tokens, cache, logits: which }];
+        Ok(self.forward_batch(&mut seqs)?.pop().expect("one sequence in, one out"))
+    }
+
+    /// Runs one step over several sequences at once: each brings its new tokens and its own
+    /// cache. Every projection and expert runs once over all the step's tokens (an expert
+    /// is fetched once however many sequences route to it); attention stays within each
+    /// sequence. Each token's numbers are computed exactly as if its sequence ran alone.
+    /// Returns each sequence's logits as its `logits` asks. On error no cache changes.
+    pub fn forward_batch(&self, seqs: &mut [Sequence<'_>]) -> Result<Vec<Vec<f32>>> {
+        let cfg = &self.config;
+        if seqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        for s in seqs.iter() {
+            self.check(s.tokens, s.cache)?;
+        }
+        let d = cfg.n_embd;
+        // the step's rows: sequence i holds rows spans[i].0..spans[i].1
+        let mut spans = Vec::with_capacity(seqs.len());
+        let mut rot = Vec::new();
+        let mut x = Vec::new();
+        for s in seqs.iter() {
+            let t0 = spans.last().map_or(0, |&(_, e)| e);
+            spans.push((t0, t0 + s.tokens.len()));
+            for (i, &t) in s.tokens.iter().enumerate() {
+                rot.push(Rotation::new(&cfg.rope, s.cache.len + i));
+                x.extend(self.weights.tok_embd.row_f32(t as usize));
+            }
+        }
+        if let Err(e) = self.layers(&mut x, &rot, &spans, seqs) {
+            for s in seqs.iter_mut() {
+                for layer in &mut s.cache.layers {
+                    layer.truncate(cfg, s.cache.len);
+                }
+            }
+            return Err(e);
+        }
+        let mut out = Vec::with_capacity(seqs.len());
+        for (s, &(t0, t1)) in seqs.iter_mut().zip(&spans) {
+            s.cache.len += t1 - t0;
+            let rows = match s.logits {
+                Logits::All => t0..t1,
+                Logits::Last => t1 - 1..t1,
+                Logits::None => t1..t1,
+            };
+            if rows.is_empty() {
+                out.push(Vec::new());
+                continue;
+            }
+            let mut h = x[rows.start * d..rows.end * d].to_vec();
+            rms_norm(&mut h, &self.weights.output_norm, cfg.rms_eps);
+            out.push(h);
+        }
+        // one output projection for every sequence's rows
+        let lens: Vec<usize> = out.iter().map(Vec::len).collect();
+        if lens.iter().all(|&n| n == 0) {
+            return Ok(out);
+        }
+        let all = matmul(&self.weights.output, &out.concat());
+        let mut rest = &all[..];
+        for (o, n) in out.iter_mut().zip(lens) {
+            let (mine, more) = rest.split_at(n / d * cfg.n_vocab);
+            *o = mine.to_vec();
+            rest = more;
+        }
+        Ok(out)
+    }
+
+    fn check(&self, tokens: &[u32], cache: &KvCache) -> Result<()> {
         let cfg = &self.config;
         if tokens.is_empty() {
             return Err(Error::Invalid("no tokens to process".into()));
@@ -200,21 +282,23 @@ impl Model {
                 cache.max_len
             )));
         }
-        let d = cfg.n_embd;
-        let n = tokens.len();
-        let pos0 = cache.len;
-        let rot: Vec<Rotation> = (0..n).map(|t| Rotation::new(&cfg.rope, pos0 + t)).collect();
+        Ok(())
+    }
 
-        let mut x = Vec::with_capacity(n * d);
-        for &t in tokens {
-            x.extend(self.weights.tok_embd.row_f32(t as usize));
-        }
+    /// Every layer over the step's rows `x`; appends to the caches' layers (not `len`).
+    fn layers(&self, x: &mut [f32], rot: &[Rotation], spans: &[(usize, usize)], seqs: &mut [Sequence<'_>]) -> Result<()> {
+        let cfg = &self.config;
         for (l, layer) in self.weights.layers.iter().enumerate() {
-            let mut h = x.clone();
+            let mut h = x.to_vec();
             rms_norm(&mut h, &layer.attn_norm, cfg.rms_eps);
-            let a = attention::forward(cfg, &layer.attn, &h, pos0, &rot, &mut cache.layers[l]);
-            add_assign(&mut x, &a);
-            let mut h = x.clone();
+            let p = attention::project(cfg, &layer.attn, &h, rot);
+            let mut attended = Vec::with_capacity(x.len());
+            for (s, &(t0, t1)) in seqs.iter_mut().zip(spans) {
+                let pos0 = s.cache.len;
+                attended.extend(p.attend(cfg, &layer.attn, rot, t0, t1, pos0, &mut s.cache.layers[l]));
+            }
+            add_assign(x, &attention::output(&layer.attn, &attended));
+            let mut h = x.to_vec();
             rms_norm(&mut h, &layer.ffn_norm, cfg.rms_eps);
             if let Prefetch::Gate { depth } = self.prefetch {
                 // layer l+1 is asked for by every layer within reach, so its guess is
@@ -230,15 +314,8 @@ impl Model {
                 // prefetches for this layer that never started are of no use now
                 self.experts.cancel_prefetches(Some(l));
             }
-            add_assign(&mut x, &f?);
+            add_assign(x, &f?);
         }
-        cache.len += n;
-        let x = match which {
-            Logits::All => x,
-            Logits::Last => x[(n - 1) * d..].to_vec(),
-        };
-        let mut x = x;
-        rms_norm(&mut x, &self.weights.output_norm, cfg.rms_eps);
-        Ok(matmul(&self.weights.output, &x))
+        Ok(())
     }
 }

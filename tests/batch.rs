@@ -1,0 +1,82 @@
+//! A batched step over several sequences gives each sequence exactly the logits it gets
+//! running alone, whatever else shares the step: prompt chunks beside single decode
+//! tokens, sequences at different positions, logits asked for or not. A step that fails
+//! leaves every cache as it was.
+
+mod common;
+
+use odmoe::model::{KvCache, Logits, Model, Sequence};
+
+const PROMPTS: [&[u32]; 3] = [&[1, 17, 300, 42, 511, 7], &[3, 450], &[99, 256, 128, 3, 77, 12, 5, 9, 400]];
+const NEXT: [u32; 4] = [11, 222, 33, 444];
+
+/// Each prompt alone, then the NEXT tokens one at a time: every position's logits.
+fn alone(m: &Model, prompt: &[u32]) -> Vec<Vec<f32>> {
+    let mut c = m.new_cache(64);
+    let v = m.config().n_vocab;
+    let mut out: Vec<Vec<f32>> = m.forward(prompt, &mut c, Logits::All).unwrap().chunks(v).map(<[f32]>::to_vec).collect();
+    for &t in &NEXT {
+        out.push(m.forward(&[t], &mut c, Logits::Last).unwrap());
+    }
+    out
+}
+
+#[test]
+fn batched_steps_equal_each_sequence_alone_bit_for_bit() {
+    for name in ["mixtral.f32", "qwen2moe.f32", "qwen3moe.f32", "olmoe.f32", "deepseek2.f32", "deepseek3.f32", "kimik2.f32", "mixtral_h256.Q4_K_M", "qwen3moe_h256.Q8_0"] {
+        let m = Model::open(common::fixture(&format!("models/{name}.gguf"))).unwrap();
+        let v = m.config().n_vocab;
+        let want: Vec<Vec<Vec<f32>>> = PROMPTS.iter().map(|p| alone(&m, p)).collect();
+        let mut caches: Vec<KvCache> = PROMPTS.iter().map(|_| m.new_cache(64)).collect();
+        // step 1: sequence 0's whole prompt, sequence 1's first prompt token (chunked
+        // prefill, no logits wanted), sequence 2's first five prompt tokens
+        let [c0, c1, c2] = &mut caches[..] else { unreachable!() };
+        let got = m
+            .forward_batch(&mut [
+                Sequence { tokens: PROMPTS[0], cache: c0, logits: Logits::All },
+                Sequence { tokens: &PROMPTS[1][..1], cache: c1, logits: Logits::None },
+                Sequence { tokens: &PROMPTS[2][..5], cache: c2, logits: Logits::All },
+            ])
+            .unwrap();
+        assert_eq!(got[0], want[0][..PROMPTS[0].len()].concat(), "{name}: sequence 0, prompt");
+        assert!(got[1].is_empty());
+        assert_eq!(got[2], want[2][..5].concat(), "{name}: sequence 2, prompt head");
+        // step 2: sequence 0 decodes, 1 finishes its prompt, 2 finishes its prompt
+        let got = m
+            .forward_batch(&mut [
+                Sequence { tokens: &NEXT[..1], cache: c0, logits: Logits::Last },
+                Sequence { tokens: &PROMPTS[1][1..], cache: c1, logits: Logits::Last },
+                Sequence { tokens: &PROMPTS[2][5..], cache: c2, logits: Logits::Last },
+            ])
+            .unwrap();
+        assert_eq!(got[0], want[0][PROMPTS[0].len()], "{name}: sequence 0, first decode");
+        assert_eq!(got[1], want[1][PROMPTS[1].len() - 1], "{name}: sequence 1, prompt end");
+        assert_eq!(got[2], want[2][PROMPTS[2].len() - 1], "{name}: sequence 2, prompt end");
+        // a failing step (a token out of range in one sequence) changes no cache
+        let before: Vec<usize> = [&*c0, &*c1, &*c2].iter().map(|c| c.len()).collect();
+        let bad = [v as u32];
+        assert!(m
+            .forward_batch(&mut [
+                Sequence { tokens: &NEXT[1..2], cache: c0, logits: Logits::Last },
+                Sequence { tokens: &bad, cache: c1, logits: Logits::Last },
+            ])
+            .is_err());
+        assert_eq!(before, [&*c0, &*c1, &*c2].iter().map(|c| c.len()).collect::<Vec<_>>());
+        // then they decode together, in another order, until NEXT runs out (sequence 0,
+        // one token ahead, drops out first)
+        for (i, &t) in NEXT.iter().enumerate() {
+            let (t0, t12) = ([NEXT.get(i + 1).copied().unwrap_or(0)], [t]);
+            let mut seqs = vec![Sequence { tokens: &t12, cache: &mut *c2, logits: Logits::Last }, Sequence { tokens: &t12, cache: &mut *c1, logits: Logits::Last }];
+            if i + 1 < NEXT.len() {
+                seqs.push(Sequence { tokens: &t0, cache: &mut *c0, logits: Logits::Last });
+            }
+            let got = m.forward_batch(&mut seqs).unwrap();
+            let at = |s: usize, k: usize| &want[s][PROMPTS[s].len() + k];
+            assert_eq!(&got[0], at(2, i), "{name}: sequence 2, decode {i}");
+            assert_eq!(&got[1], at(1, i), "{name}: sequence 1, decode {i}");
+            if i + 1 < NEXT.len() {
+                assert_eq!(&got[2], at(0, i + 1), "{name}: sequence 0, decode {}", i + 1);
+            }
+        }
+    }
+}
