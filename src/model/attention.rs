@@ -93,11 +93,12 @@ pub fn project(cfg: &Config, w: &Attention, h: &[f32], rot: &[Rotation]) -> Proj
 }
 
 impl Projected {
-    /// Appends the keys and values of tokens `t0..t1` to `cache` and attends their queries
+    /// Appends the keys and values of tokens `rows` to `cache` and attends their queries
     /// over it; the first of them sits at position `pos0`, and `rot` holds every token's
     /// rotation (as given to [`project`]). Returns `(t1 - t0) × n_head ×
     /// head_dim_v` values, ready for the output projection.
-    pub fn attend(&self, cfg: &Config, w: &Attention, rot: &[Rotation], t0: usize, t1: usize, pos0: usize, cache: &mut LayerCache) -> Vec<f32> {
+    pub fn attend(&self, cfg: &Config, w: &Attention, rot: &[Rotation], rows: std::ops::Range<usize>, pos0: usize, cache: &mut LayerCache) -> Vec<f32> {
+        let (t0, t1) = (rows.start, rows.end);
         let n = t1 - t0;
         let nh = cfg.n_head;
         match (self, w, cache) {

@@ -295,7 +295,7 @@ impl Model {
             let mut attended = Vec::with_capacity(x.len());
             for (s, &(t0, t1)) in seqs.iter_mut().zip(spans) {
                 let pos0 = s.cache.len;
-                attended.extend(p.attend(cfg, &layer.attn, rot, t0, t1, pos0, &mut s.cache.layers[l]));
+                attended.extend(p.attend(cfg, &layer.attn, rot, t0..t1, pos0, &mut s.cache.layers[l]));
             }
             add_assign(x, &attention::output(&layer.attn, &attended));
             let mut h = x.to_vec();
