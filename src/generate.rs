@@ -50,12 +50,12 @@ pub struct Generation {
 }
 
 /// Holds back text that could still turn into a stop string.
-struct StopFilter<'a> {
-    stops: &'a [String],
+struct StopFilter {
+    stops: Vec<String>,
     pending: String,
 }
 
-impl StopFilter<'_> {
+impl StopFilter {
     /// Adds text; returns (text safe to emit, whether a stop string was hit).
     fn push(&mut self, s: &str) -> (String, bool) {
         self.pending.push_str(s);
@@ -66,7 +66,7 @@ impl StopFilter<'_> {
         }
         // keep the longest tail that is a prefix of some stop string
         let mut keep = 0;
-        for t in self.stops {
+        for t in &self.stops {
             for (i, _) in self.pending.char_indices() {
                 let tail = &self.pending[i..];
                 if tail.len() > keep && t.starts_with(tail) {
@@ -85,6 +85,111 @@ impl StopFilter<'_> {
     }
 }
 
+/// One generating sequence's side of decoding, driven a token at a time: picks the next
+/// token from logits, turns tokens into text (characters completed across tokens, text
+/// that could start a stop string held back, stop strings cut), and says when generation
+/// ends. The forward pass stays with the caller, so a scheduler can run many of these in
+/// one batched step.
+pub struct Decoding {
+    sampler: Sampler,
+    history: Vec<u32>,
+    decoder: StreamDecoder,
+    filter: StopFilter,
+    prompt_tokens: usize,
+    generated: usize,
+    budget: usize,
+    finish: Option<FinishReason>,
+}
+
+/// What one token produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Emitted {
+    /// The token chosen.
+    pub token: u32,
+    /// Text now safe to show (possibly empty).
+    pub text: String,
+    /// Set when this token ended the generation; the token then needs no forward pass.
+    pub finish: Option<FinishReason>,
+}
+
+impl Decoding {
+    /// Starts decoding after `prompt`, checking that it fits the context.
+    pub fn new(prompt: &[u32], opts: &GenerateOptions) -> Result<Decoding> {
+        if prompt.is_empty() {
+            return Err(Error::Invalid("the prompt is empty".into()));
+        }
+        if prompt.len() >= opts.max_context {
+            return Err(Error::Invalid(format!(
+                "the prompt has {} tokens but the context holds {}; shorten it",
+                prompt.len(),
+                opts.max_context
+            )));
+        }
+        let budget = opts.max_tokens.min(opts.max_context - prompt.len());
+        Ok(Decoding {
+            sampler: Sampler::new(opts.sampling.clone())?,
+            history: prompt.to_vec(),
+            decoder: StreamDecoder::new(),
+            filter: StopFilter { stops: opts.stop.clone(), pending: String::new() },
+            prompt_tokens: prompt.len(),
+            generated: 0,
+            budget,
+            finish: (budget == 0).then_some(FinishReason::Length),
+        })
+    }
+
+    /// Chooses the next token from `logits` (the last position's) and returns its text.
+    pub fn next(&mut self, tok: &Tokenizer, logits: &[f32]) -> Emitted {
+        debug_assert!(self.finish.is_none(), "decoding already finished");
+        let token = self.sampler.sample(logits, &self.history);
+        self.generated += 1;
+        self.history.push(token);
+        let end_token = tok.is_end_of_generation(token);
+        let (mut text, stop_string) = if end_token {
+            (String::new(), false)
+        } else {
+            let piece = self.decoder.push(&tok.token_bytes(token, false));
+            self.filter.push(&piece)
+        };
+        let mut finish = if end_token || stop_string {
+            Some(FinishReason::Stop)
+        } else if self.generated >= self.budget {
+            Some(FinishReason::Length)
+        } else {
+            None
+        };
+        if finish.is_some() && !stop_string {
+            // the end of the budget or an end-of-generation token: what was held back
+            // (incomplete characters, a possible stop string's start) is text after all
+            let tail = self.decoder.finish();
+            let (out, stopped) = self.filter.push(&tail);
+            text.push_str(&out);
+            if stopped {
+                finish = Some(FinishReason::Stop);
+            } else {
+                text.push_str(&self.filter.finish());
+            }
+        }
+        self.finish = finish;
+        Emitted { token, text, finish }
+    }
+
+    /// Why generation ended, once it has.
+    pub fn finished(&self) -> Option<FinishReason> {
+        self.finish
+    }
+
+    /// Tokens generated so far.
+    pub fn generated(&self) -> usize {
+        self.generated
+    }
+
+    /// Tokens in the prompt.
+    pub fn prompt_tokens(&self) -> usize {
+        self.prompt_tokens
+    }
+}
+
 /// Generates from `prompt` (token ids), calling `on_text` with each piece of text as soon
 /// as it is complete; `on_text` returns `false` to cancel.
 pub fn generate(
@@ -94,75 +199,34 @@ pub fn generate(
     opts: &GenerateOptions,
     mut on_text: impl FnMut(&str) -> bool,
 ) -> Result<Generation> {
-    if prompt.is_empty() {
-        return Err(Error::Invalid("the prompt is empty".into()));
-    }
-    if prompt.len() >= opts.max_context {
-        return Err(Error::Invalid(format!(
-            "the prompt has {} tokens but the context holds {}; shorten it",
-            prompt.len(),
-            opts.max_context
-        )));
-    }
-    let mut sampler = Sampler::new(opts.sampling.clone())?;
+    let mut decoding = Decoding::new(prompt, opts)?;
     let mut cache = model.new_cache(opts.max_context);
-    let budget = opts.max_tokens.min(opts.max_context - prompt.len());
-
     let t0 = Instant::now();
     let mut logits = model.forward(prompt, &mut cache, Logits::Last)?;
     let prompt_seconds = t0.elapsed().as_secs_f64();
 
     let t1 = Instant::now();
-    let mut history: Vec<u32> = prompt.to_vec();
-    let mut decoder = StreamDecoder::new();
-    let mut filter = StopFilter { stops: &opts.stop, pending: String::new() };
     let mut text = String::new();
-    let mut generated = 0;
-    let mut finish = FinishReason::Length;
-    let emit = |s: &str, text: &mut String, on_text: &mut dyn FnMut(&str) -> bool| -> bool {
-        if s.is_empty() {
-            return true;
+    let mut finish = decoding.finished();
+    while finish.is_none() {
+        let e = decoding.next(tok, &logits);
+        if !e.text.is_empty() {
+            text.push_str(&e.text);
+            if !on_text(&e.text) {
+                finish = Some(FinishReason::Cancelled);
+                break;
+            }
         }
-        text.push_str(s);
-        on_text(s)
-    };
-    while generated < budget {
-        let next = sampler.sample(&logits, &history);
-        generated += 1;
-        history.push(next);
-        if tok.is_end_of_generation(next) {
-            finish = FinishReason::Stop;
-            break;
+        finish = e.finish;
+        if finish.is_none() {
+            logits = model.forward(&[e.token], &mut cache, Logits::Last)?;
         }
-        let piece = decoder.push(&tok.token_bytes(next, false));
-        let (out, stopped) = filter.push(&piece);
-        if !emit(&out, &mut text, &mut on_text) {
-            finish = FinishReason::Cancelled;
-            break;
-        }
-        if stopped {
-            finish = FinishReason::Stop;
-            break;
-        }
-        if generated < budget {
-            logits = model.forward(&[next], &mut cache, Logits::Last)?;
-        }
-    }
-    if finish != FinishReason::Stop && finish != FinishReason::Cancelled {
-        let tail = decoder.finish();
-        let (mut out, stopped) = filter.push(&tail);
-        if stopped {
-            finish = FinishReason::Stop;
-        } else {
-            out.push_str(&filter.finish());
-        }
-        emit(&out, &mut text, &mut on_text);
     }
     Ok(Generation {
         text,
         prompt_tokens: prompt.len(),
-        generated_tokens: generated,
-        finish,
+        generated_tokens: decoding.generated(),
+        finish: finish.unwrap_or(FinishReason::Length),
         prompt_seconds,
         decode_seconds: t1.elapsed().as_secs_f64(),
     })
@@ -175,11 +239,11 @@ mod tests {
     #[test]
     fn stop_strings_are_held_back_then_cut() {
         let stops = vec!["\nUSER:".to_string()];
-        let mut f = StopFilter { stops: &stops, pending: String::new() };
+        let mut f = StopFilter { stops: stops.clone(), pending: String::new() };
         assert_eq!(f.push("Good morrow"), ("Good morrow".into(), false));
         assert_eq!(f.push(".\nUS"), (".".into(), false));
         assert_eq!(f.push("ER: hi"), ("".into(), true));
-        let mut f = StopFilter { stops: &stops, pending: String::new() };
+        let mut f = StopFilter { stops: stops.clone(), pending: String::new() };
         assert_eq!(f.push("\nUSA"), ("\nUSA".into(), false));
     }
 }
