@@ -20,8 +20,47 @@ pub struct Config {
     pub cache: Cache,
     /// Reading experts ahead of the layer that needs them.
     pub prefetch: PrefetchConfig,
+    /// Sessions and batching.
+    pub scheduler: Scheduler,
+    /// The tokenizer actor.
+    pub tokenizer: TokenizerConfig,
     /// Compute threads.
     pub threads: Threads,
+}
+
+/// `[scheduler]`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Scheduler {
+    /// Sessions generating at once; admitted requests beyond it wait in the queue.
+    pub max_sessions: usize,
+    /// Tokens per batched step: one per running session plus prompt chunks.
+    pub batch_tokens: usize,
+    /// Most prompt tokens of one request in one step, so a long prompt delays running
+    /// streams by one chunk at most.
+    pub prefill_chunk: usize,
+    /// Requests in flight to the scheduler's mailbox; more wait before sending.
+    pub mailbox: usize,
+}
+
+impl Default for Scheduler {
+    fn default() -> Self {
+        Scheduler { max_sessions: 64, batch_tokens: 256, prefill_chunk: 128, mailbox: 256 }
+    }
+}
+
+/// `[tokenizer]`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenizerConfig {
+    /// Requests in the tokenizer's mailbox at most; more wait before sending.
+    pub mailbox: usize,
+}
+
+impl Default for TokenizerConfig {
+    fn default() -> Self {
+        TokenizerConfig { mailbox: 64 }
+    }
 }
 
 /// `[server]`.
@@ -45,7 +84,7 @@ pub struct Server {
 
 impl Default for Server {
     fn default() -> Self {
-        Server { host: "127.0.0.1".into(), port: 8080, max_queued: 16, stream_buffer: 64, max_body: Size(1 << 20), shutdown_timeout_s: 10 }
+        Server { host: "127.0.0.1".into(), port: 8080, max_queued: 64, stream_buffer: 64, max_body: Size(1 << 20), shutdown_timeout_s: 10 }
     }
 }
 
@@ -154,7 +193,7 @@ impl<'de> Deserialize<'de> for Size {
 }
 
 /// Sections, as they appear in the file and in environment variable names.
-const SECTIONS: [&str; 5] = ["server", "limits", "cache", "prefetch", "threads"];
+const SECTIONS: [&str; 7] = ["server", "limits", "cache", "prefetch", "scheduler", "tokenizer", "threads"];
 
 impl Config {
     /// Reads `file` (defaults when `None`) and applies `ODMOE_<SECTION>_<KEY>` overrides
@@ -202,6 +241,11 @@ impl Config {
             ("limits.default_max_tokens", self.limits.default_max_tokens),
             ("cache.read_threads", self.cache.read_threads),
             ("prefetch.depth", self.prefetch.depth),
+            ("scheduler.max_sessions", self.scheduler.max_sessions),
+            ("scheduler.batch_tokens", self.scheduler.batch_tokens),
+            ("scheduler.prefill_chunk", self.scheduler.prefill_chunk),
+            ("scheduler.mailbox", self.scheduler.mailbox),
+            ("tokenizer.mailbox", self.tokenizer.mailbox),
         ];
         for (k, v) in positive {
             if v == 0 {
@@ -290,7 +334,7 @@ mod tests {
         want.cache.budget = Some(Size(8 << 30));
         assert_eq!(Config::load(Some(&f.0), none()).unwrap(), want);
         let keys = uncommented.lines().filter(|l| l.contains(" = ") && !l.starts_with('#')).count();
-        assert_eq!(keys, 18, "the example should list every key once");
+        assert_eq!(keys, 23, "the example should list every key once");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 mod cli;
 mod config;
+mod pipeline;
 mod server;
 
 fn main() {

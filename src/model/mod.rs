@@ -60,6 +60,8 @@ pub enum Prefetch {
 }
 
 /// Per-sequence attention state: one cache per layer and the number of positions held.
+/// The default is an empty cache that accepts no positions.
+#[derive(Default)]
 pub struct KvCache {
     layers: Vec<LayerCache>,
     len: usize,

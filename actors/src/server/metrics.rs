@@ -39,6 +39,7 @@ impl Histogram {
     }
 }
 
+const STEP_BOUNDS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
 const LATENCY_BOUNDS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
 /// Counters shared by the HTTP handlers and the engine thread.
@@ -53,8 +54,21 @@ pub struct Metrics {
     pub prompt_tokens: AtomicU64,
     /// Tokens generated.
     pub generated_tokens: AtomicU64,
-    /// Generations queued or running.
+    /// Sessions generating (set by the scheduler).
     pub active: AtomicI64,
+    /// Requests admitted and waiting for a session slot (set by the scheduler).
+    pub queued: AtomicI64,
+    /// Sessions ended because their client went away.
+    pub cancelled: AtomicU64,
+    /// Batched steps run.
+    pub steps: AtomicU64,
+    /// Tokens run in those steps (prompt chunks and decode tokens).
+    pub step_tokens: AtomicU64,
+    /// Seconds each step's forward pass took.
+    pub step_seconds: Histogram,
+    /// Microseconds between sending a step and handling its result, beyond the forward
+    /// pass itself: the pipeline's own cost per step.
+    pub step_overhead_micros: AtomicU64,
     /// From request accepted to first text.
     pub time_to_first_token: Histogram,
     /// Between successive pieces of text.
@@ -70,6 +84,12 @@ impl Default for Metrics {
             prompt_tokens: AtomicU64::new(0),
             generated_tokens: AtomicU64::new(0),
             active: AtomicI64::new(0),
+            queued: AtomicI64::new(0),
+            cancelled: AtomicU64::new(0),
+            steps: AtomicU64::new(0),
+            step_tokens: AtomicU64::new(0),
+            step_seconds: Histogram::new(STEP_BOUNDS),
+            step_overhead_micros: AtomicU64::new(0),
             time_to_first_token: Histogram::new(LATENCY_BOUNDS),
             inter_token_latency: Histogram::new(LATENCY_BOUNDS),
         }
@@ -77,8 +97,8 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Prometheus text; `queue_depth` and expert-cache figures come from their owners.
-    pub fn render(&self, queue_depth: usize, experts: Option<odmoe::experts::PagerStatsSnapshot>) -> String {
+    /// Prometheus text; expert-cache figures come from the pager.
+    pub fn render(&self, experts: Option<odmoe::experts::PagerStatsSnapshot>) -> String {
         let mut o = String::new();
         let c = |o: &mut String, name: &str, help: &str, v: u64| {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
@@ -89,8 +109,16 @@ impl Metrics {
         c(&mut o, "odmoe_requests_rejected_total", "Requests answered with an error.", self.requests_rejected.load(Ordering::Relaxed));
         c(&mut o, "odmoe_prompt_tokens_total", "Prompt tokens processed.", self.prompt_tokens.load(Ordering::Relaxed));
         c(&mut o, "odmoe_tokens_generated_total", "Tokens generated.", self.generated_tokens.load(Ordering::Relaxed));
-        let _ = writeln!(o, "# HELP odmoe_active_sessions Generations queued or running.\n# TYPE odmoe_active_sessions gauge\nodmoe_active_sessions {}", self.active.load(Ordering::Relaxed));
-        let _ = writeln!(o, "# HELP odmoe_queue_depth Generations waiting for the engine.\n# TYPE odmoe_queue_depth gauge\nodmoe_queue_depth {queue_depth}");
+        let g = |o: &mut String, name: &str, help: &str, v: i64| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        g(&mut o, "odmoe_active_sessions", "Sessions generating.", self.active.load(Ordering::Relaxed));
+        g(&mut o, "odmoe_queue_depth", "Requests waiting for a session slot.", self.queued.load(Ordering::Relaxed));
+        c(&mut o, "odmoe_sessions_cancelled_total", "Sessions ended because the client went away.", self.cancelled.load(Ordering::Relaxed));
+        c(&mut o, "odmoe_steps_total", "Batched forward steps run.", self.steps.load(Ordering::Relaxed));
+        c(&mut o, "odmoe_step_tokens_total", "Tokens run in batched steps (prompt chunks and decode tokens).", self.step_tokens.load(Ordering::Relaxed));
+        self.step_seconds.render("odmoe_step_seconds", "Seconds per batched forward step.", &mut o);
+        let _ = writeln!(o, "# HELP odmoe_step_overhead_seconds_total Seconds per step spent outside the forward pass (scheduling and messages).\n# TYPE odmoe_step_overhead_seconds_total counter\nodmoe_step_overhead_seconds_total {}", self.step_overhead_micros.load(Ordering::Relaxed) as f64 / 1e6);
         self.time_to_first_token.render("odmoe_time_to_first_token_seconds", "Seconds from request to first text.", &mut o);
         self.inter_token_latency.render("odmoe_inter_token_latency_seconds", "Seconds between successive pieces of text.", &mut o);
         if let Some(s) = experts {

@@ -1,12 +1,12 @@
-//! `odmoe serve`: an OpenAI-compatible HTTP server (warp) over the engine thread.
+//! `odmoe serve`: an OpenAI-compatible HTTP server (warp) in front of the actor pipeline
+//! ([`crate::pipeline`]).
 //!
-//! Requests are tokenized on the HTTP side and queued to the engine (a bounded queue: a
-//! full queue answers 503 at once rather than letting requests pile up). Each request gets
-//! its own bounded event channel; when a streaming client goes away, the next send fails
-//! and the engine cancels that generation. One generation runs at a time for now.
+//! Handlers parse and check a request, have the tokenizer actor encode it, and submit it
+//! to the scheduler, which admits it or refuses it at once (429 with `Retry-After` when
+//! its queue is full). Each request gets its own bounded event channel; when a client
+//! goes away its receiver is dropped and the scheduler drops the session and its cache.
 
-mod engine;
-mod metrics;
+pub mod metrics;
 mod openai;
 
 use std::net::SocketAddr;
@@ -14,6 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::pipeline::Pipeline;
 use odmoe::model::{ExpertMode, Model};
 use odmoe::tokenizer::{ChatTemplate, Tokenizer};
 use warp::Filter;
@@ -23,8 +24,8 @@ use warp::Filter;
 pub struct ServerConfig {
     /// Address to listen on.
     pub addr: SocketAddr,
-    /// Generation requests waiting for the engine before new ones get 429.
-    pub queue: usize,
+    /// Queue, batch and mailbox sizes of the pipeline.
+    pub pipeline: crate::pipeline::Limits,
     /// Events buffered per streaming response before the engine waits for the client.
     pub stream_buffer: usize,
     /// Largest request body.
@@ -53,7 +54,14 @@ impl ServerConfig {
             .ok_or_else(|| format!("host {host} has no address"))?;
         Ok(ServerConfig {
             addr,
-            queue: c.server.max_queued,
+            pipeline: crate::pipeline::Limits {
+                max_queued: c.server.max_queued,
+                max_sessions: c.scheduler.max_sessions,
+                batch_tokens: c.scheduler.batch_tokens,
+                prefill_chunk: c.scheduler.prefill_chunk,
+                tokenizer_mailbox: c.tokenizer.mailbox,
+                scheduler_mailbox: c.scheduler.mailbox,
+            },
             stream_buffer: c.server.stream_buffer,
             max_body_bytes: c.server.max_body.0,
             max_context: c.limits.context,
@@ -78,9 +86,7 @@ pub struct AppState {
 
 /// The parts of the server that exist once the model is loaded.
 pub struct Loaded {
-    pub tokenizer: Arc<Tokenizer>,
-    pub template: Option<ChatTemplate>,
-    pub jobs: tokio::sync::mpsc::Sender<engine::Job>,
+    pub pipeline: Pipeline,
     pub max_context: usize,
     pub model: Arc<Model>,
 }
@@ -102,14 +108,16 @@ pub fn run(model_path: &Path, mode: &ExpertMode, config: ServerConfig) -> Result
         let local = listener.local_addr()?;
         eprintln!("listening on http://{local} (loading {})", model_path.display());
         let (st, path, mode) = (state.clone(), model_path.to_path_buf(), mode.clone());
-        std::thread::spawn(move || match load(&path, &mode, &st.config, st.metrics.clone()) {
-            Ok(l) => {
-                let _ = st.loaded.set(l);
-                eprintln!("ready: {}", path.display());
-            }
-            Err(e) => {
-                eprintln!("error: cannot load the model: {e}");
-                std::process::exit(1);
+        tokio::spawn(async move {
+            match load(&path, &mode, &st.config, st.metrics.clone()).await {
+                Ok(l) => {
+                    let _ = st.loaded.set(l);
+                    eprintln!("ready: {}", path.display());
+                }
+                Err(e) => {
+                    eprintln!("error: cannot load the model: {e}");
+                    std::process::exit(1);
+                }
             }
         });
         let grace = std::time::Duration::from_secs(state.config.shutdown_timeout_s);
@@ -134,15 +142,21 @@ pub fn run(model_path: &Path, mode: &ExpertMode, config: ServerConfig) -> Result
     })
 }
 
-fn load(path: &Path, mode: &ExpertMode, config: &ServerConfig, metrics: Arc<metrics::Metrics>) -> Result<Loaded, Box<dyn std::error::Error + Send + Sync>> {
-    let mut model = Model::open_with(path, mode).map_err(|e| e.to_string())?;
-    model.set_prefetch(config.prefetch);
-    let model = Arc::new(model);
-    let tokenizer = Arc::new(Tokenizer::from_gguf(model.metadata()).map_err(|e| e.to_string())?);
-    let template = ChatTemplate::from_gguf(model.metadata()).ok();
+/// Opens the model (on a blocking thread) and starts the pipeline's actors.
+async fn load(path: &Path, mode: &ExpertMode, config: &ServerConfig, metrics: Arc<metrics::Metrics>) -> Result<Loaded, String> {
+    let (path, mode, prefetch) = (path.to_path_buf(), mode.clone(), config.prefetch);
+    let (model, tokenizer, template) = tokio::task::spawn_blocking(move || -> Result<_, String> {
+        let mut model = Model::open_with(&path, &mode).map_err(|e| e.to_string())?;
+        model.set_prefetch(prefetch);
+        let tokenizer = Tokenizer::from_gguf(model.metadata()).map_err(|e| e.to_string())?;
+        let template = ChatTemplate::from_gguf(model.metadata()).ok();
+        Ok((Arc::new(model), Arc::new(tokenizer), template))
+    })
+    .await
+    .map_err(|e| format!("loading stopped: {e}"))??;
     let max_context = model.config().n_ctx_train.min(config.max_context);
-    let jobs = engine::start(model.clone(), tokenizer.clone(), config.queue, metrics);
-    Ok(Loaded { tokenizer, template, jobs, max_context, model })
+    let pipeline = Pipeline::start(model.clone(), tokenizer, template, config.pipeline.clone(), metrics).await?;
+    Ok(Loaded { pipeline, max_context, model })
 }
 
 fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl warp::Reply,), Error = std::convert::Infallible> + Clone + Send + Sync + 'static {

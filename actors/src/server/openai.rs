@@ -17,8 +17,9 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::Reply;
 
-use super::engine::{Event, Job};
-use super::{AppState, Loaded, ServerConfig};
+use super::{AppState, ServerConfig};
+use crate::pipeline::tokenizer::Input;
+use crate::pipeline::{Event, Refused, Request as Job};
 
 mod bytes_compat {
     pub use warp::hyper::body::Bytes;
@@ -48,7 +49,7 @@ pub fn health(st: Arc<AppState>) -> Response {
     let status = if st.loaded.get().is_some() { "ok" } else { "loading" };
     let mut v = json!({ "status": status, "model": st.model_name, "uptime_seconds": st.started.elapsed().as_secs() });
     if let Some(l) = st.loaded.get() {
-        v["sessions"] = json!({ "active": st.metrics.active.load(Ordering::Relaxed), "queued": l.jobs.max_capacity() - l.jobs.capacity() });
+        v["sessions"] = json!({ "active": st.metrics.active.load(Ordering::Relaxed), "queued": st.metrics.queued.load(Ordering::Relaxed) });
         if let Some(p) = l.model.pager() {
             let s = p.stats();
             v["expert_cache"] = json!({
@@ -72,11 +73,8 @@ pub fn health(st: Arc<AppState>) -> Response {
 }
 
 pub fn metrics(st: Arc<AppState>) -> Response {
-    let (depth, experts) = match st.loaded.get() {
-        Some(l) => (l.jobs.max_capacity() - l.jobs.capacity(), l.model.pager().map(|p| p.stats())),
-        None => (0, None),
-    };
-    let body = st.metrics.render(depth, experts);
+    let experts = st.loaded.get().and_then(|l| l.model.pager().map(|p| p.stats()));
+    let body = st.metrics.render(experts);
     warp::reply::with_header(body, "content-type", "text/plain; version=0.0.4").into_response()
 }
 
@@ -97,8 +95,9 @@ pub async fn rejection(r: warp::Rejection) -> Result<Response, Infallible> {
     })
 }
 
+/// A checked request, not yet tokenized.
 struct Request {
-    prompt: Vec<u32>,
+    input: Input,
     opts: GenerateOptions,
     stream: bool,
     include_usage: bool,
@@ -108,7 +107,7 @@ fn field<'a>(v: &'a Value, names: &[&str]) -> Option<&'a Value> {
     names.iter().find_map(|n| v.get(*n)).filter(|x| !x.is_null())
 }
 
-fn parse(body: &[u8], st: &Loaded, limits: &ServerConfig, chat: bool) -> Result<Request, String> {
+fn parse(body: &[u8], max_context: usize, limits: &ServerConfig, chat: bool) -> Result<Request, String> {
     let v: Value = serde_json::from_slice(body).map_err(|e| format!("request body is not valid JSON: {e}"))?;
     if !v.is_object() {
         return Err("request body must be a JSON object".into());
@@ -159,16 +158,14 @@ fn parse(body: &[u8], st: &Loaded, limits: &ServerConfig, chat: bool) -> Result<
         Some(x) => x.as_bool().ok_or("'stream' must be a boolean")?,
     };
     let include_usage = v.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false);
-    let prompt = if chat {
+    let input = if chat {
         let messages = field(&v, &["messages"]).filter(|m| m.as_array().is_some_and(|a| !a.is_empty())).ok_or("'messages' must be a non-empty list")?;
         for m in messages.as_array().unwrap() {
             if m.get("role").and_then(Value::as_str).is_none() {
                 return Err("every message needs a 'role'".into());
             }
         }
-        let template = st.template.as_ref().ok_or("this model has no chat template; use /v1/completions")?;
-        let text = template.render_json(messages, true, field(&v, &["tools"])).map_err(|e| e.to_string())?;
-        st.tokenizer.encode(&text, true, true).map_err(|e| e.to_string())?
+        Input::Chat { messages: messages.clone(), tools: field(&v, &["tools"]).cloned() }
     } else {
         let text = match field(&v, &["prompt"]) {
             Some(Value::String(s)) => s.clone(),
@@ -178,19 +175,25 @@ fn parse(body: &[u8], st: &Loaded, limits: &ServerConfig, chat: bool) -> Result<
         if text.is_empty() {
             return Err("'prompt' is empty".into());
         }
-        st.tokenizer.encode(&text, true, false).map_err(|e| e.to_string())?
+        Input::Prompt(text)
     };
+    let opts = GenerateOptions { max_tokens: max_tokens as usize, stop, sampling, max_context };
+    Ok(Request { input, opts, stream, include_usage })
+}
+
+/// Checks a tokenized prompt against the context and the server's limit.
+fn check_prompt(prompt: &[u32], max_context: usize, limits: &ServerConfig) -> Result<(), Response> {
+    let too_long = |m: String| error(StatusCode::BAD_REQUEST, m, "invalid_request_error", "context_length_exceeded");
     if prompt.is_empty() {
-        return Err("the prompt is empty".into());
+        return Err(bad_request("the prompt is empty"));
     }
-    if prompt.len() >= st.max_context {
-        return Err(format!("the prompt has {} tokens; the context holds {}", prompt.len(), st.max_context));
+    if prompt.len() >= max_context {
+        return Err(too_long(format!("the prompt has {} tokens; the context holds {}", prompt.len(), max_context)));
     }
     if prompt.len() > limits.max_prompt_tokens {
-        return Err(format!("the prompt has {} tokens; this server accepts at most {}", prompt.len(), limits.max_prompt_tokens));
+        return Err(too_long(format!("the prompt has {} tokens; this server accepts at most {}", prompt.len(), limits.max_prompt_tokens)));
     }
-    let opts = GenerateOptions { max_tokens: max_tokens as usize, stop, sampling, max_context: st.max_context };
-    Ok(Request { prompt, opts, stream, include_usage })
+    Ok(())
 }
 
 fn finish_reason(f: FinishReason) -> &'static str {
@@ -203,21 +206,31 @@ fn finish_reason(f: FinishReason) -> &'static str {
 /// `/v1/chat/completions` (`chat`) and `/v1/completions`.
 pub async fn completion(body: Bytes, app: Arc<AppState>, chat: bool) -> Result<Response, Infallible> {
     let Some(st) = app.loaded.get() else { return Ok(loading()) };
-    let req = match parse(&body, st, &app.config, chat) {
-        Ok(r) => r,
-        Err(m) => {
-            app.metrics.requests_rejected.fetch_add(1, Ordering::Relaxed);
-            return Ok(bad_request(m));
-        }
-    };
-    let (tx, mut rx) = mpsc::channel(app.config.stream_buffer.max(1));
-    app.metrics.active.fetch_add(1, Ordering::Relaxed);
-    if st.jobs.try_send(Job { prompt: req.prompt, opts: req.opts, events: tx, accepted: std::time::Instant::now() }).is_err() {
-        app.metrics.active.fetch_sub(1, Ordering::Relaxed);
+    let accepted = std::time::Instant::now();
+    let rejected = |r: Response| {
         app.metrics.requests_rejected.fetch_add(1, Ordering::Relaxed);
-        let mut r = error(StatusCode::TOO_MANY_REQUESTS, "the server is busy: too many requests are waiting; retry shortly", "server_error", "queue_full");
-        r.headers_mut().insert("retry-after", warp::http::HeaderValue::from_static("1"));
-        return Ok(r);
+        Ok(r)
+    };
+    let req = match parse(&body, st.max_context, &app.config, chat) {
+        Ok(r) => r,
+        Err(m) => return rejected(bad_request(m)),
+    };
+    let prompt = match st.pipeline.encode(req.input).await {
+        Ok(p) => p,
+        Err(m) => return rejected(bad_request(m)),
+    };
+    if let Err(r) = check_prompt(&prompt, st.max_context, &app.config) {
+        return rejected(r);
+    }
+    let (tx, mut rx) = mpsc::channel(app.config.stream_buffer.max(1));
+    match st.pipeline.submit(Job { prompt, opts: req.opts, events: tx, accepted }).await {
+        Ok(()) => {}
+        Err(Refused::QueueFull) => {
+            let mut r = error(StatusCode::TOO_MANY_REQUESTS, "the server is busy: too many requests are waiting; retry shortly", "server_error", "queue_full");
+            r.headers_mut().insert("retry-after", warp::http::HeaderValue::from_static("1"));
+            return rejected(r);
+        }
+        Err(Refused::Stopped) => return rejected(error(StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down", "server_error", "stopped")),
     }
     if chat {
         app.metrics.requests_chat.fetch_add(1, Ordering::Relaxed);

@@ -1,0 +1,162 @@
+//! The serving pipeline: three `ractor` actors between the HTTP handlers and the model.
+//!
+//! ```text
+//! HTTP handler ──Encode──▶ tokenizer ──ids──▶ HTTP handler ──Submit──▶ scheduler
+//!                                                                        │  ▲
+//!                                                              Step(batch) StepDone
+//!                                                                        ▼  │
+//!                                                                      compute ── model: attention,
+//!                                                                      (own thread)  router(L) → pager,
+//!                                                                                    gate prefetch L+1..
+//! scheduler ──Event (text, done, error)──▶ per-request bounded channel ──SSE──▶ client
+//! ```
+//!
+//! # Actors and their messages
+//!
+//! - **tokenizer** ([`tokenizer`]): `Encode` renders a chat template or takes a prompt
+//!   and returns token ids. Stateless; callers await the reply.
+//! - **scheduler** ([`scheduler`]): owns every session (its decoding state, its KV cache,
+//!   its event channel). `Submit` admits a request or refuses it at once (queue full);
+//!   `StepDone` returns a step's caches and logits; `Wake` says a paused client has read.
+//!   Between steps it builds the next batch — continuous batching: every running session
+//!   contributes its next token, and prompts waiting to be read are cut into chunks of at
+//!   most `prefill_chunk` tokens filling the rest of the `batch_tokens` budget, so a long
+//!   prompt delays running streams by one chunk's compute at most.
+//! - **compute** ([`compute`]): the only owner of the model. `Step` runs one batched
+//!   forward pass ([`odmoe::model::Model::forward_batch`]) on the compute thread and sends
+//!   `StepDone` back. Inside the pass, each layer routes its tokens, asks the expert pager
+//!   for the chosen experts (one read serves every token of the step routed to an expert;
+//!   the pager's reader threads and queues are its own), and — with prefetch on — applies
+//!   the next layers' routers to the current state and queues those experts as
+//!   low-priority reads while the layer computes. These are calls within the step rather
+//!   than actors of their own: a message hop per layer would add latency and no overlap
+//!   the pager's threads do not already give.
+//!
+//! Messages carry owned handles, never copies of weights: token ids, a session's
+//! `KvCache` moved into the step and back, logits moved out.
+//!
+//! # Bounds (ractor mailboxes are unbounded; every queue that can grow has a bound)
+//!
+//! - tokenizer: at most `tokenizer.mailbox` requests in its mailbox; callers beyond
+//!   that wait for a permit before sending (a semaphore in front of the actor).
+//! - scheduler: `Submit` calls hold a permit of `scheduler.mailbox` while in flight;
+//!   admitted requests wait in a queue of at most `server.max_queued` (more: the caller is
+//!   told at once and answers 429); at most `scheduler.max_sessions` run at once. Other
+//!   messages are bounded by construction: one `StepDone` per step, at most one `Wake`
+//!   per paused session.
+//! - compute: one step in flight (the scheduler sends the next `Step` only after
+//!   `StepDone`), so its mailbox holds at most one message.
+//! - per-request events: a channel of `server.stream_buffer` events. A session whose
+//!   channel is full is left out of the next steps until its client reads; it never
+//!   stalls the batch.
+//!
+//! # Guarantees
+//!
+//! - A session's tokens are exactly those it would get running alone: batching changes
+//!   no number ([`odmoe::model::Model::forward_batch`] is row-independent).
+//! - A client that goes away (its event receiver dropped) has its session, KV cache
+//!   included, dropped before the next step is built.
+//! - A failed step (e.g. an expert read error) ends the sessions in it with an `Error`
+//!   event; the others go on.
+
+pub mod compute;
+pub mod scheduler;
+pub mod tokenizer;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use odmoe::generate::{FinishReason, GenerateOptions};
+use odmoe::model::Model;
+use odmoe::tokenizer::{ChatTemplate, Tokenizer};
+use ractor::{Actor, ActorRef};
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::server::metrics::Metrics;
+
+/// What a request's stream receives.
+#[derive(Debug)]
+pub enum Event {
+    /// A piece of generated text.
+    Text(String),
+    /// Generation ended.
+    Done { finish: FinishReason, prompt_tokens: usize, completion_tokens: usize },
+    /// Generation failed.
+    Error(String),
+}
+
+/// A tokenized generation request.
+pub struct Request {
+    /// Prompt token ids.
+    pub prompt: Vec<u32>,
+    /// Limits and sampling.
+    pub opts: GenerateOptions,
+    /// Where the session's events go.
+    pub events: mpsc::Sender<Event>,
+    /// When the request arrived (for time to first token).
+    pub accepted: Instant,
+}
+
+/// Sizes of the pipeline's queues and batches.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Admitted requests waiting for a session slot.
+    pub max_queued: usize,
+    /// Sessions generating at once.
+    pub max_sessions: usize,
+    /// Tokens per step, decode tokens and prompt chunks together.
+    pub batch_tokens: usize,
+    /// Most prompt tokens of one session in one step.
+    pub prefill_chunk: usize,
+    /// Requests waiting in the tokenizer's mailbox.
+    pub tokenizer_mailbox: usize,
+    /// `Submit` calls in flight to the scheduler.
+    pub scheduler_mailbox: usize,
+}
+
+/// Handles to the running pipeline.
+#[derive(Clone)]
+pub struct Pipeline {
+    tokenizer: ActorRef<tokenizer::TokenizerMsg>,
+    tokenizer_permits: Arc<Semaphore>,
+    scheduler: ActorRef<scheduler::SchedulerMsg>,
+    scheduler_permits: Arc<Semaphore>,
+}
+
+/// Why a request was not admitted.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// `max_queued` requests are already waiting.
+    QueueFull,
+    /// The pipeline has stopped.
+    Stopped,
+}
+
+impl Pipeline {
+    /// Spawns the three actors (on the current tokio runtime) and the compute thread.
+    pub async fn start(model: Arc<Model>, tok: Arc<Tokenizer>, template: Option<ChatTemplate>, limits: Limits, metrics: Arc<Metrics>) -> Result<Pipeline, String> {
+        let spawn_err = |what: &str, e: ractor::SpawnErr| format!("cannot start the {what} actor: {e}");
+        let (tokenizer, _) = Actor::spawn(None, tokenizer::TokenizerActor, (tok.clone(), template)).await.map_err(|e| spawn_err("tokenizer", e))?;
+        let (compute, _) = Actor::spawn(None, compute::ComputeActor, model.clone()).await.map_err(|e| spawn_err("compute", e))?;
+        let args = scheduler::SchedulerArgs { model, tokenizer: tok, compute, limits: limits.clone(), metrics };
+        let (scheduler, _) = Actor::spawn(None, scheduler::SchedulerActor, args).await.map_err(|e| spawn_err("scheduler", e))?;
+        Ok(Pipeline {
+            tokenizer,
+            tokenizer_permits: Arc::new(Semaphore::new(limits.tokenizer_mailbox.max(1))),
+            scheduler,
+            scheduler_permits: Arc::new(Semaphore::new(limits.scheduler_mailbox.max(1))),
+        })
+    }
+
+    /// Token ids of `input`, from the tokenizer actor.
+    pub async fn encode(&self, input: tokenizer::Input) -> Result<Vec<u32>, String> {
+        let _permit = self.tokenizer_permits.acquire().await.map_err(|_| "the tokenizer has stopped".to_string())?;
+        ractor::call!(self.tokenizer, tokenizer::TokenizerMsg::Encode, input).map_err(|e| format!("the tokenizer has stopped: {e}"))?
+    }
+
+    /// Hands a request to the scheduler; refused at once when its queue is full.
+    pub async fn submit(&self, req: Request) -> Result<(), Refused> {
+        let _permit = self.scheduler_permits.acquire().await.map_err(|_| Refused::Stopped)?;
+        ractor::call!(self.scheduler, scheduler::SchedulerMsg::Submit, req).map_err(|_| Refused::Stopped)?
+    }
+}

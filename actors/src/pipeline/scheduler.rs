@@ -1,0 +1,320 @@
+//! The scheduler actor: sessions, their KV caches, and continuous batching.
+//!
+//! Messages: [`SchedulerMsg::Submit`] (admit or refuse at once), [`SchedulerMsg::StepDone`]
+//! (a step's results), [`SchedulerMsg::Wake`] (a paused client read some events).
+//!
+//! After every message the scheduler (1) drops sessions whose client has gone, (2) admits
+//! queued requests while fewer than `max_sessions` run, and (3), when no step is in flight,
+//! builds the next one: first every running session able to take its next token (its
+//! event channel has room), starting at a rotating offset so that, when they outnumber
+//! `batch_tokens`, each waits its turn; then chunks of waiting prompts, at most
+//! `prefill_chunk` tokens each, in the budget that is left.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use odmoe::generate::{Decoding, FinishReason};
+use odmoe::model::{KvCache, Model};
+use odmoe::tokenizer::Tokenizer;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::mpsc::error::TrySendError;
+
+use super::compute::{ComputeMsg, StepItem, StepOutput};
+use super::{Event, Limits, Refused, Request};
+use crate::server::metrics::Metrics;
+
+/// The scheduler's messages.
+pub enum SchedulerMsg {
+    /// A new request: `Ok` once queued, `Err(QueueFull)` when `max_queued` already wait.
+    Submit(Request, RpcReplyPort<Result<(), Refused>>),
+    /// The step in flight finished (or the compute actor failed).
+    StepDone(Result<StepOutput, String>),
+    /// A paused session's client made room in its event channel (or went away).
+    Wake(u64),
+}
+
+/// What the scheduler is started with.
+pub struct SchedulerArgs {
+    pub model: Arc<Model>,
+    pub tokenizer: Arc<Tokenizer>,
+    pub compute: ActorRef<ComputeMsg>,
+    pub limits: Limits,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Batches the sessions' tokens into steps.
+pub struct SchedulerActor;
+
+struct Session {
+    id: u64,
+    decoding: Decoding,
+    /// `None` while lent to the step in flight.
+    cache: Option<KvCache>,
+    prompt: Vec<u32>,
+    /// Prompt tokens already run.
+    fed: usize,
+    /// The sampled token still to run.
+    next: Option<u32>,
+    events: tokio::sync::mpsc::Sender<Event>,
+    /// Events the channel had no room for yet, sent first.
+    outbox: VecDeque<Event>,
+    /// Finished: dropped once its outbox is delivered.
+    done: bool,
+    /// A task is waiting for the client to make room.
+    paused: bool,
+    accepted: Instant,
+    last_token: Option<Instant>,
+}
+
+impl Session {
+    fn prefilling(&self) -> bool {
+        self.fed < self.prompt.len()
+    }
+
+    /// Sends what the outbox holds; false when the client has gone.
+    fn flush(&mut self) -> bool {
+        while let Some(ev) = self.outbox.pop_front() {
+            match self.events.try_send(ev) {
+                Ok(()) => {}
+                Err(TrySendError::Full(ev)) => {
+                    self.outbox.push_front(ev);
+                    return true;
+                }
+                Err(TrySendError::Closed(_)) => return false,
+            }
+        }
+        !self.events.is_closed()
+    }
+
+    /// Whether the next step can include this session.
+    fn ready(&self) -> bool {
+        self.cache.is_some() && !self.done && self.outbox.is_empty() && (self.prefilling() || self.next.is_some()) && self.events.capacity() > 0
+    }
+}
+
+/// The scheduler's state.
+pub struct SchedulerState {
+    args: SchedulerArgs,
+    queue: VecDeque<Request>,
+    sessions: Vec<Session>,
+    next_id: u64,
+    in_flight: bool,
+    rotate: usize,
+    /// When the step in flight was sent (for the scheduling overhead figure).
+    step_sent: Option<Instant>,
+}
+
+impl Actor for SchedulerActor {
+    type Msg = SchedulerMsg;
+    type State = SchedulerState;
+    type Arguments = SchedulerArgs;
+
+    async fn pre_start(&self, _: ActorRef<SchedulerMsg>, args: SchedulerArgs) -> Result<SchedulerState, ActorProcessingErr> {
+        Ok(SchedulerState { args, queue: VecDeque::new(), sessions: Vec::new(), next_id: 0, in_flight: false, rotate: 0, step_sent: None })
+    }
+
+    async fn handle(&self, myself: ActorRef<SchedulerMsg>, msg: SchedulerMsg, st: &mut SchedulerState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SchedulerMsg::Submit(req, reply) => {
+                let answer = if st.queue.len() >= st.args.limits.max_queued { Err(Refused::QueueFull) } else {
+                    st.queue.push_back(req);
+                    Ok(())
+                };
+                let _ = reply.send(answer);
+            }
+            SchedulerMsg::StepDone(out) => st.finish_step(out),
+            SchedulerMsg::Wake(id) => {
+                if let Some(s) = st.sessions.iter_mut().find(|s| s.id == id) {
+                    s.paused = false;
+                }
+            }
+        }
+        st.tick(&myself);
+        Ok(())
+    }
+}
+
+impl SchedulerState {
+    /// Delivers events, drops finished and abandoned sessions, admits queued requests, and
+    /// starts a step when none is in flight.
+    fn tick(&mut self, myself: &ActorRef<SchedulerMsg>) {
+        let metrics = self.args.metrics.clone();
+        self.sessions.retain_mut(|s| {
+            let connected = s.flush();
+            // a client that has not read what it was sent holds up only its own session
+            let blocked = !s.outbox.is_empty() || (!s.done && s.events.capacity() == 0);
+            if blocked && connected && !s.paused {
+                s.paused = true;
+                wake_when_read(myself, s);
+            }
+            // a session in the step in flight is dropped when the step returns
+            let keep = s.cache.is_none() || (connected && !(s.done && s.outbox.is_empty()));
+            if !keep && !s.done {
+                metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+                metrics.generated_tokens.fetch_add(s.decoding.generated() as u64, Ordering::Relaxed);
+            }
+            keep
+        });
+        while self.sessions.len() < self.args.limits.max_sessions {
+            let Some(req) = self.queue.pop_front() else { break };
+            self.admit(req);
+        }
+        metrics.active.store(self.sessions.len() as i64, Ordering::Relaxed);
+        metrics.queued.store(self.queue.len() as i64, Ordering::Relaxed);
+        if !self.in_flight {
+            self.start_step(myself);
+        }
+    }
+
+    fn admit(&mut self, req: Request) {
+        match Decoding::new(&req.prompt, &req.opts) {
+            Ok(decoding) => {
+                self.next_id += 1;
+                self.args.metrics.prompt_tokens.fetch_add(req.prompt.len() as u64, Ordering::Relaxed);
+                self.sessions.push(Session {
+                    id: self.next_id,
+                    decoding,
+                    cache: Some(self.args.model.new_cache(req.opts.max_context)),
+                    prompt: req.prompt,
+                    fed: 0,
+                    next: None,
+                    events: req.events,
+                    outbox: VecDeque::new(),
+                    done: false,
+                    paused: false,
+                    accepted: req.accepted,
+                    last_token: None,
+                });
+            }
+            // a fresh channel has room for one event
+            Err(e) => drop(req.events.try_send(Event::Error(e.to_string()))),
+        }
+    }
+
+    fn start_step(&mut self, myself: &ActorRef<SchedulerMsg>) {
+        let limits = &self.args.limits;
+        let mut budget = limits.batch_tokens.max(1);
+        let mut items = Vec::new();
+        let n = self.sessions.len();
+        // running sessions first, one token each, from a rotating start
+        for k in 0..n {
+            let s = &mut self.sessions[(self.rotate + k) % n];
+            if budget == 0 {
+                break;
+            }
+            if s.ready() && !s.prefilling() {
+                let token = s.next.take().expect("ready and not prefilling");
+                items.push(StepItem { session: s.id, tokens: vec![token], cache: s.cache.take().expect("ready"), logits: true });
+                budget -= 1;
+            }
+        }
+        // then prompt chunks, oldest session first
+        for s in self.sessions.iter_mut() {
+            if budget == 0 {
+                break;
+            }
+            if s.ready() && s.prefilling() {
+                let len = (s.prompt.len() - s.fed).min(limits.prefill_chunk.max(1)).min(budget);
+                let tokens = s.prompt[s.fed..s.fed + len].to_vec();
+                let last = s.fed + len == s.prompt.len();
+                items.push(StepItem { session: s.id, tokens, cache: s.cache.take().expect("ready"), logits: last });
+                budget -= len;
+            }
+        }
+        if items.is_empty() {
+            return;
+        }
+        self.rotate = self.rotate.wrapping_add(1);
+        self.in_flight = true;
+        self.step_sent = Some(Instant::now());
+        let (compute, me) = (self.args.compute.clone(), myself.clone());
+        tokio::spawn(async move {
+            let out = ractor::call!(compute, ComputeMsg::Step, items).map_err(|e| format!("the compute actor stopped: {e}"));
+            let _ = me.cast(SchedulerMsg::StepDone(out));
+        });
+    }
+
+    fn finish_step(&mut self, out: Result<StepOutput, String>) {
+        self.in_flight = false;
+        let out = match out {
+            Ok(o) => o,
+            Err(e) => {
+                // the items (and their caches) are lost with the compute actor
+                for s in self.sessions.iter_mut().filter(|s| s.cache.is_none()) {
+                    s.outbox.push_back(Event::Error(e.clone()));
+                    s.done = true;
+                    s.cache = Some(KvCache::default());
+                }
+                return;
+            }
+        };
+        let m = &self.args.metrics;
+        let tokens: usize = out.items.iter().map(|i| i.tokens.len()).sum();
+        m.steps.fetch_add(1, Ordering::Relaxed);
+        m.step_tokens.fetch_add(tokens as u64, Ordering::Relaxed);
+        m.step_seconds.observe(out.seconds);
+        if let Some(sent) = self.step_sent.take() {
+            let round_trip = sent.elapsed().as_secs_f64();
+            m.step_overhead_micros.fetch_add(((round_trip - out.seconds).max(0.0) * 1e6) as u64, Ordering::Relaxed);
+        }
+        let logits = match out.logits {
+            Ok(l) => Some(l),
+            Err(e) => {
+                for item in &out.items {
+                    if let Some(s) = self.sessions.iter_mut().find(|s| s.id == item.session) {
+                        s.outbox.push_back(Event::Error(format!("generation failed: {e}")));
+                        s.done = true;
+                    }
+                }
+                None
+            }
+        };
+        let tok = &self.args.tokenizer;
+        for (i, item) in out.items.into_iter().enumerate() {
+            let Some(s) = self.sessions.iter_mut().find(|s| s.id == item.session) else { continue };
+            s.cache = Some(item.cache);
+            let Some(logits) = &logits else { continue };
+            if s.prefilling() {
+                s.fed += item.tokens.len();
+            }
+            if !item.logits {
+                continue;
+            }
+            let now = Instant::now();
+            match s.last_token {
+                None => m.time_to_first_token.observe((now - s.accepted).as_secs_f64()),
+                Some(t) => m.inter_token_latency.observe((now - t).as_secs_f64()),
+            }
+            s.last_token = Some(now);
+            let e = s.decoding.next(tok, &logits[i]);
+            if !e.text.is_empty() {
+                s.outbox.push_back(Event::Text(e.text));
+            }
+            match e.finish {
+                None => s.next = Some(e.token),
+                Some(finish) => finish_session(s, finish, m),
+            }
+        }
+    }
+}
+
+fn finish_session(s: &mut Session, finish: FinishReason, m: &Metrics) {
+    let (prompt_tokens, completion_tokens) = (s.decoding.prompt_tokens(), s.decoding.generated());
+    m.generated_tokens.fetch_add(completion_tokens as u64, Ordering::Relaxed);
+    s.outbox.push_back(Event::Done { finish, prompt_tokens, completion_tokens });
+    s.done = true;
+    // the cache is no longer needed; free it now rather than when the client has read
+    s.cache = Some(KvCache::default());
+}
+
+/// Wakes the scheduler once `s`'s client has made room in its channel (or gone away).
+fn wake_when_read(myself: &ActorRef<SchedulerMsg>, s: &Session) {
+    let (events, me, id) = (s.events.clone(), myself.clone(), s.id);
+    tokio::spawn(async move {
+        // the permit is dropped at once: the room stays for the scheduler's send
+        drop(events.reserve().await);
+        let _ = me.cast(SchedulerMsg::Wake(id));
+    });
+}
