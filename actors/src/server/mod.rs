@@ -177,5 +177,9 @@ fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl warp::Reply,), Er
         .and(warp::body::bytes())
         .and(st)
         .and_then(|b, s| openai::completion(b, s, false));
-    health.or(models).or(metrics).or(chat).or(completions).recover(openai::rejection)
+    // completions write their own line when the response ends (with token counts)
+    let others = health.or(models).or(metrics).recover(openai::rejection).with(warp::log::custom(|i| {
+        eprintln!("{} {} {} {:.3}s", i.method(), i.path(), i.status().as_u16(), i.elapsed().as_secs_f64());
+    }));
+    chat.or(completions).or(others)
 }

@@ -27,6 +27,36 @@ mod bytes_compat {
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
+/// The log line of one completion request, written to stderr when the response is
+/// complete, has failed, or was abandoned by its client (the line says which).
+struct RequestLog {
+    path: &'static str,
+    status: u16,
+    started: std::time::Instant,
+    tokens: Option<(usize, usize)>,
+    outcome: &'static str,
+}
+
+impl RequestLog {
+    fn new(chat: bool) -> RequestLog {
+        let path = if chat { "/v1/chat/completions" } else { "/v1/completions" };
+        RequestLog { path, status: 200, started: std::time::Instant::now(), tokens: None, outcome: "client gone" }
+    }
+
+    fn answered(mut self, r: Response) -> Response {
+        self.status = r.status().as_u16();
+        self.outcome = if r.status().is_success() { "done" } else { "error" };
+        r
+    }
+}
+
+impl Drop for RequestLog {
+    fn drop(&mut self) {
+        let (p, c) = self.tokens.unwrap_or((0, 0));
+        eprintln!("POST {} {} prompt_tokens={p} completion_tokens={c} {:.3}s {}", self.path, self.status, self.started.elapsed().as_secs_f64(), self.outcome);
+    }
+}
+
 fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
@@ -205,22 +235,26 @@ fn finish_reason(f: FinishReason) -> &'static str {
 
 /// `/v1/chat/completions` (`chat`) and `/v1/completions`.
 pub async fn completion(body: Bytes, app: Arc<AppState>, chat: bool) -> Result<Response, Infallible> {
-    let Some(st) = app.loaded.get() else { return Ok(loading()) };
+    let mut log = RequestLog::new(chat);
+    let Some(st) = app.loaded.get() else { return Ok(log.answered(loading())) };
     let accepted = std::time::Instant::now();
-    let rejected = |r: Response| {
-        app.metrics.requests_rejected.fetch_add(1, Ordering::Relaxed);
-        Ok(r)
-    };
+    macro_rules! rejected {
+        ($r:expr) => {{
+            app.metrics.requests_rejected.fetch_add(1, Ordering::Relaxed);
+            return Ok(log.answered($r));
+        }};
+    }
     let req = match parse(&body, st.max_context, &app.config, chat) {
         Ok(r) => r,
-        Err(m) => return rejected(bad_request(m)),
+        Err(m) => rejected!(bad_request(m)),
     };
     let prompt = match st.pipeline.encode(req.input).await {
         Ok(p) => p,
-        Err(m) => return rejected(bad_request(m)),
+        Err(m) => rejected!(bad_request(m)),
     };
+    log.tokens = Some((prompt.len(), 0));
     if let Err(r) = check_prompt(&prompt, st.max_context, &app.config) {
-        return rejected(r);
+        rejected!(r);
     }
     let (tx, mut rx) = mpsc::channel(app.config.stream_buffer.max(1));
     match st.pipeline.submit(Job { prompt, opts: req.opts, events: tx, accepted }).await {
@@ -228,9 +262,9 @@ pub async fn completion(body: Bytes, app: Arc<AppState>, chat: bool) -> Result<R
         Err(Refused::QueueFull) => {
             let mut r = error(StatusCode::TOO_MANY_REQUESTS, "the server is busy: too many requests are waiting; retry shortly", "server_error", "queue_full");
             r.headers_mut().insert("retry-after", warp::http::HeaderValue::from_static("1"));
-            return rejected(r);
+            rejected!(r);
         }
-        Err(Refused::Stopped) => return rejected(error(StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down", "server_error", "stopped")),
+        Err(Refused::Stopped) => rejected!(error(StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down", "server_error", "stopped")),
     }
     if chat {
         app.metrics.requests_chat.fetch_add(1, Ordering::Relaxed);
@@ -247,19 +281,20 @@ pub async fn completion(body: Bytes, app: Arc<AppState>, chat: bool) -> Result<R
         while let Some(ev) = rx.recv().await {
             match ev {
                 Event::Text(t) => text.push_str(&t),
-                Event::Error(e) => return Ok(error(StatusCode::INTERNAL_SERVER_ERROR, e, "server_error", "generation_failed")),
+                Event::Error(e) => return Ok(log.answered(error(StatusCode::INTERNAL_SERVER_ERROR, e, "server_error", "generation_failed"))),
                 Event::Done { finish, prompt_tokens, completion_tokens } => {
+                    log.tokens = Some((prompt_tokens, completion_tokens));
                     let choice = if chat {
                         json!({ "index": 0, "message": { "role": "assistant", "content": text }, "finish_reason": finish_reason(finish) })
                     } else {
                         json!({ "index": 0, "text": text, "finish_reason": finish_reason(finish) })
                     };
                     let usage = json!({ "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens });
-                    return Ok(warp::reply::json(&json!({ "id": id, "object": object, "created": created, "model": model, "choices": [choice], "usage": usage })).into_response());
+                    return Ok(log.answered(warp::reply::json(&json!({ "id": id, "object": object, "created": created, "model": model, "choices": [choice], "usage": usage })).into_response()));
                 }
             }
         }
-        return Ok(error(StatusCode::INTERNAL_SERVER_ERROR, "the engine stopped", "server_error", "engine_stopped"));
+        return Ok(log.answered(error(StatusCode::INTERNAL_SERVER_ERROR, "the engine stopped", "server_error", "engine_stopped")));
     }
 
     let chunk_object = if chat { "chat.completion.chunk" } else { "text_completion" };
@@ -273,37 +308,43 @@ pub async fn completion(body: Bytes, app: Arc<AppState>, chat: bool) -> Result<R
     };
     let include_usage = req.include_usage;
     // state: 0 = send the role, 1 = streaming, 2 = send [DONE], 3 = finished
-    let events = stream::unfold((rx, 0u8, Vec::<Value>::new()), move |(mut rx, phase, mut tail)| {
+    // the log line travels with the stream: written when it ends or the client drops it
+    let events = stream::unfold((rx, 0u8, Vec::<Value>::new(), log), move |(mut rx, phase, mut tail, mut log)| {
         let chunk = chunk.clone();
         async move {
             // "data: {...}": the space after the colon is what OpenAI sends (SSE parsers drop it)
             let data = |v: &Value| warp::sse::Event::default().data(format!(" {v}"));
             if let Some(v) = tail.pop() {
-                return Some((Ok::<_, Infallible>(data(&v)), (rx, phase, tail)));
+                return Some((Ok::<_, Infallible>(data(&v)), (rx, phase, tail, log)));
             }
             match phase {
                 0 => {
                     let first = if chat { chunk(json!({ "role": "assistant", "content": "" }), None) } else { chunk(json!({ "content": "" }), None) };
-                    Some((Ok(data(&first)), (rx, 1, tail)))
+                    Some((Ok(data(&first)), (rx, 1, tail, log)))
                 }
                 1 => match rx.recv().await {
-                    Some(Event::Text(t)) => Some((Ok(data(&chunk(json!({ "content": t }), None))), (rx, 1, tail))),
+                    Some(Event::Text(t)) => Some((Ok(data(&chunk(json!({ "content": t }), None))), (rx, 1, tail, log))),
                     Some(Event::Done { finish, prompt_tokens, completion_tokens }) => {
+                        (log.tokens, log.outcome) = (Some((prompt_tokens, completion_tokens)), "done");
                         if include_usage {
                             let mut u = chunk(json!({}), None);
                             u["choices"] = json!([]);
                             u["usage"] = json!({ "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens });
                             tail.push(u);
                         }
-                        Some((Ok(data(&chunk(json!({}), Some(finish_reason(finish))))), (rx, 2, tail)))
+                        Some((Ok(data(&chunk(json!({}), Some(finish_reason(finish))))), (rx, 2, tail, log)))
                     }
                     Some(Event::Error(e)) => {
+                        log.outcome = "failed mid-stream";
                         let err = json!({ "error": { "message": e, "type": "server_error", "code": "generation_failed" } });
-                        Some((Ok(data(&err)), (rx, 2, tail)))
+                        Some((Ok(data(&err)), (rx, 2, tail, log)))
                     }
-                    None => Some((Ok(data(&json!({ "error": { "message": "the engine stopped", "type": "server_error", "code": "engine_stopped" } }))), (rx, 2, tail))),
+                    None => {
+                        log.outcome = "engine stopped";
+                        Some((Ok(data(&json!({ "error": { "message": "the engine stopped", "type": "server_error", "code": "engine_stopped" } }))), (rx, 2, tail, log)))
+                    }
                 },
-                2 => Some((Ok(warp::sse::Event::default().data(" [DONE]")), (rx, 3, tail))),
+                2 => Some((Ok(warp::sse::Event::default().data(" [DONE]")), (rx, 3, tail, log))),
                 _ => None,
             }
         }
