@@ -2,45 +2,16 @@
 //! completions, models and health, OpenAI-shaped errors for bad requests, and a client
 //! that disconnects mid-stream leaves the server serving.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::{dechunk, Server};
 
 fn start() -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_odmoe"))
-        .args(["serve", "--port", "0"])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start odmoe serve");
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let addr = loop {
-        line.clear();
-        assert!(err.read_line(&mut line).unwrap() > 0, "server exited before listening");
-        if let Some(a) = line.trim().strip_prefix("listening on http://") {
-            break a.split_whitespace().next().unwrap().to_string();
-        }
-    };
-    // keep draining stderr so the server never blocks on it
-    std::thread::spawn(move || {
-        let mut sink = String::new();
-        let _ = err.read_to_string(&mut sink);
-    });
-    Server { child, addr }
+    Server::start(&[])
 }
 
 /// Sends one HTTP/1.1 request and returns (status, body).
@@ -55,19 +26,6 @@ fn request(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
     let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
     (status, body)
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = &rest[n + 2..];
-    }
-    out
 }
 
 fn json(s: &str) -> serde_json::Value {

@@ -318,3 +318,95 @@ fn wake_when_read(myself: &ActorRef<SchedulerMsg>, s: &Session) {
         let _ = me.cast(SchedulerMsg::Wake(id));
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Event, Limits, Pipeline, Request};
+    use crate::server::metrics::Metrics;
+    use odmoe::generate::{generate, GenerateOptions};
+    use odmoe::model::Model;
+    use odmoe::sampling::SamplingParams;
+    use odmoe::tokenizer::Tokenizer;
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    use tokio::sync::mpsc;
+
+    fn opts(max_tokens: usize) -> GenerateOptions {
+        GenerateOptions { max_tokens, stop: vec![], sampling: SamplingParams { temperature: 0.0, ..Default::default() }, max_context: 1024 }
+    }
+
+    async fn drain(rx: &mut mpsc::Receiver<Event>) -> (String, usize) {
+        let mut text = String::new();
+        while let Some(ev) = rx.recv().await {
+            match ev {
+                Event::Text(t) => text.push_str(&t),
+                Event::Done { completion_tokens, .. } => return (text, completion_tokens),
+                Event::Error(e) => panic!("{e}"),
+            }
+        }
+        panic!("the stream closed without Done");
+    }
+
+    /// A session whose client does not read is left out of the steps (paused, not
+    /// finished, not spinning) while others run to completion; once read, its text is
+    /// whole and equals the plain generation loop's.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_that_is_not_read_pauses_alone_and_loses_nothing() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/odmoe-demo-shakespeare-Q8_0.gguf");
+        let model = Arc::new(Model::open(&path).unwrap());
+        let tok = Arc::new(Tokenizer::from_gguf(model.metadata()).unwrap());
+        let limits = Limits { max_queued: 4, max_sessions: 4, batch_tokens: 64, prefill_chunk: 16, tokenizer_mailbox: 4, scheduler_mailbox: 4 };
+        let metrics = Arc::new(Metrics::default());
+        let p = Pipeline::start(model.clone(), tok.clone(), None, limits, metrics.clone()).await.unwrap();
+        let prompt = |s: &str| tok.encode(s, true, false).unwrap();
+        let submit = |text: &str, n: usize, buffer: usize| {
+            let (tx, rx) = mpsc::channel(buffer);
+            (Request { prompt: prompt(text), opts: opts(n), events: tx, accepted: Instant::now() }, rx)
+        };
+
+        let (slow, mut slow_rx) = submit("ROMEO:\nWhat light", 300, 2);
+        p.submit(slow).await.unwrap();
+        for i in 0..3 {
+            let (req, mut rx) = submit(&format!("JULIET {i}:"), 40, 64);
+            p.submit(req).await.unwrap();
+            assert_eq!(drain(&mut rx).await.1, 40);
+        }
+        // the slow session is still open and no step runs while its client does not read
+        let steps = metrics.steps.load(Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(metrics.steps.load(Ordering::Relaxed), steps, "steps ran for a session that cannot take its tokens");
+        assert_eq!(metrics.active.load(Ordering::Relaxed), 1);
+
+        let (text, n) = drain(&mut slow_rx).await;
+        assert_eq!(n, 300);
+        let alone = generate(&model, &tok, &prompt("ROMEO:\nWhat light"), &opts(300), |_| true).unwrap();
+        assert_eq!(text, alone.text);
+    }
+
+    /// A long prompt is fed in chunks beside running sessions, and each session's text
+    /// equals the plain generation loop's.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn chunked_prompts_beside_running_sessions_give_the_same_text() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/odmoe-demo-shakespeare-Q8_0.gguf");
+        let model = Arc::new(Model::open(&path).unwrap());
+        let tok = Arc::new(Tokenizer::from_gguf(model.metadata()).unwrap());
+        let limits = Limits { max_queued: 8, max_sessions: 8, batch_tokens: 12, prefill_chunk: 5, tokenizer_mailbox: 4, scheduler_mailbox: 8 };
+        let metrics = Arc::new(Metrics::default());
+        let p = Pipeline::start(model.clone(), tok.clone(), None, limits, metrics.clone()).await.unwrap();
+        let texts = ["ROMEO:", "JULIET:\nO Romeo, Romeo, wherefore art thou Romeo? Deny thy father and refuse thy name.", "NURSE:\nGood", "MERCUTIO:\nNay, gentle Romeo, we must have you dance."];
+        let mut rxs = Vec::new();
+        for t in texts {
+            let (tx, rx) = mpsc::channel(64);
+            p.submit(Request { prompt: tok.encode(t, true, false).unwrap(), opts: opts(30), events: tx, accepted: Instant::now() }).await.unwrap();
+            rxs.push(rx);
+        }
+        for (t, rx) in texts.iter().zip(&mut rxs) {
+            let alone = generate(&model, &tok, &tok.encode(t, true, false).unwrap(), &opts(30), |_| true).unwrap();
+            assert_eq!(drain(rx).await.0, alone.text, "{t}");
+        }
+        // no step exceeded the batch budget, and steps did carry several sessions
+        let (steps, tokens) = (metrics.steps.load(Ordering::Relaxed), metrics.step_tokens.load(Ordering::Relaxed));
+        assert!(tokens <= steps * 12 && tokens > steps, "{tokens} tokens in {steps} steps");
+    }
+}

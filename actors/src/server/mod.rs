@@ -165,21 +165,17 @@ fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl warp::Reply,), Er
     let health = warp::path!("health").and(warp::get()).and(st.clone()).map(openai::health);
     let models = warp::path!("v1" / "models").and(warp::get()).and(st.clone()).map(openai::models);
     let metrics = warp::path!("metrics").and(warp::get()).and(st.clone()).map(openai::metrics);
-    let chat = warp::path!("v1" / "chat" / "completions")
-        .and(warp::post())
-        .and(warp::body::content_length_limit(limit))
-        .and(warp::body::bytes())
-        .and(st.clone())
-        .and_then(|b, s| openai::completion(b, s, true));
-    let completions = warp::path!("v1" / "completions")
-        .and(warp::post())
-        .and(warp::body::content_length_limit(limit))
-        .and(warp::body::bytes())
-        .and(st)
-        .and_then(|b, s| openai::completion(b, s, false));
+    // a body over the limit (or without a length) reaches the handler as None, so the
+    // handler answers it and writes the request's log line like any other
+    let body = warp::body::content_length_limit(limit).and(warp::body::bytes()).map(Some).or(warp::any().map(|| None)).unify();
+    let chat = warp::path!("v1" / "chat" / "completions").and(warp::post()).and(body).and(st.clone()).and_then(|b, s| openai::completion(b, s, true));
+    let completions = warp::path!("v1" / "completions").and(warp::post()).and(body).and(st).and_then(|b, s| openai::completion(b, s, false));
     // completions write their own line when the response ends (with token counts)
-    let others = health.or(models).or(metrics).recover(openai::rejection).with(warp::log::custom(|i| {
-        eprintln!("{} {} {} {:.3}s", i.method(), i.path(), i.status().as_u16(), i.elapsed().as_secs_f64());
-    }));
-    chat.or(completions).or(others)
+    let log = warp::log::custom(|i| {
+        let handled = i.method() == warp::http::Method::POST && matches!(i.path(), "/v1/completions" | "/v1/chat/completions");
+        if !handled {
+            eprintln!("{} {} {} {:.3}s", i.method(), i.path(), i.status().as_u16(), i.elapsed().as_secs_f64());
+        }
+    });
+    chat.or(completions).or(health).or(models).or(metrics).recover(openai::rejection).with(log)
 }

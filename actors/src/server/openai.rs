@@ -143,9 +143,10 @@ fn parse(body: &[u8], max_context: usize, limits: &ServerConfig, chat: bool) -> 
         return Err("request body must be a JSON object".into());
     }
     let num = |names: &[&str]| -> Result<Option<f64>, String> {
-        match field(&v, names) {
+        // the error names the field the client sent
+        match names.iter().find_map(|n| v.get(*n).filter(|x| !x.is_null()).map(|x| (n, x))) {
             None => Ok(None),
-            Some(x) => x.as_f64().map(Some).ok_or_else(|| format!("'{}' must be a number", names[0])),
+            Some((n, x)) => x.as_f64().map(Some).ok_or_else(|| format!("'{n}' must be a number")),
         }
     };
     if let Some(n) = num(&["n"])? {
@@ -212,10 +213,10 @@ fn parse(body: &[u8], max_context: usize, limits: &ServerConfig, chat: bool) -> 
 }
 
 /// Checks a tokenized prompt against the context and the server's limit.
-fn check_prompt(prompt: &[u32], max_context: usize, limits: &ServerConfig) -> Result<(), Response> {
-    let too_long = |m: String| error(StatusCode::BAD_REQUEST, m, "invalid_request_error", "context_length_exceeded");
+fn check_prompt(prompt: &[u32], max_context: usize, limits: &ServerConfig) -> Result<(), Box<Response>> {
+    let too_long = |m: String| Box::new(error(StatusCode::BAD_REQUEST, m, "invalid_request_error", "context_length_exceeded"));
     if prompt.is_empty() {
-        return Err(bad_request("the prompt is empty"));
+        return Err(Box::new(bad_request("the prompt is empty")));
     }
     if prompt.len() >= max_context {
         return Err(too_long(format!("the prompt has {} tokens; the context holds {}", prompt.len(), max_context)));
@@ -234,7 +235,7 @@ fn finish_reason(f: FinishReason) -> &'static str {
 }
 
 /// `/v1/chat/completions` (`chat`) and `/v1/completions`.
-pub async fn completion(body: Bytes, app: Arc<AppState>, chat: bool) -> Result<Response, Infallible> {
+pub async fn completion(body: Option<Bytes>, app: Arc<AppState>, chat: bool) -> Result<Response, Infallible> {
     let mut log = RequestLog::new(chat);
     let Some(st) = app.loaded.get() else { return Ok(log.answered(loading())) };
     let accepted = std::time::Instant::now();
@@ -244,6 +245,10 @@ pub async fn completion(body: Bytes, app: Arc<AppState>, chat: bool) -> Result<R
             return Ok(log.answered($r));
         }};
     }
+    let Some(body) = body else {
+        let m = format!("request body too large (the limit is {} bytes) or sent without a length", app.config.max_body_bytes);
+        rejected!(error(StatusCode::PAYLOAD_TOO_LARGE, m, "invalid_request_error", "payload_too_large"))
+    };
     let req = match parse(&body, st.max_context, &app.config, chat) {
         Ok(r) => r,
         Err(m) => rejected!(bad_request(m)),
@@ -254,7 +259,7 @@ pub async fn completion(body: Bytes, app: Arc<AppState>, chat: bool) -> Result<R
     };
     log.tokens = Some((prompt.len(), 0));
     if let Err(r) = check_prompt(&prompt, st.max_context, &app.config) {
-        rejected!(r);
+        rejected!(*r);
     }
     let (tx, mut rx) = mpsc::channel(app.config.stream_buffer.max(1));
     match st.pipeline.submit(Job { prompt, opts: req.opts, events: tx, accepted }).await {
