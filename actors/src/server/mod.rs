@@ -104,7 +104,7 @@ pub fn run(model_path: &Path, mode: &ExpertMode, config: ServerConfig) -> Result
     });
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(config.addr).await.map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
+        let listener = listen(config.addr).map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
         let local = listener.local_addr()?;
         eprintln!("listening on http://{local} (loading {})", model_path.display());
         let (st, path, mode) = (state.clone(), model_path.to_path_buf(), mode.clone());
@@ -140,6 +140,17 @@ pub fn run(model_path: &Path, mode: &ExpertMode, config: ServerConfig) -> Result
         }
         Ok::<(), Box<dyn std::error::Error>>(())
     })
+}
+
+/// The listening socket, with Nagle's algorithm off: Linux hands that setting on to the
+/// connections it accepts, so each SSE event leaves at once instead of waiting for the
+/// client's delayed ACK of the previous one (40 ms to the first token otherwise).
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 /// Opens the model (on a blocking thread) and starts the pipeline's actors.

@@ -1,0 +1,126 @@
+//! Load generator for `odmoe serve`: N = 1, 4, 16, 64 concurrent streaming sessions on
+//! the demo model (or `ODMOE_LOAD_MODEL`), reporting aggregate tokens/s, time to first
+//! token and inter-token latency (p50/p99), and the pipeline's own share of each step.
+//!
+//! `cargo bench -p odmoe-actors --bench load` (release build of the server). Each level
+//! runs every session for `ODMOE_LOAD_TOKENS` tokens (default 128); ratios compare levels
+//! of the same run, since the machine is shared.
+
+use std::time::{Duration, Instant};
+
+use eventsource_stream::Eventsource;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+struct Session {
+    ttft: f64,
+    gaps: Vec<f64>,
+    tokens: u64,
+}
+
+async fn session(c: reqwest::Client, base: String, i: usize, max_tokens: usize) -> Session {
+    let body = json!({
+        "prompt": format!("{}:\n", ["ROMEO", "JULIET", "MERCUTIO", "NURSE", "BENVOLIO", "TYBALT", "CAPULET", "FRIAR LAURENCE"][i % 8]),
+        "stream": true, "max_tokens": max_tokens, "temperature": 0.8, "seed": i, "stream_options": { "include_usage": true },
+    });
+    let t0 = Instant::now();
+    let resp = c.post(format!("{base}/v1/completions")).header("content-type", "application/json").body(body.to_string()).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap_or_default());
+    let mut events = resp.bytes_stream().eventsource();
+    let (mut first, mut last, mut gaps, mut tokens) = (None, None::<Instant>, Vec::new(), 0);
+    while let Some(ev) = events.next().await {
+        let data = ev.unwrap().data;
+        if data.trim() == "[DONE]" {
+            break;
+        }
+        let v: Value = serde_json::from_str(data.trim()).unwrap();
+        if let Some(u) = v.get("usage") {
+            tokens = u["completion_tokens"].as_u64().unwrap();
+        }
+        if v["choices"][0]["text"].as_str().is_some_and(|t| !t.is_empty()) {
+            let now = Instant::now();
+            first.get_or_insert(now - t0);
+            if let Some(l) = last {
+                gaps.push((now - l).as_secs_f64());
+            }
+            last = Some(now);
+        }
+    }
+    Session { ttft: first.unwrap_or_default().as_secs_f64(), gaps, tokens }
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+async fn metrics(c: &reqwest::Client, base: &str) -> impl Fn(&str) -> f64 {
+    let m = c.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    move |name: &str| m.lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with(' ')).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let tokens: usize = std::env::var("ODMOE_LOAD_TOKENS").ok().and_then(|v| v.parse().ok()).unwrap_or(128);
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_odmoe"));
+    cmd.args(["serve", "--port", "0"]).stderr(std::process::Stdio::piped()).stdout(std::process::Stdio::null());
+    if let Ok(m) = std::env::var("ODMOE_LOAD_MODEL") {
+        cmd.args(["--model", &m]);
+    }
+    let mut child = cmd.spawn().expect("start odmoe serve");
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let addr = loop {
+        let mut line = String::new();
+        assert!(std::io::BufRead::read_line(&mut err, &mut line).unwrap() > 0, "server exited");
+        if let Some(a) = line.trim().strip_prefix("listening on http://") {
+            break a.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    let base = format!("http://{addr}");
+    let c = reqwest::Client::new();
+    while c.get(format!("{base}/health")).send().await.map(|r| r.status().as_u16()).ok() != Some(200) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // warm-up
+    session(c.clone(), base.clone(), 0, 16).await;
+
+    println!("| sessions | tokens/s (aggregate) | vs 1 session | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | tokens/step | step ms | pipeline overhead / step |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    let mut single = None;
+    for n in [1usize, 4, 16, 64] {
+        let before = metrics(&c, &base).await;
+        let t0 = Instant::now();
+        let tasks: Vec<_> = (0..n).map(|i| tokio::spawn(session(c.clone(), base.clone(), i, tokens))).collect();
+        let mut sessions = Vec::new();
+        for t in tasks {
+            sessions.push(t.await.unwrap());
+        }
+        let wall = t0.elapsed().as_secs_f64();
+        let after = metrics(&c, &base).await;
+        let d = |name: &str| after(name) - before(name);
+        let total: u64 = sessions.iter().map(|s| s.tokens).sum();
+        let rate = total as f64 / wall;
+        let single = *single.get_or_insert(rate);
+        let mut ttft: Vec<f64> = sessions.iter().map(|s| s.ttft).collect();
+        let mut itl: Vec<f64> = sessions.iter().flat_map(|s| s.gaps.iter().copied()).collect();
+        let steps = d("odmoe_steps_total");
+        let step_s = d("odmoe_step_seconds_sum");
+        let overhead = d("odmoe_step_overhead_seconds_total");
+        println!(
+            "| {n} | {rate:.0} | {:.2}x | {:.1} | {:.1} | {:.2} | {:.2} | {:.1} | {:.2} | {:.1}% |",
+            rate / single,
+            pct(&mut ttft, 0.5) * 1e3,
+            pct(&mut ttft, 0.99) * 1e3,
+            pct(&mut itl, 0.5) * 1e3,
+            pct(&mut itl, 0.99) * 1e3,
+            d("odmoe_step_tokens_total") / steps,
+            step_s / steps * 1e3,
+            overhead / (step_s + overhead) * 100.0,
+        );
+    }
+    let _ = child.kill();
+}
