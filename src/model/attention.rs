@@ -7,7 +7,7 @@
 use super::config::Config;
 use super::rope::Rotation;
 use super::weights::Attention;
-use crate::compute::cpu::{add_assign, dot, matmul, rms_norm, softmax};
+use crate::compute::cpu::{add_assign, axpy, dot, matmul, rms_norm, softmax};
 
 /// One layer's cached keys and values.
 pub enum LayerCache {
@@ -122,10 +122,7 @@ impl Projected {
                         softmax(&mut scores);
                         let o = &mut out[(t * nh + head) * hdv..(t * nh + head + 1) * hdv];
                         for (s, &a) in scores.iter().enumerate() {
-                            let vs = &vc[(s * nkv + kvh) * hdv..(s * nkv + kvh + 1) * hdv];
-                            for (o, v) in o.iter_mut().zip(vs) {
-                                *o += a * v;
-                            }
+                            axpy(o, a, &vc[(s * nkv + kvh) * hdv..(s * nkv + kvh + 1) * hdv]);
                         }
                     }
                 }
@@ -153,9 +150,7 @@ impl Projected {
                         softmax(&mut scores);
                         let mut lat = vec![0.0f32; lora];
                         for (s, &a) in scores.iter().enumerate() {
-                            for (o, c) in lat.iter_mut().zip(&cache[s * width..s * width + lora]) {
-                                *o += a * c;
-                            }
+                            axpy(&mut lat, a, &cache[s * width..s * width + lora]);
                         }
                         let o = matmul(&wv_b.slice_rows(head * vd, (head + 1) * vd), &lat);
                         out[(t * nh + head) * vd..(t * nh + head + 1) * vd].copy_from_slice(&o);

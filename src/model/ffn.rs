@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use rayon::prelude::*;
+
 use super::config::Config;
 use super::router::route;
 use super::weights::{Ffn, Mlp};
@@ -52,15 +54,25 @@ pub fn forward(cfg: &Config, layer: usize, f: &Ffn, experts: &dyn ExpertSource, 
             // them in parallel; each is fetched once however many tokens it serves.
             let ids: Vec<usize> = by_expert.keys().copied().collect();
             let fetched = experts.experts(layer, &ids)?;
-            for ((_, toks), w) in by_expert.iter().zip(fetched) {
-                let mut xe = Vec::with_capacity(toks.len() * d);
-                for &(t, _) in toks {
-                    xe.extend_from_slice(&x[t * d..(t + 1) * d]);
-                }
-                let mut g = matmul(&w.gate, &xe);
-                let u = matmul(&w.up, &xe);
-                swiglu(&mut g, &u);
-                let y = matmul(&w.down, &g);
+            // experts run side by side (each matmul splits further across the pool);
+            // their outputs are then added in expert order, as one after another would
+            let ys: Vec<Vec<f32>> = by_expert
+                .values()
+                .zip(&fetched)
+                .collect::<Vec<_>>()
+                .into_par_iter()
+                .map(|(toks, w)| {
+                    let mut xe = Vec::with_capacity(toks.len() * d);
+                    for &(t, _) in toks {
+                        xe.extend_from_slice(&x[t * d..(t + 1) * d]);
+                    }
+                    let mut g = matmul(&w.gate, &xe);
+                    let u = matmul(&w.up, &xe);
+                    swiglu(&mut g, &u);
+                    matmul(&w.down, &g)
+                })
+                .collect();
+            for (toks, y) in by_expert.values().zip(&ys) {
                 for (i, &(t, wt)) in toks.iter().enumerate() {
                     for (o, v) in out[t * d..(t + 1) * d].iter_mut().zip(&y[i * d..(i + 1) * d]) {
                         *o += wt * v;

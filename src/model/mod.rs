@@ -10,6 +10,8 @@ pub mod router;
 pub mod weights;
 
 use std::path::Path;
+
+use rayon::prelude::*;
 use std::sync::Arc;
 
 pub use attention::LayerCache;
@@ -294,11 +296,16 @@ impl Model {
             let mut h = x.to_vec();
             rms_norm(&mut h, &layer.attn_norm, cfg.rms_eps);
             let p = attention::project(cfg, &layer.attn, &h, rot);
-            let mut attended = Vec::with_capacity(x.len());
-            for (s, &(t0, t1)) in seqs.iter_mut().zip(spans) {
-                let pos0 = s.cache.len;
-                attended.extend(p.attend(cfg, &layer.attn, rot, t0..t1, pos0, &mut s.cache.layers[l]));
-            }
+            // each sequence attends over its own cache: side by side
+            let attended: Vec<f32> = seqs
+                .par_iter_mut()
+                .zip(spans)
+                .map(|(s, &(t0, t1))| {
+                    let pos0 = s.cache.len;
+                    p.attend(cfg, &layer.attn, rot, t0..t1, pos0, &mut s.cache.layers[l])
+                })
+                .collect::<Vec<_>>()
+                .concat();
             add_assign(x, &attention::output(&layer.attn, &attended));
             let mut h = x.to_vec();
             rms_norm(&mut h, &layer.ffn_norm, cfg.rms_eps);

@@ -346,6 +346,24 @@ unsafe fn dot_rows_avx2(ty: GgmlType, rows: &[u8], row_bytes: usize, acts: &supe
     }
     let n = acts.n_rows();
     match ty {
+        GgmlType::Q8_0 if n >= 4 => {
+            for (r, w) in rows.chunks_exact(row_bytes).enumerate() {
+                let w = b::<BlockQ8_0>(w);
+                let row = |t: usize| match acts.row(t) {
+                    ActRow::Q8_0(a) => a,
+                    _ => unreachable!("activation kind follows the weight type"),
+                };
+                let out = &mut out[r * n..(r + 1) * n];
+                let mut t = 0;
+                while t + 4 <= n {
+                    out[t..t + 4].copy_from_slice(&k::dot_q8_0_x4(w, [row(t), row(t + 1), row(t + 2), row(t + 3)]));
+                    t += 4;
+                }
+                for t in t..n {
+                    out[t] = k::dot_q8_0(w, row(t));
+                }
+            }
+        }
         GgmlType::Q8_0 | GgmlType::Q4_K | GgmlType::Q6_K => {
             for (r, w) in rows.chunks_exact(row_bytes).enumerate() {
                 for t in 0..n {

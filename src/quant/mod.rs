@@ -13,6 +13,8 @@ mod ggml_type;
 pub use activations::{quantize_q8_0, quantize_q8_k, ActKind, ActRow, Activations};
 pub use dequant::dequantize;
 pub use dot::{dot, dot_rows};
+#[cfg(target_arch = "x86_64")]
+pub(crate) use dot::has_avx2;
 pub use ggml_type::GgmlType;
 
 #[cfg(test)]

@@ -137,3 +137,30 @@ fn simd_rows_match_portable_kernels() {
         }
     }
 }
+
+#[test]
+fn many_token_rows_equal_one_token_rows_bit_for_bit() {
+    // several tokens at once (the batched kernels take four at a time) give each token
+    // exactly what it gets alone; odd block counts cover the kernels' tails
+    for cols in [288usize, 1024] {
+        let n = 7;
+        let x: Vec<f32> = (0..n * cols).map(|i| ((i * 17 % 31) as f32 - 15.0) / 9.0).collect();
+        for ty in [GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
+            if !cols.is_multiple_of(ty.block_size()) {
+                continue;
+            }
+            let rows = 3;
+            let w: Vec<u8> = (0..rows).flat_map(|r| random_row(ty, cols, 7 + r as u64)).collect();
+            let rb = ty.row_bytes(cols as u64).unwrap() as usize;
+            let mut all = vec![0.0f32; rows * n];
+            dot_rows(ty, &w, rb, &Activations::new(ActKind::for_weights(ty), &x, cols), &mut all);
+            for t in 0..n {
+                let mut one = vec![0.0f32; rows];
+                dot_rows(ty, &w, rb, &Activations::new(ActKind::for_weights(ty), &x[t * cols..(t + 1) * cols], cols), &mut one);
+                for r in 0..rows {
+                    assert_eq!(all[r * n + t].to_bits(), one[r].to_bits(), "{ty} cols {cols} row {r} token {t}");
+                }
+            }
+        }
+    }
+}
