@@ -123,4 +123,5 @@ async fn main() {
         );
     }
     let _ = child.kill();
+    let _ = child.wait();
 }
