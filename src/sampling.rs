@@ -130,10 +130,14 @@ impl Sampler {
         if cand.is_empty() {
             return argmax(&logits);
         }
-        cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        // most likely first, ties by id: a total order, so selecting the top k and then
+        // sorting them gives the same list as sorting everything and cutting
+        let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
         if p.top_k > 0 && p.top_k < cand.len() {
+            cand.select_nth_unstable_by(p.top_k - 1, order);
             cand.truncate(p.top_k);
         }
+        cand.sort_by(order);
         // softmax at temperature
         let max = cand[0].1;
         let mut probs: Vec<f64> = cand.iter().map(|&(_, l)| (((l - max) / p.temperature) as f64).exp()).collect();

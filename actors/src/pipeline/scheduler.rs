@@ -4,11 +4,13 @@
 //! (a step's results), [`SchedulerMsg::Wake`] (a paused client read some events).
 //!
 //! After every message the scheduler (1) drops sessions whose client has gone, (2) admits
-//! queued requests while fewer than `max_sessions` run, and (3), when no step is in flight,
-//! builds the next one: first every running session able to take its next token (its
-//! event channel has room), starting at a rotating offset so that, when they outnumber
-//! `batch_tokens`, each waits its turn; then chunks of waiting prompts, at most
-//! `prefill_chunk` tokens each, in the budget that is left.
+//! queued requests while fewer than `max_sessions` run, (3) when no step is in flight,
+//! builds the next one, and (4) hands the sessions' new events to their channels while
+//! that step computes. A step takes first every running session able to take its next
+//! token (its event channel has room for its pending events and one more), starting at a
+//! rotating offset so that, when they outnumber `batch_tokens`, each waits its turn; then
+//! chunks of waiting prompts, at most `prefill_chunk` tokens each, in the budget left.
+//! Between steps, the sessions' next tokens are sampled side by side on the compute pool.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -19,6 +21,7 @@ use odmoe::generate::{Decoding, FinishReason};
 use odmoe::model::{KvCache, Model};
 use odmoe::tokenizer::Tokenizer;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use rayon::prelude::*;
 use tokio::sync::mpsc::error::TrySendError;
 
 use super::compute::{ComputeMsg, StepItem, StepOutput};
@@ -88,9 +91,10 @@ impl Session {
         !self.events.is_closed()
     }
 
-    /// Whether the next step can include this session.
+    /// Whether the next step can include this session: it has tokens to run, and its
+    /// channel has room for what waits in its outbox and the step's text.
     fn ready(&self) -> bool {
-        self.cache.is_some() && !self.done && self.outbox.is_empty() && (self.prefilling() || self.next.is_some()) && self.events.capacity() > 0
+        self.cache.is_some() && !self.done && (self.prefilling() || self.next.is_some()) && self.events.capacity() > self.outbox.len()
     }
 }
 
@@ -102,8 +106,11 @@ pub struct SchedulerState {
     next_id: u64,
     in_flight: bool,
     rotate: usize,
-    /// When the step in flight was sent (for the scheduling overhead figure).
+    /// When the step in flight was sent (for the overhead figure).
     step_sent: Option<Instant>,
+    /// When the last step's result arrived, until the next step is sent (for the
+    /// overhead figure: sampling, events and building the batch happen in between).
+    step_returned: Option<Instant>,
 }
 
 impl Actor for SchedulerActor {
@@ -112,7 +119,7 @@ impl Actor for SchedulerActor {
     type Arguments = SchedulerArgs;
 
     async fn pre_start(&self, _: ActorRef<SchedulerMsg>, args: SchedulerArgs) -> Result<SchedulerState, ActorProcessingErr> {
-        Ok(SchedulerState { args, queue: VecDeque::new(), sessions: Vec::new(), next_id: 0, in_flight: false, rotate: 0, step_sent: None })
+        Ok(SchedulerState { args, queue: VecDeque::new(), sessions: Vec::new(), next_id: 0, in_flight: false, rotate: 0, step_sent: None, step_returned: None })
     }
 
     async fn handle(&self, myself: ActorRef<SchedulerMsg>, msg: SchedulerMsg, st: &mut SchedulerState) -> Result<(), ActorProcessingErr> {
@@ -124,7 +131,10 @@ impl Actor for SchedulerActor {
                 };
                 let _ = reply.send(answer);
             }
-            SchedulerMsg::StepDone(out) => st.finish_step(out),
+            SchedulerMsg::StepDone(out) => {
+                st.step_returned = Some(Instant::now());
+                st.finish_step(out);
+            }
             SchedulerMsg::Wake(id) => {
                 if let Some(s) = st.sessions.iter_mut().find(|s| s.id == id) {
                     s.paused = false;
@@ -140,8 +150,18 @@ impl SchedulerState {
     /// Delivers events, drops finished and abandoned sessions, admits queued requests, and
     /// starts a step when none is in flight.
     fn tick(&mut self, myself: &ActorRef<SchedulerMsg>) {
-        let metrics = self.args.metrics.clone();
-        self.sessions.retain_mut(|s| {
+        self.drop_ended();
+        while self.sessions.len() < self.args.limits.max_sessions {
+            let Some(req) = self.queue.pop_front() else { break };
+            self.admit(req);
+        }
+        if !self.in_flight {
+            self.start_step(myself);
+        }
+        // only the gap between a step's result and the next step counts as overhead
+        self.step_returned = None;
+        // events go out while the step computes
+        for s in self.sessions.iter_mut() {
             let connected = s.flush();
             // a client that has not read what it was sent holds up only its own session
             let blocked = !s.outbox.is_empty() || (!s.done && s.events.capacity() == 0);
@@ -149,23 +169,25 @@ impl SchedulerState {
                 s.paused = true;
                 wake_when_read(myself, s);
             }
-            // a session in the step in flight is dropped when the step returns
-            let keep = s.cache.is_none() || (connected && !(s.done && s.outbox.is_empty()));
+        }
+        self.drop_ended();
+        self.args.metrics.active.store(self.sessions.len() as i64, Ordering::Relaxed);
+        self.args.metrics.queued.store(self.queue.len() as i64, Ordering::Relaxed);
+    }
+
+    /// Drops sessions whose client has gone (once they are not in the step in flight) and
+    /// finished ones whose events are all delivered.
+    fn drop_ended(&mut self) {
+        let metrics = &self.args.metrics;
+        self.sessions.retain(|s| {
+            let gone = s.events.is_closed();
+            let keep = s.cache.is_none() || (!gone && !(s.done && s.outbox.is_empty()));
             if !keep && !s.done {
                 metrics.cancelled.fetch_add(1, Ordering::Relaxed);
                 metrics.generated_tokens.fetch_add(s.decoding.generated() as u64, Ordering::Relaxed);
             }
             keep
         });
-        while self.sessions.len() < self.args.limits.max_sessions {
-            let Some(req) = self.queue.pop_front() else { break };
-            self.admit(req);
-        }
-        metrics.active.store(self.sessions.len() as i64, Ordering::Relaxed);
-        metrics.queued.store(self.queue.len() as i64, Ordering::Relaxed);
-        if !self.in_flight {
-            self.start_step(myself);
-        }
     }
 
     fn admit(&mut self, req: Request) {
@@ -228,7 +250,11 @@ impl SchedulerState {
         }
         self.rotate = self.rotate.wrapping_add(1);
         self.in_flight = true;
-        self.step_sent = Some(Instant::now());
+        let now = Instant::now();
+        if let Some(t) = self.step_returned.take() {
+            self.args.metrics.step_overhead_micros.fetch_add((now - t).as_micros() as u64, Ordering::Relaxed);
+        }
+        self.step_sent = Some(now);
         let (compute, me) = (self.args.compute.clone(), myself.clone());
         tokio::spawn(async move {
             let out = ractor::call!(compute, ComputeMsg::Step, items).map_err(|e| format!("the compute actor stopped: {e}"));
@@ -271,17 +297,27 @@ impl SchedulerState {
                 None
             }
         };
-        let tok = &self.args.tokenizer;
+        // caches back, prompt progress; then the next token of every session that asked
+        // for logits, sampled side by side on the compute pool (idle between steps)
+        let mut sample: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
         for (i, item) in out.items.into_iter().enumerate() {
             let Some(s) = self.sessions.iter_mut().find(|s| s.id == item.session) else { continue };
             s.cache = Some(item.cache);
-            let Some(logits) = &logits else { continue };
+            if logits.is_none() {
+                continue;
+            }
             if s.prefilling() {
                 s.fed += item.tokens.len();
             }
-            if !item.logits {
-                continue;
+            if item.logits {
+                sample.insert(s.id, i);
             }
+        }
+        let Some(logits) = logits else { return };
+        let tok = &self.args.tokenizer;
+        let t = Instant::now();
+        self.sessions.par_iter_mut().for_each(|s| {
+            let Some(&i) = sample.get(&s.id) else { return };
             let now = Instant::now();
             match s.last_token {
                 None => m.time_to_first_token.observe((now - s.accepted).as_secs_f64()),
@@ -296,7 +332,8 @@ impl SchedulerState {
                 None => s.next = Some(e.token),
                 Some(finish) => finish_session(s, finish, m),
             }
-        }
+        });
+        m.sample_micros.fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
     }
 }
 

@@ -66,9 +66,13 @@ pub struct Metrics {
     pub step_tokens: AtomicU64,
     /// Seconds each step's forward pass took.
     pub step_seconds: Histogram,
-    /// Microseconds between sending a step and handling its result, beyond the forward
-    /// pass itself: the pipeline's own cost per step.
+    /// Microseconds per step outside the forward pass while steps run back to back: from
+    /// sending a step to handling its result, beyond the pass itself, plus from handling
+    /// it to sending the next (sampling, text, events, building the batch).
     pub step_overhead_micros: AtomicU64,
+    /// Microseconds spent choosing tokens and turning them into text (part of the
+    /// overhead above: engine work, not the pipeline's).
+    pub sample_micros: AtomicU64,
     /// From request accepted to first text.
     pub time_to_first_token: Histogram,
     /// Between successive pieces of text.
@@ -90,6 +94,7 @@ impl Default for Metrics {
             step_tokens: AtomicU64::new(0),
             step_seconds: Histogram::new(STEP_BOUNDS),
             step_overhead_micros: AtomicU64::new(0),
+            sample_micros: AtomicU64::new(0),
             time_to_first_token: Histogram::new(LATENCY_BOUNDS),
             inter_token_latency: Histogram::new(LATENCY_BOUNDS),
         }
@@ -119,6 +124,7 @@ impl Metrics {
         c(&mut o, "odmoe_step_tokens_total", "Tokens run in batched steps (prompt chunks and decode tokens).", self.step_tokens.load(Ordering::Relaxed));
         self.step_seconds.render("odmoe_step_seconds", "Seconds per batched forward step.", &mut o);
         let _ = writeln!(o, "# HELP odmoe_step_overhead_seconds_total Seconds per step spent outside the forward pass (scheduling and messages).\n# TYPE odmoe_step_overhead_seconds_total counter\nodmoe_step_overhead_seconds_total {}", self.step_overhead_micros.load(Ordering::Relaxed) as f64 / 1e6);
+        let _ = writeln!(o, "# HELP odmoe_sampling_seconds_total Seconds spent choosing tokens and decoding their text (within the step overhead).\n# TYPE odmoe_sampling_seconds_total counter\nodmoe_sampling_seconds_total {}", self.sample_micros.load(Ordering::Relaxed) as f64 / 1e6);
         self.time_to_first_token.render("odmoe_time_to_first_token_seconds", "Seconds from request to first text.", &mut o);
         self.inter_token_latency.render("odmoe_inter_token_latency_seconds", "Seconds between successive pieces of text.", &mut o);
         if let Some(s) = experts {
