@@ -180,8 +180,8 @@ impl SchedulerState {
     fn drop_ended(&mut self) {
         let metrics = &self.args.metrics;
         self.sessions.retain(|s| {
-            let gone = s.events.is_closed();
-            let keep = s.cache.is_none() || (!gone && !(s.done && s.outbox.is_empty()));
+            let (gone, delivered) = (s.events.is_closed(), s.done && s.outbox.is_empty());
+            let keep = s.cache.is_none() || !(gone || delivered);
             if !keep && !s.done {
                 metrics.cancelled.fetch_add(1, Ordering::Relaxed);
                 metrics.generated_tokens.fetch_add(s.decoding.generated() as u64, Ordering::Relaxed);
