@@ -72,6 +72,7 @@ pub fn swiglu(gate: &mut [f32], up: &[f32]) {
 }
 
 /// Softmax in place.
+#[inline]
 pub fn softmax(x: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0.0;
@@ -123,6 +124,41 @@ fn dot_body(a: &[f32], b: &[f32]) -> f32 {
         s += a[i] * b[i];
     }
     s
+}
+
+/// One query head attending over `len` cached positions: `scores[s] = q · k_s · scale`,
+/// softmax, then `out += Σ_s p_s · v_s`. Position `s`'s key starts at `k[s * k_stride..]`
+/// and its value at `v[s * v_stride..]`. The same arithmetic as [`dot`], [`softmax`] and
+/// [`axpy`] one after another, compiled as one loop nest for the CPU's vector width.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_head(q: &[f32], k: &[f32], k_stride: usize, v: &[f32], v_stride: usize, len: usize, scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::quant::has_avx2() {
+        // SAFETY: the CPU features were detected at run time.
+        return unsafe { attend_head_avx2(q, k, k_stride, v, v_stride, len, scale, scores, out) };
+    }
+    attend_head_body(q, k, k_stride, v, v_stride, len, scale, scores, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_head_avx2(q: &[f32], k: &[f32], k_stride: usize, v: &[f32], v_stride: usize, len: usize, scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
+    attend_head_body(q, k, k_stride, v, v_stride, len, scale, scores, out)
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn attend_head_body(q: &[f32], k: &[f32], k_stride: usize, v: &[f32], v_stride: usize, len: usize, scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
+    let (d, dv) = (q.len(), out.len());
+    scores.clear();
+    for s in 0..len {
+        scores.push(dot_body(q, &k[s * k_stride..s * k_stride + d]) * scale);
+    }
+    softmax(scores);
+    for (s, &a) in scores.iter().enumerate() {
+        axpy_body(out, a, &v[s * v_stride..s * v_stride + dv]);
+    }
 }
 
 /// `y += a · x`, element-wise (the same result at any vector width).

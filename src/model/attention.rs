@@ -7,7 +7,7 @@
 use super::config::Config;
 use super::rope::Rotation;
 use super::weights::Attention;
-use crate::compute::cpu::{add_assign, axpy, dot, matmul, rms_norm, softmax};
+use crate::compute::cpu::{add_assign, attend_head, axpy, dot, matmul, rms_norm, softmax};
 
 /// One layer's cached keys and values.
 pub enum LayerCache {
@@ -114,16 +114,8 @@ impl Projected {
                     for head in 0..nh {
                         let kvh = head / group;
                         let qh = &q[((t0 + t) * nh + head) * hd..((t0 + t) * nh + head + 1) * hd];
-                        scores.clear();
-                        for s in 0..len {
-                            let ks = &kc[(s * nkv + kvh) * hd..(s * nkv + kvh + 1) * hd];
-                            scores.push(dot(qh, ks) * cfg.kq_scale);
-                        }
-                        softmax(&mut scores);
                         let o = &mut out[(t * nh + head) * hdv..(t * nh + head + 1) * hdv];
-                        for (s, &a) in scores.iter().enumerate() {
-                            axpy(o, a, &vc[(s * nkv + kvh) * hdv..(s * nkv + kvh + 1) * hdv]);
-                        }
+                        attend_head(qh, &kc[kvh * hd..], nkv * hd, &vc[kvh * hdv..], nkv * hdv, len, cfg.kq_scale, &mut scores, o);
                     }
                 }
                 out
