@@ -28,6 +28,10 @@ pub enum Error {
     /// A caller passed an invalid argument (token id out of range, empty input, ...).
     #[error("{0}")]
     Invalid(String),
+    /// The GPU backend failed: no adapter, a device request refused, a buffer over the
+    /// device's limits, a lost device.
+    #[error("gpu: {0}")]
+    Gpu(String),
 }
 
 /// Result alias for engine operations.

@@ -1,0 +1,217 @@
+//! Q8_0 matrix times activation rows on the GPU (`shaders/gemv_q8_0.wgsl`).
+//!
+//! GGUF's Q8_0 block is 34 bytes (f16 scale, 32 signed bytes), so blocks are not 4-byte
+//! aligned and WGSL cannot read them in place. [`Q8_0Packed`] splits them at upload into
+//! f32 scales and 4-byte-aligned quant words; [`Q8_0Packed::unpack`] undoes it, and the
+//! tests check the round trip. The activations stay f32 (the CPU backend quantizes them
+//! to 8 bits), so GPU and CPU agree to rounding, not bit for bit.
+
+use super::Gpu;
+use crate::compute::QMatrix;
+use crate::quant::GgmlType;
+use crate::{Error, Result};
+
+const BLOCK_BYTES: usize = 34;
+
+/// A Q8_0 matrix split into f32 scales and quant words, row-major over (row, block).
+#[derive(Debug, PartialEq)]
+pub struct Q8_0Packed {
+    /// Rows (output features).
+    pub rows: usize,
+    /// Blocks per row (`cols / 32`).
+    pub blocks: usize,
+    /// One scale per block, the f16 scale widened exactly.
+    pub scales: Vec<f32>,
+    /// Eight little-endian words of four signed bytes per block.
+    pub quants: Vec<u32>,
+}
+
+impl Q8_0Packed {
+    /// Splits `w`'s blocks; `w` must be Q8_0.
+    pub fn pack(w: &QMatrix) -> Result<Q8_0Packed> {
+        if w.ty != GgmlType::Q8_0 {
+            return Err(Error::Invalid(format!("gemv_q8_0: the matrix is {}, not Q8_0", w.ty)));
+        }
+        let blocks = w.cols / 32;
+        let mut scales = Vec::with_capacity(w.rows * blocks);
+        let mut quants = Vec::with_capacity(w.rows * blocks * 8);
+        for b in w.data.chunks_exact(BLOCK_BYTES) {
+            scales.push(half::f16::from_le_bytes([b[0], b[1]]).to_f32());
+            quants.extend(b[2..].chunks_exact(4).map(|q| u32::from_le_bytes([q[0], q[1], q[2], q[3]])));
+        }
+        Ok(Q8_0Packed { rows: w.rows, blocks, scales, quants })
+    }
+
+    /// The GGUF blocks back (a scale narrowed to f16 is exact: it was widened from one).
+    pub fn unpack(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.scales.len() * BLOCK_BYTES);
+        for (s, q) in self.scales.iter().zip(self.quants.chunks_exact(8)) {
+            out.extend(half::f16::from_f32(*s).to_le_bytes());
+            out.extend(q.iter().flat_map(|w| w.to_le_bytes()));
+        }
+        out
+    }
+}
+
+/// A Q8_0 matrix resident on the GPU, with the kernel that multiplies by it.
+pub struct GemvQ8_0 {
+    rows: usize,
+    blocks: usize,
+    quants: wgpu::Buffer,
+    scales: wgpu::Buffer,
+    pipeline: wgpu::ComputePipeline,
+}
+
+/// Workgroups per dispatch dimension (WebGPU's guaranteed minimum of the limit).
+const MAX_GROUPS: usize = 65535;
+
+impl GemvQ8_0 {
+    /// Uploads `w` (Q8_0) to `gpu`.
+    pub fn new(gpu: &Gpu, w: &QMatrix) -> Result<GemvQ8_0> {
+        let p = Q8_0Packed::pack(w)?;
+        let module = gpu.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("gemv_q8_0"),
+            source: wgpu::ShaderSource::Wgsl(include_str!("../../../shaders/gemv_q8_0.wgsl").into()),
+        });
+        let pipeline = gpu.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some("gemv_q8_0"),
+            layout: None,
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        Ok(GemvQ8_0 {
+            rows: p.rows,
+            blocks: p.blocks,
+            quants: gpu.storage("q8_0 quants", bytemuck::cast_slice(&p.quants))?,
+            scales: gpu.storage("q8_0 scales", bytemuck::cast_slice(&p.scales))?,
+            pipeline,
+        })
+    }
+
+    /// Bytes of weights on the device.
+    pub fn weight_bytes(&self) -> u64 {
+        self.quants.size() + self.scales.size()
+    }
+
+    /// Records `y = x · Wᵀ` for the `n` rows of `x` (a device buffer of `n × cols` f32)
+    /// into `enc`, writing `n × rows` f32 to `y`.
+    pub fn record(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, x: &wgpu::Buffer, y: &wgpu::Buffer, n: usize) -> Result<()> {
+        use wgpu::util::DeviceExt;
+        if n == 0 || n > MAX_GROUPS {
+            return Err(Error::Invalid(format!("gemv_q8_0: {n} activation rows (1..={MAX_GROUPS} per dispatch)")));
+        }
+        let (gx, gy) = if self.rows <= MAX_GROUPS { (self.rows, 1) } else { (MAX_GROUPS, self.rows.div_ceil(MAX_GROUPS)) };
+        let dims = [self.rows as u32, self.blocks as u32, n as u32, gx as u32];
+        let dims = gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some("gemv dims"), contents: bytemuck::cast_slice(&dims), usage: wgpu::BufferUsages::UNIFORM });
+        let entries: Vec<wgpu::BindGroupEntry> = [&self.quants, &self.scales, x, y, &dims]
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() })
+            .collect();
+        let bind = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some("gemv_q8_0"), layout: &self.pipeline.get_bind_group_layout(0), entries: &entries });
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &bind, &[]);
+        pass.dispatch_workgroups(gx as u32, gy as u32, n as u32);
+        Ok(())
+    }
+
+    /// `x · Wᵀ` for `x` holding whole rows of `cols` values: uploads, runs, reads back.
+    pub fn run(&self, gpu: &Gpu, x: &[f32]) -> Result<Vec<f32>> {
+        let cols = self.blocks * 32;
+        if cols == 0 || !x.len().is_multiple_of(cols) {
+            return Err(Error::Invalid(format!("gemv_q8_0: input length {} is not a multiple of {cols}", x.len())));
+        }
+        let n = x.len() / cols;
+        let xb = gpu.storage("gemv x", bytemuck::cast_slice(x))?;
+        let y = gpu.device.create_buffer(&wgpu::BufferDescriptor { label: Some("gemv y"), size: (n * self.rows * 4).max(4) as u64, usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC, mapped_at_creation: false });
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        self.record(gpu, &mut enc, &xb, &y, n)?;
+        gpu.queue.submit([enc.finish()]);
+        gpu.read_f32(&y, n * self.rows)
+    }
+}
+
+/// The CPU reference: `x · Wᵀ` with W dequantized and every product summed in f64, plus,
+/// per output, the sum of the products' magnitudes (the scale of its rounding error).
+pub fn reference(w: &QMatrix, x: &[f32]) -> (Vec<f32>, Vec<f64>) {
+    let n = x.len() / w.cols;
+    let p = Q8_0Packed::pack(w).expect("Q8_0");
+    let (mut y, mut mag) = (vec![0.0f32; n * w.rows], vec![0.0f64; n * w.rows]);
+    for t in 0..n {
+        for r in 0..w.rows {
+            let (mut s, mut m) = (0.0f64, 0.0f64);
+            for c in 0..w.cols {
+                let blk = r * p.blocks + c / 32;
+                let word = p.quants[blk * 8 + (c % 32) / 4];
+                let q = (word >> (8 * (c % 4))) as u8 as i8;
+                let v = p.scales[blk] as f64 * q as f64 * x[t * w.cols + c] as f64;
+                s += v;
+                m += v.abs();
+            }
+            y[t * w.rows + r] = s as f32;
+            mag[t * w.rows + r] = m;
+        }
+    }
+    (y, mag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A random Q8_0 matrix with modest scales.
+    fn matrix(rows: usize, cols: usize, seed: u64) -> QMatrix {
+        let mut s = seed | 1;
+        let mut next = || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        let mut data = Vec::with_capacity(rows * cols / 32 * BLOCK_BYTES);
+        for _ in 0..rows * cols / 32 {
+            let d = half::f16::from_f32(((next() % 1000) as f32 + 1.0) / 50_000.0);
+            data.extend(d.to_le_bytes());
+            data.extend((0..32).map(|_| next() as u8));
+        }
+        QMatrix { ty: GgmlType::Q8_0, rows, cols, data: data.into() }
+    }
+
+    #[test]
+    fn packing_round_trips_the_gguf_blocks() {
+        let w = matrix(5, 96, 3);
+        let p = Q8_0Packed::pack(&w).unwrap();
+        assert_eq!((p.scales.len(), p.quants.len()), (15, 120));
+        assert_eq!(p.unpack(), w.data.to_vec());
+        // the words hold the block's bytes in order
+        assert_eq!(p.quants[0].to_le_bytes(), [w.data[2], w.data[3], w.data[4], w.data[5]]);
+    }
+
+    #[test]
+    fn gpu_gemv_matches_the_cpu_reference_on_odd_sizes() {
+        let Some(gpu) = Gpu::open().unwrap() else {
+            let why = "no GPU adapter (on Linux, mesa-vulkan-drivers provides lavapipe)";
+            assert!(std::env::var_os("ODMOE_REQUIRE_GPU").is_none(), "{why}");
+            eprintln!("skipped: {why}");
+            return;
+        };
+        eprintln!("adapter: {}", gpu.describe());
+        // odd row counts, a block count that is not a multiple of the workgroup, several
+        // tokens, and more rows than one dispatch dimension holds
+        for (rows, cols, n) in [(37, 224, 3), (1, 32, 1), (130, 2080, 2), (70_001, 64, 1)] {
+            let w = matrix(rows, cols, rows as u64);
+            let x: Vec<f32> = (0..n * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
+            let g = GemvQ8_0::new(&gpu, &w).unwrap();
+            let got = g.run(&gpu, &x).unwrap();
+            let (want, mag) = reference(&w, &x);
+            assert_eq!(got.len(), want.len());
+            for (i, ((g, w), m)) in got.iter().zip(&want).zip(&mag).enumerate() {
+                // f32 sums in another order: error within a few ulps of the terms' magnitude
+                assert!(((g - w) as f64).abs() <= 1e-5 * m + 1e-6, "{rows}x{cols} n={n} output {i}: gpu {g} vs {w} (terms {m})");
+            }
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! The wgpu backend (Vulkan on Linux, Metal on Macs, DX12 on Windows): a device with the
+//! adapter's real limits, and WGSL kernels, each in `shaders/NAME.wgsl` with its dispatch,
+//! a CPU reference and a GPU-vs-CPU test in `NAME.rs` here.
+//!
+//! Status: the device and the Q8_0 matrix-vector kernel ([`gemv_q8_0`]). The forward
+//! pass still runs on the CPU backend only.
+
+pub mod gemv_q8_0;
+
+use crate::{Error, Result};
+
+/// An opened GPU: its device and queue, and what the adapter is.
+pub struct Gpu {
+    /// The logical device (owns buffers and pipelines).
+    pub device: wgpu::Device,
+    /// Where command buffers are submitted.
+    pub queue: wgpu::Queue,
+    /// Adapter name, backend and type, for logs.
+    pub info: wgpu::AdapterInfo,
+}
+
+impl Gpu {
+    /// Opens the best adapter (a discrete GPU before an integrated one before a software
+    /// rasterizer) with its own limits rather than wgpu's defaults (256 MiB buffers, 128
+    /// MiB storage bindings), so large weight matrices fit. `Ok(None)` when the machine
+    /// has no adapter at all.
+    pub fn open() -> Result<Option<Gpu>> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let options = wgpu::RequestAdapterOptions { power_preference: wgpu::PowerPreference::HighPerformance, ..Default::default() };
+        let Ok(adapter) = pollster::block_on(instance.request_adapter(&options)) else { return Ok(None) };
+        let desc = wgpu::DeviceDescriptor { label: Some("odmoe"), required_limits: adapter.limits(), ..Default::default() };
+        let (device, queue) = pollster::block_on(adapter.request_device(&desc)).map_err(|e| Error::Gpu(format!("{}: cannot open the device: {e}", adapter.get_info().name)))?;
+        Ok(Some(Gpu { device, queue, info: adapter.get_info() }))
+    }
+
+    /// One line naming the adapter: name, type and backend.
+    pub fn describe(&self) -> String {
+        format!("{} ({:?}, {:?})", self.info.name, self.info.device_type, self.info.backend)
+    }
+
+    /// A storage buffer holding `data`, checked against the device's limits.
+    pub(crate) fn storage(&self, label: &str, data: &[u8]) -> Result<wgpu::Buffer> {
+        use wgpu::util::DeviceExt;
+        let limits = self.device.limits();
+        let max = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
+        if data.len() as u64 > max {
+            return Err(Error::Gpu(format!("{label}: {} bytes exceed the device's largest storage buffer ({max} bytes)", data.len())));
+        }
+        // zero-sized bindings are invalid: keep one word
+        let data = if data.is_empty() { &[0u8; 4][..] } else { data };
+        Ok(self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some(label), contents: data, usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC }))
+    }
+
+    /// Copies `buf` (`len` f32 values) back to the host, waiting for the queue.
+    pub(crate) fn read_f32(&self, buf: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
+        let bytes = (len * 4) as u64;
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor { label: Some("readback"), size: bytes.max(4), usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST, mapped_at_creation: false });
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(buf, 0, &staging, 0, bytes);
+        self.queue.submit([enc.finish()]);
+        let slice = staging.slice(..bytes);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| drop(tx.send(r)));
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::Gpu(format!("waiting for the device: {e}")))?;
+        rx.recv().map_err(|_| Error::Gpu("the readback was dropped".into()))?.map_err(|e| Error::Gpu(format!("readback: {e}")))?;
+        let view = slice.get_mapped_range().map_err(|e| Error::Gpu(format!("readback: {e}")))?;
+        let out = bytemuck::cast_slice::<u8, f32>(&view).to_vec();
+        drop(view);
+        staging.unmap();
+        Ok(out)
+    }
+}
