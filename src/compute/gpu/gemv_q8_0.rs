@@ -6,6 +6,7 @@
 //! tests check the round trip. The activations stay f32 (the CPU backend quantizes them
 //! to 8 bits), so GPU and CPU agree to rounding, not bit for bit.
 
+use super::kernel::{Kernel, MAX_GROUPS};
 use super::Gpu;
 use crate::compute::QMatrix;
 use crate::quant::GgmlType;
@@ -59,34 +60,20 @@ pub struct GemvQ8_0 {
     blocks: usize,
     quants: wgpu::Buffer,
     scales: wgpu::Buffer,
-    pipeline: wgpu::ComputePipeline,
+    kernel: Kernel,
 }
-
-/// Workgroups per dispatch dimension (WebGPU's guaranteed minimum of the limit).
-const MAX_GROUPS: usize = 65535;
 
 impl GemvQ8_0 {
     /// Uploads `w` (Q8_0) to `gpu`.
     pub fn new(gpu: &Gpu, w: &QMatrix) -> Result<GemvQ8_0> {
         let p = Q8_0Packed::pack(w)?;
-        let module = gpu.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some("gemv_q8_0"),
-            source: wgpu::ShaderSource::Wgsl(include_str!("../../../shaders/gemv_q8_0.wgsl").into()),
-        });
-        let pipeline = gpu.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some("gemv_q8_0"),
-            layout: None,
-            module: &module,
-            entry_point: Some("main"),
-            compilation_options: Default::default(),
-            cache: None,
-        });
+        let kernel = Kernel::new(gpu, "gemv_q8_0", include_str!("../../../shaders/gemv_q8_0.wgsl"), "main");
         Ok(GemvQ8_0 {
             rows: p.rows,
             blocks: p.blocks,
             quants: gpu.storage("q8_0 quants", bytemuck::cast_slice(&p.quants))?,
             scales: gpu.storage("q8_0 scales", bytemuck::cast_slice(&p.scales))?,
-            pipeline,
+            kernel,
         })
     }
 
@@ -98,24 +85,13 @@ impl GemvQ8_0 {
     /// Records `y = x · Wᵀ` for the `n` rows of `x` (a device buffer of `n × cols` f32)
     /// into `enc`, writing `n × rows` f32 to `y`.
     pub fn record(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, x: &wgpu::Buffer, y: &wgpu::Buffer, n: usize) -> Result<()> {
-        use wgpu::util::DeviceExt;
-        if n == 0 || n > MAX_GROUPS {
-            return Err(Error::Invalid(format!("gemv_q8_0: {n} activation rows (1..={MAX_GROUPS} per dispatch)")));
+        let max = MAX_GROUPS as usize;
+        if n == 0 || n > max {
+            return Err(Error::Invalid(format!("gemv_q8_0: {n} activation rows (1..={max} per dispatch)")));
         }
-        let (gx, gy) = if self.rows <= MAX_GROUPS { (self.rows, 1) } else { (MAX_GROUPS, self.rows.div_ceil(MAX_GROUPS)) };
+        let (gx, gy) = if self.rows <= max { (self.rows, 1) } else { (max, self.rows.div_ceil(max)) };
         let dims = [self.rows as u32, self.blocks as u32, n as u32, gx as u32];
-        let dims = gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some("gemv dims"), contents: bytemuck::cast_slice(&dims), usage: wgpu::BufferUsages::UNIFORM });
-        let entries: Vec<wgpu::BindGroupEntry> = [&self.quants, &self.scales, x, y, &dims]
-            .iter()
-            .enumerate()
-            .map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() })
-            .collect();
-        let bind = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some("gemv_q8_0"), layout: &self.pipeline.get_bind_group_layout(0), entries: &entries });
-        let mut pass = enc.begin_compute_pass(&Default::default());
-        pass.set_pipeline(&self.pipeline);
-        pass.set_bind_group(0, &bind, &[]);
-        pass.dispatch_workgroups(gx as u32, gy as u32, n as u32);
-        Ok(())
+        self.kernel.record(gpu, enc, &[&self.quants, &self.scales, x, y], &dims, [gx as u32, gy as u32, n as u32])
     }
 
     /// `x · Wᵀ` for `x` holding whole rows of `cols` values: uploads, runs, reads back.
@@ -126,7 +102,7 @@ impl GemvQ8_0 {
         }
         let n = x.len() / cols;
         let xb = gpu.storage("gemv x", bytemuck::cast_slice(x))?;
-        let y = gpu.device.create_buffer(&wgpu::BufferDescriptor { label: Some("gemv y"), size: (n * self.rows * 4).max(4) as u64, usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC, mapped_at_creation: false });
+        let y = gpu.output("gemv y", n * self.rows);
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         self.record(gpu, &mut enc, &xb, &y, n)?;
         gpu.queue.submit([enc.finish()]);
@@ -192,12 +168,7 @@ mod tests {
 
     #[test]
     fn gpu_gemv_matches_the_cpu_reference_on_odd_sizes() {
-        let Some(gpu) = Gpu::open().unwrap() else {
-            let why = "no GPU adapter (on Linux, mesa-vulkan-drivers provides lavapipe)";
-            assert!(std::env::var_os("ODMOE_REQUIRE_GPU").is_none(), "{why}");
-            eprintln!("skipped: {why}");
-            return;
-        };
+        let Some(gpu) = super::super::tests::gpu_or_skip() else { return };
         eprintln!("adapter: {}", gpu.describe());
         // odd row counts, a block count that is not a multiple of the workgroup, several
         // tokens, and more rows than one dispatch dimension holds

@@ -2,10 +2,15 @@
 //! adapter's real limits, and WGSL kernels, each in `shaders/NAME.wgsl` with its dispatch,
 //! a CPU reference and a GPU-vs-CPU test in `NAME.rs` here.
 //!
-//! Status: the device and the Q8_0 matrix-vector kernel ([`gemv_q8_0`]). The forward
-//! pass still runs on the CPU backend only.
+//! Status: the device, the Q8_0 matrix-times-rows kernel ([`gemv_q8_0`]), RMS norm
+//! ([`rms_norm`]), and residual add and SwiGLU ([`elementwise`]). The forward pass still
+//! runs on the CPU backend only; still to come: rope, attention, routing, the other block
+//! formats and the indexed expert kernels, then the pass itself.
 
+pub mod elementwise;
 pub mod gemv_q8_0;
+pub mod kernel;
+pub mod rms_norm;
 
 use crate::{Error, Result};
 
@@ -48,7 +53,19 @@ impl Gpu {
         }
         // zero-sized bindings are invalid: keep one word
         let data = if data.is_empty() { &[0u8; 4][..] } else { data };
-        Ok(self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some(label), contents: data, usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC }))
+        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+        Ok(self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some(label), contents: data, usage }))
+    }
+
+    /// A storage buffer of `len` f32 values for a kernel to write (and to read back).
+    pub fn output(&self, label: &str, len: usize) -> wgpu::Buffer {
+        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+        self.device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size: (len * 4).max(4) as u64, usage, mapped_at_creation: false })
+    }
+
+    /// A storage buffer holding `data` (f32).
+    pub fn upload(&self, label: &str, data: &[f32]) -> Result<wgpu::Buffer> {
+        self.storage(label, bytemuck::cast_slice(data))
     }
 
     /// Copies `buf` (`len` f32 values) back to the host, waiting for the queue.
@@ -68,5 +85,28 @@ impl Gpu {
         drop(view);
         staging.unmap();
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::Gpu;
+
+    /// The GPU, or `None` after printing why the test is skipped; where
+    /// `ODMOE_REQUIRE_GPU` is set (as in CI, which installs lavapipe) a missing adapter
+    /// fails the test instead.
+    pub fn gpu_or_skip() -> Option<Gpu> {
+        let gpu = Gpu::open().expect("opening the GPU");
+        if gpu.is_none() {
+            let why = "no GPU adapter (on Linux, mesa-vulkan-drivers provides lavapipe)";
+            assert!(std::env::var_os("ODMOE_REQUIRE_GPU").is_none(), "{why}");
+            eprintln!("skipped: {why}");
+        }
+        gpu
+    }
+
+    /// `n` values in about -2..2, varied by `seed`.
+    pub fn values(n: usize, seed: u64) -> Vec<f32> {
+        (0..n).map(|i| (((i as u64 * 2654435761 + seed * 97) % 1000) as f32 - 500.0) / 250.0).collect()
     }
 }

@@ -1,0 +1,42 @@
+// RMS normalization of each `d`-long row of `x`, in place, scaled by `g`:
+// x = x / sqrt(mean(x²) + eps) · g. One workgroup per row (rows beyond 65535 spill into
+// the y dimension); its 64 invocations sum squares over a stride, then in a tree.
+
+struct Dims {
+    rows: u32,
+    d: u32,
+    eps_bits: u32,   // f32 bits of epsilon
+    rows_per_y: u32,
+}
+
+@group(0) @binding(0) var<storage, read_write> x: array<f32>;
+@group(0) @binding(1) var<storage, read> g: array<f32>;
+@group(0) @binding(2) var<uniform> dims: Dims;
+
+const WG: u32 = 64u;
+var<workgroup> partial: array<f32, WG>;
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row = wg.x + wg.y * dims.rows_per_y;
+    if (row >= dims.rows) {
+        return;  // uniform across the workgroup: the barriers below are not reached
+    }
+    let base = row * dims.d;
+    var ss = 0.0;
+    for (var i = lid; i < dims.d; i += WG) {
+        ss += x[base + i] * x[base + i];
+    }
+    partial[lid] = ss;
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
+        if (lid < stride) {
+            partial[lid] += partial[lid + stride];
+        }
+        workgroupBarrier();
+    }
+    let scale = 1.0 / sqrt(partial[0] / f32(dims.d) + bitcast<f32>(dims.eps_bits));
+    for (var i = lid; i < dims.d; i += WG) {
+        x[base + i] = x[base + i] * scale * g[i];
+    }
+}

@@ -1,0 +1,53 @@
+//! RMS normalization of rows on the GPU (`shaders/rms_norm.wgsl`); the CPU reference is
+//! the CPU backend's [`crate::compute::cpu::rms_norm`].
+
+use super::kernel::{Kernel, MAX_GROUPS};
+use super::Gpu;
+use crate::Result;
+
+/// The compiled RMS norm kernel, for one model's epsilon.
+pub struct RmsNorm {
+    kernel: Kernel,
+    eps: f32,
+}
+
+impl RmsNorm {
+    /// Compiles the kernel.
+    pub fn new(gpu: &Gpu, eps: f32) -> RmsNorm {
+        RmsNorm { kernel: Kernel::new(gpu, "rms_norm", include_str!("../../../shaders/rms_norm.wgsl"), "main"), eps }
+    }
+
+    /// Records normalizing the `rows` rows of `x` (each `d` long) in place, scaled by `g`.
+    pub fn record(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, x: &wgpu::Buffer, g: &wgpu::Buffer, rows: usize, d: usize) -> Result<()> {
+        let per_y = rows.min(MAX_GROUPS as usize).max(1);
+        let dims = [rows as u32, d as u32, self.eps.to_bits(), per_y as u32];
+        self.kernel.record(gpu, enc, &[x, g], &dims, [per_y as u32, rows.div_ceil(per_y).max(1) as u32, 1])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{gpu_or_skip, values};
+    use super::*;
+    use crate::compute::cpu;
+
+    #[test]
+    fn gpu_rms_norm_matches_the_cpu_backend() {
+        let Some(gpu) = gpu_or_skip() else { return };
+        let k = RmsNorm::new(&gpu, 1e-6);
+        for (rows, d) in [(1, 1), (3, 100), (5, 2048), (2, 7168)] {
+            let x = values(rows * d, d as u64);
+            let g = values(d, 7);
+            let mut want = x.clone();
+            cpu::rms_norm(&mut want, &g, 1e-6);
+            let (xb, gb) = (gpu.upload("x", &x).unwrap(), gpu.upload("g", &g).unwrap());
+            let mut enc = gpu.device.create_command_encoder(&Default::default());
+            k.record(&gpu, &mut enc, &xb, &gb, rows, d).unwrap();
+            gpu.queue.submit([enc.finish()]);
+            let got = gpu.read_f32(&xb, rows * d).unwrap();
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert!((a - b).abs() <= 1e-5 * b.abs().max(1e-3), "{rows}x{d} [{i}]: gpu {a} vs cpu {b}");
+            }
+        }
+    }
+}
