@@ -2,12 +2,14 @@
 //! adapter's real limits, and WGSL kernels, each in `shaders/NAME.wgsl` with its dispatch,
 //! a CPU reference and a GPU-vs-CPU test in `NAME.rs` here.
 //!
-//! Status: the device, the Q8_0 matrix-times-rows kernel ([`gemv_q8_0`]), RMS norm
-//! ([`rms_norm`]), and residual add and SwiGLU ([`elementwise`]). The forward pass still
-//! runs on the CPU backend only; still to come: rope, attention, routing, the other block
-//! formats and the indexed expert kernels, then the pass itself.
+//! Status: the device, the Q8_0 and Q4_K matrix-times-rows kernels ([`gemv_q8_0`],
+//! [`gemv_q4_k`]), RMS norm ([`rms_norm`]), and residual add and SwiGLU
+//! ([`elementwise`]). The forward pass still runs on the CPU backend only; still to
+//! come: rope, attention, routing, the other block formats and the indexed expert
+//! kernels, then the pass itself.
 
 pub mod elementwise;
+pub mod gemv_q4_k;
 pub mod gemv_q8_0;
 pub mod kernel;
 pub mod rms_norm;

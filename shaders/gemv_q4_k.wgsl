@@ -1,0 +1,79 @@
+// y = x · Wᵀ for a Q4_K matrix W (rows × cols) and n f32 activation rows x.
+//
+// Q4_K blocks are 144 bytes, a multiple of 4, so the GGUF bytes are used in place as
+// words: block b starts at word 36·b with [d, dmin] as two f16 in word 0, the twelve
+// bytes of 6-bit scales and mins in words 1..3, and 128 bytes of nibbles in words 4..35
+// (group 2k in the low nibbles of bytes 32k..32k+31, group 2k+1 in their high nibbles).
+// Weight i of group j is d·sc[j]·q − dmin·m[j]. One workgroup per (row, token); its 64
+// invocations take every 64th group of 32 weights, then sum in a tree.
+
+struct Dims {
+    rows: u32,
+    blocks: u32,   // blocks per row (cols / 256)
+    n: u32,
+    rows_per_y: u32,
+}
+
+@group(0) @binding(0) var<storage, read> w: array<u32>;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+@group(0) @binding(3) var<uniform> dims: Dims;
+
+const WG: u32 = 64u;
+var<workgroup> partial: array<f32, WG>;
+
+fn byte_of(base: u32, k: u32) -> u32 {
+    return (w[base + k / 4u] >> (8u * (k % 4u))) & 0xffu;
+}
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row = wg.x + wg.y * dims.rows_per_y;
+    let t = wg.z;
+    var acc = 0.0;
+    if (row < dims.rows) {
+        let cols = dims.blocks * 256u;
+        for (var item = lid; item < dims.blocks * 8u; item += WG) {
+            let b = item / 8u;
+            let j = item % 8u;
+            let base = (row * dims.blocks + b) * 36u;
+            let dm = unpack2x16float(w[base]);
+            let sb = base + 1u;  // scale bytes
+            var sc: u32;
+            var mn: u32;
+            if (j < 4u) {
+                sc = byte_of(sb, j) & 63u;
+                mn = byte_of(sb, j + 4u) & 63u;
+            } else {
+                sc = (byte_of(sb, j + 4u) & 0xfu) | ((byte_of(sb, j - 4u) >> 6u) << 4u);
+                mn = (byte_of(sb, j + 4u) >> 4u) | ((byte_of(sb, j) >> 6u) << 4u);
+            }
+            let qbase = base + 4u + (j / 2u) * 8u;
+            let shift = 4u * (j % 2u);
+            let xo = t * cols + b * 256u + j * 32u;
+            var qx = 0.0;
+            var sx = 0.0;
+            for (var k = 0u; k < 8u; k++) {
+                let word = w[qbase + k] >> shift;
+                for (var e = 0u; e < 4u; e++) {
+                    let q = f32((word >> (8u * e)) & 0xfu);
+                    let xv = x[xo + k * 4u + e];
+                    qx += q * xv;
+                    sx += xv;
+                }
+            }
+            acc += dm.x * f32(sc) * qx - dm.y * f32(mn) * sx;
+        }
+    }
+    partial[lid] = acc;
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
+        if (lid < stride) {
+            partial[lid] += partial[lid + stride];
+        }
+        workgroupBarrier();
+    }
+    if (lid == 0u && row < dims.rows) {
+        y[t * dims.rows + row] = partial[0];
+    }
+}
