@@ -12,6 +12,9 @@ use odmoe::compute::gpu::Gpu;
 use odmoe::compute::{cpu, QMatrix};
 use odmoe::quant::GgmlType;
 
+/// Records one GEMV of the activations in the first buffer into the second.
+type RecordGemv<'a> = dyn Fn(&mut wgpu::CommandEncoder, &wgpu::Buffer, &wgpu::Buffer) + 'a;
+
 fn main() {
     let Some(gpu) = Gpu::open().expect("opening the GPU") else {
         println!("no GPU adapter: nothing to measure");
@@ -22,7 +25,7 @@ fn main() {
     let x: Vec<f32> = (0..cols).map(|i| (i % 17) as f32 / 17.0 - 0.5).collect();
     for ty in [GgmlType::Q8_0, GgmlType::Q4_K] {
         let w = random_matrix(ty, rows, cols);
-        let gemv: Box<dyn Fn(&mut wgpu::CommandEncoder, &wgpu::Buffer, &wgpu::Buffer)> = match ty {
+        let gemv: Box<RecordGemv> = match ty {
             GgmlType::Q8_0 => {
                 let g = GemvQ8_0::new(&gpu, &w).unwrap();
                 g.run(&gpu, &x).unwrap(); // warm-up (pipeline compilation)
