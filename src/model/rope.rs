@@ -44,6 +44,17 @@ impl Rotation {
         Rotation { cos, sin, style: cfg.style }
     }
 
+    /// The rotation's cosines and sines, one pair of dimensions each (what the GPU's rope
+    /// kernel applies, so both backends rotate by the same numbers).
+    pub fn table(&self) -> (&[f32], &[f32]) {
+        (&self.cos, &self.sin)
+    }
+
+    /// How dimensions are paired.
+    pub fn style(&self) -> RopeStyle {
+        self.style
+    }
+
     /// Rotates the first `n_rot` values of `x` (one head) in place.
     pub fn apply(&self, x: &mut [f32]) {
         let half = self.cos.len();

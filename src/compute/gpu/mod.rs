@@ -13,6 +13,7 @@ pub mod gemv_q4_k;
 pub mod gemv_q8_0;
 pub mod kernel;
 pub mod rms_norm;
+pub mod rope;
 
 use crate::{Error, Result};
 
