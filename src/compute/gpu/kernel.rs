@@ -31,6 +31,13 @@ impl Kernel {
     /// Records one dispatch of `groups` workgroups over `buffers` (bindings 0..) and a
     /// uniform holding `dims` (the next binding).
     pub fn record(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, buffers: &[&wgpu::Buffer], dims: &[u32], groups: [u32; 3]) -> Result<()> {
+        let bound: Vec<(u32, &wgpu::Buffer)> = buffers.iter().enumerate().map(|(i, b)| (i as u32, *b)).collect();
+        self.record_bound(gpu, enc, &bound, buffers.len() as u32, dims, groups)
+    }
+
+    /// Like [`Kernel::record`] with the bindings named: for entry points of a shared
+    /// source that use only some of its bindings (the others are not in their layout).
+    pub fn record_bound(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, buffers: &[(u32, &wgpu::Buffer)], uniform_binding: u32, dims: &[u32], groups: [u32; 3]) -> Result<()> {
         use wgpu::util::DeviceExt;
         if groups.iter().any(|&g| g > MAX_GROUPS) {
             return Err(Error::Gpu(format!("{}: {groups:?} workgroups exceed {MAX_GROUPS} in a dimension", self.name)));
@@ -39,8 +46,8 @@ impl Kernel {
         let mut words = dims.to_vec();
         words.resize(dims.len().div_ceil(4).max(1) * 4, 0);
         let uniform = gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some(self.name), contents: bytemuck::cast_slice(&words), usage: wgpu::BufferUsages::UNIFORM });
-        let mut entries: Vec<wgpu::BindGroupEntry> = buffers.iter().enumerate().map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() }).collect();
-        entries.push(wgpu::BindGroupEntry { binding: buffers.len() as u32, resource: uniform.as_entire_binding() });
+        let mut entries: Vec<wgpu::BindGroupEntry> = buffers.iter().map(|(i, b)| wgpu::BindGroupEntry { binding: *i, resource: b.as_entire_binding() }).collect();
+        entries.push(wgpu::BindGroupEntry { binding: uniform_binding, resource: uniform.as_entire_binding() });
         let bind = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(self.name), layout: &self.pipeline.get_bind_group_layout(0), entries: &entries });
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(self.name), timestamp_writes: None });
         pass.set_pipeline(&self.pipeline);

@@ -2,12 +2,15 @@
 //! adapter's real limits, and WGSL kernels, each in `shaders/NAME.wgsl` with its dispatch,
 //! a CPU reference and a GPU-vs-CPU test in `NAME.rs` here.
 //!
-//! Status: the device, the Q8_0 and Q4_K matrix-times-rows kernels ([`gemv_q8_0`],
-//! [`gemv_q4_k`]), RMS norm ([`rms_norm`]), and residual add and SwiGLU
-//! ([`elementwise`]). The forward pass still runs on the CPU backend only; still to
-//! come: rope, attention, routing, the other block formats and the indexed expert
-//! kernels, then the pass itself.
+//! Status: the device; kernels for Q8_0 and Q4_K matrices times activation rows
+//! ([`gemv_q8_0`], [`gemv_q4_k`]), RMS norm ([`rms_norm`]), rope with host-computed
+//! angles ([`rope`]), causal grouped-query attention over a KV cache ([`attention`]), and
+//! residual add and SwiGLU ([`elementwise`]), each tested against the CPU backend. The
+//! forward pass still runs on the CPU backend only; still to come: routing, latent
+//! attention, the other block formats, the indexed expert kernels, the expert slab the
+//! pager fills, and the pass itself behind `--backend gpu`.
 
+pub mod attention;
 pub mod elementwise;
 pub mod gemv_q4_k;
 pub mod gemv_q8_0;

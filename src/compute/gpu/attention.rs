@@ -1,0 +1,118 @@
+//! Causal grouped-query attention over a KV cache on the GPU (`shaders/attention.wgsl`):
+//! scores, softmax and weighted values as three dispatches over a scratch buffer of
+//! `n × heads × len` scores. The CPU reference is the CPU backend's
+//! [`crate::compute::cpu::attend_head`], applied head by head.
+//!
+//! The scratch grows with the prompt chunk times the context; chunked prefill keeps it
+//! bounded. Latent (MLA) attention is not here yet.
+
+use super::kernel::{Kernel, MAX_GROUPS};
+use super::Gpu;
+use crate::{Error, Result};
+
+/// The compiled attention kernels.
+pub struct Attention {
+    scores: Kernel,
+    softmax: Kernel,
+    values: Kernel,
+}
+
+/// The shape of one attention call.
+#[derive(Clone, Copy, Debug)]
+pub struct Shape {
+    /// New tokens.
+    pub n: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads (divides `heads`).
+    pub kv_heads: usize,
+    /// Query and key values per head.
+    pub head_dim: usize,
+    /// Value values per head.
+    pub value_dim: usize,
+    /// Position of the first new token (cached positions before it).
+    pub pos0: usize,
+    /// Score scale (usually `1/sqrt(head_dim)`).
+    pub scale: f32,
+}
+
+/// A 2-D grid of `total` items, `per` per workgroup: (groups x, groups y, items per row).
+fn grid(total: usize, per: usize) -> ([u32; 3], u32) {
+    let groups = total.div_ceil(per).max(1);
+    let gx = groups.min(MAX_GROUPS as usize);
+    ([gx as u32, groups.div_ceil(gx) as u32, 1], (gx * per) as u32)
+}
+
+impl Attention {
+    /// Compiles the kernels.
+    pub fn new(gpu: &Gpu) -> Attention {
+        let src = include_str!("../../../shaders/attention.wgsl");
+        Attention { scores: Kernel::new(gpu, "attn_scores", src, "scores"), softmax: Kernel::new(gpu, "attn_softmax", src, "softmax"), values: Kernel::new(gpu, "attn_values", src, "values") }
+    }
+
+    /// Records attention of `q` over the cache `k`, `v` (holding `pos0 + n` positions)
+    /// into `out` (`n × heads × value_dim`), using `scratch` (at least `n × heads × (pos0 +
+    /// n)` f32).
+    #[allow(clippy::too_many_arguments)]
+    pub fn record(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, sh: Shape, q: &wgpu::Buffer, k: &wgpu::Buffer, v: &wgpu::Buffer, scratch: &wgpu::Buffer, out: &wgpu::Buffer) -> Result<()> {
+        if sh.kv_heads == 0 || !sh.heads.is_multiple_of(sh.kv_heads) {
+            return Err(Error::Invalid(format!("attention: {} query heads over {} key/value heads", sh.heads, sh.kv_heads)));
+        }
+        let len = sh.pos0 + sh.n;
+        if scratch.size() < (sh.n * sh.heads * len * 4) as u64 {
+            return Err(Error::Invalid(format!("attention: scratch of {} bytes, {} needed", scratch.size(), sh.n * sh.heads * len * 4)));
+        }
+        let dims = |per_y: u32| [sh.n as u32, sh.heads as u32, sh.kv_heads as u32, sh.head_dim as u32, sh.value_dim as u32, len as u32, sh.pos0 as u32, sh.scale.to_bits(), per_y];
+        // each pass binds only what it reads and writes (see the shader's binding numbers)
+        let (g, per) = grid(sh.n * sh.heads * len, 256);
+        self.scores.record_bound(gpu, enc, &[(0, q), (1, k), (3, scratch)], 5, &dims(per), g)?;
+        let (g, per) = grid(sh.n * sh.heads, 1);
+        self.softmax.record_bound(gpu, enc, &[(3, scratch)], 5, &dims(per), g)?;
+        let (g, per) = grid(sh.n * sh.heads * sh.value_dim, 256);
+        self.values.record_bound(gpu, enc, &[(2, v), (3, scratch), (4, out)], 5, &dims(per), g)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{gpu_or_skip, values};
+    use super::*;
+    use crate::compute::cpu;
+
+    #[test]
+    fn gpu_attention_matches_the_cpu_backend() {
+        let Some(gpu) = gpu_or_skip() else { return };
+        let k = Attention::new(&gpu);
+        // prefill from empty, decode after a long cache, grouped heads, value width unlike
+        // the key width, a chunk in the middle of a sequence
+        for sh in [
+            Shape { n: 5, heads: 4, kv_heads: 2, head_dim: 16, value_dim: 16, pos0: 0, scale: 0.25 },
+            Shape { n: 1, heads: 8, kv_heads: 1, head_dim: 64, value_dim: 64, pos0: 300, scale: 0.125 },
+            Shape { n: 3, heads: 6, kv_heads: 3, head_dim: 24, value_dim: 40, pos0: 70, scale: 0.2 },
+        ] {
+            let len = sh.pos0 + sh.n;
+            let q = values(sh.n * sh.heads * sh.head_dim, 1);
+            let kc = values(len * sh.kv_heads * sh.head_dim, 2);
+            let vc = values(len * sh.kv_heads * sh.value_dim, 3);
+            let mut want = vec![0.0f32; sh.n * sh.heads * sh.value_dim];
+            let mut scores = Vec::new();
+            let group = sh.heads / sh.kv_heads;
+            for t in 0..sh.n {
+                for h in 0..sh.heads {
+                    let kvh = h / group;
+                    let qh = &q[(t * sh.heads + h) * sh.head_dim..(t * sh.heads + h + 1) * sh.head_dim];
+                    let o = &mut want[(t * sh.heads + h) * sh.value_dim..(t * sh.heads + h + 1) * sh.value_dim];
+                    cpu::attend_head(qh, &kc[kvh * sh.head_dim..], sh.kv_heads * sh.head_dim, &vc[kvh * sh.value_dim..], sh.kv_heads * sh.value_dim, sh.pos0 + t + 1, sh.scale, &mut scores, o);
+                }
+            }
+            let (qb, kb, vb) = (gpu.upload("q", &q).unwrap(), gpu.upload("k", &kc).unwrap(), gpu.upload("v", &vc).unwrap());
+            let (scratch, out) = (gpu.output("scores", sh.n * sh.heads * len), gpu.output("out", want.len()));
+            let mut enc = gpu.device.create_command_encoder(&Default::default());
+            k.record(&gpu, &mut enc, sh, &qb, &kb, &vb, &scratch, &out).unwrap();
+            gpu.queue.submit([enc.finish()]);
+            for (i, (a, b)) in gpu.read_f32(&out, want.len()).unwrap().iter().zip(&want).enumerate() {
+                assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{sh:?} [{i}]: gpu {a} vs cpu {b}");
+            }
+        }
+    }
+}
