@@ -1,5 +1,5 @@
-//! Element-wise kernels on the GPU (`shaders/elementwise.wgsl`): the residual add and
-//! SwiGLU. The CPU references are the CPU backend's [`crate::compute::cpu::add_assign`]
+//! Element-wise kernels on the GPU (`shaders/elementwise.wgsl`): the residual add, a
+//! bias added to every row, and SwiGLU. The CPU references are the CPU backend's [`crate::compute::cpu::add_assign`]
 //! and [`crate::compute::cpu::swiglu`].
 
 use super::kernel::{Kernel, MAX_GROUPS};
@@ -9,6 +9,7 @@ use crate::Result;
 /// The compiled element-wise kernels.
 pub struct Elementwise {
     add: Kernel,
+    add_row: Kernel,
     swiglu: Kernel,
 }
 
@@ -16,23 +17,28 @@ impl Elementwise {
     /// Compiles the kernels.
     pub fn new(gpu: &Gpu) -> Elementwise {
         let src = include_str!("../../../shaders/elementwise.wgsl");
-        Elementwise { add: Kernel::new(gpu, "add", src, "add"), swiglu: Kernel::new(gpu, "swiglu", src, "swiglu") }
+        Elementwise { add: Kernel::new(gpu, "add", src, "add"), add_row: Kernel::new(gpu, "add_row", src, "add_row"), swiglu: Kernel::new(gpu, "swiglu", src, "swiglu") }
     }
 
-    fn record(k: &Kernel, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, a: &wgpu::Buffer, b: &wgpu::Buffer, len: usize) -> Result<()> {
+    fn record(k: &Kernel, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, a: &wgpu::Buffer, b: &wgpu::Buffer, len: usize, b_len: usize) -> Result<()> {
         let groups = len.div_ceil(256).max(1);
         let per_y = groups.min(MAX_GROUPS as usize);
-        k.record(gpu, enc, &[a, b], &[len as u32, per_y as u32], [per_y as u32, groups.div_ceil(per_y) as u32, 1])
+        k.record(gpu, enc, &[a, b], &[len as u32, per_y as u32, b_len.max(1) as u32], [per_y as u32, groups.div_ceil(per_y) as u32, 1])
     }
 
     /// Records `a += b` over `len` values.
     pub fn add(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, a: &wgpu::Buffer, b: &wgpu::Buffer, len: usize) -> Result<()> {
-        Self::record(&self.add, gpu, enc, a, b, len)
+        Self::record(&self.add, gpu, enc, a, b, len, len)
+    }
+
+    /// Records `a[i] += b[i mod b_len]` over `len` values of `a` (a bias on every row).
+    pub fn add_row(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, a: &wgpu::Buffer, b: &wgpu::Buffer, len: usize, b_len: usize) -> Result<()> {
+        Self::record(&self.add_row, gpu, enc, a, b, len, b_len)
     }
 
     /// Records `a = silu(a) · b` over `len` values.
     pub fn swiglu(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, a: &wgpu::Buffer, b: &wgpu::Buffer, len: usize) -> Result<()> {
-        Self::record(&self.swiglu, gpu, enc, a, b, len)
+        Self::record(&self.swiglu, gpu, enc, a, b, len, len)
     }
 }
 
@@ -56,6 +62,14 @@ mod tests {
             let mut want = a.clone();
             cpu::add_assign(&mut want, &b);
             assert_eq!(gpu.read_f32(&ab, len).unwrap(), want, "add, {len} values");
+
+            let (ab, row) = (gpu.upload("a", &a).unwrap(), values(7, 4));
+            let rb = gpu.upload("row", &row).unwrap();
+            let mut enc = gpu.device.create_command_encoder(&Default::default());
+            k.add_row(&gpu, &mut enc, &ab, &rb, len, 7).unwrap();
+            gpu.queue.submit([enc.finish()]);
+            let want: Vec<f32> = a.iter().enumerate().map(|(i, x)| x + row[i % 7]).collect();
+            assert_eq!(gpu.read_f32(&ab, len).unwrap(), want, "add_row, {len} values");
 
             let ab = gpu.upload("a", &a).unwrap();
             let mut enc = gpu.device.create_command_encoder(&Default::default());

@@ -15,6 +15,8 @@ pub mod elementwise;
 pub mod gemv_q4_k;
 pub mod gemv_q8_0;
 pub mod kernel;
+pub mod matrix;
+pub mod moe_combine;
 pub mod rms_norm;
 pub mod rope;
 

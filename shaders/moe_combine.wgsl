@@ -1,0 +1,38 @@
+// Combining expert outputs into a layer's output `out` (n × d), rows of `y` at a time:
+//   scatter_add: out[idx[i]] += wts[i] · y[i]   (routed experts: row i of y is the
+//                 expert's output for token idx[i], weighted by its routing weight)
+//   gated_add:   out[t] += sigmoid(wts[t]) · y[t]   (a shared expert behind a sigmoid gate)
+// One invocation per (row of y, column).
+
+struct Dims {
+    rows: u32,   // rows of y
+    d: u32,
+    per_y: u32,
+}
+
+@group(0) @binding(0) var<storage, read_write> out: array<f32>;
+@group(0) @binding(1) var<storage, read> y: array<f32>;
+@group(0) @binding(2) var<storage, read> idx: array<u32>;
+@group(0) @binding(3) var<storage, read> wts: array<f32>;
+@group(0) @binding(4) var<uniform> dims: Dims;
+
+@compute @workgroup_size(256)
+fn scatter_add(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let id = gid.x + gid.y * dims.per_y;
+    if (id >= dims.rows * dims.d) {
+        return;
+    }
+    let i = id / dims.d;
+    let j = id % dims.d;
+    out[idx[i] * dims.d + j] += wts[i] * y[id];
+}
+
+@compute @workgroup_size(256)
+fn gated_add(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let id = gid.x + gid.y * dims.per_y;
+    if (id >= dims.rows * dims.d) {
+        return;
+    }
+    let t = id / dims.d;
+    out[id] += 1.0 / (1.0 + exp(-wts[t])) * y[id];
+}
