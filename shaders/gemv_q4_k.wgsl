@@ -4,8 +4,10 @@
 // words: block b starts at word 36·b with [d, dmin] as two f16 in word 0, the twelve
 // bytes of 6-bit scales and mins in words 1..3, and 128 bytes of nibbles in words 4..35
 // (group 2k in the low nibbles of bytes 32k..32k+31, group 2k+1 in their high nibbles).
-// Weight i of group j is d·sc[j]·q − dmin·m[j]. One workgroup per (row, token); its 64
-// invocations take every 64th group of 32 weights, then sum in a tree.
+// Weight i of group j is d·sc[j]·q − dmin·m[j]. Activations are quantized per block of
+// 256 as the CPU backend does (Q8_K: scale from the value of largest magnitude, ties to
+// even), so both backends form the same integer sums. One workgroup per (row, token);
+// its 64 invocations take every 64th group of 32 weights, then sum in a tree.
 
 struct Dims {
     rows: u32,
@@ -50,19 +52,34 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             }
             let qbase = base + 4u + (j / 2u) * 8u;
             let shift = 4u * (j % 2u);
-            let xo = t * cols + b * 256u + j * 32u;
-            var qx = 0.0;
-            var sx = 0.0;
+            // the block's activation scale: the first value of largest magnitude
+            let xblk = t * cols + b * 256u;
+            var amax = 0.0;
+            var vmax = 0.0;
+            for (var i = 0u; i < 256u; i++) {
+                let v = x[xblk + i];
+                if (abs(v) > amax) {
+                    amax = abs(v);
+                    vmax = v;
+                }
+            }
+            if (amax == 0.0) {
+                continue;
+            }
+            let iscale = -127.0 / vmax;
+            let xo = xblk + j * 32u;
+            var qx = 0i;
+            var qs = 0i;
             for (var k = 0u; k < 8u; k++) {
                 let word = w[qbase + k] >> shift;
                 for (var e = 0u; e < 4u; e++) {
-                    let q = f32((word >> (8u * e)) & 0xfu);
-                    let xv = x[xo + k * 4u + e];
-                    qx += q * xv;
-                    sx += xv;
+                    let q8 = min(i32(round(iscale * x[xo + k * 4u + e])), 127i);
+                    qx += i32((word >> (8u * e)) & 0xfu) * q8;
+                    qs += q8;
                 }
             }
-            acc += dm.x * f32(sc) * qx - dm.y * f32(mn) * sx;
+            let yd = 1.0 / iscale;
+            acc += yd * dm.x * f32(i32(sc) * qx) - yd * dm.y * f32(i32(mn) * qs);
         }
     }
     partial[lid] = acc;

@@ -2,8 +2,11 @@
 //
 // W is repacked at upload (GGUF's 34-byte blocks are not 4-byte aligned): per block, its
 // f16 scale as an f32 in `scales` and its 32 signed bytes as 8 little-endian u32 words in
-// `quants`, both row-major over (row, block). One workgroup computes one (row, token):
-// its 64 invocations take every 64th block, then sum their partial results in a tree.
+// `quants`, both row-major over (row, block). Activations are quantized per block of 32
+// as the CPU backend does (scale amax/127 kept as f16, values rounded half away from
+// zero), so both backends form the same integer sums and differ only in the order of
+// the float additions. One workgroup computes one (row, token): its 64 invocations take
+// every 64th block, then sum their partial results in a tree.
 // Rows beyond 65535 workgroups spill into the y dimension; tokens are the z dimension.
 
 struct Dims {
@@ -23,8 +26,17 @@ const WG: u32 = 64u;
 var<workgroup> partial: array<f32, WG>;
 
 // the k-th signed byte of a word
-fn byte_at(w: u32, k: u32) -> f32 {
-    return f32(bitcast<i32>(w << (24u - 8u * k)) >> 24u);
+fn byte_at(w: u32, k: u32) -> i32 {
+    return bitcast<i32>(w << (24u - 8u * k)) >> 24u;
+}
+
+// round half away from zero, exactly (as Rust's f32::round)
+fn round_away(v: f32) -> i32 {
+    let r = trunc(v);
+    if (abs(v - r) >= 0.5) {
+        return i32(r + sign(v));
+    }
+    return i32(r);
 }
 
 @compute @workgroup_size(64)
@@ -37,13 +49,24 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         for (var b = lid; b < dims.blocks; b += WG) {
             let blk = row * dims.blocks + b;
             let xb = t * cols + b * 32u;
-            var s = 0.0;
+            var amax = 0.0;
+            for (var i = 0u; i < 32u; i++) {
+                amax = max(amax, abs(x[xb + i]));
+            }
+            let d = amax / 127.0;
+            var id = 0.0;
+            if (d != 0.0) {
+                id = 1.0 / d;
+            }
+            let d16 = unpack2x16float(pack2x16float(vec2<f32>(d, 0.0))).x;
+            var isum = 0i;
             for (var w = 0u; w < 8u; w++) {
                 let q = quants[blk * 8u + w];
-                let xo = xb + w * 4u;
-                s += byte_at(q, 0u) * x[xo] + byte_at(q, 1u) * x[xo + 1u] + byte_at(q, 2u) * x[xo + 2u] + byte_at(q, 3u) * x[xo + 3u];
+                for (var e = 0u; e < 4u; e++) {
+                    isum += byte_at(q, e) * round_away(x[xb + w * 4u + e] * id);
+                }
             }
-            acc += scales[blk] * s;
+            acc += f32(isum) * (scales[blk] * d16);
         }
     }
     partial[lid] = acc;

@@ -4,6 +4,8 @@
 mod attention;
 pub mod config;
 mod ffn;
+#[cfg(feature = "gpu")]
+mod gpu;
 pub mod rope;
 pub mod source;
 pub mod router;

@@ -9,12 +9,14 @@ use odmoe::model::{ExpertMode, Logits, Model};
 use super::Backend;
 
 pub fn run(model: &Path, tokens: &[u32], backend: Backend, mode: &ExpertMode) -> Result<(), Box<dyn std::error::Error>> {
-    if backend == Backend::Gpu {
-        return Err("the gpu backend is not available in this build; use --backend cpu".into());
-    }
     let m = Model::open_with(model, mode)?;
-    let mut cache = m.new_cache(tokens.len());
-    let logits = m.forward(tokens, &mut cache, Logits::All)?;
+    let logits = match backend {
+        Backend::Cpu => {
+            let mut cache = m.new_cache(tokens.len());
+            m.forward(tokens, &mut cache, Logits::All)?
+        }
+        Backend::Gpu => gpu_logits(&m, tokens)?,
+    };
     let vocab = m.config().n_vocab;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     write_json(&mut out, &logits, vocab)?;
@@ -44,4 +46,16 @@ fn write_json(out: &mut impl Write, logits: &[f32], vocab: usize) -> std::io::Re
         out.write_all(b"]")?;
     }
     out.write_all(b"]}\n")
+}
+
+#[cfg(feature = "gpu")]
+fn gpu_logits(m: &Model, tokens: &[u32]) -> Result<Vec<f32>, Box<dyn std::error::Error>> {
+    let gpu = odmoe::compute::gpu::Gpu::open()?.ok_or("no GPU adapter found (on Linux, install a Vulkan driver; mesa-vulkan-drivers provides a software one)")?;
+    eprintln!("gpu: {}", gpu.describe());
+    Ok(m.logits_gpu(&gpu, tokens)?)
+}
+
+#[cfg(not(feature = "gpu"))]
+fn gpu_logits(_: &Model, _: &[u32]) -> Result<Vec<f32>, Box<dyn std::error::Error>> {
+    Err("this build has no GPU backend (built without the gpu feature); use --backend cpu".into())
 }

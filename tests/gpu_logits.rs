@@ -1,0 +1,38 @@
+//! The GPU backend's forward pass against the CPU backend: every position's logits within
+//! 1e-3 × max(1, max |logit|), on every fixture whose attention and block formats the GPU
+//! backend covers. Skipped (with the reason printed) where the machine has no GPU adapter,
+//! unless ODMOE_REQUIRE_GPU is set (CI installs lavapipe and sets it).
+
+#![cfg(feature = "gpu")]
+
+mod common;
+
+use odmoe::compute::gpu::Gpu;
+use odmoe::model::{Logits, Model};
+
+const TOKENS: [u32; 7] = [1, 17, 300, 42, 511, 7, 99];
+
+#[test]
+fn gpu_logits_match_the_cpu_backend() {
+    let Some(gpu) = Gpu::open().unwrap() else {
+        let why = "no GPU adapter (on Linux, mesa-vulkan-drivers provides lavapipe)";
+        assert!(std::env::var_os("ODMOE_REQUIRE_GPU").is_none(), "{why}");
+        eprintln!("skipped: {why}");
+        return;
+    };
+    eprintln!("adapter: {}", gpu.describe());
+    for name in ["mixtral.f32", "qwen2moe.f32", "qwen3moe.f32", "olmoe.f32", "qwen3moe_h256.Q8_0", "mixtral_h256.Q8_0"] {
+        let m = Model::open(common::fixture(&format!("models/{name}.gguf"))).unwrap();
+        let mut cache = m.new_cache(TOKENS.len());
+        let want = m.forward(&TOKENS, &mut cache, Logits::All).unwrap();
+        let got = m.logits_gpu(&gpu, &TOKENS).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(got.len(), want.len(), "{name}");
+        let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+        let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(worst <= 1e-3 * scale, "{name}: largest difference {worst} (logits up to {scale})");
+        eprintln!("{name}: largest difference {worst:.2e} (logits up to {scale:.2})");
+    }
+    // what the GPU backend does not cover yet is refused, not computed wrongly
+    let m = Model::open(common::fixture("models/deepseek2.f32.gguf")).unwrap();
+    assert!(m.logits_gpu(&gpu, &TOKENS).unwrap_err().to_string().contains("latent attention"));
+}
