@@ -1,8 +1,10 @@
 //! A weight matrix on the GPU in whichever block format it has a kernel for — F32
-//! (`shaders/gemv_f32.wgsl`, here), Q8_0 ([`super::gemv_q8_0`]) or Q4_K
-//! ([`super::gemv_q4_k`]) — so the forward pass records `y = x · Wᵀ` without caring which.
+//! (`shaders/gemv_f32.wgsl`, here), Q8_0 ([`super::gemv_q8_0`]), Q4_K
+//! ([`super::gemv_q4_k`]) or Q6_K ([`super::gemv_q6_k`]) — so the forward pass records
+//! `y = x · Wᵀ` without caring which.
 
 use super::gemv_q4_k::GemvQ4K;
+use super::gemv_q6_k::GemvQ6K;
 use super::gemv_q8_0::GemvQ8_0;
 use super::kernel::{Kernel, MAX_GROUPS};
 use super::Gpu;
@@ -20,6 +22,8 @@ enum Inner {
     Q8_0 { cols: usize, g: GemvQ8_0 },
     /// Q4_K blocks, in place.
     Q4K { cols: usize, g: GemvQ4K },
+    /// Q6_K blocks, padded.
+    Q6K { cols: usize, g: GemvQ6K },
 }
 
 impl GpuMatrix {
@@ -34,14 +38,15 @@ impl GpuMatrix {
             },
             GgmlType::Q8_0 => Inner::Q8_0 { cols: w.cols, g: GemvQ8_0::new(gpu, w)? },
             GgmlType::Q4_K => Inner::Q4K { cols: w.cols, g: GemvQ4K::new(gpu, w)? },
-            ty => return Err(Error::Gpu(format!("no GPU kernel for {ty} weights yet (F32, Q8_0 and Q4_K have one)"))),
+            GgmlType::Q6_K => Inner::Q6K { cols: w.cols, g: GemvQ6K::new(gpu, w)? },
+            ty => return Err(Error::Gpu(format!("no GPU kernel for {ty} weights yet (F32, Q8_0, Q4_K and Q6_K have one)"))),
         }))
     }
 
     /// Input features.
     pub fn cols(&self) -> usize {
         match &self.0 {
-            Inner::F32 { cols, .. } | Inner::Q8_0 { cols, .. } | Inner::Q4K { cols, .. } => *cols,
+            Inner::F32 { cols, .. } | Inner::Q8_0 { cols, .. } | Inner::Q4K { cols, .. } | Inner::Q6K { cols, .. } => *cols,
         }
     }
 
@@ -58,6 +63,7 @@ impl GpuMatrix {
             }
             Inner::Q8_0 { g, .. } => g.record(gpu, enc, x, y, n),
             Inner::Q4K { g, .. } => g.record(gpu, enc, x, y, n),
+            Inner::Q6K { g, .. } => g.record(gpu, enc, x, y, n),
         }
     }
 }
@@ -86,7 +92,7 @@ mod tests {
             }
         }
         // a format without a kernel is refused by name
-        let q6 = QMatrix { ty: GgmlType::Q6_K, rows: 1, cols: 256, data: vec![0u8; 210].into() };
-        assert!(GpuMatrix::new(&gpu, &q6).err().unwrap().to_string().contains("Q6_K"));
+        let q5 = QMatrix { ty: GgmlType::Q5_K, rows: 1, cols: 256, data: vec![0u8; 176].into() };
+        assert!(GpuMatrix::new(&gpu, &q5).err().unwrap().to_string().contains("Q5_K"));
     }
 }

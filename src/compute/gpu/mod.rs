@@ -13,6 +13,7 @@
 pub mod attention;
 pub mod elementwise;
 pub mod gemv_q4_k;
+pub mod gemv_q6_k;
 pub mod gemv_q8_0;
 pub mod kernel;
 pub mod matrix;
@@ -77,7 +78,7 @@ impl Gpu {
     }
 
     /// Copies `buf` (`len` f32 values) back to the host, waiting for the queue.
-    pub(crate) fn read_f32(&self, buf: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
+    pub fn read_f32(&self, buf: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
         let bytes = (len * 4) as u64;
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor { label: Some("readback"), size: bytes.max(4), usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST, mapped_at_creation: false });
         let mut enc = self.device.create_command_encoder(&Default::default());
