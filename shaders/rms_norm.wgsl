@@ -1,6 +1,6 @@
 // RMS normalization of each `d`-long row of `x`, in place, scaled by `g`:
 // x = x / sqrt(mean(x²) + eps) · g. One workgroup per row (rows beyond 65535 spill into
-// the y dimension); its 64 invocations sum squares over a stride, then in a tree.
+// the y dimension); eight invocations sum the squares, all 64 scale.
 
 struct Dims {
     rows: u32,
@@ -23,18 +23,31 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         return;  // uniform across the workgroup: the barriers below are not reached
     }
     let base = row * dims.d;
-    var ss = 0.0;
-    for (var i = lid; i < dims.d; i += WG) {
-        ss += x[base + i] * x[base + i];
-    }
-    partial[lid] = ss;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
-        if (lid < stride) {
-            partial[lid] += partial[lid + stride];
+    // the sum of squares in the CPU backend's order (its `dot`: eight running sums over
+    // strided elements, added in lane order, then the tail one by one), so the scale has
+    // the same bits on both backends where sqrt and division are correctly rounded: when
+    // the next matrix quantizes the result, values of a quantized embedding sit exactly
+    // on rounding ties and one bit decides
+    let main = dims.d / 8u * 8u;
+    if (lid < 8u) {
+        var acc = 0.0;
+        for (var i = lid; i < main; i += 8u) {
+            acc += x[base + i] * x[base + i];
         }
-        workgroupBarrier();
+        partial[lid] = acc;
     }
+    workgroupBarrier();
+    if (lid == 0u) {
+        var ss = 0.0;
+        for (var k = 0u; k < 8u; k++) {
+            ss += partial[k];
+        }
+        for (var i = main; i < dims.d; i++) {
+            ss += x[base + i] * x[base + i];
+        }
+        partial[0] = ss;
+    }
+    workgroupBarrier();
     let scale = 1.0 / sqrt(partial[0] / f32(dims.d) + bitcast<f32>(dims.eps_bits));
     for (var i = lid; i < dims.d; i += WG) {
         x[base + i] = x[base + i] * scale * g[i];

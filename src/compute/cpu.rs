@@ -41,10 +41,13 @@ pub fn matmul(w: &QMatrix, x: &[f32]) -> Vec<f32> {
     y
 }
 
-/// RMS normalization of each `w.len()`-long row of `x`, in place, scaled by `w`.
+/// RMS normalization of each `w.len()`-long row of `x`, in place, scaled by `w`. The sum
+/// of squares is [`dot`]'s (eight running sums, then the tail), an order the GPU kernel
+/// reproduces, so both backends give the same bits where it matters most: a quantized
+/// embedding's values sit exactly on the next matrix's activation-rounding ties.
 pub fn rms_norm(x: &mut [f32], w: &[f32], eps: f32) {
     for row in x.chunks_exact_mut(w.len()) {
-        let ss: f32 = row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32;
+        let ss: f32 = dot(row, row) / row.len() as f32;
         let scale = 1.0 / (ss + eps).sqrt();
         for (v, g) in row.iter_mut().zip(w) {
             *v = *v * scale * g;
