@@ -6,14 +6,10 @@
 
 use std::time::Instant;
 
-use odmoe::compute::gpu::gemv_q4_k::GemvQ4K;
-use odmoe::compute::gpu::gemv_q8_0::GemvQ8_0;
+use odmoe::compute::gpu::matrix::GpuMatrix;
 use odmoe::compute::gpu::Gpu;
 use odmoe::compute::{cpu, QMatrix};
 use odmoe::quant::GgmlType;
-
-/// Records one GEMV of the activations in the first buffer into the second.
-type RecordGemv<'a> = dyn Fn(&mut wgpu::CommandEncoder, &wgpu::Buffer, &wgpu::Buffer) + 'a;
 
 fn main() {
     let Some(gpu) = Gpu::open().expect("opening the GPU") else {
@@ -25,27 +21,15 @@ fn main() {
     let x: Vec<f32> = (0..cols).map(|i| (i % 17) as f32 / 17.0 - 0.5).collect();
     for ty in [GgmlType::Q8_0, GgmlType::Q4_K] {
         let w = random_matrix(ty, rows, cols);
-        let gemv: Box<RecordGemv> = match ty {
-            GgmlType::Q8_0 => {
-                let g = GemvQ8_0::new(&gpu, &w).unwrap();
-                g.run(&gpu, &x).unwrap(); // warm-up (pipeline compilation)
-                let gpu = &gpu;
-                Box::new(move |enc, xb, y| g.record(gpu, enc, xb, y, 1).unwrap())
-            }
-            _ => {
-                let g = GemvQ4K::new(&gpu, &w).unwrap();
-                g.run(&gpu, &x).unwrap();
-                let gpu = &gpu;
-                Box::new(move |enc, xb, y| g.record(gpu, enc, xb, y, 1).unwrap())
-            }
-        };
+        let g = GpuMatrix::new(&gpu, &w).unwrap();
+        g.run(&gpu, &x).unwrap(); // warm-up (pipeline compilation)
         let xb = gpu.upload("x", &x).unwrap();
         let y = gpu.output("y", rows);
         let reps = 20;
         let t = Instant::now();
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         for _ in 0..reps {
-            gemv(&mut enc, &xb, &y);
+            g.record(&gpu, &mut enc, &xb, &y, 1).unwrap();
         }
         gpu.queue.submit([enc.finish()]);
         gpu.device.poll(wgpu::PollType::wait_indefinitely()).unwrap();

@@ -3,7 +3,7 @@
 //! as words. Activations are quantized in the kernel to Q8_K exactly as the CPU backend
 //! does; the test compares with the CPU backend's matmul.
 
-use super::kernel::{Kernel, MAX_GROUPS};
+use super::kernel::Kernel;
 use super::Gpu;
 use crate::compute::QMatrix;
 use crate::quant::GgmlType;
@@ -31,31 +31,15 @@ impl GemvQ4K {
         })
     }
 
+    /// Output features.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
     /// Records `y = x · Wᵀ` for the `n` rows of `x` (`n × cols` f32 on the device) into
     /// `enc`, writing `n × rows` f32 to `y`.
     pub fn record(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, x: &wgpu::Buffer, y: &wgpu::Buffer, n: usize) -> Result<()> {
-        let max = MAX_GROUPS as usize;
-        if n == 0 || n > max {
-            return Err(Error::Invalid(format!("gemv_q4_k: {n} activation rows (1..={max} per dispatch)")));
-        }
-        let (gx, gy) = if self.rows <= max { (self.rows, 1) } else { (max, self.rows.div_ceil(max)) };
-        let dims = [self.rows as u32, self.blocks as u32, n as u32, gx as u32];
-        self.kernel.record(gpu, enc, &[&self.weights, x, y], &dims, [gx as u32, gy as u32, n as u32])
-    }
-
-    /// `x · Wᵀ` for `x` holding whole rows: uploads, runs, reads back.
-    pub fn run(&self, gpu: &Gpu, x: &[f32]) -> Result<Vec<f32>> {
-        let cols = self.blocks * 256;
-        if cols == 0 || !x.len().is_multiple_of(cols) {
-            return Err(Error::Invalid(format!("gemv_q4_k: input length {} is not a multiple of {cols}", x.len())));
-        }
-        let n = x.len() / cols;
-        let xb = gpu.upload("gemv x", x)?;
-        let y = gpu.output("gemv y", n * self.rows);
-        let mut enc = gpu.device.create_command_encoder(&Default::default());
-        self.record(gpu, &mut enc, &xb, &y, n)?;
-        gpu.queue.submit([enc.finish()]);
-        gpu.read_f32(&y, n * self.rows)
+        self.kernel.record_gemv(gpu, enc, &[&self.weights, x, y], self.rows, self.blocks, n)
     }
 }
 
@@ -91,7 +75,7 @@ mod tests {
         for (rows, cols, n) in [(3, 256, 1), (37, 768, 3), (70_001, 256, 1)] {
             let w = matrix(rows, cols, rows as u64 + 5);
             let x = values(n * cols, cols as u64);
-            let got = GemvQ4K::new(&gpu, &w).unwrap().run(&gpu, &x).unwrap();
+            let got = super::super::matrix::GpuMatrix::new(&gpu, &w).unwrap().run(&gpu, &x).unwrap();
             let cpu = crate::compute::cpu::matmul(&w, &x);
             let mut row = vec![0.0f32; cols];
             for r in 0..rows {

@@ -3,7 +3,7 @@
 //! ([`pad_blocks`], round trip tested); activations are quantized in the kernel to Q8_K
 //! as the CPU backend does, and the test compares with the CPU backend's matmul.
 
-use super::kernel::{Kernel, MAX_GROUPS};
+use super::kernel::Kernel;
 use super::Gpu;
 use crate::compute::QMatrix;
 use crate::quant::GgmlType;
@@ -44,15 +44,14 @@ impl GemvQ6K {
         })
     }
 
+    /// Output features.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
     /// Records `y = x · Wᵀ` for the `n` rows of `x` (`n × cols` f32 on the device).
     pub fn record(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, x: &wgpu::Buffer, y: &wgpu::Buffer, n: usize) -> Result<()> {
-        let max = MAX_GROUPS as usize;
-        if n == 0 || n > max {
-            return Err(Error::Invalid(format!("gemv_q6_k: {n} activation rows (1..={max} per dispatch)")));
-        }
-        let (gx, gy) = if self.rows <= max { (self.rows, 1) } else { (max, self.rows.div_ceil(max)) };
-        let dims = [self.rows as u32, self.blocks as u32, n as u32, gx as u32];
-        self.kernel.record(gpu, enc, &[&self.weights, x, y], &dims, [gx as u32, gy as u32, n as u32])
+        self.kernel.record_gemv(gpu, enc, &[&self.weights, x, y], self.rows, self.blocks, n)
     }
 }
 

@@ -6,7 +6,7 @@
 //! tests check the round trip. Activations are quantized in the kernel exactly as the CPU
 //! backend quantizes them, so the two agree up to the order of float additions.
 
-use super::kernel::{Kernel, MAX_GROUPS};
+use super::kernel::Kernel;
 use super::Gpu;
 use crate::compute::QMatrix;
 use crate::quant::GgmlType;
@@ -82,31 +82,15 @@ impl GemvQ8_0 {
         self.quants.size() + self.scales.size()
     }
 
+    /// Output features.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
     /// Records `y = x · Wᵀ` for the `n` rows of `x` (a device buffer of `n × cols` f32)
     /// into `enc`, writing `n × rows` f32 to `y`.
     pub fn record(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, x: &wgpu::Buffer, y: &wgpu::Buffer, n: usize) -> Result<()> {
-        let max = MAX_GROUPS as usize;
-        if n == 0 || n > max {
-            return Err(Error::Invalid(format!("gemv_q8_0: {n} activation rows (1..={max} per dispatch)")));
-        }
-        let (gx, gy) = if self.rows <= max { (self.rows, 1) } else { (max, self.rows.div_ceil(max)) };
-        let dims = [self.rows as u32, self.blocks as u32, n as u32, gx as u32];
-        self.kernel.record(gpu, enc, &[&self.quants, &self.scales, x, y], &dims, [gx as u32, gy as u32, n as u32])
-    }
-
-    /// `x · Wᵀ` for `x` holding whole rows of `cols` values: uploads, runs, reads back.
-    pub fn run(&self, gpu: &Gpu, x: &[f32]) -> Result<Vec<f32>> {
-        let cols = self.blocks * 32;
-        if cols == 0 || !x.len().is_multiple_of(cols) {
-            return Err(Error::Invalid(format!("gemv_q8_0: input length {} is not a multiple of {cols}", x.len())));
-        }
-        let n = x.len() / cols;
-        let xb = gpu.storage("gemv x", bytemuck::cast_slice(x))?;
-        let y = gpu.output("gemv y", n * self.rows);
-        let mut enc = gpu.device.create_command_encoder(&Default::default());
-        self.record(gpu, &mut enc, &xb, &y, n)?;
-        gpu.queue.submit([enc.finish()]);
-        gpu.read_f32(&y, n * self.rows)
+        self.kernel.record_gemv(gpu, enc, &[&self.quants, &self.scales, x, y], self.rows, self.blocks, n)
     }
 }
 
@@ -176,8 +160,7 @@ mod tests {
         for (rows, cols, n) in [(37, 224, 3), (1, 32, 1), (130, 2080, 2), (70_001, 64, 1)] {
             let w = matrix(rows, cols, rows as u64);
             let x: Vec<f32> = (0..n * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
-            let g = GemvQ8_0::new(&gpu, &w).unwrap();
-            let got = g.run(&gpu, &x).unwrap();
+            let got = super::super::matrix::GpuMatrix::new(&gpu, &w).unwrap().run(&gpu, &x).unwrap();
             let want = crate::compute::cpu::matmul(&w, &x);
             let (_, mag) = reference(&w, &x);
             assert_eq!(got.len(), want.len());

@@ -6,7 +6,7 @@
 use super::gemv_q4_k::GemvQ4K;
 use super::gemv_q6_k::GemvQ6K;
 use super::gemv_q8_0::GemvQ8_0;
-use super::kernel::{Kernel, MAX_GROUPS};
+use super::kernel::Kernel;
 use super::Gpu;
 use crate::compute::QMatrix;
 use crate::quant::GgmlType;
@@ -50,17 +50,35 @@ impl GpuMatrix {
         }
     }
 
+    /// `x · Wᵀ` for `x` holding whole rows of `cols` values: uploads, runs, reads back.
+    pub fn run(&self, gpu: &Gpu, x: &[f32]) -> Result<Vec<f32>> {
+        let cols = self.cols();
+        if cols == 0 || !x.len().is_multiple_of(cols) {
+            return Err(Error::Invalid(format!("matrix product: input length {} is not a multiple of {cols}", x.len())));
+        }
+        let n = x.len() / cols;
+        let rows = self.rows();
+        let (xb, y) = (gpu.upload("x", x)?, gpu.output("y", n * rows));
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        self.record(gpu, &mut enc, &xb, &y, n)?;
+        gpu.queue.submit([enc.finish()]);
+        gpu.read_f32(&y, n * rows)
+    }
+
+    /// Output features.
+    pub fn rows(&self) -> usize {
+        match &self.0 {
+            Inner::F32 { rows, .. } => *rows,
+            Inner::Q8_0 { g, .. } => g.rows(),
+            Inner::Q4K { g, .. } => g.rows(),
+            Inner::Q6K { g, .. } => g.rows(),
+        }
+    }
+
     /// Records `y = x · Wᵀ` for `n` rows of `x` into `enc`.
     pub fn record(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, x: &wgpu::Buffer, y: &wgpu::Buffer, n: usize) -> Result<()> {
         match &self.0 {
-            Inner::F32 { rows, cols, w, kernel } => {
-                let max = MAX_GROUPS as usize;
-                if n == 0 || n > max {
-                    return Err(Error::Invalid(format!("gemv_f32: {n} activation rows (1..={max} per dispatch)")));
-                }
-                let (gx, gy) = if *rows <= max { (*rows, 1) } else { (max, rows.div_ceil(max)) };
-                kernel.record(gpu, enc, &[w, x, y], &[*rows as u32, *cols as u32, n as u32, gx as u32], [gx as u32, gy as u32, n as u32])
-            }
+            Inner::F32 { rows, cols, w, kernel } => kernel.record_gemv(gpu, enc, &[w, x, y], *rows, *cols, n),
             Inner::Q8_0 { g, .. } => g.record(gpu, enc, x, y, n),
             Inner::Q4K { g, .. } => g.record(gpu, enc, x, y, n),
             Inner::Q6K { g, .. } => g.record(gpu, enc, x, y, n),
