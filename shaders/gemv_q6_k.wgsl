@@ -1,3 +1,4 @@
+// Compiled after gemv_common.wgsl (Dims, WG, workgroup_sum).
 // y = x · Wᵀ for a Q6_K matrix W (rows × cols) and n f32 activation rows x.
 //
 // GGUF's Q6_K block is 210 bytes, not a multiple of 4, so blocks are uploaded in 212-byte
@@ -9,20 +10,11 @@
 // as the CPU backend does (Q8_K), so both form the same integer sums. One workgroup per
 // (row, token); its 64 invocations take every 64th group of 16 weights.
 
-struct Dims {
-    rows: u32,
-    blocks: u32,   // blocks per row (cols / 256)
-    n: u32,
-    rows_per_y: u32,
-}
 
 @group(0) @binding(0) var<storage, read> w: array<u32>;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 @group(0) @binding(3) var<uniform> dims: Dims;
-
-const WG: u32 = 64u;
-var<workgroup> partial: array<f32, WG>;
 
 fn byte_of(base: u32, k: u32) -> u32 {
     return (w[base + k / 4u] >> (8u * (k % 4u))) & 0xffu;
@@ -34,11 +26,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let t = wg.z;
     var acc = 0.0;
     if (row < dims.rows) {
-        let cols = dims.blocks * 256u;
-        for (var item = lid; item < dims.blocks * 16u; item += WG) {
+        let cols = dims.per_row * 256u;
+        for (var item = lid; item < dims.per_row * 16u; item += WG) {
             let b = item / 16u;
             let g = item % 16u;          // group of 16 values
-            let base = (row * dims.blocks + b) * 53u;
+            let base = (row * dims.per_row + b) * 53u;
             let xblk = t * cols + b * 256u;
             var amax = 0.0;
             var vmax = 0.0;
@@ -70,15 +62,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             acc += d * (1.0 / iscale) * f32(sc * isum);
         }
     }
-    partial[lid] = acc;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
-        if (lid < stride) {
-            partial[lid] += partial[lid + stride];
-        }
-        workgroupBarrier();
-    }
+    let total = workgroup_sum(lid, acc);
     if (lid == 0u && row < dims.rows) {
-        y[t * dims.rows + row] = partial[0];
+        y[t * dims.rows + row] = total;
     }
 }

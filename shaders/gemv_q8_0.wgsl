@@ -1,3 +1,4 @@
+// Compiled after gemv_common.wgsl (Dims, WG, workgroup_sum).
 // y = x · Wᵀ for a Q8_0 matrix W (rows × cols) and n f32 activation rows x.
 //
 // W is repacked at upload (GGUF's 34-byte blocks are not 4-byte aligned): per block, its
@@ -9,21 +10,12 @@
 // every 64th block, then sum their partial results in a tree.
 // Rows beyond 65535 workgroups spill into the y dimension; tokens are the z dimension.
 
-struct Dims {
-    rows: u32,
-    blocks: u32,   // blocks per row (cols / 32)
-    n: u32,        // activation rows
-    rows_per_y: u32,
-}
 
 @group(0) @binding(0) var<storage, read> quants: array<u32>;
 @group(0) @binding(1) var<storage, read> scales: array<f32>;
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 @group(0) @binding(4) var<uniform> dims: Dims;
-
-const WG: u32 = 64u;
-var<workgroup> partial: array<f32, WG>;
 
 // the k-th signed byte of a word
 fn byte_at(w: u32, k: u32) -> i32 {
@@ -45,9 +37,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let t = wg.z;
     var acc = 0.0;
     if (row < dims.rows) {
-        let cols = dims.blocks * 32u;
-        for (var b = lid; b < dims.blocks; b += WG) {
-            let blk = row * dims.blocks + b;
+        let cols = dims.per_row * 32u;
+        for (var b = lid; b < dims.per_row; b += WG) {
+            let blk = row * dims.per_row + b;
             let xb = t * cols + b * 32u;
             var amax = 0.0;
             for (var i = 0u; i < 32u; i++) {
@@ -69,15 +61,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             acc += f32(isum) * (scales[blk] * d16);
         }
     }
-    partial[lid] = acc;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
-        if (lid < stride) {
-            partial[lid] += partial[lid + stride];
-        }
-        workgroupBarrier();
-    }
+    let total = workgroup_sum(lid, acc);
     if (lid == 0u && row < dims.rows) {
-        y[t * dims.rows + row] = partial[0];
+        y[t * dims.rows + row] = total;
     }
 }

@@ -27,7 +27,7 @@ impl GemvQ4K {
             rows: w.rows,
             blocks: w.cols / 256,
             weights: gpu.storage("q4_k weights", &w.data)?,
-            kernel: Kernel::new(gpu, "gemv_q4_k", include_str!("../../../shaders/gemv_q4_k.wgsl"), "main"),
+            kernel: Kernel::new(gpu, "gemv_q4_k", concat!(include_str!("../../../shaders/gemv_common.wgsl"), include_str!("../../../shaders/gemv_q4_k.wgsl")), "main"),
         })
     }
 

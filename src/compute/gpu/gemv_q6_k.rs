@@ -40,7 +40,7 @@ impl GemvQ6K {
             rows: w.rows,
             blocks: w.cols / 256,
             weights: gpu.storage("q6_k weights", &pad_blocks(&w.data))?,
-            kernel: Kernel::new(gpu, "gemv_q6_k", include_str!("../../../shaders/gemv_q6_k.wgsl"), "main"),
+            kernel: Kernel::new(gpu, "gemv_q6_k", concat!(include_str!("../../../shaders/gemv_common.wgsl"), include_str!("../../../shaders/gemv_q6_k.wgsl")), "main"),
         })
     }
 

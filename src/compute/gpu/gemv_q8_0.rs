@@ -67,7 +67,7 @@ impl GemvQ8_0 {
     /// Uploads `w` (Q8_0) to `gpu`.
     pub fn new(gpu: &Gpu, w: &QMatrix) -> Result<GemvQ8_0> {
         let p = Q8_0Packed::pack(w)?;
-        let kernel = Kernel::new(gpu, "gemv_q8_0", include_str!("../../../shaders/gemv_q8_0.wgsl"), "main");
+        let kernel = Kernel::new(gpu, "gemv_q8_0", concat!(include_str!("../../../shaders/gemv_common.wgsl"), include_str!("../../../shaders/gemv_q8_0.wgsl")), "main");
         Ok(GemvQ8_0 {
             rows: p.rows,
             blocks: p.blocks,

@@ -34,7 +34,7 @@ impl GpuMatrix {
                 rows: w.rows,
                 cols: w.cols,
                 w: gpu.storage("f32 weights", &w.data)?,
-                kernel: Kernel::new(gpu, "gemv_f32", include_str!("../../../shaders/gemv_f32.wgsl"), "main"),
+                kernel: Kernel::new(gpu, "gemv_f32", concat!(include_str!("../../../shaders/gemv_common.wgsl"), include_str!("../../../shaders/gemv_f32.wgsl")), "main"),
             },
             GgmlType::Q8_0 => Inner::Q8_0 { cols: w.cols, g: GemvQ8_0::new(gpu, w)? },
             GgmlType::Q4_K => Inner::Q4K { cols: w.cols, g: GemvQ4K::new(gpu, w)? },
