@@ -1,53 +1,15 @@
-//! Q4_K matrix times activation rows on the GPU (`shaders/gemv_q4_k.wgsl`). Q4_K blocks
-//! are 144 bytes (a multiple of 4), so the GGUF bytes are uploaded as they are and read
-//! as words. Activations are quantized in the kernel to Q8_K exactly as the CPU backend
-//! does; the test compares with the CPU backend's matmul.
-
-use super::kernel::Kernel;
-use super::Gpu;
-use crate::compute::QMatrix;
-use crate::quant::GgmlType;
-use crate::{Error, Result};
-
-/// A Q4_K matrix resident on the GPU, with the kernel that multiplies by it.
-pub struct GemvQ4K {
-    rows: usize,
-    blocks: usize,
-    weights: wgpu::Buffer,
-    kernel: Kernel,
-}
-
-impl GemvQ4K {
-    /// Uploads `w` (Q4_K) to `gpu`.
-    pub fn new(gpu: &Gpu, w: &QMatrix) -> Result<GemvQ4K> {
-        if w.ty != GgmlType::Q4_K {
-            return Err(Error::Invalid(format!("gemv_q4_k: the matrix is {}, not Q4_K", w.ty)));
-        }
-        Ok(GemvQ4K {
-            rows: w.rows,
-            blocks: w.cols / 256,
-            weights: gpu.storage("q4_k weights", &w.data)?,
-            kernel: Kernel::new(gpu, "gemv_q4_k", concat!(include_str!("../../../shaders/gemv_common.wgsl"), include_str!("../../../shaders/gemv_q4_k.wgsl")), "main"),
-        })
-    }
-
-    /// Output features.
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
-    /// Records `y = x · Wᵀ` for the `n` rows of `x` (`n × cols` f32 on the device) into
-    /// `enc`, writing `n × rows` f32 to `y`.
-    pub fn record(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, x: &wgpu::Buffer, y: &wgpu::Buffer, n: usize) -> Result<()> {
-        self.kernel.record_gemv(gpu, enc, &[&self.weights, x, y], self.rows, self.blocks, n)
-    }
-}
+//! Q4_K matrices on the GPU (`shaders/gemv_q4_k.wgsl`, run through
+//! [`super::matrix::GpuMatrix`]). Q4_K blocks are 144 bytes (a multiple of 4), so the
+//! GGUF bytes are uploaded as they are and read as words. Activations are quantized in
+//! the kernel to Q8_K exactly as the CPU backend does; the test compares with the CPU
+//! backend's matmul.
 
 #[cfg(test)]
 mod tests {
+    use super::super::matrix::GpuMatrix;
     use super::super::tests::{gpu_or_skip, values};
-    use super::*;
-    use crate::quant::dequantize;
+    use crate::compute::QMatrix;
+    use crate::quant::{dequantize, GgmlType};
 
     /// A Q4_K matrix of random blocks with modest, finite super-block scales.
     fn matrix(rows: usize, cols: usize, seed: u64) -> QMatrix {
@@ -75,7 +37,7 @@ mod tests {
         for (rows, cols, n) in [(3, 256, 1), (37, 768, 3), (70_001, 256, 1)] {
             let w = matrix(rows, cols, rows as u64 + 5);
             let x = values(n * cols, cols as u64);
-            let got = super::super::matrix::GpuMatrix::new(&gpu, &w).unwrap().run(&gpu, &x).unwrap();
+            let got = GpuMatrix::new(&gpu, &w).unwrap().run(&gpu, &x).unwrap();
             let cpu = crate::compute::cpu::matmul(&w, &x);
             let mut row = vec![0.0f32; cols];
             for r in 0..rows {

@@ -1,4 +1,5 @@
-//! Q8_0 matrix times activation rows on the GPU (`shaders/gemv_q8_0.wgsl`).
+//! Q8_0 matrices on the GPU (`shaders/gemv_q8_0.wgsl`, run through
+//! [`super::matrix::GpuMatrix`]).
 //!
 //! GGUF's Q8_0 block is 34 bytes (f16 scale, 32 signed bytes), so blocks are not 4-byte
 //! aligned and WGSL cannot read them in place. [`Q8_0Packed`] splits them at upload into
@@ -6,8 +7,6 @@
 //! tests check the round trip. Activations are quantized in the kernel exactly as the CPU
 //! backend quantizes them, so the two agree up to the order of float additions.
 
-use super::kernel::Kernel;
-use super::Gpu;
 use crate::compute::QMatrix;
 use crate::quant::GgmlType;
 use crate::{Error, Result};
@@ -54,46 +53,6 @@ impl Q8_0Packed {
     }
 }
 
-/// A Q8_0 matrix resident on the GPU, with the kernel that multiplies by it.
-pub struct GemvQ8_0 {
-    rows: usize,
-    blocks: usize,
-    quants: wgpu::Buffer,
-    scales: wgpu::Buffer,
-    kernel: Kernel,
-}
-
-impl GemvQ8_0 {
-    /// Uploads `w` (Q8_0) to `gpu`.
-    pub fn new(gpu: &Gpu, w: &QMatrix) -> Result<GemvQ8_0> {
-        let p = Q8_0Packed::pack(w)?;
-        let kernel = Kernel::new(gpu, "gemv_q8_0", concat!(include_str!("../../../shaders/gemv_common.wgsl"), include_str!("../../../shaders/gemv_q8_0.wgsl")), "main");
-        Ok(GemvQ8_0 {
-            rows: p.rows,
-            blocks: p.blocks,
-            quants: gpu.storage("q8_0 quants", bytemuck::cast_slice(&p.quants))?,
-            scales: gpu.storage("q8_0 scales", bytemuck::cast_slice(&p.scales))?,
-            kernel,
-        })
-    }
-
-    /// Bytes of weights on the device.
-    pub fn weight_bytes(&self) -> u64 {
-        self.quants.size() + self.scales.size()
-    }
-
-    /// Output features.
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
-    /// Records `y = x · Wᵀ` for the `n` rows of `x` (a device buffer of `n × cols` f32)
-    /// into `enc`, writing `n × rows` f32 to `y`.
-    pub fn record(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, x: &wgpu::Buffer, y: &wgpu::Buffer, n: usize) -> Result<()> {
-        self.kernel.record_gemv(gpu, enc, &[&self.quants, &self.scales, x, y], self.rows, self.blocks, n)
-    }
-}
-
 /// `x · Wᵀ` with W dequantized and every product summed in f64 (activations not
 /// quantized), plus, per output, the sum of the products' magnitudes: the scale of the
 /// rounding error when comparing backends.
@@ -121,6 +80,7 @@ pub fn reference(w: &QMatrix, x: &[f32]) -> (Vec<f32>, Vec<f64>) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::matrix::GpuMatrix;
     use super::*;
 
     /// A random Q8_0 matrix with modest scales.
@@ -160,7 +120,7 @@ mod tests {
         for (rows, cols, n) in [(37, 224, 3), (1, 32, 1), (130, 2080, 2), (70_001, 64, 1)] {
             let w = matrix(rows, cols, rows as u64);
             let x: Vec<f32> = (0..n * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
-            let got = super::super::matrix::GpuMatrix::new(&gpu, &w).unwrap().run(&gpu, &x).unwrap();
+            let got = GpuMatrix::new(&gpu, &w).unwrap().run(&gpu, &x).unwrap();
             let want = crate::compute::cpu::matmul(&w, &x);
             let (_, mag) = reference(&w, &x);
             assert_eq!(got.len(), want.len());

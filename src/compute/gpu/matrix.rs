@@ -3,51 +3,51 @@
 //! ([`super::gemv_q4_k`]) or Q6_K ([`super::gemv_q6_k`]) — so the forward pass records
 //! `y = x · Wᵀ` without caring which.
 
-use super::gemv_q4_k::GemvQ4K;
-use super::gemv_q6_k::GemvQ6K;
-use super::gemv_q8_0::GemvQ8_0;
+use super::gemv_q6_k::pad_blocks;
+use super::gemv_q8_0::Q8_0Packed;
 use super::kernel::Kernel;
 use super::Gpu;
 use crate::compute::QMatrix;
 use crate::quant::GgmlType;
 use crate::{Error, Result};
 
-/// A matrix resident on the GPU.
-pub struct GpuMatrix(Inner);
+/// A matrix resident on the GPU with the kernel for its format.
+pub struct GpuMatrix {
+    rows: usize,
+    cols: usize,
+    /// What the kernel walks per row: columns (F32) or blocks.
+    per_row: usize,
+    /// The weights as the kernel reads them (two buffers for Q8_0: quants, scales).
+    weights: Vec<wgpu::Buffer>,
+    kernel: Kernel,
+}
 
-enum Inner {
-    /// Plain f32 rows.
-    F32 { rows: usize, cols: usize, w: wgpu::Buffer, kernel: Kernel },
-    /// Q8_0 blocks, repacked.
-    Q8_0 { cols: usize, g: GemvQ8_0 },
-    /// Q4_K blocks, in place.
-    Q4K { cols: usize, g: GemvQ4K },
-    /// Q6_K blocks, padded.
-    Q6K { cols: usize, g: GemvQ6K },
+macro_rules! gemv_source {
+    ($name:literal) => {
+        concat!(include_str!("../../../shaders/gemv_common.wgsl"), include_str!(concat!("../../../shaders/", $name, ".wgsl")))
+    };
 }
 
 impl GpuMatrix {
     /// Uploads `w`; formats without a GPU kernel yet are an error naming the format.
     pub fn new(gpu: &Gpu, w: &QMatrix) -> Result<GpuMatrix> {
-        Ok(GpuMatrix(match w.ty {
-            GgmlType::F32 => Inner::F32 {
-                rows: w.rows,
-                cols: w.cols,
-                w: gpu.storage("f32 weights", &w.data)?,
-                kernel: Kernel::new(gpu, "gemv_f32", concat!(include_str!("../../../shaders/gemv_common.wgsl"), include_str!("../../../shaders/gemv_f32.wgsl")), "main"),
-            },
-            GgmlType::Q8_0 => Inner::Q8_0 { cols: w.cols, g: GemvQ8_0::new(gpu, w)? },
-            GgmlType::Q4_K => Inner::Q4K { cols: w.cols, g: GemvQ4K::new(gpu, w)? },
-            GgmlType::Q6_K => Inner::Q6K { cols: w.cols, g: GemvQ6K::new(gpu, w)? },
+        let (weights, source, name, per_row) = match w.ty {
+            GgmlType::F32 => (vec![gpu.storage("f32 weights", &w.data)?], gemv_source!("gemv_f32"), "gemv_f32", w.cols),
+            GgmlType::Q8_0 => {
+                let p = Q8_0Packed::pack(w)?;
+                let bufs = vec![gpu.storage("q8_0 quants", bytemuck::cast_slice(&p.quants))?, gpu.storage("q8_0 scales", bytemuck::cast_slice(&p.scales))?];
+                (bufs, gemv_source!("gemv_q8_0"), "gemv_q8_0", p.blocks)
+            }
+            GgmlType::Q4_K => (vec![gpu.storage("q4_k weights", &w.data)?], gemv_source!("gemv_q4_k"), "gemv_q4_k", w.cols / 256),
+            GgmlType::Q6_K => (vec![gpu.storage("q6_k weights", &pad_blocks(&w.data))?], gemv_source!("gemv_q6_k"), "gemv_q6_k", w.cols / 256),
             ty => return Err(Error::Gpu(format!("no GPU kernel for {ty} weights yet (F32, Q8_0, Q4_K and Q6_K have one)"))),
-        }))
+        };
+        Ok(GpuMatrix { rows: w.rows, cols: w.cols, per_row, weights, kernel: Kernel::new(gpu, name, source, "main") })
     }
 
     /// Input features.
     pub fn cols(&self) -> usize {
-        match &self.0 {
-            Inner::F32 { cols, .. } | Inner::Q8_0 { cols, .. } | Inner::Q4K { cols, .. } | Inner::Q6K { cols, .. } => *cols,
-        }
+        self.cols
     }
 
     /// `x · Wᵀ` for `x` holding whole rows of `cols` values: uploads, runs, reads back.
@@ -67,22 +67,19 @@ impl GpuMatrix {
 
     /// Output features.
     pub fn rows(&self) -> usize {
-        match &self.0 {
-            Inner::F32 { rows, .. } => *rows,
-            Inner::Q8_0 { g, .. } => g.rows(),
-            Inner::Q4K { g, .. } => g.rows(),
-            Inner::Q6K { g, .. } => g.rows(),
-        }
+        self.rows
+    }
+
+    /// Bytes of weights on the device.
+    pub fn weight_bytes(&self) -> u64 {
+        self.weights.iter().map(wgpu::Buffer::size).sum()
     }
 
     /// Records `y = x · Wᵀ` for `n` rows of `x` into `enc`.
     pub fn record(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, x: &wgpu::Buffer, y: &wgpu::Buffer, n: usize) -> Result<()> {
-        match &self.0 {
-            Inner::F32 { rows, cols, w, kernel } => kernel.record_gemv(gpu, enc, &[w, x, y], *rows, *cols, n),
-            Inner::Q8_0 { g, .. } => g.record(gpu, enc, x, y, n),
-            Inner::Q4K { g, .. } => g.record(gpu, enc, x, y, n),
-            Inner::Q6K { g, .. } => g.record(gpu, enc, x, y, n),
-        }
+        let mut bufs: Vec<&wgpu::Buffer> = self.weights.iter().collect();
+        bufs.extend([x, y]);
+        self.kernel.record_gemv(gpu, enc, &bufs, self.rows, self.per_row, n)
     }
 }
 
