@@ -1,4 +1,5 @@
-// Compiled after gemv_common.wgsl (Dims, WG, workgroup_sum).
+// Compiled after gemv_common.wgsl (Dims, WG, workgroup_sum) and kquant_common.wgsl
+// (byte_of, q8k_iscale).
 // y = x · Wᵀ for a Q4_K matrix W (rows × cols) and n f32 activation rows x.
 //
 // Q4_K blocks are 144 bytes, a multiple of 4, so the GGUF bytes are used in place as
@@ -16,9 +17,6 @@
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 @group(0) @binding(3) var<uniform> dims: Dims;
 
-fn byte_of(base: u32, k: u32) -> u32 {
-    return (w[base + k / 4u] >> (8u * (k % 4u))) & 0xffu;
-}
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -44,21 +42,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             }
             let qbase = base + 4u + (j / 2u) * 8u;
             let shift = 4u * (j % 2u);
-            // the block's activation scale: the first value of largest magnitude
             let xblk = t * cols + b * 256u;
-            var amax = 0.0;
-            var vmax = 0.0;
-            for (var i = 0u; i < 256u; i++) {
-                let v = x[xblk + i];
-                if (abs(v) > amax) {
-                    amax = abs(v);
-                    vmax = v;
-                }
+            let iscale = q8k_iscale(xblk);
+            if (iscale == 0.0) {
+                continue;  // all-zero activations add nothing
             }
-            if (amax == 0.0) {
-                continue;
-            }
-            let iscale = -127.0 / vmax;
             let xo = xblk + j * 32u;
             var qx = 0i;
             var qs = 0i;

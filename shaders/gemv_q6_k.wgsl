@@ -1,4 +1,5 @@
-// Compiled after gemv_common.wgsl (Dims, WG, workgroup_sum).
+// Compiled after gemv_common.wgsl (Dims, WG, workgroup_sum) and kquant_common.wgsl
+// (byte_of, q8k_iscale).
 // y = x · Wᵀ for a Q6_K matrix W (rows × cols) and n f32 activation rows x.
 //
 // GGUF's Q6_K block is 210 bytes, not a multiple of 4, so blocks are uploaded in 212-byte
@@ -16,9 +17,6 @@
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 @group(0) @binding(3) var<uniform> dims: Dims;
 
-fn byte_of(base: u32, k: u32) -> u32 {
-    return (w[base + k / 4u] >> (8u * (k % 4u))) & 0xffu;
-}
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -32,19 +30,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             let g = item % 16u;          // group of 16 values
             let base = (row * dims.per_row + b) * 53u;
             let xblk = t * cols + b * 256u;
-            var amax = 0.0;
-            var vmax = 0.0;
-            for (var i = 0u; i < 256u; i++) {
-                let v = x[xblk + i];
-                if (abs(v) > amax) {
-                    amax = abs(v);
-                    vmax = v;
-                }
+            let iscale = q8k_iscale(xblk);
+            if (iscale == 0.0) {
+                continue;  // all-zero activations add nothing
             }
-            if (amax == 0.0) {
-                continue;
-            }
-            let iscale = -127.0 / vmax;
             let half = g / 8u;
             let k = (g % 8u) / 2u;       // which of the four 32-value quarters
             let l0 = (g % 2u) * 16u;

@@ -26,6 +26,13 @@ macro_rules! gemv_source {
     ($name:literal) => {
         concat!(include_str!("../../../shaders/gemv_common.wgsl"), include_str!(concat!("../../../shaders/", $name, ".wgsl")))
     };
+    ($name:literal, kquant) => {
+        concat!(
+            include_str!("../../../shaders/gemv_common.wgsl"),
+            include_str!("../../../shaders/kquant_common.wgsl"),
+            include_str!(concat!("../../../shaders/", $name, ".wgsl"))
+        )
+    };
 }
 
 impl GpuMatrix {
@@ -38,8 +45,8 @@ impl GpuMatrix {
                 let bufs = vec![gpu.storage("q8_0 quants", bytemuck::cast_slice(&p.quants))?, gpu.storage("q8_0 scales", bytemuck::cast_slice(&p.scales))?];
                 (bufs, gemv_source!("gemv_q8_0"), "gemv_q8_0", p.blocks)
             }
-            GgmlType::Q4_K => (vec![gpu.storage("q4_k weights", &w.data)?], gemv_source!("gemv_q4_k"), "gemv_q4_k", w.cols / 256),
-            GgmlType::Q6_K => (vec![gpu.storage("q6_k weights", &pad_blocks(&w.data))?], gemv_source!("gemv_q6_k"), "gemv_q6_k", w.cols / 256),
+            GgmlType::Q4_K => (vec![gpu.storage("q4_k weights", &w.data)?], gemv_source!("gemv_q4_k", kquant), "gemv_q4_k", w.cols / 256),
+            GgmlType::Q6_K => (vec![gpu.storage("q6_k weights", &pad_blocks(&w.data))?], gemv_source!("gemv_q6_k", kquant), "gemv_q6_k", w.cols / 256),
             ty => return Err(Error::Gpu(format!("no GPU kernel for {ty} weights yet (F32, Q8_0, Q4_K and Q6_K have one)"))),
         };
         Ok(GpuMatrix { rows: w.rows, cols: w.cols, per_row, weights, kernel: Kernel::new(gpu, name, source, "main") })
