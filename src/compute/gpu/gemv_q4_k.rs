@@ -7,35 +7,14 @@
 #[cfg(test)]
 mod tests {
     use super::super::matrix::GpuMatrix;
-    use super::super::tests::{gpu_or_skip, values};
-    use crate::compute::QMatrix;
+    use super::super::tests::{gpu_or_skip, random_matrix, values};
     use crate::quant::{dequantize, GgmlType};
-
-    /// A Q4_K matrix of random blocks with modest, finite super-block scales.
-    fn matrix(rows: usize, cols: usize, seed: u64) -> QMatrix {
-        let mut s = seed | 1;
-        let mut data = Vec::new();
-        for _ in 0..rows * cols / 256 {
-            let mut b: Vec<u8> = (0..144)
-                .map(|_| {
-                    s ^= s << 13;
-                    s ^= s >> 7;
-                    s ^= s << 17;
-                    s as u8
-                })
-                .collect();
-            b[..2].copy_from_slice(&half::f16::from_f32(0.002 + (s % 7) as f32 * 1e-3).to_le_bytes());
-            b[2..4].copy_from_slice(&half::f16::from_f32(0.001).to_le_bytes());
-            data.extend(b);
-        }
-        QMatrix { ty: GgmlType::Q4_K, rows, cols, data: data.into() }
-    }
 
     #[test]
     fn gpu_q4_k_gemv_matches_the_cpu_backend() {
         let Some(gpu) = gpu_or_skip() else { return };
         for (rows, cols, n) in [(3, 256, 1), (37, 768, 3), (70_001, 256, 1)] {
-            let w = matrix(rows, cols, rows as u64 + 5);
+            let w = random_matrix(GgmlType::Q4_K, rows, cols, rows as u64 + 5, &[(0, 2e-3), (2, 1e-3)]);
             let x = values(n * cols, cols as u64);
             let got = GpuMatrix::new(&gpu, &w).unwrap().run(&gpu, &x).unwrap();
             let cpu = crate::compute::cpu::matmul(&w, &x);

@@ -20,32 +20,14 @@ pub fn pad_blocks(data: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::super::matrix::GpuMatrix;
-    use super::super::tests::{gpu_or_skip, values};
+    use super::super::tests::{gpu_or_skip, random_matrix, values};
     use super::*;
-    use crate::compute::{cpu, QMatrix};
+    use crate::compute::cpu;
     use crate::quant::{dequantize, GgmlType};
-
-    fn matrix(rows: usize, cols: usize, seed: u64) -> QMatrix {
-        let mut s = seed | 1;
-        let mut data = Vec::new();
-        for _ in 0..rows * cols / 256 {
-            let mut b: Vec<u8> = (0..BLOCK)
-                .map(|_| {
-                    s ^= s << 13;
-                    s ^= s >> 7;
-                    s ^= s << 17;
-                    s as u8
-                })
-                .collect();
-            b[208..].copy_from_slice(&half::f16::from_f32(0.001).to_le_bytes());
-            data.extend(b);
-        }
-        QMatrix { ty: GgmlType::Q6_K, rows, cols, data: data.into() }
-    }
 
     #[test]
     fn padding_keeps_every_block() {
-        let w = matrix(2, 512, 3);
+        let w = random_matrix(GgmlType::Q6_K, 2, 512, 3, &[(208, 1e-3)]);
         let p = pad_blocks(&w.data);
         assert_eq!(p.len(), 4 * SLOT);
         let back: Vec<u8> = p.chunks_exact(SLOT).flat_map(|s| s[..BLOCK].to_vec()).collect();
@@ -56,7 +38,7 @@ mod tests {
     fn gpu_q6_k_gemv_matches_the_cpu_backend() {
         let Some(gpu) = gpu_or_skip() else { return };
         for (rows, cols, n) in [(3, 256, 1), (37, 768, 3), (70_001, 256, 1)] {
-            let w = matrix(rows, cols, rows as u64 + 11);
+            let w = random_matrix(GgmlType::Q6_K, rows, cols, rows as u64 + 11, &[(208, 1e-3)]);
             let x = values(n * cols, cols as u64);
             let got = GpuMatrix::new(&gpu, &w).unwrap().run(&gpu, &x).unwrap();
             let want = cpu::matmul(&w, &x);

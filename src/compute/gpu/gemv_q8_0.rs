@@ -81,29 +81,12 @@ pub fn reference(w: &QMatrix, x: &[f32]) -> (Vec<f32>, Vec<f64>) {
 #[cfg(test)]
 mod tests {
     use super::super::matrix::GpuMatrix;
+    use super::super::tests::random_matrix;
     use super::*;
-
-    /// A random Q8_0 matrix with modest scales.
-    fn matrix(rows: usize, cols: usize, seed: u64) -> QMatrix {
-        let mut s = seed | 1;
-        let mut next = || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            s
-        };
-        let mut data = Vec::with_capacity(rows * cols / 32 * BLOCK_BYTES);
-        for _ in 0..rows * cols / 32 {
-            let d = half::f16::from_f32(((next() % 1000) as f32 + 1.0) / 50_000.0);
-            data.extend(d.to_le_bytes());
-            data.extend((0..32).map(|_| next() as u8));
-        }
-        QMatrix { ty: GgmlType::Q8_0, rows, cols, data: data.into() }
-    }
 
     #[test]
     fn packing_round_trips_the_gguf_blocks() {
-        let w = matrix(5, 96, 3);
+        let w = random_matrix(GgmlType::Q8_0, 5, 96, 3, &[(0, 2e-4)]);
         let p = Q8_0Packed::pack(&w).unwrap();
         assert_eq!((p.scales.len(), p.quants.len()), (15, 120));
         assert_eq!(p.unpack(), w.data.to_vec());
@@ -118,7 +101,7 @@ mod tests {
         // odd row counts, a block count that is not a multiple of the workgroup, several
         // tokens, and more rows than one dispatch dimension holds
         for (rows, cols, n) in [(37, 224, 3), (1, 32, 1), (130, 2080, 2), (70_001, 64, 1)] {
-            let w = matrix(rows, cols, rows as u64);
+            let w = random_matrix(GgmlType::Q8_0, rows, cols, rows as u64, &[(0, 2e-4)]);
             let x: Vec<f32> = (0..n * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
             let got = GpuMatrix::new(&gpu, &w).unwrap().run(&gpu, &x).unwrap();
             let want = crate::compute::cpu::matmul(&w, &x);

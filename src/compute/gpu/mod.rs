@@ -114,6 +114,28 @@ pub(crate) mod tests {
         gpu
     }
 
+    /// A `rows × cols` matrix of `ty` with random bytes, except that at each byte offset
+    /// of `scales` in every block an f16 scale is written: the given value times
+    /// 1..=7 (varying by block), so every block is finite and modest.
+    pub fn random_matrix(ty: crate::quant::GgmlType, rows: usize, cols: usize, seed: u64, scales: &[(usize, f32)]) -> crate::compute::QMatrix {
+        let block = ty.type_size();
+        let mut s = seed | 1;
+        let mut data: Vec<u8> = (0..rows * cols / ty.block_size() * block)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                s as u8
+            })
+            .collect();
+        for (i, b) in data.chunks_exact_mut(block).enumerate() {
+            for &(at, v) in scales {
+                b[at..at + 2].copy_from_slice(&half::f16::from_f32(v * (1 + i % 7) as f32).to_le_bytes());
+            }
+        }
+        crate::compute::QMatrix { ty, rows, cols, data: data.into() }
+    }
+
     /// `n` values in about -2..2, varied by `seed`.
     pub fn values(n: usize, seed: u64) -> Vec<f32> {
         (0..n).map(|i| (((i as u64 * 2654435761 + seed * 97) % 1000) as f32 - 500.0) / 250.0).collect()
