@@ -285,25 +285,17 @@ impl SchedulerState {
             let round_trip = sent.elapsed().as_secs_f64();
             m.step_overhead_micros.fetch_add(((round_trip - out.seconds).max(0.0) * 1e6) as u64, Ordering::Relaxed);
         }
-        let logits = match out.logits {
-            Ok(l) => Some(l),
-            Err(e) => {
-                for item in &out.items {
-                    if let Some(s) = self.sessions.iter_mut().find(|s| s.id == item.session) {
-                        s.outbox.push_back(Event::Error(format!("generation failed: {e}")));
-                        s.done = true;
-                    }
-                }
-                None
-            }
-        };
-        // caches back, prompt progress; then the next token of every session that asked
-        // for logits, sampled side by side on the compute pool (idle between steps)
+        // caches back, prompt progress (or the step's error); then the next token of every
+        // session that asked for logits, sampled side by side on the compute pool (idle
+        // between steps)
+        let failed = out.logits.as_ref().err().map(|e| format!("generation failed: {e}"));
         let mut sample: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
         for (i, item) in out.items.into_iter().enumerate() {
             let Some(s) = self.sessions.iter_mut().find(|s| s.id == item.session) else { continue };
             s.cache = Some(item.cache);
-            if logits.is_none() {
+            if let Some(e) = &failed {
+                s.outbox.push_back(Event::Error(e.clone()));
+                s.done = true;
                 continue;
             }
             if s.prefilling() {
@@ -313,7 +305,7 @@ impl SchedulerState {
                 sample.insert(s.id, i);
             }
         }
-        let Some(logits) = logits else { return };
+        let Ok(logits) = out.logits else { return };
         let tok = &self.args.tokenizer;
         let t = Instant::now();
         self.sessions.par_iter_mut().for_each(|s| {

@@ -77,11 +77,6 @@ impl GpuMatrix {
         self.rows
     }
 
-    /// Bytes of weights on the device.
-    pub fn weight_bytes(&self) -> u64 {
-        self.weights.iter().map(wgpu::Buffer::size).sum()
-    }
-
     /// Records `y = x · Wᵀ` for `n` rows of `x` into `enc`.
     pub fn record(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, x: &wgpu::Buffer, y: &wgpu::Buffer, n: usize) -> Result<()> {
         let mut bufs: Vec<&wgpu::Buffer> = self.weights.iter().collect();
