@@ -103,13 +103,41 @@ impl Activations {
 
 /// llama.cpp's `quantize_row_q8_1_ref` for one block (the Q8_0 quants plus the sum).
 pub fn quantize_q8_0(x: &[f32]) -> ActQ8_0 {
+    #[cfg(target_arch = "x86_64")]
+    if super::dot::has_avx2() {
+        // SAFETY: the CPU features were detected at run time.
+        return unsafe { quantize_q8_0_avx2(x) };
+    }
+    quantize_q8_0_body(x)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_q8_0_avx2(x: &[f32]) -> ActQ8_0 {
+    quantize_q8_0_body(x)
+}
+
+/// `f.round()` (halves away from zero) written so that it compiles to vector instructions
+/// instead of a call to `roundf` per value.
+#[inline(always)]
+fn round_half_away(f: f32) -> f32 {
+    let t = f.trunc();
+    if (f - t).abs() >= 0.5 {
+        t + 1.0f32.copysign(f)
+    } else {
+        t
+    }
+}
+
+#[inline(always)]
+fn quantize_q8_0_body(x: &[f32]) -> ActQ8_0 {
     let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let d = amax / 127.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     let mut qs = [0i8; 32];
     let mut sum = 0i32;
     for (q, &v) in qs.iter_mut().zip(x) {
-        *q = (v * id).round() as i8;
+        *q = round_half_away(v * id) as i8;
         sum += *q as i32;
     }
     let d16 = f16::from_f32(d).to_f32();
@@ -144,4 +172,22 @@ pub fn quantize_q8_k(x: &[f32]) -> ActQ8_K {
 #[inline]
 fn nearest_int(f: f32) -> i32 {
     f.round_ties_even() as i32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_half_away_equals_round() {
+        let mut cases = vec![0.5f32, -0.5, 1.5, -1.5, 2.5, -2.5, 0.49999997, -0.49999997, 126.5, -127.5, 0.0, -0.0, 8388607.5, 1e30, f32::MIN_POSITIVE];
+        cases.extend((0..100_000).map(|i| (i as f32 - 50_000.0) * 0.00291));
+        for f in cases {
+            assert_eq!(round_half_away(f).to_bits(), f.round().to_bits(), "{f}");
+        }
+        // the vector build of the whole block equals the portable one
+        let x: Vec<f32> = (0..32).map(|i| (i as f32 - 15.5) * 0.37).collect();
+        let (a, b) = (quantize_q8_0(&x), quantize_q8_0_body(&x));
+        assert_eq!((a.qs, a.d.to_bits(), a.s.to_bits()), (b.qs, b.d.to_bits(), b.s.to_bits()));
+    }
 }

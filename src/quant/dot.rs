@@ -346,6 +346,29 @@ unsafe fn dot_rows_avx2(ty: GgmlType, rows: &[u8], row_bytes: usize, acts: &supe
     }
     let n = acts.n_rows();
     match ty {
+        GgmlType::Q8_0 if has_vnni() => {
+            let a = |t: usize| match acts.row(t) {
+                ActRow::Q8_0(a) => a,
+                _ => unreachable!("activation kind follows the weight type"),
+            };
+            let offset: Vec<Vec<[u8; 32]>> = (0..n).map(|t| k::offset_q8_0(a(t))).collect();
+            let u = |t: usize| &offset[t][..];
+            for (r, w) in rows.chunks_exact(row_bytes).enumerate() {
+                let w = b::<BlockQ8_0>(w);
+                let out = &mut out[r * n..(r + 1) * n];
+                let mut t = 0;
+                while t + 4 <= n {
+                    out[t..t + 4].copy_from_slice(&k::dot_q8_0_vnni::<4>(w, [a(t), a(t + 1), a(t + 2), a(t + 3)], [u(t), u(t + 1), u(t + 2), u(t + 3)]));
+                    t += 4;
+                }
+                match n - t {
+                    3 => out[t..].copy_from_slice(&k::dot_q8_0_vnni::<3>(w, [a(t), a(t + 1), a(t + 2)], [u(t), u(t + 1), u(t + 2)])),
+                    2 => out[t..].copy_from_slice(&k::dot_q8_0_vnni::<2>(w, [a(t), a(t + 1)], [u(t), u(t + 1)])),
+                    1 => out[t..].copy_from_slice(&k::dot_q8_0_vnni::<1>(w, [a(t)], [u(t)])),
+                    _ => {}
+                }
+            }
+        }
         GgmlType::Q8_0 if n >= 4 => {
             for (r, w) in rows.chunks_exact(row_bytes).enumerate() {
                 let w = b::<BlockQ8_0>(w);
@@ -391,6 +414,21 @@ pub fn has_avx2() -> bool {
             && std::is_x86_feature_detected!("fma")
             && std::is_x86_feature_detected!("f16c")
             && std::is_x86_feature_detected!("bmi2")
+    })
+}
+
+/// Whether the AVX-512 VNNI Q8_0 kernel can run (checked once; `ODMOE_NO_VNNI=1` turns it
+/// off, to compare). Its results are bit-identical to the AVX2 kernel's.
+#[cfg(target_arch = "x86_64")]
+pub fn has_vnni() -> bool {
+    use std::sync::OnceLock;
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        has_avx2()
+            && std::env::var_os("ODMOE_NO_VNNI").is_none()
+            && std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512vl")
+            && std::is_x86_feature_detected!("avx512vnni")
     })
 }
 

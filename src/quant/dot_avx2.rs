@@ -166,3 +166,50 @@ pub unsafe fn dot_q6_k(w: &[BlockQ6_K], a: &[ActQ8_K]) -> f32 {
     }
     hsum(acc) - corr_acc
 }
+
+/// Q8_0 activations offset to unsigned bytes (`q + 128`) for [`dot_q8_0_vnni`]: one
+/// `[u8; 32]` per block, made once per call and shared by every weight row.
+pub fn offset_q8_0(a: &[ActQ8_0]) -> Vec<[u8; 32]> {
+    a.iter().map(|b| b.qs.map(|q| (q as u8) ^ 0x80)).collect()
+}
+
+/// [`dot_q8_0`] of one weight row with `N` tokens using AVX-512 VNNI's `vpdpbusd` (on
+/// 256-bit registers). `vpdpbusd` multiplies unsigned by signed bytes, so the activations
+/// come offset by 128 (`u`, from [`offset_q8_0`]) and each block's sum starts from
+/// `-128 · Σ w`, computed once per weight block for all tokens. Each i32 lane then holds
+/// exactly the integer sum `mul_sum_i8` gives it, and the float steps are `dot_q8_0`'s,
+/// so every result is bit-identical to `dot_q8_0` — with three vector operations per
+/// block and token instead of five.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+pub unsafe fn dot_q8_0_vnni<const N: usize>(w: &[BlockQ8_0], a: [&[ActQ8_0]; N], u: [&[[u8; 32]]; N]) -> [f32; N] {
+    let zero = _mm256_setzero_si256();
+    let bias = _mm256_set1_epi8(-128);
+    // -128 · Σ w over each lane's four bytes: the start of every token's sum
+    let start = |x: __m256i| _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, bias, x));
+    let mut acc0 = [_mm256_setzero_ps(); N];
+    let mut acc1 = [_mm256_setzero_ps(); N];
+    let pairs = w.len() / 2;
+    for i in 0..pairs {
+        let (b0, b1) = (&w[2 * i], &w[2 * i + 1]);
+        let (x0, x1) = (load_i8(&b0.qs), load_i8(&b1.qs));
+        let (n0, n1) = (start(x0), start(x1));
+        let (d0, d1) = (f16_to_f32(b0.d), f16_to_f32(b1.d));
+        for t in 0..N {
+            let s0 = _mm256_dpbusd_epi32(n0, load(&u[t][2 * i]), x0);
+            let s1 = _mm256_dpbusd_epi32(n1, load(&u[t][2 * i + 1]), x1);
+            acc0[t] = _mm256_fmadd_ps(_mm256_set1_ps(d0 * a[t][2 * i].d), _mm256_cvtepi32_ps(s0), acc0[t]);
+            acc1[t] = _mm256_fmadd_ps(_mm256_set1_ps(d1 * a[t][2 * i + 1].d), _mm256_cvtepi32_ps(s1), acc1[t]);
+        }
+    }
+    if w.len() % 2 == 1 {
+        let j = w.len() - 1;
+        let x = load_i8(&w[j].qs);
+        let n = start(x);
+        let d = f16_to_f32(w[j].d);
+        for t in 0..N {
+            let s = _mm256_dpbusd_epi32(n, load(&u[t][j]), x);
+            acc0[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * a[t][j].d), _mm256_cvtepi32_ps(s), acc0[t]);
+        }
+    }
+    std::array::from_fn(|t| hsum(_mm256_add_ps(acc0[t], acc1[t])))
+}
