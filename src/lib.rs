@@ -6,6 +6,7 @@
 //! - [`model`]: hyperparameters from GGUF metadata and the forward pass of each architecture.
 //! - [`compute`]: the numeric kernels the forward pass is built from (CPU reference backend).
 //! - [`experts`]: the one narrow interface through which routed experts are reached.
+//! - [`shadow`]: routing traces and the trained predictor that prefetches experts.
 //! - [`tokenizer`]: the tokenizer stored in the GGUF metadata, and streaming decoding.
 #![warn(missing_docs)]
 
@@ -17,6 +18,7 @@ pub mod gguf;
 pub mod model;
 pub mod quant;
 pub mod sampling;
+pub mod shadow;
 pub mod tokenizer;
 
 pub use error::{Error, Result};

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use rayon::prelude::*;
 
 use super::config::Config;
-use super::router::route;
+use super::router::{route, Route};
 use super::weights::{Ffn, Mlp};
 use crate::compute::cpu::{matmul, sigmoid, swiglu};
 use crate::experts::ExpertSource;
@@ -32,8 +32,19 @@ pub fn router_choice(cfg: &Config, f: &Ffn, x: &[f32]) -> Option<Vec<usize>> {
     Some(ids)
 }
 
+/// The selection scores `f`'s router gives each expert for each row of `x` (`n ×
+/// n_expert`; group limits not applied), or `None` when `f` is dense. The zero-training
+/// baseline the shadow predictor is measured against.
+pub fn router_scores(cfg: &Config, f: &Ffn, x: &[f32]) -> Option<Vec<f32>> {
+    let Ffn::Moe { router, bias, .. } = f else { return None };
+    let moe = cfg.moe.as_ref()?;
+    let logits = matmul(router, x);
+    Some(logits.chunks_exact(moe.n_expert).flat_map(|l| super::router::scores(moe, l, bias.as_deref()).1).collect())
+}
+
 /// Applies the FFN of `layer` to `x` (`n × n_embd`, normalized). Returns `n × n_embd`.
-pub fn forward(cfg: &Config, layer: usize, f: &Ffn, experts: &dyn ExpertSource, x: &[f32]) -> Result<Vec<f32>> {
+/// With `routes`, a MoE layer also hands back each row's route (traces, predictors).
+pub fn forward(cfg: &Config, layer: usize, f: &Ffn, experts: &dyn ExpertSource, x: &[f32], routes: Option<&mut Vec<Route>>) -> Result<Vec<f32>> {
     let d = cfg.n_embd;
     let n = x.len() / d;
     match f {
@@ -43,10 +54,14 @@ pub fn forward(cfg: &Config, layer: usize, f: &Ffn, experts: &dyn ExpertSource, 
             let logits = matmul(router, x);
             // Group the tokens by expert so each expert is fetched once per batch.
             let mut by_expert: BTreeMap<usize, Vec<(usize, f32)>> = BTreeMap::new();
+            let mut kept = routes;
             for t in 0..n {
                 let r = route(moe, &logits[t * moe.n_expert..(t + 1) * moe.n_expert], bias.as_deref());
                 for (&e, &w) in r.ids.iter().zip(&r.weights) {
                     by_expert.entry(e).or_default().push((t, w));
+                }
+                if let Some(k) = kept.as_mut() {
+                    k.push(r);
                 }
             }
             let mut out = vec![0.0f32; n * d];

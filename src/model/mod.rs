@@ -22,6 +22,7 @@ pub use config::{Arch, Config};
 
 use crate::compute::cpu::{add_assign, matmul, rms_norm};
 use crate::experts::store::Store;
+use crate::shadow::Shadow;
 use crate::experts::{ExpertSource, PagedExperts, PagerOptions, ResidentExperts};
 use crate::gguf::{GgufModel, Metadata};
 use source::TensorSource;
@@ -37,6 +38,7 @@ pub struct Model {
     pager: Option<Arc<PagedExperts>>,
     source: Arc<dyn TensorSource>,
     prefetch: Prefetch,
+    shadow: Option<Arc<Shadow>>,
 }
 
 /// How a model's routed experts are reached.
@@ -59,6 +61,13 @@ pub enum Prefetch {
     /// either way). A depth of 0 is taken as 1.
     Gate {
         /// Layers ahead whose experts are guessed.
+        depth: usize,
+    },
+    /// While layer L computes, the trained shadow predictor ([`Model::set_shadow`])
+    /// guesses the experts of the next `depth` MoE layers (at most its trained lookahead)
+    /// from L's FFN input, and they are prefetched. Exact results either way.
+    Shadow {
+        /// MoE layers ahead whose experts are guessed.
         depth: usize,
     },
 }
@@ -100,6 +109,10 @@ pub enum Logits {
     None,
 }
 
+/// The observer of [`Model::forward_batch_traced`]: `(layer, rows, routes)` for each MoE
+/// layer, rows being `n × n_embd` router inputs and routes one per row.
+pub type LayerTrace<'a> = dyn FnMut(usize, &[f32], &[router::Route]) + 'a;
+
 /// One sequence's part of a batched step ([`Model::forward_batch`]).
 pub struct Sequence<'a> {
     /// New tokens, after the positions already in `cache`.
@@ -140,7 +153,7 @@ impl Model {
                     }
                 }
             }
-            return Ok(Model { config, weights, experts: pager.clone(), pager: Some(pager), source: store, prefetch: Prefetch::Off });
+            return Ok(Model { config, weights, experts: pager.clone(), pager: Some(pager), source: store, prefetch: Prefetch::Off, shadow: None });
         }
         let g = Arc::new(GgufModel::open(path)?);
         let mut m = Self::from_gguf(g.clone())?;
@@ -157,7 +170,7 @@ impl Model {
         let config = Config::from_metadata(g.metadata())?;
         let mut weights = Weights::load(g.as_ref(), &config, true)?;
         let experts = Arc::new(ResidentExperts::new(std::mem::take(&mut weights.experts)));
-        Ok(Model { config, weights, experts, pager: None, source: g, prefetch: Prefetch::Off })
+        Ok(Model { config, weights, experts, pager: None, source: g, prefetch: Prefetch::Off, shadow: None })
     }
 
     /// The expert pager, when experts are paged.
@@ -175,6 +188,32 @@ impl Model {
     /// Sets how experts are read ahead (results are the same either way).
     pub fn set_prefetch(&mut self, p: Prefetch) {
         self.prefetch = p;
+    }
+
+    /// The selection scores layer `layer`'s router gives each expert for the rows `x`
+    /// (`n × n_embd`, normalized FFN inputs), or `None` for a dense layer.
+    pub fn router_scores(&self, layer: usize, x: &[f32]) -> Option<Vec<f32>> {
+        ffn::router_scores(&self.config, &self.weights.layers.get(layer)?.ffn, x)
+    }
+
+    /// Indices of the layers with routed experts.
+    pub fn moe_layers(&self) -> Vec<usize> {
+        self.weights.layers.iter().enumerate().filter(|(_, l)| matches!(l.ffn, weights::Ffn::Moe { .. })).map(|(i, _)| i).collect()
+    }
+
+    /// Installs the trained predictor that [`Prefetch::Shadow`] uses, after checking that
+    /// it was trained for this model's shape.
+    pub fn set_shadow(&mut self, s: Arc<Shadow>) -> Result<()> {
+        let moe = self.config.moe.as_ref().ok_or_else(|| Error::Invalid("the model has no routed experts to predict".into()))?;
+        let layers = self.moe_layers();
+        if s.n_embd != self.config.n_embd || s.n_expert != moe.n_expert || s.top_k != moe.n_expert_used || s.layers != layers {
+            return Err(Error::Invalid(format!(
+                "the shadow predictor was trained for another model: hidden {}, {} experts, top-{}, layers {:?} (this model: {}, {}, top-{}, {:?})",
+                s.n_embd, s.n_expert, s.top_k, s.layers, self.config.n_embd, moe.n_expert, moe.n_expert_used, layers
+            )));
+        }
+        self.shadow = Some(s);
+        Ok(())
     }
 
     /// How experts are read ahead.
@@ -213,6 +252,14 @@ impl Model {
     /// sequence. Each token's numbers are computed exactly as if its sequence ran alone.
     /// Returns each sequence's logits as its `logits` asks. On error no cache changes.
     pub fn forward_batch(&self, seqs: &mut [Sequence<'_>]) -> Result<Vec<Vec<f32>>> {
+        self.forward_batch_traced(seqs, None)
+    }
+
+    /// [`Model::forward_batch`] that also reports, for every MoE layer, the rows entering
+    /// its experts (the FFN input after its norm: what the router sees) and each row's
+    /// route, through `trace(layer, rows, routes)`. Rows are the step's tokens in order.
+    /// Used to record routing traces; the results are those of `forward_batch`.
+    pub fn forward_batch_traced(&self, seqs: &mut [Sequence<'_>], trace: Option<&mut LayerTrace<'_>>) -> Result<Vec<Vec<f32>>> {
         let cfg = &self.config;
         if seqs.is_empty() {
             return Ok(Vec::new());
@@ -233,7 +280,7 @@ impl Model {
                 x.extend(self.weights.tok_embd.row_f32(t as usize));
             }
         }
-        if let Err(e) = self.layers(&mut x, &rot, &spans, seqs) {
+        if let Err(e) = self.layers(&mut x, &rot, &spans, seqs, trace) {
             for s in seqs.iter_mut() {
                 for layer in &mut s.cache.layers {
                     layer.truncate(cfg, s.cache.len);
@@ -292,7 +339,7 @@ impl Model {
     }
 
     /// Every layer over the step's rows `x`; appends to the caches' layers (not `len`).
-    fn layers(&self, x: &mut [f32], rot: &[Rotation], spans: &[(usize, usize)], seqs: &mut [Sequence<'_>]) -> Result<()> {
+    fn layers(&self, x: &mut [f32], rot: &[Rotation], spans: &[(usize, usize)], seqs: &mut [Sequence<'_>], mut trace: Option<&mut LayerTrace<'_>>) -> Result<()> {
         let cfg = &self.config;
         for (l, layer) in self.weights.layers.iter().enumerate() {
             let mut h = x.to_vec();
@@ -311,16 +358,30 @@ impl Model {
             add_assign(x, &attention::output(&layer.attn, &attended));
             let mut h = x.to_vec();
             rms_norm(&mut h, &layer.ffn_norm, cfg.rms_eps);
-            if let Prefetch::Gate { depth } = self.prefetch {
-                // layer l+1 is asked for by every layer within reach, so its guess is
-                // refined as the pass gets closer; the pager skips repeats
-                for ahead in l + 1..=(l + depth.max(1)).min(self.weights.layers.len() - 1) {
-                    if let Some(ids) = ffn::router_choice(cfg, &self.weights.layers[ahead].ffn, &h) {
+            match (self.prefetch, &self.shadow) {
+                (Prefetch::Gate { depth }, _) => {
+                    // layer l+1 is asked for by every layer within reach, so its guess is
+                    // refined as the pass gets closer; the pager skips repeats
+                    for ahead in l + 1..=(l + depth.max(1)).min(self.weights.layers.len() - 1) {
+                        if let Some(ids) = ffn::router_choice(cfg, &self.weights.layers[ahead].ffn, &h) {
+                            self.experts.prefetch(ahead, &ids);
+                        }
+                    }
+                }
+                (Prefetch::Shadow { depth }, Some(s)) => {
+                    for (ahead, ids) in s.predict(l, &h, depth) {
                         self.experts.prefetch(ahead, &ids);
                     }
                 }
+                _ => {}
             }
-            let f = ffn::forward(cfg, l, &layer.ffn, self.experts.as_ref(), &h);
+            let mut routes = trace.as_ref().map(|_| Vec::new());
+            let f = ffn::forward(cfg, l, &layer.ffn, self.experts.as_ref(), &h, routes.as_mut());
+            if let (Some(t), Some(r)) = (trace.as_mut(), routes) {
+                if !r.is_empty() {
+                    t(l, &h, &r);
+                }
+            }
             if self.prefetch != Prefetch::Off {
                 // prefetches for this layer that never started are of no use now
                 self.experts.cancel_prefetches(Some(l));

@@ -15,20 +15,27 @@ pub struct Route {
     pub weights: Vec<f32>,
 }
 
-/// Routes one token: `logits` are the router outputs (one per expert) and `bias` the
-/// optional selection bias (DeepSeek-V3's `exp_probs_b`), which affects which experts are
-/// chosen but not their weights.
-pub fn route(cfg: &MoeConfig, logits: &[f32], bias: Option<&[f32]>) -> Route {
-    let n = cfg.n_expert;
+/// The gating probabilities of one token and the scores experts are selected by (the
+/// probabilities plus the selection bias; group limits not applied).
+pub fn scores(cfg: &MoeConfig, logits: &[f32], bias: Option<&[f32]>) -> (Vec<f32>, Vec<f32>) {
     let mut probs = logits.to_vec();
     match cfg.gating {
         Gating::Softmax => softmax(&mut probs),
         Gating::Sigmoid => probs.iter_mut().for_each(|p| *p = sigmoid(*p)),
     }
-    let mut sel: Vec<f32> = match bias {
+    let sel: Vec<f32> = match bias {
         Some(b) => probs.iter().zip(b).map(|(p, b)| p + b).collect(),
         None => probs.clone(),
     };
+    (probs, sel)
+}
+
+/// Routes one token: `logits` are the router outputs (one per expert) and `bias` the
+/// optional selection bias (DeepSeek-V3's `exp_probs_b`), which affects which experts are
+/// chosen but not their weights.
+pub fn route(cfg: &MoeConfig, logits: &[f32], bias: Option<&[f32]>) -> Route {
+    let n = cfg.n_expert;
+    let (probs, mut sel) = scores(cfg, logits, bias);
 
     if cfg.n_group > 1 {
         let per = n / cfg.n_group;
