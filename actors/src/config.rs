@@ -4,7 +4,7 @@
 //! and command-line flags override both. `odmoe.example.toml` at the top of the repository
 //! documents every key with its default; a test keeps the two in step.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -141,17 +141,20 @@ pub enum Policy {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct PrefetchConfig {
-    /// `off` or `gate` (the next layer's router applied to the current state).
+    /// `off`, `gate` (the next layer's router applied to the current state) or `shadow`
+    /// (the trained predictor in `shadow`).
     pub mode: PrefetchMode,
     /// Prefetch reads in flight at most (never more than `cache.read_threads`).
     pub in_flight: usize,
     /// Layers ahead whose experts are guessed and read (at least 1).
     pub depth: usize,
+    /// The shadow predictor file (`odmoe train-shadow`), for mode `shadow`.
+    pub shadow: Option<PathBuf>,
 }
 
 impl Default for PrefetchConfig {
     fn default() -> Self {
-        PrefetchConfig { mode: PrefetchMode::Off, in_flight: 4, depth: 1 }
+        PrefetchConfig { mode: PrefetchMode::Off, in_flight: 4, depth: 1, shadow: None }
     }
 }
 
@@ -163,6 +166,9 @@ pub enum PrefetchMode {
     Off,
     /// Apply the next layer's router to the current state and read its picks ahead.
     Gate,
+    /// Ask the trained shadow predictor (`prefetch.shadow`, `--shadow`) and read its
+    /// picks ahead.
+    Shadow,
 }
 
 /// `[threads]`.
@@ -276,7 +282,19 @@ impl Config {
         match self.prefetch.mode {
             PrefetchMode::Off => odmoe::model::Prefetch::Off,
             PrefetchMode::Gate => odmoe::model::Prefetch::Gate { depth: self.prefetch.depth },
+            PrefetchMode::Shadow => odmoe::model::Prefetch::Shadow { depth: self.prefetch.depth },
         }
+    }
+
+    /// The shadow predictor that mode `shadow` needs, read from `prefetch.shadow`; `None`
+    /// in the other modes.
+    pub fn shadow(&self) -> Result<Option<std::sync::Arc<odmoe::shadow::Shadow>>, String> {
+        if self.prefetch.mode != PrefetchMode::Shadow {
+            return Ok(None);
+        }
+        let path = self.prefetch.shadow.as_ref().ok_or("prefetch mode shadow needs a predictor: set prefetch.shadow or pass --shadow PATH (made by odmoe train-shadow)")?;
+        let s = odmoe::shadow::Shadow::load(path).map_err(|e| e.to_string())?;
+        Ok(Some(std::sync::Arc::new(s)))
     }
 }
 
@@ -332,9 +350,10 @@ mod tests {
         let f = write(&uncommented);
         let mut want = Config::default();
         want.cache.budget = Some(Size(8 << 30));
+        want.prefetch.shadow = Some("shadow.safetensors".into());
         assert_eq!(Config::load(Some(&f.0), none()).unwrap(), want);
         let keys = uncommented.lines().filter(|l| l.contains(" = ") && !l.starts_with('#')).count();
-        assert_eq!(keys, 23, "the example should list every key once");
+        assert_eq!(keys, 24, "the example should list every key once");
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub struct Args {
     pub stop: Vec<String>,
     pub mode: ExpertMode,
     pub prefetch: Prefetch,
+    pub shadow: Option<std::sync::Arc<odmoe::shadow::Shadow>>,
 }
 
 pub fn run(model: &Path, a: Args) -> Result<(), Box<dyn std::error::Error>> {
@@ -28,6 +29,9 @@ pub fn run(model: &Path, a: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     let mut m = Model::open_with(model, &a.mode)?;
     m.set_prefetch(a.prefetch);
+    if let Some(s) = a.shadow.clone() {
+        m.set_shadow(s)?;
+    }
     let tok = Tokenizer::from_gguf(m.metadata())?;
     let (text, parse_special) = if a.chat {
         let template = odmoe::tokenizer::ChatTemplate::from_gguf(m.metadata())?;

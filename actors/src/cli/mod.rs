@@ -1,12 +1,14 @@
 //! Subcommands of the `odmoe` binary. Each one is a small module; the argument
 //! definitions here are the command-line contract (see DESIGN.md).
 
+mod collect;
 mod convert;
 mod demo;
 mod generate;
 mod info;
 mod logits;
 mod tokenize;
+mod train_shadow;
 
 use std::path::PathBuf;
 
@@ -55,6 +57,9 @@ enum Command {
         /// Read experts ahead of the layer that needs them [default: off].
         #[arg(long, value_enum)]
         prefetch: Option<PrefetchMode>,
+        /// The shadow predictor for `--prefetch shadow` (made by `odmoe train-shadow`).
+        #[arg(long)]
+        shadow: Option<PathBuf>,
     },
     /// Print the logits at every position as JSON: {"logits": [[f32; vocab]; n_tokens]}.
     Logits {
@@ -114,9 +119,63 @@ enum Command {
         /// Read experts ahead of the layer that needs them [default: off].
         #[arg(long, value_enum)]
         prefetch: Option<PrefetchMode>,
+        /// The shadow predictor for `--prefetch shadow` (made by `odmoe train-shadow`).
+        #[arg(long)]
+        shadow: Option<PathBuf>,
         /// TOML configuration file: its [cache], [prefetch] and [threads] sections apply.
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+    /// Run the model over a text corpus and record routing traces: per token and MoE
+    /// layer, the router's input (f16) and the experts and weights it chose.
+    Collect {
+        /// GGUF model file or expert store; the demo model if not given.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Text file to run over (read as UTF-8).
+        #[arg(long)]
+        corpus: PathBuf,
+        /// Trace file to write (replaced if it exists).
+        #[arg(long)]
+        output: PathBuf,
+        /// Stop after this many tokens (default: the whole corpus).
+        #[arg(long)]
+        max_tokens: Option<usize>,
+        /// Tokens per window: the corpus is cut into windows run from an empty context.
+        #[arg(long, default_value_t = 512)]
+        window: usize,
+        /// Read routed experts on demand into a cache of this many bytes.
+        #[arg(long)]
+        cache_budget: Option<String>,
+    },
+    /// Train the shadow predictor on routing traces and compare it, on held-out tokens,
+    /// with the baselines it must beat.
+    TrainShadow {
+        /// Trace file from `odmoe collect`.
+        #[arg(long)]
+        traces: PathBuf,
+        /// Predictor file to write (safetensors).
+        #[arg(long)]
+        output: PathBuf,
+        /// MoE layers ahead to predict.
+        #[arg(long, default_value_t = 2)]
+        lookahead: usize,
+        /// Width of the predictor's shared layer.
+        #[arg(long, default_value_t = 256)]
+        rank: usize,
+        /// Passes over the training tokens.
+        #[arg(long, default_value_t = 6)]
+        epochs: usize,
+        /// Fraction of the tokens (the last ones) held out for evaluation.
+        #[arg(long, default_value_t = 0.1)]
+        holdout: f64,
+        /// The model the traces came from, for the router baseline (default: the path
+        /// recorded in the traces, if it still exists).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Random seed.
+        #[arg(long, default_value_t = 20261127)]
+        seed: u64,
     },
     /// Tokenize text with the model's tokenizer; prints {"ids": [...]}.
     Tokenize {
@@ -169,7 +228,7 @@ pub fn run() -> Result<(), Box<dyn std::error::Error>> {
             logits::run(&demo::resolve(model)?, &tokens, backend, &expert_mode(cache_budget.as_deref())?)
         }
         Command::Info { model } => info::run(&model),
-        Command::Serve { model, config, host, port, cache_budget, prefetch } => {
+        Command::Serve { model, config, host, port, cache_budget, prefetch, shadow } => {
             let mut c = Config::load(config.as_deref(), std::env::vars())?;
             if let Some(h) = host {
                 c.server.host = h;
@@ -177,15 +236,15 @@ pub fn run() -> Result<(), Box<dyn std::error::Error>> {
             if let Some(p) = port {
                 c.server.port = p;
             }
-            apply_cache_flags(&mut c, cache_budget.as_deref(), prefetch)?;
+            apply_cache_flags(&mut c, cache_budget.as_deref(), prefetch, shadow)?;
             apply_threads(&c)?;
             let server = crate::server::ServerConfig::from_config(&c)?;
             crate::server::run(&demo::resolve(model)?, &c.expert_mode(), server)
         }
         Command::Convert { input, output } => convert::run(&input, &output),
-        Command::Generate { model, prompt, chat, max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, seed, stop, cache_budget, prefetch, config } => {
+        Command::Generate { model, prompt, chat, max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, seed, stop, cache_budget, prefetch, shadow, config } => {
             let mut c = Config::load(config.as_deref(), std::env::vars())?;
-            apply_cache_flags(&mut c, cache_budget.as_deref(), prefetch)?;
+            apply_cache_flags(&mut c, cache_budget.as_deref(), prefetch, shadow)?;
             apply_threads(&c)?;
             let sampling = odmoe::sampling::SamplingParams {
                 temperature,
@@ -196,22 +255,32 @@ pub fn run() -> Result<(), Box<dyn std::error::Error>> {
                 seed,
                 ..Default::default()
             };
-            generate::run(&demo::resolve(model)?, generate::Args { prompt, chat, max_tokens, sampling, stop, mode: c.expert_mode(), prefetch: c.prefetch() })
+            generate::run(&demo::resolve(model)?, generate::Args { prompt, chat, max_tokens, sampling, stop, mode: c.expert_mode(), prefetch: c.prefetch(), shadow: c.shadow()? })
         }
         Command::Tokenize { model, text, file, no_bos, special } => tokenize::tokenize(&model, text, file.as_deref(), no_bos, special),
         Command::Detokenize { model, ids } => tokenize::detokenize(&model, &ids),
+        Command::Collect { model, corpus, output, max_tokens, window, cache_budget } => {
+            collect::run(&demo::resolve(model)?, &expert_mode(cache_budget.as_deref())?, &corpus, &output, max_tokens, window)
+        }
+        Command::TrainShadow { traces, output, lookahead, rank, epochs, holdout, model, seed } => {
+            let opts = odmoe::shadow::TrainOptions { lookahead, rank, epochs, holdout, seed, ..Default::default() };
+            train_shadow::run(&traces, &output, &opts, model.as_deref())
+        }
     }
 }
 
 /// The expert mode a `--cache-budget` flag asks for (default settings otherwise).
 fn expert_mode(budget: Option<&str>) -> Result<odmoe::model::ExpertMode, Box<dyn std::error::Error>> {
     let mut c = Config::default();
-    apply_cache_flags(&mut c, budget, None)?;
+    apply_cache_flags(&mut c, budget, None, None)?;
     Ok(c.expert_mode())
 }
 
-/// `--cache-budget` and `--prefetch` override the configuration.
-fn apply_cache_flags(c: &mut Config, budget: Option<&str>, prefetch: Option<PrefetchMode>) -> Result<(), Box<dyn std::error::Error>> {
+/// `--cache-budget`, `--prefetch` and `--shadow` override the configuration.
+fn apply_cache_flags(c: &mut Config, budget: Option<&str>, prefetch: Option<PrefetchMode>, shadow: Option<PathBuf>) -> Result<(), Box<dyn std::error::Error>> {
+    if let Some(s) = shadow {
+        c.prefetch.shadow = Some(s);
+    }
     if let Some(b) = budget {
         c.cache.budget = Some(crate::config::Size(odmoe::experts::parse_size(b)?));
     }

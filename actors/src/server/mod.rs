@@ -40,6 +40,8 @@ pub struct ServerConfig {
     pub default_max_tokens: usize,
     /// Expert prefetching.
     pub prefetch: odmoe::model::Prefetch,
+    /// The shadow predictor, for `Prefetch::Shadow`.
+    pub shadow: Option<Arc<odmoe::shadow::Shadow>>,
     /// Seconds running streams get to finish after SIGINT/SIGTERM.
     pub shutdown_timeout_s: u64,
 }
@@ -69,6 +71,7 @@ impl ServerConfig {
             max_tokens: c.limits.max_tokens,
             default_max_tokens: c.limits.default_max_tokens,
             prefetch: c.prefetch(),
+            shadow: c.shadow()?,
             shutdown_timeout_s: c.server.shutdown_timeout_s,
         })
     }
@@ -155,10 +158,13 @@ fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
 
 /// Opens the model (on a blocking thread) and starts the pipeline's actors.
 async fn load(path: &Path, mode: &ExpertMode, config: &ServerConfig, metrics: Arc<metrics::Metrics>) -> Result<Loaded, String> {
-    let (path, mode, prefetch) = (path.to_path_buf(), mode.clone(), config.prefetch);
+    let (path, mode, prefetch, shadow) = (path.to_path_buf(), mode.clone(), config.prefetch, config.shadow.clone());
     let (model, tokenizer, template) = tokio::task::spawn_blocking(move || -> Result<_, String> {
         let mut model = Model::open_with(&path, &mode).map_err(|e| e.to_string())?;
         model.set_prefetch(prefetch);
+        if let Some(s) = shadow {
+            model.set_shadow(s).map_err(|e| e.to_string())?;
+        }
         let tokenizer = Tokenizer::from_gguf(model.metadata()).map_err(|e| e.to_string())?;
         let template = ChatTemplate::from_gguf(model.metadata()).ok();
         Ok((Arc::new(model), Arc::new(tokenizer), template))
