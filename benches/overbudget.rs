@@ -280,6 +280,11 @@ fn run(path: &Path, budget: Option<&str>, prefetch: Prefetch, direct_io: bool, t
     let mut m = Model::open_with(path, &ExpertMode::Paged(opts)).unwrap();
     let prefetch = match prefetch {
         Prefetch::Gate { .. } => Prefetch::Gate { depth },
+        Prefetch::Shadow { .. } => {
+            let file = std::env::var("ODMOE_BENCH_SHADOW").expect("prefetch shadow needs ODMOE_BENCH_SHADOW=PATH (odmoe train-shadow)");
+            m.set_shadow(std::sync::Arc::new(odmoe::shadow::Shadow::load(Path::new(&file)).unwrap())).unwrap();
+            Prefetch::Shadow { depth }
+        }
         off => off,
     };
     m.set_prefetch(prefetch);
@@ -342,16 +347,36 @@ fn run(path: &Path, budget: Option<&str>, prefetch: Prefetch, direct_io: bool, t
     );
 }
 
+/// Records routing traces (`odmoe::shadow::trace`) of the synthetic model over TOKENS
+/// tokens of a pseudo-random stream (another seed than `run`'s), in windows of 256 run
+/// from an empty context: the data `odmoe train-shadow` learns this model's routing from.
+/// Experts are reached through the file mapping (run it outside the memory limit).
+fn trace(path: &Path, out: &Path, tokens: usize) {
+    use odmoe::shadow::{trace, TraceHeader, TraceWriter};
+    let m = Model::open(path).unwrap();
+    let mut w = TraceWriter::create(out, TraceHeader::for_model(&m, &path.display().to_string()).unwrap()).unwrap();
+    let mut rng = Rng(0x1234_5678_9ABC_DEF1);
+    let t0 = Instant::now();
+    while (w.tokens() as usize) < tokens {
+        let window: Vec<u32> = (0..256.min(tokens - w.tokens() as usize)).map(|_| (rng.next() % VOCAB as u64) as u32).collect();
+        trace::record(&m, &window, 128, &mut w).unwrap();
+        eprintln!("{} tokens traced ({:.0} s)", w.tokens(), t0.elapsed().as_secs_f64());
+    }
+    w.finish().unwrap();
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["generate", path] => generate(Path::new(path)).unwrap(),
+        ["trace", path, out, tokens] => trace(Path::new(path), Path::new(out), tokens.parse().unwrap()),
         ["run", path, rest @ ..] => {
             let budget = rest.first().copied().filter(|b| *b != "half");
             let prefetch = match rest.get(1).copied() {
                 None | Some("off") => Prefetch::Off,
                 Some("gate") => Prefetch::Gate { depth: 1 },
-                Some(p) => panic!("prefetch {p}: off or gate"),
+                Some("shadow") => Prefetch::Shadow { depth: 1 },
+                Some(p) => panic!("prefetch {p}: off, gate or shadow"),
             };
             let direct = match rest.get(2).copied() {
                 None | Some("buffered") => false,
@@ -361,7 +386,7 @@ fn main() {
             let tokens = rest.get(3).map(|t| t.parse().unwrap()).unwrap_or(48);
             run(Path::new(path), budget, prefetch, direct, tokens)
         }
-        [] => eprintln!("usage: overbudget generate PATH | overbudget run PATH [BUDGET|half] [off|gate] [buffered|direct] [TOKENS] (see benches/overbudget.sh)"),
+        [] => eprintln!("usage: overbudget generate PATH | overbudget run PATH [BUDGET|half] [off|gate|shadow] [buffered|direct] [TOKENS] | overbudget trace PATH OUT TOKENS (see benches/overbudget.sh)"),
         other => panic!("unknown arguments {other:?}"),
     }
 }

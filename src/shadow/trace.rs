@@ -33,6 +33,8 @@ use std::path::Path;
 use half::f16;
 use memmap2::Mmap;
 
+use crate::model::router::Route;
+use crate::model::{Logits, Model, Sequence};
 use crate::{Error, Result};
 
 const MAGIC: &[u8; 8] = b"ODMOETR1";
@@ -101,6 +103,39 @@ impl TraceHeader {
         let source = String::from_utf8(source.to_vec()).map_err(|_| bad("source path is not UTF-8"))?;
         Ok((TraceHeader { n_embd, n_expert, top_k, layers, source }, at + len))
     }
+}
+
+impl TraceHeader {
+    /// The header for traces of `m` (its MoE layers), naming `source` as their origin.
+    pub fn for_model(m: &Model, source: &str) -> Result<TraceHeader> {
+        let moe = m.config().moe.as_ref().ok_or_else(|| Error::Invalid("the model has no routed experts: nothing to trace".into()))?;
+        Ok(TraceHeader { n_embd: m.config().n_embd, n_expert: moe.n_expert, top_k: moe.n_expert_used, layers: m.moe_layers(), source: source.to_string() })
+    }
+}
+
+/// Runs `ids` through `m` from an empty context, `chunk` tokens per forward pass, and
+/// appends a record per token to `out` (whose header must be `m`'s).
+pub fn record(m: &Model, ids: &[u32], chunk: usize, out: &mut TraceWriter) -> Result<()> {
+    let layers = out.header.layers.clone();
+    let d = out.header.n_embd;
+    let mut cache = m.new_cache(ids.len());
+    for chunk in ids.chunks(chunk.max(1)) {
+        // per recorded layer: the chunk's router inputs and routes
+        let mut seen: Vec<Option<(Vec<f32>, Vec<Route>)>> = vec![None; layers.len()];
+        let mut trace = |layer: usize, rows: &[f32], routes: &[Route]| {
+            if let Ok(i) = layers.binary_search(&layer) {
+                seen[i] = Some((rows.to_vec(), routes.to_vec()));
+            }
+        };
+        let mut seqs = [Sequence { tokens: chunk, cache: &mut cache, logits: Logits::None }];
+        m.forward_batch_traced(&mut seqs, Some(&mut trace))?;
+        let seen: Vec<(Vec<f32>, Vec<Route>)> = seen.into_iter().map(|s| s.ok_or_else(|| Error::Invalid("a recorded layer reported no routes: traces are for another model".into()))).collect::<Result<_>>()?;
+        for (t, &token) in chunk.iter().enumerate() {
+            let parts: Vec<(&[f32], &[usize], &[f32])> = seen.iter().map(|(rows, routes)| (&rows[t * d..(t + 1) * d], &routes[t].ids[..], &routes[t].weights[..])).collect();
+            out.push(token, &parts)?;
+        }
+    }
+    Ok(())
 }
 
 /// Streams records to a trace file.
