@@ -11,6 +11,11 @@
 # (cgroup v2: a memory.max file instead). Runs prefetch off and gate, buffered and
 # O_DIRECT reads, then gate with deeper lookahead and more reads in flight, and prints
 # each run's report (see benches/overbudget.rs).
+#
+# With ODMOE_BENCH_SHADOW=PREDICTOR (from `overbudget trace` + `odmoe train-shadow`, see
+# BENCHMARKS.md) it instead sweeps prefetch off, gate and shadow with O_DIRECT reads and
+# the budget at 25%, 50% and 75% of the expert bytes; LIMIT is then base + budget + 1 GB
+# for each budget (still below the model's size).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR=${1:-target/overbudget}
@@ -41,6 +46,21 @@ else
   LIMIT_FILE=memory.max PEAK_FILE=memory.peak
 fi
 echo "cgroup $CG: limit $(cat "$CG/$LIMIT_FILE") bytes; model $(stat -c %s "$MODEL") bytes"
+
+if [ -n "${ODMOE_BENCH_SHADOW:-}" ]; then
+  EXPERTS=16307453952 BASE=$(( $(stat -c %s "$MODEL") - 16307453952 ))
+  for pct in 25 50 75; do
+    budget=$(( EXPERTS * pct / 100 ))
+    echo $(( BASE + budget + 1000000000 )) > "$CG/$LIMIT_FILE"
+    for prefetch in off gate shadow; do
+      echo "== budget $pct% ($budget bytes), prefetch $prefetch, direct reads, limit $(cat "$CG/$LIMIT_FILE")"
+      [ "$PEAK_FILE" = memory.max_usage_in_bytes ] && echo 0 > "$CG/$PEAK_FILE"
+      (echo $BASHPID > "$CG/cgroup.procs"; exec "$BIN" run "$MODEL" "$budget" "$prefetch" direct "$TOKENS")
+    done
+  done
+  rmdir "$CG" 2>/dev/null || true
+  exit 0
+fi
 
 for io in buffered direct; do
   for prefetch in off gate; do
