@@ -136,7 +136,7 @@ pub fn train(traces: &Traces, opts: &TrainOptions, progress: &mut dyn FnMut(usiz
     }
     let mut moments = [Moments::new(s.w1.len()), Moments::new(s.b1.len()), Moments::new(s.w2.len()), Moments::new(s.b2.len())];
     let steps_total = (examples.len().div_ceil(opts.batch) * opts.epochs).max(1);
-    let mut step = 0;
+    let mut step = 0i32;
     for epoch in 0..opts.epochs {
         for i in (1..examples.len()).rev() {
             examples.swap(i, (rng.next() % (i as u64 + 1)) as usize);
@@ -160,10 +160,10 @@ pub fn train(traces: &Traces, opts: &TrainOptions, progress: &mut dyn FnMut(usiz
             let scale = 1.0 / batch.len() as f32;
             let [m1, mb1, m2, mb2] = &mut moments;
             let sc = |v: &[f32]| v.iter().map(|x| x * scale).collect::<Vec<f32>>();
-            m1.step(&mut s.w1, &sc(&g.w1), lr, step as i32);
-            mb1.step(&mut s.b1, &sc(&g.b1), lr, step as i32);
-            m2.step(&mut s.w2, &sc(&g.w2), lr, step as i32);
-            mb2.step(&mut s.b2, &sc(&g.b2), lr, step as i32);
+            m1.step(&mut s.w1, &sc(&g.w1), lr, step);
+            mb1.step(&mut s.b1, &sc(&g.b1), lr, step);
+            m2.step(&mut s.w2, &sc(&g.w2), lr, step);
+            mb2.step(&mut s.b2, &sc(&g.b2), lr, step);
         }
         progress(epoch + 1, loss_sum / examples.len() as f64);
     }
