@@ -35,7 +35,7 @@ use crate::compute::QMatrix;
 use crate::gguf::GgufModel;
 use crate::quant::GgmlType;
 use crate::{Error, Result};
-use io::{ExpertBuf, LayerLayout, ProjectionLayout, Shared};
+use io::{BufPool, ExpertBuf, LayerLayout, ProjectionLayout, Shared};
 pub use stats::{PagerStats, PagerStatsSnapshot};
 
 /// How a pager reads and how much it keeps.
@@ -89,6 +89,8 @@ struct CacheState {
 /// What the reader threads share with the callers.
 struct Core {
     files: Vec<File>,
+    /// Mappings of evicted experts, reused by the next reads.
+    buffers: Arc<BufPool>,
     layers: Vec<Option<LayerLayout>>,
     layer_budget: u64,
     prefetch_limit: usize,
@@ -169,6 +171,7 @@ impl PagedExperts {
         let threads = opts.read_threads.max(1);
         let core = Arc::new(Core {
             files,
+            buffers: BufPool::new(threads),
             layer_budget: if opts.budget == u64::MAX { u64::MAX } else { opts.budget / n_moe },
             prefetch_limit: opts.prefetch_in_flight.min(threads),
             direct,
@@ -365,7 +368,7 @@ impl Core {
             let (layer, expert) = key;
             let t0 = Instant::now();
             let layout = self.layers[layer].as_ref().expect("queued experts are validated");
-            let read = io::read_expert(&self.files, layout, layer, expert, self.direct).map(Arc::new);
+            let read = io::read_expert(&self.buffers, &self.files, layout, layer, expert, self.direct).map(Arc::new);
             if let Ok(b) = &read {
                 self.stats.record_read(b.size() as u64, t0.elapsed().as_micros() as u64);
             }
