@@ -35,6 +35,8 @@ pub struct Activations {
     n: usize,
     f32s: Vec<f32>,
     q8: Vec<ActQ8_0>,
+    /// The Q8_0 quants offset to unsigned bytes, for the VNNI kernel (only where it runs).
+    q8_unsigned: Vec<[u8; 32]>,
     q8k: Vec<ActQ8_K>,
 }
 
@@ -54,12 +56,16 @@ impl Activations {
     pub fn new(kind: ActKind, x: &[f32], k: usize) -> Self {
         assert!(k > 0 && x.len().is_multiple_of(k));
         let n = x.len() / k;
-        let mut a = Activations { kind, k, n, f32s: Vec::new(), q8: Vec::new(), q8k: Vec::new() };
+        let mut a = Activations { kind, k, n, f32s: Vec::new(), q8: Vec::new(), q8_unsigned: Vec::new(), q8k: Vec::new() };
         match kind {
             ActKind::F32 => a.f32s = x.to_vec(),
             ActKind::Q8_0 => {
                 assert!(k.is_multiple_of(QK), "row length {k} is not a multiple of {QK}");
                 a.q8 = x.chunks_exact(QK).map(quantize_q8_0).collect();
+                #[cfg(target_arch = "x86_64")]
+                if super::dot::has_vnni() {
+                    a.q8_unsigned = a.q8.iter().map(|b| b.qs.map(|q| (q as u8) ^ 0x80)).collect();
+                }
             }
             ActKind::Q8K => {
                 assert!(k.is_multiple_of(QK_K), "row length {k} is not a multiple of {QK_K}");
@@ -82,6 +88,14 @@ impl Activations {
     /// Row length.
     pub fn k(&self) -> usize {
         self.k
+    }
+
+    /// Row `t`'s Q8_0 quants offset by 128 to unsigned bytes, one `[u8; 32]` per block
+    /// (what `vpdpbusd` multiplies); made only where the VNNI kernel runs.
+    #[inline]
+    pub(crate) fn row_unsigned(&self, t: usize) -> &[[u8; 32]] {
+        let b = self.k / QK;
+        &self.q8_unsigned[t * b..(t + 1) * b]
     }
 
     /// Row `t`.

@@ -351,8 +351,7 @@ unsafe fn dot_rows_avx2(ty: GgmlType, rows: &[u8], row_bytes: usize, acts: &supe
                 ActRow::Q8_0(a) => a,
                 _ => unreachable!("activation kind follows the weight type"),
             };
-            let offset: Vec<Vec<[u8; 32]>> = (0..n).map(|t| k::offset_q8_0(a(t))).collect();
-            let u = |t: usize| &offset[t][..];
+            let u = |t: usize| acts.row_unsigned(t);
             for (r, w) in rows.chunks_exact(row_bytes).enumerate() {
                 let w = b::<BlockQ8_0>(w);
                 let out = &mut out[r * n..(r + 1) * n];

@@ -167,15 +167,9 @@ pub unsafe fn dot_q6_k(w: &[BlockQ6_K], a: &[ActQ8_K]) -> f32 {
     hsum(acc) - corr_acc
 }
 
-/// Q8_0 activations offset to unsigned bytes (`q + 128`) for [`dot_q8_0_vnni`]: one
-/// `[u8; 32]` per block, made once per call and shared by every weight row.
-pub fn offset_q8_0(a: &[ActQ8_0]) -> Vec<[u8; 32]> {
-    a.iter().map(|b| b.qs.map(|q| (q as u8) ^ 0x80)).collect()
-}
-
 /// [`dot_q8_0`] of one weight row with `N` tokens using AVX-512 VNNI's `vpdpbusd` (on
 /// 256-bit registers). `vpdpbusd` multiplies unsigned by signed bytes, so the activations
-/// come offset by 128 (`u`, from [`offset_q8_0`]) and each block's sum starts from
+/// come offset by 128 (`u`, made with the activations) and each block's sum starts from
 /// `-128 · Σ w`, computed once per weight block for all tokens. Each i32 lane then holds
 /// exactly the integer sum `mul_sum_i8` gives it, and the float steps are `dot_q8_0`'s,
 /// so every result is bit-identical to `dot_q8_0` — with three vector operations per

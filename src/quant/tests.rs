@@ -184,9 +184,9 @@ fn vnni_q8_0_kernel_equals_avx2_kernel_bit_for_bit() {
             super::ActRow::Q8_0(a) => a,
             _ => unreachable!(),
         }).collect();
-        let u: Vec<_> = rows.iter().map(|a| k::offset_q8_0(a)).collect();
+        let u: Vec<_> = (0..3).map(|t| acts.row_unsigned(t)).collect();
         // SAFETY: the CPU features were detected above.
-        let got = unsafe { k::dot_q8_0_vnni::<3>(w, [rows[0], rows[1], rows[2]], [&u[0], &u[1], &u[2]]) };
+        let got = unsafe { k::dot_q8_0_vnni::<3>(w, [rows[0], rows[1], rows[2]], [u[0], u[1], u[2]]) };
         for t in 0..3 {
             let want = unsafe { k::dot_q8_0(w, rows[t]) };
             assert_eq!(got[t].to_bits(), want.to_bits(), "cols {cols} token {t}");
