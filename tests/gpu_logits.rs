@@ -15,18 +15,47 @@
 mod common;
 
 use odmoe::compute::gpu::Gpu;
-use odmoe::model::{Logits, Model};
+use odmoe::model::{GpuModel, Logits, Model};
 
 const TOKENS: [u32; 7] = [1, 17, 300, 42, 511, 7, 99];
 
-#[test]
-fn gpu_logits_match_the_cpu_backend() {
-    let Some(gpu) = Gpu::open().unwrap() else {
+fn gpu_or_skip() -> Option<Gpu> {
+    let gpu = Gpu::open().unwrap();
+    if gpu.is_none() {
         let why = "no GPU adapter (on Linux, mesa-vulkan-drivers provides lavapipe)";
         assert!(std::env::var_os("ODMOE_REQUIRE_GPU").is_none(), "{why}");
         eprintln!("skipped: {why}");
-        return;
-    };
+    }
+    gpu
+}
+
+#[test]
+fn gpu_decoding_with_its_kv_cache_matches_the_cpu_backend() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    for name in ["mixtral.f32", "qwen3moe.f32", "qwen2moe.f32", "mixtral_h256.Q8_0"] {
+        let m = Model::open(common::fixture(&format!("models/{name}.gguf"))).unwrap();
+        let want = m.forward(&TOKENS, &mut m.new_cache(TOKENS.len()), Logits::All).unwrap();
+        let v = m.config().n_vocab;
+        let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+        // a prompt of three tokens, then one token at a time, each step's last logits
+        let g = GpuModel::new(&m, &gpu).unwrap();
+        let mut cache = g.new_cache(TOKENS.len());
+        let mut got = g.forward(&TOKENS[..3], &mut cache, Logits::Last).unwrap();
+        for &t in &TOKENS[3..] {
+            got.extend(g.forward(&[t], &mut cache, Logits::Last).unwrap());
+        }
+        assert_eq!((cache.len(), got.len()), (TOKENS.len(), (TOKENS.len() - 2) * v), "{name}");
+        let worst = got.iter().zip(&want[2 * v..]).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(worst <= 1e-3 * scale, "{name}: largest difference {worst} (logits up to {scale})");
+        // a chunk that would overflow the cache is refused and leaves it as it was
+        assert!(g.forward(&[1], &mut cache, Logits::Last).unwrap_err().to_string().contains("context overflow"));
+        assert_eq!(cache.len(), TOKENS.len());
+    }
+}
+
+#[test]
+fn gpu_logits_match_the_cpu_backend() {
+    let Some(gpu) = gpu_or_skip() else { return };
     eprintln!("adapter: {}", gpu.describe());
     for name in ["mixtral.f32", "qwen2moe.f32", "qwen3moe.f32", "olmoe.f32", "qwen3moe_h256.Q8_0", "mixtral_h256.Q8_0"] {
         let m = Model::open(common::fixture(&format!("models/{name}.gguf"))).unwrap();

@@ -1,21 +1,24 @@
-//! The forward pass on the GPU backend, for checks against the CPU: every position's
-//! logits of one prompt (`odmoe logits --backend gpu`).
+//! The forward pass on the GPU backend: the model's non-expert weights resident on the
+//! device ([`GpuModel`]), a KV cache in device buffers ([`GpuKvCache`]), and a pass that
+//! appends tokens to it and returns logits — for `odmoe logits --backend gpu` (every
+//! position of one prompt) and `odmoe generate --backend gpu` (prefill, then one token at
+//! a time).
 //!
-//! Covers grouped-query attention (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE) with F32, Q8_0
-//! and Q4_K weights; latent attention (DeepSeek, Kimi) and other block formats are
+//! Covers grouped-query attention (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE) with F32, Q8_0,
+//! Q4_K and Q6_K weights; latent attention (DeepSeek, Kimi) and other block formats are
 //! refused with an error saying so. The pass is recorded into command encoders with one
 //! readback per MoE layer: the router's logits come back so the CPU can route and fetch
 //! the chosen experts through the expert source (the pager included), which are then
-//! uploaded. Weights are uploaded on each call; keeping them resident, the expert slab
-//! the pager fills, GPU routing and decoding with a GPU KV cache are the next steps.
+//! uploaded for that step. Keeping experts on the device (the slab the pager fills) and
+//! routing on the GPU are the next steps.
 
 use std::collections::BTreeMap;
 
 use super::config::Config;
 use super::rope::Rotation;
 use super::router::route;
-use super::weights::{Attention, Ffn, Mlp};
-use super::Model;
+use super::weights::{Attention, Ffn};
+use super::{Logits, Model};
 use crate::compute::gpu::attention::{Attention as GpuAttention, Shape};
 use crate::compute::gpu::elementwise::Elementwise;
 use crate::compute::gpu::matrix::GpuMatrix;
@@ -34,113 +37,226 @@ struct Kernels {
     combine: MoeCombine,
 }
 
-/// What a pass needs at hand: the device, its kernels and the encoder being recorded.
-struct Pass<'a> {
-    gpu: &'a Gpu,
-    k: Kernels,
-    enc: wgpu::CommandEncoder,
+/// A weight vector on the device (norm gains, biases) with its length.
+struct Vector {
+    buf: wgpu::Buffer,
+    len: usize,
 }
 
-impl Pass<'_> {
-    fn matmul(&mut self, w: &QMatrix, x: &wgpu::Buffer, n: usize) -> Result<wgpu::Buffer> {
-        let y = self.gpu.output("y", n * w.rows);
-        GpuMatrix::new(self.gpu, w)?.record(self.gpu, &mut self.enc, x, &y, n)?;
+impl Vector {
+    fn new(gpu: &Gpu, v: &[f32]) -> Result<Vector> {
+        Ok(Vector { buf: gpu.upload("weights", v)?, len: v.len() })
+    }
+}
+
+/// A SwiGLU block's three projections.
+struct GpuMlp {
+    gate: GpuMatrix,
+    up: GpuMatrix,
+    down: GpuMatrix,
+}
+
+impl GpuMlp {
+    fn new(gpu: &Gpu, gate: &QMatrix, up: &QMatrix, down: &QMatrix) -> Result<GpuMlp> {
+        Ok(GpuMlp { gate: GpuMatrix::new(gpu, gate)?, up: GpuMatrix::new(gpu, up)?, down: GpuMatrix::new(gpu, down)? })
+    }
+}
+
+enum GpuFfn {
+    Dense(GpuMlp),
+    Moe { router: GpuMatrix, shared: Option<GpuMlp>, shared_gate: Option<GpuMatrix> },
+}
+
+struct GpuLayer {
+    attn_norm: Vector,
+    ffn_norm: Vector,
+    wq: GpuMatrix,
+    wk: GpuMatrix,
+    wv: GpuMatrix,
+    wo: GpuMatrix,
+    biases: [Option<Vector>; 3],
+    q_norm: Option<Vector>,
+    k_norm: Option<Vector>,
+    ffn: GpuFfn,
+}
+
+/// A model's non-expert weights uploaded once to a GPU, with the compiled kernels.
+/// Routed experts still come from the model's expert source at each step.
+pub struct GpuModel<'a> {
+    model: &'a Model,
+    gpu: &'a Gpu,
+    k: Kernels,
+    layers: Vec<GpuLayer>,
+    output_norm: Vector,
+    output: GpuMatrix,
+}
+
+/// One sequence's keys and values in device buffers, one pair per layer, sized for
+/// `max_len` positions when made.
+pub struct GpuKvCache {
+    k: Vec<wgpu::Buffer>,
+    v: Vec<wgpu::Buffer>,
+    len: usize,
+    max_len: usize,
+}
+
+impl GpuKvCache {
+    /// Positions already processed.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no position has been processed yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl<'a> GpuModel<'a> {
+    /// Uploads `model`'s attention, router, shared-expert, norm and output weights to `gpu`.
+    pub fn new(model: &'a Model, gpu: &'a Gpu) -> Result<GpuModel<'a>> {
+        let cfg = &model.config;
+        if cfg.mla.is_some() {
+            return Err(Error::Gpu("latent attention (DeepSeek, Kimi) is not on the GPU backend yet".into()));
+        }
+        let k = Kernels { norm: RmsNorm::new(gpu, cfg.rms_eps), ew: Elementwise::new(gpu), rope: Rope::new(gpu), attn: GpuAttention::new(gpu), combine: MoeCombine::new(gpu) };
+        let w = &model.weights;
+        let mut layers = Vec::with_capacity(w.layers.len());
+        for layer in &w.layers {
+            let Attention::Standard { wq, wk, wv, wo, bq, bk, bv, q_norm, k_norm } = &layer.attn else {
+                return Err(Error::Gpu("latent attention is not on the GPU backend yet".into()));
+            };
+            let vector = |v: &Option<Vec<f32>>| v.as_deref().map(|v| Vector::new(gpu, v)).transpose();
+            let ffn = match &layer.ffn {
+                Ffn::Dense(m) => GpuFfn::Dense(GpuMlp::new(gpu, &m.gate, &m.up, &m.down)?),
+                Ffn::Moe { router, shared, shared_gate, .. } => GpuFfn::Moe {
+                    router: GpuMatrix::new(gpu, router)?,
+                    shared: shared.as_ref().map(|m| GpuMlp::new(gpu, &m.gate, &m.up, &m.down)).transpose()?,
+                    shared_gate: shared_gate.as_ref().map(|g| GpuMatrix::new(gpu, g)).transpose()?,
+                },
+            };
+            layers.push(GpuLayer {
+                attn_norm: Vector::new(gpu, &layer.attn_norm)?,
+                ffn_norm: Vector::new(gpu, &layer.ffn_norm)?,
+                wq: GpuMatrix::new(gpu, wq)?,
+                wk: GpuMatrix::new(gpu, wk)?,
+                wv: GpuMatrix::new(gpu, wv)?,
+                wo: GpuMatrix::new(gpu, wo)?,
+                biases: [vector(bq)?, vector(bk)?, vector(bv)?],
+                q_norm: vector(q_norm)?,
+                k_norm: vector(k_norm)?,
+                ffn,
+            });
+        }
+        Ok(GpuModel { model, gpu, k, layers, output_norm: Vector::new(gpu, &w.output_norm)?, output: GpuMatrix::new(gpu, &w.output)? })
+    }
+
+    /// An empty cache for one sequence of at most `max_len` positions.
+    pub fn new_cache(&self, max_len: usize) -> GpuKvCache {
+        let cfg = &self.model.config;
+        let (kw, vw) = (cfg.n_head_kv * cfg.head_dim_k, cfg.n_head_kv * cfg.head_dim_v);
+        let n = self.layers.len();
+        GpuKvCache {
+            k: (0..n).map(|_| self.gpu.output("k cache", max_len.max(1) * kw)).collect(),
+            v: (0..n).map(|_| self.gpu.output("v cache", max_len.max(1) * vw)).collect(),
+            len: 0,
+            max_len,
+        }
+    }
+
+    fn matmul(&self, enc: &mut wgpu::CommandEncoder, w: &GpuMatrix, x: &wgpu::Buffer, n: usize) -> Result<wgpu::Buffer> {
+        let y = self.gpu.output("y", n * w.rows());
+        w.record(self.gpu, enc, x, &y, n)?;
         Ok(y)
     }
 
-    fn copy(&mut self, x: &wgpu::Buffer, len: usize) -> wgpu::Buffer {
+    fn copy(&self, enc: &mut wgpu::CommandEncoder, x: &wgpu::Buffer, len: usize) -> wgpu::Buffer {
         let y = self.gpu.output("copy", len);
-        self.enc.copy_buffer_to_buffer(x, 0, &y, 0, (len * 4) as u64);
+        enc.copy_buffer_to_buffer(x, 0, &y, 0, (len * 4) as u64);
         y
     }
 
-    fn norm(&mut self, x: &wgpu::Buffer, g: &[f32], len: usize) -> Result<()> {
-        let gb = self.gpu.upload("norm", g)?;
-        self.k.norm.record(self.gpu, &mut self.enc, x, &gb, len / g.len(), g.len())
+    fn norm(&self, enc: &mut wgpu::CommandEncoder, x: &wgpu::Buffer, g: &Vector, len: usize) -> Result<()> {
+        self.k.norm.record(self.gpu, enc, x, &g.buf, len / g.len, g.len)
     }
 
-    fn mlp(&mut self, m: &Mlp, x: &wgpu::Buffer, n: usize) -> Result<wgpu::Buffer> {
-        self.swiglu_ffn(&m.gate, &m.up, &m.down, x, n)
+    fn mlp(&self, enc: &mut wgpu::CommandEncoder, m: &GpuMlp, x: &wgpu::Buffer, n: usize) -> Result<wgpu::Buffer> {
+        let g = self.matmul(enc, &m.gate, x, n)?;
+        let u = self.matmul(enc, &m.up, x, n)?;
+        self.k.ew.swiglu(self.gpu, enc, &g, &u, n * m.gate.rows())?;
+        self.matmul(enc, &m.down, &g, n)
     }
 
-    fn swiglu_ffn(&mut self, gate: &QMatrix, up: &QMatrix, down: &QMatrix, x: &wgpu::Buffer, n: usize) -> Result<wgpu::Buffer> {
-        let g = self.matmul(gate, x, n)?;
-        let u = self.matmul(up, x, n)?;
-        self.k.ew.swiglu(self.gpu, &mut self.enc, &g, &u, n * gate.rows)?;
-        self.matmul(down, &g, n)
-    }
-
-    /// Submits what is recorded and reads `buf` back.
-    fn read(&mut self, buf: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
-        let enc = std::mem::replace(&mut self.enc, self.gpu.device.create_command_encoder(&Default::default()));
-        self.gpu.queue.submit([enc.finish()]);
+    /// Submits what `enc` holds (leaving it empty) and reads `buf` back.
+    fn read(&self, enc: &mut wgpu::CommandEncoder, buf: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
+        let done = std::mem::replace(enc, self.gpu.device.create_command_encoder(&Default::default()));
+        self.gpu.queue.submit([done.finish()]);
         self.gpu.read_f32(buf, len)
     }
-}
 
-impl Model {
-    /// Every position's logits (`n × n_vocab`) for `tokens` from the start of a sequence,
-    /// computed on `gpu`.
-    pub fn logits_gpu(&self, gpu: &Gpu, tokens: &[u32]) -> Result<Vec<f32>> {
-        let cfg: &Config = &self.config;
+    /// Runs `tokens` after the positions in `cache`, appends them to it, and returns
+    /// logits as `which` asks (as [`Model::forward`] does on the CPU).
+    pub fn forward(&self, tokens: &[u32], cache: &mut GpuKvCache, which: Logits) -> Result<Vec<f32>> {
+        let cfg: &Config = &self.model.config;
+        let gpu = self.gpu;
         if tokens.is_empty() {
             return Err(Error::Invalid("no tokens to process".into()));
         }
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= cfg.n_vocab) {
             return Err(Error::Invalid(format!("token id {bad} is out of range (vocabulary has {} tokens)", cfg.n_vocab)));
         }
-        if cfg.mla.is_some() {
-            return Err(Error::Gpu("latent attention (DeepSeek, Kimi) is not on the GPU backend yet".into()));
+        if cache.len + tokens.len() > cache.max_len {
+            return Err(Error::Invalid(format!("context overflow: {} cached + {} new positions exceed the limit of {}", cache.len, tokens.len(), cache.max_len)));
         }
-        let (n, d) = (tokens.len(), cfg.n_embd);
-        let k = Kernels { norm: RmsNorm::new(gpu, cfg.rms_eps), ew: Elementwise::new(gpu), rope: Rope::new(gpu), attn: GpuAttention::new(gpu), combine: MoeCombine::new(gpu) };
-        let mut p = Pass { gpu, k, enc: gpu.device.create_command_encoder(&Default::default()) };
+        let (n, d, pos0) = (tokens.len(), cfg.n_embd, cache.len);
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
         let mut xh = Vec::with_capacity(n * d);
         for &t in tokens {
-            xh.extend(self.weights.tok_embd.row_f32(t as usize));
+            xh.extend(self.model.weights.tok_embd.row_f32(t as usize));
         }
         let x = gpu.upload("x", &xh)?;
-        let rot: Vec<Rotation> = (0..n).map(|t| Rotation::new(&cfg.rope, t)).collect();
+        let rot: Vec<Rotation> = (0..n).map(|t| Rotation::new(&cfg.rope, pos0 + t)).collect();
         let cs = gpu.upload("rope", &Rope::table(&rot))?;
         let (nh, nkv, hd, hdv) = (cfg.n_head, cfg.n_head_kv, cfg.head_dim_k, cfg.head_dim_v);
+        let len = pos0 + n;
 
-        for (l, layer) in self.weights.layers.iter().enumerate() {
-            let Attention::Standard { wq, wk, wv, wo, bq, bk, bv, q_norm, k_norm } = &layer.attn else {
-                return Err(Error::Gpu("latent attention is not on the GPU backend yet".into()));
-            };
-            let h = p.copy(&x, n * d);
-            p.norm(&h, &layer.attn_norm, n * d)?;
-            let q = p.matmul(wq, &h, n)?;
-            let kb = p.matmul(wk, &h, n)?;
-            let vb = p.matmul(wv, &h, n)?;
-            for (buf, bias, len) in [(&q, bq, n * nh * hd), (&kb, bk, n * nkv * hd), (&vb, bv, n * nkv * hdv)] {
+        for (l, layer) in self.layers.iter().enumerate() {
+            let h = self.copy(&mut enc, &x, n * d);
+            self.norm(&mut enc, &h, &layer.attn_norm, n * d)?;
+            let q = self.matmul(&mut enc, &layer.wq, &h, n)?;
+            let kb = self.matmul(&mut enc, &layer.wk, &h, n)?;
+            let vb = self.matmul(&mut enc, &layer.wv, &h, n)?;
+            for (buf, bias, width) in [(&q, &layer.biases[0], n * nh * hd), (&kb, &layer.biases[1], n * nkv * hd), (&vb, &layer.biases[2], n * nkv * hdv)] {
                 if let Some(b) = bias {
-                    let bb = gpu.upload("bias", b)?;
-                    p.k.ew.add_row(gpu, &mut p.enc, buf, &bb, len, b.len())?;
+                    self.k.ew.add_row(gpu, &mut enc, buf, &b.buf, width, b.len)?;
                 }
             }
-            if let Some(g) = q_norm {
-                p.norm(&q, g, n * nh * hd)?;
+            if let Some(g) = &layer.q_norm {
+                self.norm(&mut enc, &q, g, n * nh * hd)?;
             }
-            if let Some(g) = k_norm {
-                p.norm(&kb, g, n * nkv * hd)?;
+            if let Some(g) = &layer.k_norm {
+                self.norm(&mut enc, &kb, g, n * nkv * hd)?;
             }
-            p.k.rope.record(gpu, &mut p.enc, &q, &cs, &rot, nh, hd)?;
-            p.k.rope.record(gpu, &mut p.enc, &kb, &cs, &rot, nkv, hd)?;
-            let (scratch, att) = (gpu.output("scores", n * nh * n), gpu.output("attended", n * nh * hdv));
-            let shape = Shape { n, heads: nh, kv_heads: nkv, head_dim: hd, value_dim: hdv, pos0: 0, scale: cfg.kq_scale };
-            p.k.attn.record(gpu, &mut p.enc, shape, &q, &kb, &vb, &scratch, &att)?;
-            let a = p.matmul(wo, &att, n)?;
-            p.k.ew.add(gpu, &mut p.enc, &x, &a, n * d)?;
+            self.k.rope.record(gpu, &mut enc, &q, &cs, &rot, nh, hd)?;
+            self.k.rope.record(gpu, &mut enc, &kb, &cs, &rot, nkv, hd)?;
+            // the new keys and values join the cache at pos0
+            enc.copy_buffer_to_buffer(&kb, 0, &cache.k[l], (pos0 * nkv * hd * 4) as u64, (n * nkv * hd * 4) as u64);
+            enc.copy_buffer_to_buffer(&vb, 0, &cache.v[l], (pos0 * nkv * hdv * 4) as u64, (n * nkv * hdv * 4) as u64);
+            let (scratch, att) = (gpu.output("scores", n * nh * len), gpu.output("attended", n * nh * hdv));
+            let shape = Shape { n, heads: nh, kv_heads: nkv, head_dim: hd, value_dim: hdv, pos0, scale: cfg.kq_scale };
+            self.k.attn.record(gpu, &mut enc, shape, &q, &cache.k[l], &cache.v[l], &scratch, &att)?;
+            let a = self.matmul(&mut enc, &layer.wo, &att, n)?;
+            self.k.ew.add(gpu, &mut enc, &x, &a, n * d)?;
 
-            let h = p.copy(&x, n * d);
-            p.norm(&h, &layer.ffn_norm, n * d)?;
+            let h = self.copy(&mut enc, &x, n * d);
+            self.norm(&mut enc, &h, &layer.ffn_norm, n * d)?;
             let out = match &layer.ffn {
-                Ffn::Dense(m) => p.mlp(m, &h, n)?,
-                Ffn::Moe { router, bias, shared, shared_gate } => {
+                GpuFfn::Dense(m) => self.mlp(&mut enc, m, &h, n)?,
+                GpuFfn::Moe { router, shared, shared_gate } => {
                     let moe = cfg.moe.as_ref().expect("MoE config");
-                    let lb = p.matmul(router, &h, n)?;
-                    let logits = p.read(&lb, n * moe.n_expert)?;
+                    let Ffn::Moe { bias, .. } = &self.model.weights.layers[l].ffn else { unreachable!("the layers mirror the model's") };
+                    let lb = self.matmul(&mut enc, router, &h, n)?;
+                    let logits = self.read(&mut enc, &lb, n * moe.n_expert)?;
                     // tokens by expert, each expert fetched once, as the CPU pass does
                     let mut by_expert: BTreeMap<usize, Vec<(u32, f32)>> = BTreeMap::new();
                     for t in 0..n {
@@ -150,37 +266,62 @@ impl Model {
                         }
                     }
                     let ids: Vec<usize> = by_expert.keys().copied().collect();
-                    let fetched = self.experts.experts(l, &ids)?;
+                    let fetched = self.model.experts.experts(l, &ids)?;
                     let out = gpu.output("ffn out", n * d);
                     for (toks, w) in by_expert.values().zip(&fetched) {
                         let m = toks.len();
                         let xe = gpu.output("expert in", m * d);
                         for (i, &(t, _)) in toks.iter().enumerate() {
-                            p.enc.copy_buffer_to_buffer(&h, (t as usize * d * 4) as u64, &xe, (i * d * 4) as u64, (d * 4) as u64);
+                            enc.copy_buffer_to_buffer(&h, (t as usize * d * 4) as u64, &xe, (i * d * 4) as u64, (d * 4) as u64);
                         }
-                        let y = p.swiglu_ffn(&w.gate, &w.up, &w.down, &xe, m)?;
+                        let y = self.mlp(&mut enc, &GpuMlp::new(gpu, &w.gate, &w.up, &w.down)?, &xe, m)?;
                         let idx: Vec<u32> = toks.iter().map(|&(t, _)| t).collect();
                         let wts: Vec<f32> = toks.iter().map(|&(_, w)| w).collect();
                         let (ib, wb) = (gpu.storage("expert tokens", bytemuck::cast_slice(&idx))?, gpu.upload("expert weights", &wts)?);
-                        p.k.combine.scatter_add(gpu, &mut p.enc, &out, &y, &ib, &wb, m, d)?;
+                        self.k.combine.scatter_add(gpu, &mut enc, &out, &y, &ib, &wb, m, d)?;
                     }
                     if let Some(s) = shared {
-                        let ys = p.mlp(s, &h, n)?;
+                        let ys = self.mlp(&mut enc, s, &h, n)?;
                         match shared_gate {
                             Some(g) => {
-                                let gl = p.matmul(g, &h, n)?;
-                                p.k.combine.gated_add(gpu, &mut p.enc, &out, &ys, &gl, n, d)?;
+                                let gl = self.matmul(&mut enc, g, &h, n)?;
+                                self.k.combine.gated_add(gpu, &mut enc, &out, &ys, &gl, n, d)?;
                             }
-                            None => p.k.ew.add(gpu, &mut p.enc, &out, &ys, n * d)?,
+                            None => self.k.ew.add(gpu, &mut enc, &out, &ys, n * d)?,
                         }
                     }
                     out
                 }
             };
-            p.k.ew.add(gpu, &mut p.enc, &x, &out, n * d)?;
+            self.k.ew.add(gpu, &mut enc, &x, &out, n * d)?;
         }
-        p.norm(&x, &self.weights.output_norm, n * d)?;
-        let logits = p.matmul(&self.weights.output, &x, n)?;
-        p.read(&logits, n * cfg.n_vocab)
+        let rows = match which {
+            Logits::All => 0..n,
+            Logits::Last => n - 1..n,
+            Logits::None => n..n,
+        };
+        let m = rows.len();
+        let result = if m == 0 {
+            self.gpu.queue.submit([enc.finish()]);
+            Vec::new()
+        } else {
+            let xs = gpu.output("last rows", m * d);
+            enc.copy_buffer_to_buffer(&x, (rows.start * d * 4) as u64, &xs, 0, (m * d * 4) as u64);
+            self.norm(&mut enc, &xs, &self.output_norm, m * d)?;
+            let logits = self.matmul(&mut enc, &self.output, &xs, m)?;
+            self.read(&mut enc, &logits, m * cfg.n_vocab)?
+        };
+        cache.len += n;
+        Ok(result)
+    }
+}
+
+impl Model {
+    /// Every position's logits (`n × n_vocab`) for `tokens` from the start of a sequence,
+    /// computed on `gpu`.
+    pub fn logits_gpu(&self, gpu: &Gpu, tokens: &[u32]) -> Result<Vec<f32>> {
+        let g = GpuModel::new(self, gpu)?;
+        let mut cache = g.new_cache(tokens.len());
+        g.forward(tokens, &mut cache, Logits::All)
     }
 }

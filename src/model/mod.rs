@@ -17,6 +17,8 @@ use rayon::prelude::*;
 use std::sync::Arc;
 
 pub use attention::LayerCache;
+#[cfg(feature = "gpu")]
+pub use gpu::{GpuKvCache, GpuModel};
 pub use config::{Arch, Config};
 
 
