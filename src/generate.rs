@@ -197,12 +197,24 @@ pub fn generate(
     tok: &Tokenizer,
     prompt: &[u32],
     opts: &GenerateOptions,
+    on_text: impl FnMut(&str) -> bool,
+) -> Result<Generation> {
+    let mut cache = model.new_cache(opts.max_context);
+    generate_with(|tokens| model.forward(tokens, &mut cache, Logits::Last), tok, prompt, opts, on_text)
+}
+
+/// [`generate`] over any backend: `step(tokens)` runs the tokens after those it was given
+/// before (its own cache) and returns the last position's logits.
+pub fn generate_with(
+    mut step: impl FnMut(&[u32]) -> Result<Vec<f32>>,
+    tok: &Tokenizer,
+    prompt: &[u32],
+    opts: &GenerateOptions,
     mut on_text: impl FnMut(&str) -> bool,
 ) -> Result<Generation> {
     let mut decoding = Decoding::new(prompt, opts)?;
-    let mut cache = model.new_cache(opts.max_context);
     let t0 = Instant::now();
-    let mut logits = model.forward(prompt, &mut cache, Logits::Last)?;
+    let mut logits = step(prompt)?;
     let prompt_seconds = t0.elapsed().as_secs_f64();
 
     let t1 = Instant::now();
@@ -219,7 +231,7 @@ pub fn generate(
         }
         finish = e.finish;
         if finish.is_none() {
-            logits = model.forward(&[e.token], &mut cache, Logits::Last)?;
+            logits = step(&[e.token])?;
         }
     }
     Ok(Generation {

@@ -20,6 +20,7 @@ pub struct Args {
     pub mode: ExpertMode,
     pub prefetch: Prefetch,
     pub shadow: Option<std::sync::Arc<odmoe::shadow::Shadow>>,
+    pub backend: super::Backend,
 }
 
 pub fn run(model: &Path, a: Args) -> Result<(), Box<dyn std::error::Error>> {
@@ -52,10 +53,12 @@ pub fn run(model: &Path, a: Args) -> Result<(), Box<dyn std::error::Error>> {
         write!(out, "{}", a.prompt)?;
         out.flush()?;
     }
-    let g = generate(&m, &tok, &ids, &opts, |s| {
-        // a closed stdout (e.g. `| head`) ends generation quietly
-        out.write_all(s.as_bytes()).and_then(|_| out.flush()).is_ok()
-    })?;
+    // a closed stdout (e.g. `| head`) ends generation quietly
+    let on_text = |s: &str| out.write_all(s.as_bytes()).and_then(|_| out.flush()).is_ok();
+    let g = match a.backend {
+        super::Backend::Cpu => generate(&m, &tok, &ids, &opts, on_text)?,
+        super::Backend::Gpu => gpu_generate(&m, &tok, &ids, &opts, on_text)?,
+    };
     writeln!(out).ok();
     eprintln!(
         "\nprompt: {} tokens in {:.2} s ({:.1} tokens/s); generated: {} tokens in {:.2} s ({:.1} tokens/s); finish: {:?}",
@@ -92,4 +95,18 @@ pub fn run(model: &Path, a: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     Ok(())
+}
+
+/// [`generate`] with the wgpu backend: the model's weights and the KV cache on the device.
+#[cfg(feature = "gpu")]
+fn gpu_generate(m: &Model, tok: &Tokenizer, ids: &[u32], opts: &GenerateOptions, on_text: impl FnMut(&str) -> bool) -> Result<odmoe::generate::Generation, Box<dyn std::error::Error>> {
+    let gpu = super::logits::open_gpu()?;
+    let g = odmoe::model::GpuModel::new(m, &gpu)?;
+    let mut cache = g.new_cache(opts.max_context);
+    Ok(odmoe::generate::generate_with(|t| g.forward(t, &mut cache, odmoe::model::Logits::Last), tok, ids, opts, on_text)?)
+}
+
+#[cfg(not(feature = "gpu"))]
+fn gpu_generate(_: &Model, _: &Tokenizer, _: &[u32], _: &GenerateOptions, _: impl FnMut(&str) -> bool) -> Result<odmoe::generate::Generation, Box<dyn std::error::Error>> {
+    Err("this build has no GPU backend (built without the gpu feature); use --backend cpu".into())
 }

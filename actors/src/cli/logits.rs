@@ -48,11 +48,17 @@ fn write_json(out: &mut impl Write, logits: &[f32], vocab: usize) -> std::io::Re
     out.write_all(b"]}\n")
 }
 
+/// The first GPU adapter, or an error saying how to get one; names it on stderr.
 #[cfg(feature = "gpu")]
-fn gpu_logits(m: &Model, tokens: &[u32]) -> Result<Vec<f32>, Box<dyn std::error::Error>> {
+pub(super) fn open_gpu() -> Result<odmoe::compute::gpu::Gpu, Box<dyn std::error::Error>> {
     let gpu = odmoe::compute::gpu::Gpu::open()?.ok_or("no GPU adapter found (on Linux, install a Vulkan driver; mesa-vulkan-drivers provides a software one)")?;
     eprintln!("gpu: {}", gpu.describe());
-    Ok(m.logits_gpu(&gpu, tokens)?)
+    Ok(gpu)
+}
+
+#[cfg(feature = "gpu")]
+fn gpu_logits(m: &Model, tokens: &[u32]) -> Result<Vec<f32>, Box<dyn std::error::Error>> {
+    Ok(m.logits_gpu(&open_gpu()?, tokens)?)
 }
 
 #[cfg(not(feature = "gpu"))]

@@ -125,6 +125,10 @@ enum Command {
         /// TOML configuration file: its [cache], [prefetch] and [threads] sections apply.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Compute backend (gpu: grouped-query architectures; routed experts are still
+        /// fetched on the CPU side and uploaded each step).
+        #[arg(long, value_enum, default_value_t = Backend::Cpu)]
+        backend: Backend,
     },
     /// Run the model over a text corpus and record routing traces: per token and MoE
     /// layer, the router's input (f16) and the experts and weights it chose.
@@ -242,7 +246,7 @@ pub fn run() -> Result<(), Box<dyn std::error::Error>> {
             crate::server::run(&demo::resolve(model)?, &c.expert_mode(), server)
         }
         Command::Convert { input, output } => convert::run(&input, &output),
-        Command::Generate { model, prompt, chat, max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, seed, stop, cache_budget, prefetch, shadow, config } => {
+        Command::Generate { model, prompt, chat, max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, seed, stop, cache_budget, prefetch, shadow, config, backend } => {
             let mut c = Config::load(config.as_deref(), std::env::vars())?;
             apply_cache_flags(&mut c, cache_budget.as_deref(), prefetch, shadow)?;
             apply_threads(&c)?;
@@ -255,7 +259,7 @@ pub fn run() -> Result<(), Box<dyn std::error::Error>> {
                 seed,
                 ..Default::default()
             };
-            generate::run(&demo::resolve(model)?, generate::Args { prompt, chat, max_tokens, sampling, stop, mode: c.expert_mode(), prefetch: c.prefetch(), shadow: c.shadow()? })
+            generate::run(&demo::resolve(model)?, generate::Args { prompt, chat, max_tokens, sampling, stop, mode: c.expert_mode(), prefetch: c.prefetch(), shadow: c.shadow()?, backend })
         }
         Command::Tokenize { model, text, file, no_bos, special } => tokenize::tokenize(&model, text, file.as_deref(), no_bos, special),
         Command::Detokenize { model, ids } => tokenize::detokenize(&model, &ids),
