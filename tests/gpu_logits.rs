@@ -50,6 +50,18 @@ fn gpu_decoding_with_its_kv_cache_matches_the_cpu_backend() {
         // a chunk that would overflow the cache is refused and leaves it as it was
         assert!(g.forward(&[1], &mut cache, Logits::Last).unwrap_err().to_string().contains("context overflow"));
         assert_eq!(cache.len(), TOKENS.len());
+        // experts stay on the device: the same tokens again upload none; with no room
+        // for them every step uploads its experts, and the logits are the same
+        let uploads = g.expert_uploads();
+        let again = g.forward(&TOKENS, &mut g.new_cache(TOKENS.len()), Logits::All).unwrap();
+        assert_eq!(g.expert_uploads(), uploads, "{name}");
+        let none = GpuModel::with_expert_budget(&m, &gpu, 0).unwrap();
+        let fresh = none.forward(&TOKENS, &mut none.new_cache(TOKENS.len()), Logits::All).unwrap();
+        let first = none.expert_uploads();
+        assert!(first > 0);
+        none.forward(&TOKENS, &mut none.new_cache(TOKENS.len()), Logits::All).unwrap();
+        assert_eq!(none.expert_uploads(), 2 * first, "{name}: nothing kept, everything uploaded again");
+        assert_eq!(again, fresh, "{name}");
     }
 }
 

@@ -8,9 +8,9 @@
 //! Q4_K and Q6_K weights; latent attention (DeepSeek, Kimi) and other block formats are
 //! refused with an error saying so. The pass is recorded into command encoders with one
 //! readback per MoE layer: the router's logits come back so the CPU can route and fetch
-//! the chosen experts through the expert source (the pager included), which are then
-//! uploaded for that step. Keeping experts on the device (the slab the pager fills) and
-//! routing on the GPU are the next steps.
+//! the chosen experts through the expert source (the pager included); those not already
+//! on the device are uploaded and kept there, within a byte budget. Routing on the GPU
+//! and reading experts from disk straight into device memory are the next steps.
 
 use std::collections::BTreeMap;
 
@@ -80,8 +80,8 @@ struct GpuLayer {
     ffn: GpuFfn,
 }
 
-/// A model's non-expert weights uploaded once to a GPU, with the compiled kernels.
-/// Routed experts still come from the model's expert source at each step.
+/// A model's non-expert weights uploaded once to a GPU, with the compiled kernels, and
+/// the routed experts used lately ([`DeviceExperts`]).
 pub struct GpuModel<'a> {
     model: &'a Model,
     gpu: &'a Gpu,
@@ -89,6 +89,63 @@ pub struct GpuModel<'a> {
     layers: Vec<GpuLayer>,
     output_norm: Vector,
     output: GpuMatrix,
+    experts: DeviceExperts,
+}
+
+/// Device memory for routed experts that [`GpuModel::new`] allows by default.
+pub const DEFAULT_DEVICE_EXPERT_BYTES: u64 = 1 << 30;
+
+/// Routed experts kept on the device between steps: an expert a step needs is fetched
+/// from the model's expert source (the pager included) and uploaded only if it is not
+/// held already; beyond `budget` bytes (of their blocks) the least recently used are
+/// dropped, never one the current step uses. (Buffers a recorded pass still references
+/// live on until the device is done with them.)
+struct DeviceExperts {
+    budget: u64,
+    state: std::sync::Mutex<DeviceState>,
+}
+
+#[derive(Default)]
+struct DeviceState {
+    held: std::collections::HashMap<(usize, usize), (std::sync::Arc<GpuMlp>, u64, u64)>,
+    bytes: u64,
+    clock: u64,
+    uploads: u64,
+}
+
+impl DeviceExperts {
+    /// The device copies of `ids` of `layer`, in order; `fetch(missing)` brings the host
+    /// weights of those not held.
+    fn get(&self, gpu: &Gpu, layer: usize, ids: &[usize], fetch: impl FnOnce(&[usize]) -> Result<Vec<crate::experts::ExpertWeights>>) -> Result<Vec<std::sync::Arc<GpuMlp>>> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let missing: Vec<usize> = ids.iter().copied().filter(|&e| !st.held.contains_key(&(layer, e))).collect();
+        if !missing.is_empty() {
+            for (&e, w) in missing.iter().zip(fetch(&missing)?) {
+                let bytes = (w.gate.data.len() + w.up.data.len() + w.down.data.len()) as u64;
+                let mlp = std::sync::Arc::new(GpuMlp::new(gpu, &w.gate, &w.up, &w.down)?);
+                st.held.insert((layer, e), (mlp, bytes, 0));
+                st.bytes += bytes;
+                st.uploads += 1;
+            }
+        }
+        st.clock += 1;
+        let now = st.clock;
+        let out = ids
+            .iter()
+            .map(|&e| {
+                let entry = st.held.get_mut(&(layer, e)).expect("just made present");
+                entry.2 = now;
+                entry.0.clone()
+            })
+            .collect();
+        // over budget: drop the least recently used, never this step's
+        while st.bytes > self.budget {
+            let Some((&key, _)) = st.held.iter().filter(|(_, v)| v.2 != now).min_by_key(|(_, v)| v.2) else { break };
+            let (_, bytes, _) = st.held.remove(&key).expect("present");
+            st.bytes -= bytes;
+        }
+        Ok(out)
+    }
 }
 
 /// One sequence's keys and values in device buffers, one pair per layer, sized for
@@ -113,8 +170,20 @@ impl GpuKvCache {
 }
 
 impl<'a> GpuModel<'a> {
-    /// Uploads `model`'s attention, router, shared-expert, norm and output weights to `gpu`.
+    /// Uploads `model`'s attention, router, shared-expert, norm and output weights to
+    /// `gpu`, and keeps up to [`DEFAULT_DEVICE_EXPERT_BYTES`] of routed experts there.
     pub fn new(model: &'a Model, gpu: &'a Gpu) -> Result<GpuModel<'a>> {
+        Self::with_expert_budget(model, gpu, DEFAULT_DEVICE_EXPERT_BYTES)
+    }
+
+    /// Routed experts uploaded so far (each upload follows a fetch from the expert source).
+    pub fn expert_uploads(&self) -> u64 {
+        self.experts.state.lock().unwrap_or_else(|p| p.into_inner()).uploads
+    }
+
+    /// [`GpuModel::new`] keeping at most `budget` bytes of routed experts on the device
+    /// between steps (0: upload each step's experts afresh).
+    pub fn with_expert_budget(model: &'a Model, gpu: &'a Gpu, budget: u64) -> Result<GpuModel<'a>> {
         let cfg = &model.config;
         if cfg.mla.is_some() {
             return Err(Error::Gpu("latent attention (DeepSeek, Kimi) is not on the GPU backend yet".into()));
@@ -148,7 +217,8 @@ impl<'a> GpuModel<'a> {
                 ffn,
             });
         }
-        Ok(GpuModel { model, gpu, k, layers, output_norm: Vector::new(gpu, &w.output_norm)?, output: GpuMatrix::new(gpu, &w.output)? })
+        let experts = DeviceExperts { budget, state: Default::default() };
+        Ok(GpuModel { model, gpu, k, layers, output_norm: Vector::new(gpu, &w.output_norm)?, output: GpuMatrix::new(gpu, &w.output)?, experts })
     }
 
     /// An empty cache for one sequence of at most `max_len` positions.
@@ -266,7 +336,7 @@ impl<'a> GpuModel<'a> {
                         }
                     }
                     let ids: Vec<usize> = by_expert.keys().copied().collect();
-                    let fetched = self.model.experts.experts(l, &ids)?;
+                    let fetched = self.experts.get(gpu, l, &ids, |missing| self.model.experts.experts(l, missing))?;
                     let out = gpu.output("ffn out", n * d);
                     for (toks, w) in by_expert.values().zip(&fetched) {
                         let m = toks.len();
@@ -274,7 +344,7 @@ impl<'a> GpuModel<'a> {
                         for (i, &(t, _)) in toks.iter().enumerate() {
                             enc.copy_buffer_to_buffer(&h, (t as usize * d * 4) as u64, &xe, (i * d * 4) as u64, (d * 4) as u64);
                         }
-                        let y = self.mlp(&mut enc, &GpuMlp::new(gpu, &w.gate, &w.up, &w.down)?, &xe, m)?;
+                        let y = self.mlp(&mut enc, w, &xe, m)?;
                         let idx: Vec<u32> = toks.iter().map(|&(t, _)| t).collect();
                         let wts: Vec<f32> = toks.iter().map(|&(_, w)| w).collect();
                         let (ib, wb) = (gpu.storage("expert tokens", bytemuck::cast_slice(&idx))?, gpu.upload("expert weights", &wts)?);
