@@ -22,7 +22,11 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::compute::cpu::{axpy, dot, silu};
+use std::sync::OnceLock;
+
+use crate::compute::cpu::{axpy, dot, matmul, silu};
+use crate::compute::QMatrix;
+use crate::quant::GgmlType;
 use crate::{Error, Result};
 
 /// A trained shadow predictor.
@@ -50,6 +54,17 @@ pub struct Shadow {
     pub b2: Vec<f32>,
     /// The held-out evaluation made when it was trained (JSON), if any.
     pub report: Option<String>,
+    /// The weights as matrices for [`Shadow::predict`], made on its first call (so change
+    /// no weight after that).
+    matrices: OnceLock<Matrices>,
+}
+
+/// `w1` and every head's `W2` as matrices: a step's rows go through each in one product
+/// spread over the thread pool.
+#[derive(Clone, Debug)]
+struct Matrices {
+    w1: QMatrix,
+    heads: Vec<QMatrix>,
 }
 
 /// The trunk's activations for one state: what the heads and the backward pass need.
@@ -78,6 +93,7 @@ impl Shadow {
             b2: vec![0.0; n * lookahead * n_expert],
             layers,
             report: None,
+            matrices: OnceLock::new(),
         }
     }
 
@@ -123,22 +139,48 @@ impl Shadow {
 
     /// The experts to read ahead for the layers after `layer`, given the step's rows
     /// there (`n × n_embd`): for each layer within `depth` (at most the trained
-    /// lookahead), the union of every row's `top_k` best-scored experts, ascending.
+    /// lookahead), the union of every row's `top_k` best-scored experts, ascending. The
+    /// rows go through the network together, one matrix product per weight on the
+    /// thread pool; the scores equal [`Shadow::scores`]' up to the order of float
+    /// additions.
     pub fn predict(&self, layer: usize, rows: &[f32], depth: usize) -> Vec<(usize, Vec<usize>)> {
-        let mut out: Vec<(usize, Vec<usize>)> = Vec::new();
-        for row in rows.chunks_exact(self.n_embd) {
-            for (d, (target, s)) in self.scores(layer, row).into_iter().enumerate().take(depth.max(1)) {
-                if out.len() <= d {
-                    out.push((target, Vec::new()));
-                }
-                out[d].1.extend(top(&s, self.top_k));
+        let Some(i) = self.layer_index(layer) else { return Vec::new() };
+        let (d, r, e) = (self.n_embd, self.rank, self.n_expert);
+        if rows.len() < d {
+            return Vec::new();
+        }
+        let m = self.matrices.get_or_init(|| self.build_matrices());
+        let mut x = rows[..rows.len() / d * d].to_vec();
+        for row in x.chunks_exact_mut(d) {
+            let ms = dot(row, row) / d as f32;
+            let inv = if ms > 0.0 { 1.0 / ms.sqrt() } else { 0.0 };
+            row.iter_mut().for_each(|v| *v *= inv);
+        }
+        let mut a = matmul(&m.w1, &x);
+        let b1 = &self.b1[i * r..(i + 1) * r];
+        for row in a.chunks_exact_mut(r) {
+            for (v, b) in row.iter_mut().zip(b1) {
+                *v = silu(*v + b);
             }
         }
-        for (_, ids) in &mut out {
+        let mut out = Vec::new();
+        for dist in 0..depth.max(1).min(self.lookahead) {
+            if i + dist + 1 >= self.layers.len() {
+                break;
+            }
+            let b2 = &self.b2[self.head(i, dist)..self.head(i, dist) + e];
+            let z = matmul(&m.heads[i * self.lookahead + dist], &a);
+            let mut ids: Vec<usize> = z.chunks_exact(e).flat_map(|row| top(&row.iter().zip(b2).map(|(v, b)| v + b).collect::<Vec<_>>(), self.top_k)).collect();
             ids.sort_unstable();
             ids.dedup();
+            out.push((self.layers[i + dist + 1], ids));
         }
         out
+    }
+
+    fn build_matrices(&self) -> Matrices {
+        let per_head = self.n_expert * self.rank;
+        Matrices { w1: matrix(&self.w1, self.rank, self.n_embd), heads: self.w2.chunks_exact(per_head).map(|h| matrix(h, self.n_expert, self.rank)).collect() }
     }
 
     /// Writes the predictor to `path` (safetensors).
@@ -203,6 +245,7 @@ impl Shadow {
             rank,
             layers,
             report: meta.get("report").cloned(),
+            matrices: OnceLock::new(),
         })
     }
 
@@ -213,6 +256,11 @@ impl Shadow {
             axpy(out, ge, &self.w2[(h + e) * self.rank..(h + e + 1) * self.rank]);
         }
     }
+}
+
+/// `v` (`rows × cols`) as an f32 matrix for [`matmul`].
+fn matrix(v: &[f32], rows: usize, cols: usize) -> QMatrix {
+    QMatrix { ty: GgmlType::F32, rows, cols, data: v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>().into() }
 }
 
 /// Indices of the `k` largest values, largest first (ties: lower index first).
@@ -250,6 +298,12 @@ mod tests {
         assert_eq!(p.len(), 2);
         assert_eq!((p[0].0, p[1].0), (2, 3));
         assert!(p[0].1.contains(&5) && p[0].1.len() <= 4);
+        // the rows together pick what each row's own scores pick
+        let many: Vec<f32> = (0..40 * 4).map(|k| ((k * 37 % 23) as f32 - 11.0) * 0.3).collect();
+        let mut want: Vec<usize> = many.chunks_exact(4).flat_map(|row| top(&t.scores(1, row)[0].1, 2)).collect();
+        want.sort_unstable();
+        want.dedup();
+        assert_eq!(t.predict(1, &many, 1), vec![(2, want)]);
         // the last layer has nothing ahead; unknown layers predict nothing
         assert!(t.predict(3, &rows, 2).is_empty());
         assert!(t.predict(0, &rows, 2).is_empty());

@@ -45,8 +45,9 @@ pub fn run(traces: &Path, output: &Path, opts: &TrainOptions, model: Option<&Pat
     shadow.save(output)?;
     println!("held-out recall ({} tokens trained on, {} held out):\n\n{}", report.train_tokens, report.heldout_tokens, report.table());
     println!(
-        "prediction: {:.1} µs per token and layer (one thread); parameters: {:.2} MiB",
+        "prediction: {:.1} µs per token and layer (one thread), {:.0} µs for 64 tokens at once; parameters: {:.2} MiB",
         report.predict_us,
+        report.predict_64_us,
         report.parameter_bytes as f64 / (1u64 << 20) as f64
     );
     if report.beats_baselines {
