@@ -108,9 +108,8 @@ impl Shadow {
     }
 
     pub(crate) fn trunk(&self, i: usize, state: &[f32]) -> Trunk {
-        let ms = dot(state, state) / state.len() as f32;
-        let inv = if ms > 0.0 { 1.0 / ms.sqrt() } else { 0.0 };
-        let x: Vec<f32> = state.iter().map(|v| v * inv).collect();
+        let mut x = state.to_vec();
+        normalize(&mut x);
         let b1 = &self.b1[i * self.rank..(i + 1) * self.rank];
         let pre: Vec<f32> = self.w1.chunks_exact(self.n_embd).zip(b1).map(|(w, b)| dot(w, &x) + b).collect();
         let a = pre.iter().map(|&p| silu(p)).collect();
@@ -151,11 +150,7 @@ impl Shadow {
         }
         let m = self.matrices.get_or_init(|| self.build_matrices());
         let mut x = rows[..rows.len() / d * d].to_vec();
-        for row in x.chunks_exact_mut(d) {
-            let ms = dot(row, row) / d as f32;
-            let inv = if ms > 0.0 { 1.0 / ms.sqrt() } else { 0.0 };
-            row.iter_mut().for_each(|v| *v *= inv);
-        }
+        x.chunks_exact_mut(d).for_each(normalize);
         let mut a = matmul(&m.w1, &x);
         let b1 = &self.b1[i * r..(i + 1) * r];
         for row in a.chunks_exact_mut(r) {
@@ -256,6 +251,13 @@ impl Shadow {
             axpy(out, ge, &self.w2[(h + e) * self.rank..(h + e + 1) * self.rank]);
         }
     }
+}
+
+/// `x / rms(x)` in place: the network's input, the state's scale removed.
+fn normalize(x: &mut [f32]) {
+    let ms = dot(x, x) / x.len() as f32;
+    let inv = if ms > 0.0 { 1.0 / ms.sqrt() } else { 0.0 };
+    x.iter_mut().for_each(|v| *v *= inv);
 }
 
 /// `v` (`rows × cols`) as an f32 matrix for [`matmul`].

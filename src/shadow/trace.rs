@@ -55,6 +55,12 @@ pub struct TraceHeader {
 }
 
 impl TraceHeader {
+    /// The header for traces of `m` (its MoE layers), naming `source` as their origin.
+    pub fn for_model(m: &Model, source: &str) -> Result<TraceHeader> {
+        let moe = m.config().moe.as_ref().ok_or_else(|| Error::Invalid("the model has no routed experts: nothing to trace".into()))?;
+        Ok(TraceHeader { n_embd: m.config().n_embd, n_expert: moe.n_expert, top_k: moe.n_expert_used, layers: m.moe_layers(), source: source.to_string() })
+    }
+
     /// Bytes of one layer's part of a record.
     pub fn layer_bytes(&self) -> usize {
         2 * self.n_embd + 2 * self.top_k + 4 * self.top_k
@@ -102,14 +108,6 @@ impl TraceHeader {
         let source = b.get(at..at + len).ok_or_else(|| bad("header cut short"))?;
         let source = String::from_utf8(source.to_vec()).map_err(|_| bad("source path is not UTF-8"))?;
         Ok((TraceHeader { n_embd, n_expert, top_k, layers, source }, at + len))
-    }
-}
-
-impl TraceHeader {
-    /// The header for traces of `m` (its MoE layers), naming `source` as their origin.
-    pub fn for_model(m: &Model, source: &str) -> Result<TraceHeader> {
-        let moe = m.config().moe.as_ref().ok_or_else(|| Error::Invalid("the model has no routed experts: nothing to trace".into()))?;
-        Ok(TraceHeader { n_embd: m.config().n_embd, n_expert: moe.n_expert, top_k: moe.n_expert_used, layers: m.moe_layers(), source: source.to_string() })
     }
 }
 
