@@ -1,12 +1,10 @@
 //! Feed-forward blocks: dense SwiGLU, and the mixture of experts (router, routed experts
 //! computed expert by expert over the tokens routed to them, shared experts).
 
-use std::collections::BTreeMap;
-
 use rayon::prelude::*;
 
 use super::config::Config;
-use super::router::{route, Route};
+use super::router::{group_by_expert, route, Route};
 use super::weights::{Ffn, Mlp};
 use crate::compute::cpu::{matmul, sigmoid, swiglu};
 use crate::experts::ExpertSource;
@@ -53,17 +51,7 @@ pub fn forward(cfg: &Config, layer: usize, f: &Ffn, experts: &dyn ExpertSource, 
             let moe = cfg.moe.as_ref().expect("MoE config");
             let logits = matmul(router, x);
             // Group the tokens by expert so each expert is fetched once per batch.
-            let mut by_expert: BTreeMap<usize, Vec<(usize, f32)>> = BTreeMap::new();
-            let mut kept = routes;
-            for t in 0..n {
-                let r = route(moe, &logits[t * moe.n_expert..(t + 1) * moe.n_expert], bias.as_deref());
-                for (&e, &w) in r.ids.iter().zip(&r.weights) {
-                    by_expert.entry(e).or_default().push((t, w));
-                }
-                if let Some(k) = kept.as_mut() {
-                    k.push(r);
-                }
-            }
+            let by_expert = group_by_expert(moe, &logits, bias.as_deref(), routes);
             let mut out = vec![0.0f32; n * d];
             // Fetch every expert this batch needs at once, so a disk-backed source can read
             // them in parallel; each is fetched once however many tokens it serves.

@@ -12,11 +12,9 @@
 //! on the device are uploaded and kept there, within a byte budget. Routing on the GPU
 //! and reading experts from disk straight into device memory are the next steps.
 
-use std::collections::BTreeMap;
-
 use super::config::Config;
 use super::rope::Rotation;
-use super::router::route;
+use super::router::group_by_expert;
 use super::weights::{Attention, Ffn};
 use super::{Logits, Model};
 use crate::compute::gpu::attention::{Attention as GpuAttention, Shape};
@@ -328,13 +326,7 @@ impl<'a> GpuModel<'a> {
                     let lb = self.matmul(&mut enc, router, &h, n)?;
                     let logits = self.read(&mut enc, &lb, n * moe.n_expert)?;
                     // tokens by expert, each expert fetched once, as the CPU pass does
-                    let mut by_expert: BTreeMap<usize, Vec<(u32, f32)>> = BTreeMap::new();
-                    for t in 0..n {
-                        let r = route(moe, &logits[t * moe.n_expert..(t + 1) * moe.n_expert], bias.as_deref());
-                        for (&e, &w) in r.ids.iter().zip(&r.weights) {
-                            by_expert.entry(e).or_default().push((t as u32, w));
-                        }
-                    }
+                    let by_expert = group_by_expert(moe, &logits, bias.as_deref(), None);
                     let ids: Vec<usize> = by_expert.keys().copied().collect();
                     let fetched = self.experts.get(gpu, l, &ids, |missing| self.model.experts.experts(l, missing))?;
                     let out = gpu.output("ffn out", n * d);
@@ -342,10 +334,10 @@ impl<'a> GpuModel<'a> {
                         let m = toks.len();
                         let xe = gpu.output("expert in", m * d);
                         for (i, &(t, _)) in toks.iter().enumerate() {
-                            enc.copy_buffer_to_buffer(&h, (t as usize * d * 4) as u64, &xe, (i * d * 4) as u64, (d * 4) as u64);
+                            enc.copy_buffer_to_buffer(&h, (t * d * 4) as u64, &xe, (i * d * 4) as u64, (d * 4) as u64);
                         }
                         let y = self.mlp(&mut enc, w, &xe, m)?;
-                        let idx: Vec<u32> = toks.iter().map(|&(t, _)| t).collect();
+                        let idx: Vec<u32> = toks.iter().map(|&(t, _)| t as u32).collect();
                         let wts: Vec<f32> = toks.iter().map(|&(_, w)| w).collect();
                         let (ib, wb) = (gpu.storage("expert tokens", bytemuck::cast_slice(&idx))?, gpu.upload("expert weights", &wts)?);
                         self.k.combine.scatter_add(gpu, &mut enc, &out, &y, &ib, &wb, m, d)?;

@@ -3,6 +3,8 @@
 //! The router only decides; it never owns or touches expert weights (those are reached
 //! through [`crate::experts::ExpertSource`]).
 
+use std::collections::BTreeMap;
+
 use super::config::{Gating, GroupScore, MoeConfig};
 use crate::compute::cpu::{sigmoid, softmax};
 
@@ -13,6 +15,24 @@ pub struct Route {
     pub ids: Vec<usize>,
     /// Mixing weight of each chosen expert.
     pub weights: Vec<f32>,
+}
+
+/// Routes the `n` tokens whose router logits are `logits` (`n × n_expert`) and groups
+/// them by expert — `expert → [(token, weight)]`, experts ascending, tokens in order — so
+/// each chosen expert is fetched and applied once for all its tokens. With `routes`,
+/// each token's route is also appended there.
+pub fn group_by_expert(cfg: &MoeConfig, logits: &[f32], bias: Option<&[f32]>, mut routes: Option<&mut Vec<Route>>) -> BTreeMap<usize, Vec<(usize, f32)>> {
+    let mut by_expert: BTreeMap<usize, Vec<(usize, f32)>> = BTreeMap::new();
+    for (t, l) in logits.chunks_exact(cfg.n_expert).enumerate() {
+        let r = route(cfg, l, bias);
+        for (&e, &w) in r.ids.iter().zip(&r.weights) {
+            by_expert.entry(e).or_default().push((t, w));
+        }
+        if let Some(k) = routes.as_mut() {
+            k.push(r);
+        }
+    }
+    by_expert
 }
 
 /// The gating probabilities of one token and the scores experts are selected by (the
