@@ -22,11 +22,9 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use std::sync::OnceLock;
+use rayon::prelude::*;
 
-use crate::compute::cpu::{axpy, dot, matmul, silu};
-use crate::compute::QMatrix;
-use crate::quant::GgmlType;
+use crate::compute::cpu::{axpy, dot, silu};
 use crate::{Error, Result};
 
 /// A trained shadow predictor.
@@ -54,17 +52,6 @@ pub struct Shadow {
     pub b2: Vec<f32>,
     /// The held-out evaluation made when it was trained (JSON), if any.
     pub report: Option<String>,
-    /// The weights as matrices for [`Shadow::predict`], made on its first call (so change
-    /// no weight after that).
-    matrices: OnceLock<Matrices>,
-}
-
-/// `w1` and every head's `W2` as matrices: a step's rows go through each in one product
-/// spread over the thread pool.
-#[derive(Clone, Debug)]
-struct Matrices {
-    w1: QMatrix,
-    heads: Vec<QMatrix>,
 }
 
 /// The trunk's activations for one state: what the heads and the backward pass need.
@@ -93,7 +80,6 @@ impl Shadow {
             b2: vec![0.0; n * lookahead * n_expert],
             layers,
             report: None,
-            matrices: OnceLock::new(),
         }
     }
 
@@ -128,54 +114,45 @@ impl Shadow {
 
     /// Scores of every expert of each MoE layer ahead of model layer `layer`, from one
     /// token's `state` there: `(target model layer, n_expert scores)` for each distance
-    /// that exists. Empty for a layer it does not know.
+    /// that exists. Empty for a layer it does not know. The same computation as
+    /// [`Shadow::predict`], so what is measured with it is what prefetching uses.
     pub fn scores(&self, layer: usize, state: &[f32]) -> Vec<(usize, Vec<f32>)> {
-        let Some(i) = self.layer_index(layer) else { return Vec::new() };
         assert_eq!(state.len(), self.n_embd, "state width");
-        let t = self.trunk(i, state);
-        (0..self.lookahead).filter(|d| i + d + 1 < self.layers.len()).map(|d| (self.layers[i + d + 1], self.head_logits(i, d, &t.a))).collect()
+        self.layer_index(layer).map_or_else(Vec::new, |i| self.rows_scores(i, state, self.lookahead))
     }
 
     /// The experts to read ahead for the layers after `layer`, given the step's rows
     /// there (`n × n_embd`): for each layer within `depth` (at most the trained
-    /// lookahead), the union of every row's `top_k` best-scored experts, ascending. The
-    /// rows go through the network together, one matrix product per weight on the
-    /// thread pool; the scores equal [`Shadow::scores`]' up to the order of float
-    /// additions.
+    /// lookahead), the union of every row's `top_k` best-scored experts, ascending.
     pub fn predict(&self, layer: usize, rows: &[f32], depth: usize) -> Vec<(usize, Vec<usize>)> {
         let Some(i) = self.layer_index(layer) else { return Vec::new() };
-        let (d, r, e) = (self.n_embd, self.rank, self.n_expert);
-        if rows.len() < d {
-            return Vec::new();
-        }
-        let m = self.matrices.get_or_init(|| self.build_matrices());
-        let mut x = rows[..rows.len() / d * d].to_vec();
-        x.chunks_exact_mut(d).for_each(normalize);
-        let mut a = matmul(&m.w1, &x);
-        let b1 = &self.b1[i * r..(i + 1) * r];
-        for row in a.chunks_exact_mut(r) {
-            for (v, b) in row.iter_mut().zip(b1) {
-                *v = silu(*v + b);
-            }
-        }
-        let mut out = Vec::new();
-        for dist in 0..depth.max(1).min(self.lookahead) {
-            if i + dist + 1 >= self.layers.len() {
-                break;
-            }
-            let b2 = &self.b2[self.head(i, dist)..self.head(i, dist) + e];
-            let z = matmul(&m.heads[i * self.lookahead + dist], &a);
-            let mut ids: Vec<usize> = z.chunks_exact(e).flat_map(|row| top(&row.iter().zip(b2).map(|(v, b)| v + b).collect::<Vec<_>>(), self.top_k)).collect();
-            ids.sort_unstable();
-            ids.dedup();
-            out.push((self.layers[i + dist + 1], ids));
-        }
-        out
+        self.rows_scores(i, rows, depth)
+            .into_iter()
+            .map(|(target, z)| {
+                let mut ids: Vec<usize> = z.chunks_exact(self.n_expert).flat_map(|row| top(row, self.top_k)).collect();
+                ids.sort_unstable();
+                ids.dedup();
+                (target, ids)
+            })
+            .collect()
     }
 
-    fn build_matrices(&self) -> Matrices {
-        let per_head = self.n_expert * self.rank;
-        Matrices { w1: matrix(&self.w1, self.rank, self.n_embd), heads: self.w2.chunks_exact(per_head).map(|h| matrix(h, self.n_expert, self.rank)).collect() }
+    /// `(target model layer, n × n_expert scores)` for each distance up to `depth` (at
+    /// least 1, at most the trained lookahead) from the rows at the `i`-th known layer:
+    /// the training pass's forward, row by row (rows side by side on the thread pool when
+    /// there are enough to repay it; a row's scores never depend on the others).
+    fn rows_scores(&self, i: usize, rows: &[f32], depth: usize) -> Vec<(usize, Vec<f32>)> {
+        let dists: Vec<usize> = (0..depth.max(1).min(self.lookahead)).take_while(|dist| i + dist + 1 < self.layers.len()).collect();
+        let one = |row: &[f32]| {
+            let a = self.trunk(i, row).a;
+            dists.iter().map(|&dist| self.head_logits(i, dist, &a)).collect::<Vec<_>>()
+        };
+        let per_row: Vec<Vec<Vec<f32>>> = if rows.len() >= 8 * self.n_embd {
+            rows.par_chunks_exact(self.n_embd).map(one).collect()
+        } else {
+            rows.chunks_exact(self.n_embd).map(one).collect()
+        };
+        dists.iter().enumerate().map(|(k, &dist)| (self.layers[i + dist + 1], per_row.iter().flat_map(|r| r[k].iter().copied()).collect())).collect()
     }
 
     /// Writes the predictor to `path` (safetensors).
@@ -240,7 +217,6 @@ impl Shadow {
             rank,
             layers,
             report: meta.get("report").cloned(),
-            matrices: OnceLock::new(),
         })
     }
 
@@ -258,11 +234,6 @@ fn normalize(x: &mut [f32]) {
     let ms = dot(x, x) / x.len() as f32;
     let inv = if ms > 0.0 { 1.0 / ms.sqrt() } else { 0.0 };
     x.iter_mut().for_each(|v| *v *= inv);
-}
-
-/// `v` (`rows × cols`) as an f32 matrix for [`matmul`].
-fn matrix(v: &[f32], rows: usize, cols: usize) -> QMatrix {
-    QMatrix { ty: GgmlType::F32, rows, cols, data: v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>().into() }
 }
 
 /// Indices of the `k` largest values, largest first (ties: lower index first).
@@ -300,9 +271,9 @@ mod tests {
         assert_eq!(p.len(), 2);
         assert_eq!((p[0].0, p[1].0), (2, 3));
         assert!(p[0].1.contains(&5) && p[0].1.len() <= 4);
-        // the rows together pick what each row's own scores pick
+        // a step's rows (enough to go side by side) pick what each picks alone
         let many: Vec<f32> = (0..40 * 4).map(|k| ((k * 37 % 23) as f32 - 11.0) * 0.3).collect();
-        let mut want: Vec<usize> = many.chunks_exact(4).flat_map(|row| top(&t.scores(1, row)[0].1, 2)).collect();
+        let mut want: Vec<usize> = many.chunks_exact(4).flat_map(|row| top(&t.head_logits(0, 0, &t.trunk(0, row).a), 2)).collect();
         want.sort_unstable();
         want.dedup();
         assert_eq!(t.predict(1, &many, 1), vec![(2, want)]);
