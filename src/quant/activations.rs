@@ -37,6 +37,8 @@ pub struct Activations {
     q8: Vec<ActQ8_0>,
     /// The Q8_0 quants offset to unsigned bytes, for the VNNI kernel (only where it runs).
     q8_unsigned: Vec<[u8; 32]>,
+    /// Each Q8_0 block's scale repeated eight times, for the VNNI kernel (only where it runs).
+    q8_scales8: Vec<[f32; 8]>,
     q8k: Vec<ActQ8_K>,
 }
 
@@ -56,7 +58,7 @@ impl Activations {
     pub fn new(kind: ActKind, x: &[f32], k: usize) -> Self {
         assert!(k > 0 && x.len().is_multiple_of(k));
         let n = x.len() / k;
-        let mut a = Activations { kind, k, n, f32s: Vec::new(), q8: Vec::new(), q8_unsigned: Vec::new(), q8k: Vec::new() };
+        let mut a = Activations { kind, k, n, f32s: Vec::new(), q8: Vec::new(), q8_unsigned: Vec::new(), q8_scales8: Vec::new(), q8k: Vec::new() };
         match kind {
             ActKind::F32 => a.f32s = x.to_vec(),
             ActKind::Q8_0 => {
@@ -65,6 +67,7 @@ impl Activations {
                 #[cfg(target_arch = "x86_64")]
                 if super::dot::has_vnni() {
                     a.q8_unsigned = a.q8.iter().map(|b| b.qs.map(|q| (q as u8) ^ 0x80)).collect();
+                    a.q8_scales8 = a.q8.iter().map(|b| [b.d; 8]).collect();
                 }
             }
             ActKind::Q8K => {
@@ -96,6 +99,14 @@ impl Activations {
     pub(crate) fn row_unsigned(&self, t: usize) -> &[[u8; 32]] {
         let b = self.k / QK;
         &self.q8_unsigned[t * b..(t + 1) * b]
+    }
+
+    /// Row `t`'s Q8_0 block scales, each repeated eight times (one 256-bit lane group per
+    /// block, what the VNNI kernel multiplies with); made only where that kernel runs.
+    #[inline]
+    pub(crate) fn row_scales8(&self, t: usize) -> &[[f32; 8]] {
+        let b = self.k / QK;
+        &self.q8_scales8[t * b..(t + 1) * b]
     }
 
     /// Row `t`.
@@ -145,7 +156,14 @@ fn round_half_away(f: f32) -> f32 {
 
 #[inline(always)]
 fn quantize_q8_0_body(x: &[f32]) -> ActQ8_0 {
-    let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    // eight running maxima (exact in any order) so the search is a few vector operations
+    let mut m = [0.0f32; 8];
+    for c in x.chunks_exact(8) {
+        for i in 0..8 {
+            m[i] = m[i].max(c[i].abs());
+        }
+    }
+    let amax = m.iter().chain(x.chunks_exact(8).remainder()).fold(0.0f32, |m, v| m.max(v.abs()));
     let d = amax / 127.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     let mut qs = [0i8; 32];

@@ -11,6 +11,7 @@
 use super::activations::ActRow;
 use super::blocks::*;
 use super::dequant::{k4_scales_mins, q3k_scales};
+use super::out_grid::OutGrid;
 use super::GgmlType;
 
 #[inline(always)]
@@ -322,52 +323,70 @@ pub fn dot(ty: GgmlType, w: &[u8], x: ActRow<'_>) -> f32 {
 }
 
 #[inline(always)]
-fn dot_rows_body(
-    ty: GgmlType,
-    rows: &[u8],
-    row_bytes: usize,
-    acts: &super::Activations,
-    out: &mut [f32],
-) {
+fn dot_rows_body(ty: GgmlType, rows: &[u8], row_bytes: usize, acts: &super::Activations, out: &mut OutGrid) {
     let n = acts.n_rows();
     for (r, w) in rows.chunks_exact(row_bytes).enumerate() {
         for t in 0..n {
-            out[r * n + t] = dot(ty, w, acts.row(t));
+            out.set(r, t, dot(ty, w, acts.row(t)));
         }
+    }
+}
+
+/// Q8_0 rows times every token with the VNNI tile kernel: two rows × four tokens at a
+/// time, smaller tiles at the edges.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512dq,avx512vnni")]
+unsafe fn dot_rows_q8_0_vnni(rows: &[u8], row_bytes: usize, acts: &super::Activations, out: &mut OutGrid) {
+    use super::dot_vnni::dot_q8_0_vnni_tile as tile;
+    let n = acts.n_rows();
+    let w: Vec<&[BlockQ8_0]> = rows.chunks_exact(row_bytes).map(|w| as_blocks(w).expect("whole blocks")).collect();
+    let d = |t: usize| acts.row_scales8(t);
+    let u = |t: usize| acts.row_unsigned(t);
+    // one tile shape, written out once for every edge case of rows and tokens
+    macro_rules! tiles {
+        ($r:expr, [$($ri:literal),+]) => {{
+            let r = $r;
+            let mut t = 0;
+            while t + 4 <= n {
+                put(out, r, t, &tile([$(w[r + $ri]),+], [d(t), d(t + 1), d(t + 2), d(t + 3)], [u(t), u(t + 1), u(t + 2), u(t + 3)]));
+                t += 4;
+            }
+            match n - t {
+                3 => put(out, r, t, &tile([$(w[r + $ri]),+], [d(t), d(t + 1), d(t + 2)], [u(t), u(t + 1), u(t + 2)])),
+                2 => put(out, r, t, &tile([$(w[r + $ri]),+], [d(t), d(t + 1)], [u(t), u(t + 1)])),
+                1 => put(out, r, t, &tile([$(w[r + $ri]),+], [d(t)], [u(t)])),
+                _ => {}
+            }
+        }};
+    }
+    fn put<const R: usize, const N: usize>(out: &mut OutGrid, r: usize, t: usize, y: &[[f32; N]; R]) {
+        for (ri, y) in y.iter().enumerate() {
+            for (ti, &v) in y.iter().enumerate() {
+                out.set(r + ri, t + ti, v);
+            }
+        }
+    }
+    let mut r = 0;
+    while r + 2 <= w.len() {
+        tiles!(r, [0, 1]);
+        r += 2;
+    }
+    if r < w.len() {
+        tiles!(r, [0]);
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,bmi2")]
-unsafe fn dot_rows_avx2(ty: GgmlType, rows: &[u8], row_bytes: usize, acts: &super::Activations, out: &mut [f32]) {
+unsafe fn dot_rows_avx2(ty: GgmlType, rows: &[u8], row_bytes: usize, acts: &super::Activations, out: &mut OutGrid) {
     use super::dot_avx2 as k;
     fn b<B: Block>(w: &[u8]) -> &[B] {
         as_blocks(w).expect("whole blocks")
     }
     let n = acts.n_rows();
     match ty {
-        GgmlType::Q8_0 if has_vnni() => {
-            let a = |t: usize| match acts.row(t) {
-                ActRow::Q8_0(a) => a,
-                _ => unreachable!("activation kind follows the weight type"),
-            };
-            let u = |t: usize| acts.row_unsigned(t);
-            for (r, w) in rows.chunks_exact(row_bytes).enumerate() {
-                let w = b::<BlockQ8_0>(w);
-                let out = &mut out[r * n..(r + 1) * n];
-                let mut t = 0;
-                while t + 4 <= n {
-                    out[t..t + 4].copy_from_slice(&k::dot_q8_0_vnni::<4>(w, [a(t), a(t + 1), a(t + 2), a(t + 3)], [u(t), u(t + 1), u(t + 2), u(t + 3)]));
-                    t += 4;
-                }
-                match n - t {
-                    3 => out[t..].copy_from_slice(&k::dot_q8_0_vnni::<3>(w, [a(t), a(t + 1), a(t + 2)], [u(t), u(t + 1), u(t + 2)])),
-                    2 => out[t..].copy_from_slice(&k::dot_q8_0_vnni::<2>(w, [a(t), a(t + 1)], [u(t), u(t + 1)])),
-                    1 => out[t..].copy_from_slice(&k::dot_q8_0_vnni::<1>(w, [a(t)], [u(t)])),
-                    _ => {}
-                }
-            }
-        }
+        // SAFETY: has_vnni checked the CPU features.
+        GgmlType::Q8_0 if has_vnni() => unsafe { dot_rows_q8_0_vnni(rows, row_bytes, acts, out) },
         GgmlType::Q8_0 if n >= 4 => {
             for (r, w) in rows.chunks_exact(row_bytes).enumerate() {
                 let w = b::<BlockQ8_0>(w);
@@ -375,26 +394,28 @@ unsafe fn dot_rows_avx2(ty: GgmlType, rows: &[u8], row_bytes: usize, acts: &supe
                     ActRow::Q8_0(a) => a,
                     _ => unreachable!("activation kind follows the weight type"),
                 };
-                let out = &mut out[r * n..(r + 1) * n];
                 let mut t = 0;
                 while t + 4 <= n {
-                    out[t..t + 4].copy_from_slice(&k::dot_q8_0_x4(w, [row(t), row(t + 1), row(t + 2), row(t + 3)]));
+                    for (i, v) in k::dot_q8_0_x4(w, [row(t), row(t + 1), row(t + 2), row(t + 3)]).into_iter().enumerate() {
+                        out.set(r, t + i, v);
+                    }
                     t += 4;
                 }
                 for t in t..n {
-                    out[t] = k::dot_q8_0(w, row(t));
+                    out.set(r, t, k::dot_q8_0(w, row(t)));
                 }
             }
         }
         GgmlType::Q8_0 | GgmlType::Q4_K | GgmlType::Q6_K => {
             for (r, w) in rows.chunks_exact(row_bytes).enumerate() {
                 for t in 0..n {
-                    out[r * n + t] = match (ty, acts.row(t)) {
+                    let v = match (ty, acts.row(t)) {
                         (GgmlType::Q8_0, ActRow::Q8_0(a)) => k::dot_q8_0(b(w), a),
                         (GgmlType::Q4_K, ActRow::Q8K(a)) => k::dot_q4_k(b(w), a),
                         (GgmlType::Q6_K, ActRow::Q8K(a)) => k::dot_q6_k(b(w), a),
                         _ => unreachable!("activation kind follows the weight type"),
                     };
+                    out.set(r, t, v);
                 }
             }
         }
@@ -427,6 +448,7 @@ pub fn has_vnni() -> bool {
             && std::env::var_os("ODMOE_NO_VNNI").is_none()
             && std::is_x86_feature_detected!("avx512f")
             && std::is_x86_feature_detected!("avx512vl")
+            && std::is_x86_feature_detected!("avx512dq")
             && std::is_x86_feature_detected!("avx512vnni")
     })
 }
@@ -434,8 +456,15 @@ pub fn has_vnni() -> bool {
 /// Dots each weight row in `rows` (consecutive rows of `row_bytes` bytes) with every
 /// activation row; `out[r * n_tokens + t]` receives row `r` times token `t`.
 pub fn dot_rows(ty: GgmlType, rows: &[u8], row_bytes: usize, acts: &super::Activations, out: &mut [f32]) {
-    debug_assert_eq!(rows.len() % row_bytes, 0);
-    debug_assert_eq!(out.len(), rows.len() / row_bytes * acts.n_rows());
+    let n_rows = rows.len() / row_bytes;
+    dot_rows_into(ty, rows, row_bytes, acts, &mut OutGrid::row_major(out, n_rows, acts.n_rows()))
+}
+
+/// [`dot_rows`] writing row `r` times token `t` to entry `(r, t)` of `out`, whatever its
+/// layout (matrix products write token-major windows of their output from each thread).
+pub fn dot_rows_into(ty: GgmlType, rows: &[u8], row_bytes: usize, acts: &super::Activations, out: &mut OutGrid) {
+    assert_eq!(rows.len() % row_bytes, 0, "weight bytes are not whole rows");
+    assert!(out.rows() == rows.len() / row_bytes && out.n() == acts.n_rows(), "output grid of the wrong shape");
     #[cfg(target_arch = "x86_64")]
     {
         if has_avx2() {

@@ -8,14 +8,18 @@ mod dequant;
 mod dot;
 #[cfg(target_arch = "x86_64")]
 mod dot_avx2;
+#[cfg(target_arch = "x86_64")]
+mod dot_vnni;
 mod ggml_type;
+mod out_grid;
 
 pub use activations::{quantize_q8_0, quantize_q8_k, ActKind, ActRow, Activations};
 pub use dequant::dequantize;
-pub use dot::{dot, dot_rows};
+pub use dot::{dot, dot_rows, dot_rows_into};
 #[cfg(target_arch = "x86_64")]
 pub(crate) use dot::has_avx2;
 pub use ggml_type::GgmlType;
+pub use out_grid::OutGrid;
 
 #[cfg(test)]
 mod tests;

@@ -20,7 +20,7 @@ fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
 }
 
 /// Random blocks of `ty` with finite, modest f16 scales at the given byte offsets.
-fn random_row(ty: GgmlType, cols: usize, seed: u64) -> Vec<u8> {
+pub(crate) fn random_row(ty: GgmlType, cols: usize, seed: u64) -> Vec<u8> {
     let rb = ty.row_bytes(cols as u64).unwrap() as usize;
     let mut b = random_bytes(rb, seed);
     let scale_offsets: &[usize] = match ty {
@@ -161,35 +161,6 @@ fn many_token_rows_equal_one_token_rows_bit_for_bit() {
                     assert_eq!(all[r * n + t].to_bits(), one[r].to_bits(), "{ty} cols {cols} row {r} token {t}");
                 }
             }
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[test]
-fn vnni_q8_0_kernel_equals_avx2_kernel_bit_for_bit() {
-    use super::blocks::BlockQ8_0;
-    use super::dot_avx2 as k;
-    if !super::dot::has_vnni() {
-        eprintln!("skipped: this CPU has no AVX-512 VNNI");
-        return;
-    }
-    // odd and even block counts; random weights include -128
-    for cols in [288usize, 1024] {
-        let w = random_row(GgmlType::Q8_0, cols, 5);
-        let w: &[BlockQ8_0] = super::blocks::as_blocks(&w).unwrap();
-        let x: Vec<f32> = (0..3 * cols).map(|i| ((i * 17 % 31) as f32 - 15.0) / 9.0).collect();
-        let acts = Activations::new(ActKind::Q8_0, &x, cols);
-        let rows: Vec<_> = (0..3).map(|t| match acts.row(t) {
-            super::ActRow::Q8_0(a) => a,
-            _ => unreachable!(),
-        }).collect();
-        let u: Vec<_> = (0..3).map(|t| acts.row_unsigned(t)).collect();
-        // SAFETY: the CPU features were detected above.
-        let got = unsafe { k::dot_q8_0_vnni::<3>(w, [rows[0], rows[1], rows[2]], [u[0], u[1], u[2]]) };
-        for t in 0..3 {
-            let want = unsafe { k::dot_q8_0(w, rows[t]) };
-            assert_eq!(got[t].to_bits(), want.to_bits(), "cols {cols} token {t}");
         }
     }
 }

@@ -3,8 +3,11 @@
 
 use rayon::prelude::*;
 
+mod attend;
+pub use attend::attend_head;
+
 use super::QMatrix;
-use crate::quant::{dot_rows, ActKind, Activations};
+use crate::quant::{dot_rows_into, ActKind, Activations, OutGrid};
 
 /// Below this many weight bytes a matmul runs on the calling thread.
 const PARALLEL_MIN_BYTES: usize = 64 * 1024;
@@ -15,29 +18,21 @@ pub fn matmul(w: &QMatrix, x: &[f32]) -> Vec<f32> {
     let n = x.len() / w.cols;
     let acts = Activations::new(ActKind::for_weights(w.ty), x, w.cols);
     let rb = w.row_bytes();
-    // out_rt[r * n + t]
-    let mut out_rt = vec![0.0f32; w.rows * n];
-    if w.data.len() < PARALLEL_MIN_BYTES || w.rows < 2 {
-        dot_rows(w.ty, &w.data, rb, &acts, &mut out_rt);
-    } else {
-        // ~4 chunks per thread balances load without much scheduling overhead.
-        let threads = rayon::current_num_threads().max(1);
-        let chunk_rows = w.rows.div_ceil(threads * 4).max(1);
-        out_rt.par_chunks_mut(chunk_rows * n).enumerate().for_each(|(i, out)| {
-            let r0 = i * chunk_rows;
-            let r1 = r0 + out.len() / n;
-            dot_rows(w.ty, &w.data[r0 * rb..r1 * rb], rb, &acts, out);
-        });
-    }
-    if n == 1 {
-        return out_rt;
-    }
     let mut y = vec![0.0f32; n * w.rows];
-    for r in 0..w.rows {
-        for t in 0..n {
-            y[t * w.rows + r] = out_rt[r * n + t];
-        }
+    let small = w.data.len() < PARALLEL_MIN_BYTES || w.rows < 2;
+    // ~4 chunks per thread balances load without much scheduling overhead.
+    let chunk_rows = if small { w.rows } else { w.rows.div_ceil(rayon::current_num_threads().max(1) * 4).max(1) };
+    let mut windows = OutGrid::token_major_chunks(&mut y, w.rows, n, chunk_rows.max(1));
+    let run = |(i, out): (usize, &mut OutGrid)| {
+        let r0 = i * chunk_rows;
+        dot_rows_into(w.ty, &w.data[r0 * rb..(r0 + out.rows()) * rb], rb, &acts, out);
+    };
+    if small {
+        windows.iter_mut().enumerate().for_each(run);
+    } else {
+        windows.par_iter_mut().enumerate().for_each(run);
     }
+    drop(windows);
     y
 }
 
@@ -127,41 +122,6 @@ fn dot_body(a: &[f32], b: &[f32]) -> f32 {
         s += a[i] * b[i];
     }
     s
-}
-
-/// One query head attending over `len` cached positions: `scores[s] = q · k_s · scale`,
-/// softmax, then `out += Σ_s p_s · v_s`. Position `s`'s key starts at `k[s * k_stride..]`
-/// and its value at `v[s * v_stride..]`. The same arithmetic as [`dot`], [`softmax`] and
-/// [`axpy`] one after another, compiled as one loop nest for the CPU's vector width.
-#[allow(clippy::too_many_arguments)]
-pub fn attend_head(q: &[f32], k: &[f32], k_stride: usize, v: &[f32], v_stride: usize, len: usize, scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::quant::has_avx2() {
-        // SAFETY: the CPU features were detected at run time.
-        return unsafe { attend_head_avx2(q, k, k_stride, v, v_stride, len, scale, scores, out) };
-    }
-    attend_head_body(q, k, k_stride, v, v_stride, len, scale, scores, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn attend_head_avx2(q: &[f32], k: &[f32], k_stride: usize, v: &[f32], v_stride: usize, len: usize, scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
-    attend_head_body(q, k, k_stride, v, v_stride, len, scale, scores, out)
-}
-
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn attend_head_body(q: &[f32], k: &[f32], k_stride: usize, v: &[f32], v_stride: usize, len: usize, scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
-    let (d, dv) = (q.len(), out.len());
-    scores.clear();
-    for s in 0..len {
-        scores.push(dot_body(q, &k[s * k_stride..s * k_stride + d]) * scale);
-    }
-    softmax(scores);
-    for (s, &a) in scores.iter().enumerate() {
-        axpy_body(out, a, &v[s * v_stride..s * v_stride + dv]);
-    }
 }
 
 /// `y += a · x`, element-wise (the same result at any vector width).

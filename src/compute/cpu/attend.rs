@@ -1,0 +1,335 @@
+//! One query head attending over a sequence's cached keys and values: scores, softmax,
+//! weighted sum of values. The inner loop of decoding with many sessions, so it is
+//! written for the vector unit: positions are scored eight at a time (each position's
+//! products summed in eight lanes, the eight positions' lanes then folded together in one
+//! transpose-and-add tree), the exponentials are a vector polynomial instead of a libm
+//! call per score, and the values are summed unnormalized (even and odd positions apart, for twice the
+//! independent work), dividing once at the end.
+//!
+//! The portable code performs the same float operations in the same order as the AVX2
+//! code (fused multiply-adds where it uses them, the same reduction tree), so both give
+//! the same bits and a token's numbers do not depend on the CPU's vector extensions.
+
+/// Lanes per vector: the AVX2 width, and the grouping both versions sum in.
+const L: usize = 8;
+
+/// Softmax-weighted sum of values for query `q` over `len` cached positions: `scores[s] =
+/// (q · k_s) · scale`, `out = Σ_s softmax(scores)_s · v_s`. Position `s`'s key starts at
+/// `k[s * k_stride..]` (length `q.len()`), its value at `v[s * v_stride..]` (length
+/// `out.len()`). `scores` is scratch space; `out` is overwritten.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_head(q: &[f32], k: &[f32], k_stride: usize, v: &[f32], v_stride: usize, len: usize, scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
+    assert!(len > 0, "attention over no positions");
+    assert!(k.len() >= (len - 1) * k_stride + q.len() && v.len() >= (len - 1) * v_stride + out.len(), "cache shorter than {len} positions");
+    scores.clear();
+    scores.resize(len.next_multiple_of(L), 0.0);
+    #[cfg(target_arch = "x86_64")]
+    if crate::quant::has_avx2() && q.len().is_multiple_of(L) && out.len().is_multiple_of(L) {
+        // SAFETY: the CPU features were detected at run time; lengths checked above.
+        unsafe { avx2::attend(q, k, k_stride, v, v_stride, len, scale, scores, out) };
+        return;
+    }
+    portable::attend(q, k, k_stride, v, v_stride, len, scale, scores, out)
+}
+
+/// `eˣ` for `x ≤ 0` (softmax arguments less their maximum), to about one unit in the last
+/// place: `x = n·ln 2 + r`, `eʳ` by Cephes' polynomial, times `2ⁿ`. Below -87 it returns
+/// a number under 2⁻¹²⁵ rather than exactly 0, which a softmax sum of at least 1 absorbs.
+#[inline(always)]
+fn exp_nonpositive(x: f32) -> f32 {
+    let x = x.max(-87.0);
+    let n = x.mul_add(std::f32::consts::LOG2_E, ROUND) - ROUND;
+    let r = n.mul_add(-LN2_HI, x);
+    let r = n.mul_add(-LN2_LO, r);
+    let mut p = EXP_POLY[0];
+    for c in &EXP_POLY[1..] {
+        p = p.mul_add(r, *c);
+    }
+    let y = p.mul_add(r * r, r) + 1.0;
+    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// Adding and then subtracting 1.5 · 2²³ rounds an f32 of magnitude under 2²² to an integer.
+const ROUND: f32 = 12_582_912.0;
+/// ln 2 in two parts, the first exact in few bits, so `x - n ln 2` loses nothing.
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+/// Cephes' `expf` polynomial for `(eʳ - 1 - r) / r²` on `|r| ≤ ln2 / 2`, highest power first.
+#[allow(clippy::excessive_precision)]
+const EXP_POLY: [f32; 6] = [1.987_569_15e-4, 1.398_199_950_7e-3, 8.333_451_907_3e-3, 4.166_579_589_4e-2, 1.666_666_545_9e-1, 5.000_000_120_1e-1];
+
+/// The tree both versions fold eight lanes with: `((l0+l1)+(l2+l3)) + ((l4+l5)+(l6+l7))`
+/// (what two rounds of `vhaddps` and a cross-half add compute).
+#[inline(always)]
+fn fold(l: &[f32; L]) -> f32 {
+    ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]))
+}
+
+mod portable {
+    use super::*;
+
+    /// Position `s`'s score: lane `i` sums `q[d] k[d]` over `d ≡ i (mod 8)` with fused
+    /// multiply-adds, the lanes are folded, leftover dimensions (past the last multiple of
+    /// eight) are added one by one, then the product with `scale`.
+    #[inline(always)]
+    fn score(q: &[f32], k: &[f32], scale: f32) -> f32 {
+        let mut lanes = [0.0f32; L];
+        let whole = q.len() / L * L;
+        for (qc, kc) in q[..whole].chunks_exact(L).zip(k[..whole].chunks_exact(L)) {
+            for i in 0..L {
+                lanes[i] = qc[i].mul_add(kc[i], lanes[i]);
+            }
+        }
+        let mut s = fold(&lanes);
+        for d in whole..q.len() {
+            s = q[d].mul_add(k[d], s);
+        }
+        s * scale
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn attend(q: &[f32], k: &[f32], k_stride: usize, v: &[f32], v_stride: usize, len: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) {
+        let (d, dv) = (q.len(), out.len());
+        for s in 0..len {
+            scores[s] = score(q, &k[s * k_stride..s * k_stride + d], scale);
+        }
+        let max = scores[..len].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        // running sums by position modulo 8, folded: the vector version's order
+        let mut sums = [0.0f32; L];
+        for s in 0..len {
+            scores[s] = exp_nonpositive(scores[s] - max);
+            sums[s % L] += scores[s];
+        }
+        // even and odd positions summed apart, then added
+        let mut odd = vec![0.0f32; dv];
+        out.fill(0.0);
+        for s in 0..len {
+            let (e, vs) = (scores[s], &v[s * v_stride..s * v_stride + dv]);
+            let acc = if s % 2 == 0 { &mut *out } else { &mut odd[..] };
+            for (o, &x) in acc.iter_mut().zip(vs) {
+                *o = e.mul_add(x, *o);
+            }
+        }
+        for (o, x) in out.iter_mut().zip(&odd) {
+            *o += x;
+        }
+        let inv = 1.0 / fold(&sums);
+        for o in out.iter_mut() {
+            *o *= inv;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    /// Eight lanes of [`exp_nonpositive`], operation for operation.
+    #[inline(always)]
+    unsafe fn exp8(x: __m256) -> __m256 {
+        let x = _mm256_max_ps(x, _mm256_set1_ps(-87.0));
+        let round = _mm256_set1_ps(ROUND);
+        let n = _mm256_sub_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E), round), round);
+        let r = _mm256_fmadd_ps(n, _mm256_set1_ps(-LN2_HI), x);
+        let r = _mm256_fmadd_ps(n, _mm256_set1_ps(-LN2_LO), r);
+        let mut p = _mm256_set1_ps(EXP_POLY[0]);
+        for c in &EXP_POLY[1..] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(*c));
+        }
+        let y = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0));
+        let pow2 = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)));
+        _mm256_mul_ps(y, _mm256_castsi256_ps(pow2))
+    }
+
+    /// [`fold`] of each of eight vectors at once: lane `p` of the result is `fold(v[p])`.
+    #[inline(always)]
+    unsafe fn fold8(v: [__m256; L]) -> __m256 {
+        let a = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+        let b = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
+        // a = [fold-halves of v0..v3: low lanes (0..4) | high lanes (4..8)], b likewise
+        _mm256_add_ps(_mm256_permute2f128_ps::<0x20>(a, b), _mm256_permute2f128_ps::<0x31>(a, b))
+    }
+
+    /// The eight lane sums (see `portable::score`) of positions `s0..s0 + m` (`m ≤ 8`;
+    /// the rest stay zero), the positions' chains interleaved so the multiply-adds of one
+    /// do not wait on each other.
+    #[inline(always)]
+    unsafe fn lanes8(q: &[f32], k: *const f32, k_stride: usize, m: usize) -> [__m256; L] {
+        let mut acc = [_mm256_setzero_ps(); L];
+        if m == L {
+            // the usual case, with a constant trip count the accumulators stay in registers
+            for c in (0..q.len()).step_by(L) {
+                let qc = _mm256_loadu_ps(q.as_ptr().add(c));
+                for (p, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(qc, _mm256_loadu_ps(k.add(p * k_stride + c)), *a);
+                }
+            }
+        } else {
+            for (p, a) in acc.iter_mut().enumerate().take(m) {
+                for c in (0..q.len()).step_by(L) {
+                    *a = _mm256_fmadd_ps(_mm256_loadu_ps(q.as_ptr().add(c)), _mm256_loadu_ps(k.add(p * k_stride + c)), *a);
+                }
+            }
+        }
+        acc
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn attend(q: &[f32], k: &[f32], k_stride: usize, v: &[f32], v_stride: usize, len: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) {
+        let (kp, vp, sp) = (k.as_ptr(), v.as_ptr(), scores.as_mut_ptr());
+        let sc = _mm256_set1_ps(scale);
+        let mut max = _mm256_set1_ps(f32::NEG_INFINITY);
+        let mut s0 = 0;
+        while s0 < len {
+            // eight positions (fewer at the end: the rest score -inf and weigh 0)
+            let m = (len - s0).min(L);
+            let mut s = _mm256_mul_ps(fold8(lanes8(q, kp.add(s0 * k_stride), k_stride, m)), sc);
+            if m < L {
+                let keep = _mm256_cmpgt_epi32(_mm256_set1_epi32(m as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+                s = _mm256_blendv_ps(_mm256_set1_ps(f32::NEG_INFINITY), s, _mm256_castsi256_ps(keep));
+            }
+            _mm256_storeu_ps(sp.add(s0), s);
+            max = _mm256_max_ps(max, s);
+            s0 += L;
+        }
+        let mut lanes_max = [0.0f32; L];
+        _mm256_storeu_ps(lanes_max.as_mut_ptr(), max);
+        let max = _mm256_set1_ps(lanes_max.iter().copied().fold(f32::NEG_INFINITY, f32::max));
+        let mut sums = _mm256_setzero_ps();
+        for s0 in (0..len).step_by(L) {
+            // padding lanes hold -inf: exp8 gives a number under 2^-125 there, so mask it
+            let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(sp.add(s0)), max));
+            let m = (len - s0).min(L) as i32;
+            let keep = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(m), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
+            let e = _mm256_and_ps(e, keep);
+            _mm256_storeu_ps(sp.add(s0), e);
+            sums = _mm256_add_ps(sums, e);
+        }
+        let dv = out.len();
+        let op = out.as_mut_ptr();
+        // 32 values at a time, even and odd positions summed apart (eight independent
+        // chains of multiply-adds), the two sums added at the end
+        let mut c = 0;
+        while c + 4 * L <= dv {
+            let (mut even, mut odd) = ([_mm256_setzero_ps(); 4], [_mm256_setzero_ps(); 4]);
+            let mut s = 0;
+            while s < len {
+                let (e, row) = (_mm256_set1_ps(*sp.add(s)), vp.add(s * v_stride + c));
+                for (j, a) in even.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(e, _mm256_loadu_ps(row.add(j * L)), *a);
+                }
+                if s + 1 < len {
+                    let (e, row) = (_mm256_set1_ps(*sp.add(s + 1)), vp.add((s + 1) * v_stride + c));
+                    for (j, a) in odd.iter_mut().enumerate() {
+                        *a = _mm256_fmadd_ps(e, _mm256_loadu_ps(row.add(j * L)), *a);
+                    }
+                }
+                s += 2;
+            }
+            for j in 0..4 {
+                _mm256_storeu_ps(op.add(c + j * L), _mm256_add_ps(even[j], odd[j]));
+            }
+            c += 4 * L;
+        }
+        while c < dv {
+            let (mut even, mut odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            for s in 0..len {
+                let x = _mm256_fmadd_ps(_mm256_set1_ps(*sp.add(s)), _mm256_loadu_ps(vp.add(s * v_stride + c)), if s % 2 == 0 { even } else { odd });
+                if s % 2 == 0 {
+                    even = x;
+                } else {
+                    odd = x;
+                }
+            }
+            _mm256_storeu_ps(op.add(c), _mm256_add_ps(even, odd));
+            c += L;
+        }
+        let mut sum_lanes = [0.0f32; L];
+        _mm256_storeu_ps(sum_lanes.as_mut_ptr(), sums);
+        let inv = _mm256_set1_ps(1.0 / fold(&sum_lanes));
+        for c in (0..dv).step_by(L) {
+            _mm256_storeu_ps(op.add(c), _mm256_mul_ps(_mm256_loadu_ps(op.add(c)), inv));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2_654_435_761).max(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// The textbook formula in f64.
+    fn naive(q: &[f32], k: &[f32], ks: usize, v: &[f32], vs: usize, len: usize, scale: f32, dv: usize) -> Vec<f64> {
+        let sc: Vec<f64> = (0..len).map(|s| q.iter().zip(&k[s * ks..]).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() * scale as f64).collect();
+        let m = sc.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = sc.iter().map(|x| (x - m).exp()).collect();
+        let z: f64 = e.iter().sum();
+        (0..dv).map(|d| (0..len).map(|s| e[s] * v[s * vs + d] as f64).sum::<f64>() / z).collect()
+    }
+
+    #[test]
+    fn exp_is_within_two_ulps_of_libm() {
+        for i in 0..200_000 {
+            let x = -(i as f32) * 0.000_43;
+            let (got, want) = (exp_nonpositive(x), x.exp());
+            let ulp = (want.to_bits() as i64 - got.to_bits() as i64).abs();
+            assert!(ulp <= 2 || want < 1e-37, "exp({x}) = {got}, libm {want}");
+        }
+        assert_eq!(exp_nonpositive(0.0), 1.0);
+        assert!(exp_nonpositive(f32::NEG_INFINITY) < 1e-37);
+    }
+
+    #[test]
+    fn matches_the_formula_on_odd_sizes() {
+        // head sizes with and without a vector tail, lengths around the 8-position groups
+        for (d, dv) in [(32usize, 32usize), (64, 128), (12, 20), (8, 8), (3, 5)] {
+            for len in [1usize, 2, 7, 8, 9, 33, 130] {
+                let (ks, vs) = (d * 2 + 3, dv + 1);
+                let (q, k, v) = (data(d, 1), data(len * ks, 2), data(len * vs, 3));
+                // a large scale makes some exponentials underflow
+                for scale in [0.18f32, 40.0] {
+                    let mut out = vec![f32::NAN; dv];
+                    attend_head(&q, &k, ks, &v, vs, len, scale, &mut Vec::new(), &mut out);
+                    let want = naive(&q, &k, ks, &v, vs, len, scale, dv);
+                    for (o, w) in out.iter().zip(&want) {
+                        assert!((*o as f64 - w).abs() < 1e-5, "d {d} dv {dv} len {len} scale {scale}: {o} vs {w}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn vector_and_portable_versions_agree_bit_for_bit() {
+        if !crate::quant::has_avx2() {
+            eprintln!("skipped: this CPU has no AVX2");
+            return;
+        }
+        for (d, dv) in [(32usize, 32usize), (64, 128), (8, 16)] {
+            for len in [1usize, 5, 8, 17, 258] {
+                let (ks, vs) = (d * 4, dv * 4);
+                let (q, k, v) = (data(d, 4), data(len * ks, 5), data(len * vs, 6));
+                let (mut a, mut b) = (vec![0.0f32; dv], vec![0.0f32; dv]);
+                let (mut sa, mut sb) = (vec![0.0; len.next_multiple_of(L)], vec![0.0; len.next_multiple_of(L)]);
+                // SAFETY: AVX2 and FMA detected above.
+                unsafe { avx2::attend(&q, &k, ks, &v, vs, len, 0.2, &mut sa, &mut a) };
+                portable::attend(&q, &k, ks, &v, vs, len, 0.2, &mut sb, &mut b);
+                assert_eq!(a.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), b.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), "d {d} dv {dv} len {len}");
+            }
+        }
+    }
+}
