@@ -113,7 +113,7 @@ pub enum Logits {
 
 /// The observer of [`Model::forward_batch_traced`]: `(layer, rows, routes)` for each MoE
 /// layer, rows being `n × n_embd` router inputs and routes one per row.
-pub type LayerTrace<'a> = dyn FnMut(usize, &[f32], &[router::Route]) + 'a;
+pub type LayerTrace<'a> = dyn FnMut(usize, &[f32], &[router::Route]) + Send + 'a;
 
 /// One sequence's part of a batched step ([`Model::forward_batch`]).
 pub struct Sequence<'a> {
@@ -261,7 +261,15 @@ impl Model {
     /// its experts (the FFN input after its norm: what the router sees) and each row's
     /// route, through `trace(layer, rows, routes)`. Rows are the step's tokens in order.
     /// Used to record routing traces; the results are those of `forward_batch`.
+    ///
+    /// The pass runs on a worker of the thread pool, so each of its parallel loops (a few
+    /// dozen per step) starts on a thread that is already awake instead of waking the pool
+    /// from outside and sleeping until it is done.
     pub fn forward_batch_traced(&self, seqs: &mut [Sequence<'_>], trace: Option<&mut LayerTrace<'_>>) -> Result<Vec<Vec<f32>>> {
+        rayon::scope(|_| self.forward_batch_on_pool(seqs, trace))
+    }
+
+    fn forward_batch_on_pool(&self, seqs: &mut [Sequence<'_>], trace: Option<&mut LayerTrace<'_>>) -> Result<Vec<Vec<f32>>> {
         let cfg = &self.config;
         if seqs.is_empty() {
             return Ok(Vec::new());
