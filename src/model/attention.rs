@@ -7,7 +7,7 @@
 use super::config::Config;
 use super::rope::Rotation;
 use super::weights::Attention;
-use crate::compute::cpu::{add_assign, attend_head, axpy, dot, matmul, rms_norm, softmax};
+use crate::compute::cpu::{add_assign, attend_head, axpy, dot, matmul, matmul_many, rms_norm, softmax};
 
 /// One layer's cached keys and values.
 pub enum LayerCache {
@@ -43,9 +43,7 @@ pub fn project(cfg: &Config, w: &Attention, h: &[f32], rot: &[Rotation]) -> Proj
     match w {
         Attention::Standard { wq, wk, wv, bq, bk, bv, q_norm, k_norm, .. } => {
             let (hd, nh, nkv) = (cfg.head_dim_k, cfg.n_head, cfg.n_head_kv);
-            let mut q = matmul(wq, h);
-            let mut k = matmul(wk, h);
-            let mut v = matmul(wv, h);
+            let [mut q, mut k, mut v] = matmul_many([wq, wk, wv], h);
             for (x, b) in [(&mut q, bq), (&mut k, bk), (&mut v, bv)] {
                 if let Some(b) = b {
                     for row in x.chunks_exact_mut(b.len()) {

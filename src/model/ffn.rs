@@ -6,13 +6,12 @@ use rayon::prelude::*;
 use super::config::Config;
 use super::router::{group_by_expert, route, Route};
 use super::weights::{Ffn, Mlp};
-use crate::compute::cpu::{matmul, sigmoid, swiglu};
+use crate::compute::cpu::{matmul, matmul_many, sigmoid, swiglu};
 use crate::experts::ExpertSource;
 use crate::Result;
 
 fn mlp(m: &Mlp, x: &[f32]) -> Vec<f32> {
-    let mut g = matmul(&m.gate, x);
-    let u = matmul(&m.up, x);
+    let [mut g, u] = matmul_many([&m.gate, &m.up], x);
     swiglu(&mut g, &u);
     matmul(&m.down, &g)
 }
@@ -69,8 +68,7 @@ pub fn forward(cfg: &Config, layer: usize, f: &Ffn, experts: &dyn ExpertSource, 
                     for &(t, _) in toks {
                         xe.extend_from_slice(&x[t * d..(t + 1) * d]);
                     }
-                    let mut g = matmul(&w.gate, &xe);
-                    let u = matmul(&w.up, &xe);
+                    let [mut g, u] = matmul_many([&w.gate, &w.up], &xe);
                     swiglu(&mut g, &u);
                     matmul(&w.down, &g)
                 })

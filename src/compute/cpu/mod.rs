@@ -14,26 +14,49 @@ const PARALLEL_MIN_BYTES: usize = 64 * 1024;
 
 /// `y = x · Wᵀ` for `n = x.len() / w.cols` tokens: returns `n × w.rows` values, row-major.
 pub fn matmul(w: &QMatrix, x: &[f32]) -> Vec<f32> {
-    assert!(x.len().is_multiple_of(w.cols), "matmul: input length {} is not a multiple of {}", x.len(), w.cols);
-    let n = x.len() / w.cols;
-    let acts = Activations::new(ActKind::for_weights(w.ty), x, w.cols);
-    let rb = w.row_bytes();
-    let mut y = vec![0.0f32; n * w.rows];
-    let small = w.data.len() < PARALLEL_MIN_BYTES || w.rows < 2;
-    // ~4 chunks per thread balances load without much scheduling overhead.
-    let chunk_rows = if small { w.rows } else { w.rows.div_ceil(rayon::current_num_threads().max(1) * 4).max(1) };
-    let mut windows = OutGrid::token_major_chunks(&mut y, w.rows, n, chunk_rows.max(1));
-    let run = |(i, out): (usize, &mut OutGrid)| {
-        let r0 = i * chunk_rows;
-        dot_rows_into(w.ty, &w.data[r0 * rb..(r0 + out.rows()) * rb], rb, &acts, out);
-    };
-    if small {
-        windows.iter_mut().enumerate().for_each(run);
-    } else {
-        windows.par_iter_mut().enumerate().for_each(run);
-    }
-    drop(windows);
+    let [y] = matmul_many([w], x);
     y
+}
+
+/// [`matmul`] of one input with several matrices of the same width (the query, key and
+/// value projections; an expert's gate and up): the input is quantized once per
+/// activation form, and the rows of all the matrices share one parallel loop.
+pub fn matmul_many<const K: usize>(ws: [&QMatrix; K], x: &[f32]) -> [Vec<f32>; K] {
+    let cols = ws.first().map_or(1, |w| w.cols);
+    assert!(ws.iter().all(|w| w.cols == cols), "matmul_many: matrices of different widths");
+    assert!(x.len().is_multiple_of(cols), "matmul: input length {} is not a multiple of {cols}", x.len());
+    let n = x.len() / cols;
+    let kinds = ws.map(|w| ActKind::for_weights(w.ty));
+    let mut acts: Vec<(ActKind, Activations)> = Vec::new();
+    for k in kinds {
+        if !acts.iter().any(|(a, _)| *a == k) {
+            acts.push((k, Activations::new(k, x, cols)));
+        }
+    }
+    let acts_of = |k: ActKind| &acts.iter().find(|(a, _)| *a == k).expect("prepared above").1;
+    let mut ys = ws.map(|w| vec![0.0f32; n * w.rows]);
+    let bytes: usize = ws.iter().map(|w| w.data.len()).sum();
+    let small = bytes < PARALLEL_MIN_BYTES;
+    // ~4 chunks per thread and matrix balances load without much scheduling overhead
+    let parts = if small { 1 } else { rayon::current_num_threads().max(1) * 4 };
+    let mut jobs = Vec::new();
+    for (i, y) in ys.iter_mut().enumerate() {
+        let chunk_rows = ws[i].rows.div_ceil(parts).max(1);
+        for (c, out) in OutGrid::token_major_chunks(y, ws[i].rows, n, chunk_rows).into_iter().enumerate() {
+            jobs.push((i, c * chunk_rows, out));
+        }
+    }
+    let run = |(i, r0, out): &mut (usize, usize, OutGrid)| {
+        let (w, rb) = (ws[*i], ws[*i].row_bytes());
+        dot_rows_into(w.ty, &w.data[*r0 * rb..(*r0 + out.rows()) * rb], rb, acts_of(kinds[*i]), out);
+    };
+    if small || jobs.len() < 2 {
+        jobs.iter_mut().for_each(run);
+    } else {
+        jobs.par_iter_mut().for_each(run);
+    }
+    drop(jobs);
+    ys
 }
 
 /// RMS normalization of each `w.len()`-long row of `x`, in place, scaled by `w`. The sum
