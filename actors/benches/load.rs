@@ -1,6 +1,9 @@
 //! Load generator for `odmoe serve`: N = 1, 4, 16, 64 concurrent streaming sessions on
 //! the demo model (or `ODMOE_LOAD_MODEL`), reporting aggregate tokens/s, time to first
-//! token and inter-token latency (p50/p99), and the pipeline's own share of each step.
+//! token and inter-token latency (p50/p99), and the pipeline's own share of each step:
+//! as wall time between forward passes (on a 2-core machine shared with this client, that
+//! includes waiting for a core), and as the share of the server's CPU time spent outside
+//! the compute pool (HTTP, actors, tokenizer; read from `/proc`, Linux only).
 //!
 //! `cargo bench -p odmoe-actors --bench load` (release build of the server). Each level
 //! runs every session for `ODMOE_LOAD_TOKENS` tokens (default 128); ratios compare levels
@@ -49,6 +52,26 @@ async fn session(c: reqwest::Client, base: String, i: usize, max_tokens: usize) 
     Session { ttft: first.unwrap_or_default().as_secs_f64(), gaps, tokens }
 }
 
+/// CPU time (clock ticks) the server's threads have used so far: the compute pool's
+/// (`odmoe-compute-N`: forward passes and sampling) and everyone else's (HTTP, actors,
+/// tokenizer, the runtime).
+fn server_cpu(pid: u32) -> (u64, u64) {
+    let (mut compute, mut other) = (0, 0);
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+        let (Ok(comm), Ok(stat)) = (std::fs::read_to_string(task.path().join("comm")), std::fs::read_to_string(task.path().join("stat"))) else { continue };
+        // fields after the parenthesized name: utime and stime are the 12th and 13th
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
+        let f: Vec<u64> = rest.split_whitespace().skip(11).take(2).filter_map(|v| v.parse().ok()).collect();
+        let ticks: u64 = f.iter().sum();
+        if comm.starts_with("odmoe-compute") {
+            compute += ticks;
+        } else {
+            other += ticks;
+        }
+    }
+    (compute, other)
+}
+
 fn pct(v: &mut [f64], p: f64) -> f64 {
     if v.is_empty() {
         return f64::NAN;
@@ -88,11 +111,12 @@ async fn main() {
     // warm-up
     session(c.clone(), base.clone(), 0, 16).await;
 
-    println!("| sessions | tokens/s (aggregate) | vs 1 session | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | tokens/step | forward ms/step | sampling ms/step | pipeline ms/step | pipeline / step |");
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| sessions | tokens/s (aggregate) | vs 1 session | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | tokens/step | forward ms/step | sampling ms/step | pipeline ms/step | pipeline / step | server CPU outside the pool |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     let mut single = None;
     for n in [1usize, 4, 16, 64] {
         let before = metrics(&c, &base).await;
+        let cpu0 = server_cpu(child.id());
         let t0 = Instant::now();
         let tasks: Vec<_> = (0..n).map(|i| tokio::spawn(session(c.clone(), base.clone(), i, tokens))).collect();
         let mut sessions = Vec::new();
@@ -100,8 +124,10 @@ async fn main() {
             sessions.push(t.await.unwrap());
         }
         let wall = t0.elapsed().as_secs_f64();
+        let cpu1 = server_cpu(child.id());
         let after = metrics(&c, &base).await;
         let d = |name: &str| after(name) - before(name);
+        let (cpu_pool, cpu_other) = ((cpu1.0 - cpu0.0) as f64, (cpu1.1 - cpu0.1) as f64);
         let total: u64 = sessions.iter().map(|s| s.tokens).sum();
         let rate = total as f64 / wall;
         let single = *single.get_or_insert(rate);
@@ -114,7 +140,7 @@ async fn main() {
         // the engine's sampling
         let pipeline = d("odmoe_step_overhead_seconds_total") - sampling;
         println!(
-            "| {n} | {rate:.0} | {:.2}x | {:.1} | {:.1} | {:.2} | {:.2} | {:.1} | {:.2} | {:.2} | {:.2} | {:.1}% |",
+            "| {n} | {rate:.0} | {:.2}x | {:.1} | {:.1} | {:.2} | {:.2} | {:.1} | {:.2} | {:.2} | {:.2} | {:.1}% | {:.1}% |",
             rate / single,
             pct(&mut ttft, 0.5) * 1e3,
             pct(&mut ttft, 0.99) * 1e3,
@@ -125,6 +151,7 @@ async fn main() {
             sampling / steps * 1e3,
             pipeline / steps * 1e3,
             pipeline / (step_s + sampling + pipeline) * 100.0,
+            cpu_other / (cpu_pool + cpu_other).max(1.0) * 100.0,
         );
     }
     let _ = child.kill();

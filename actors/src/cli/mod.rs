@@ -294,10 +294,14 @@ fn apply_cache_flags(c: &mut Config, budget: Option<&str>, prefetch: Option<Pref
     Ok(())
 }
 
-/// Sizes the compute thread pool as `[threads] compute` says (0: one per core).
+/// Sizes the compute thread pool as `[threads] compute` says (0: one per core) and names
+/// its threads `odmoe-compute-N` (what `top -H` shows; the load benchmark tells the
+/// engine's CPU time from the server's by it).
 fn apply_threads(c: &Config) -> Result<(), Box<dyn std::error::Error>> {
-    if c.threads.compute > 0 {
-        rayon::ThreadPoolBuilder::new().num_threads(c.threads.compute).build_global().map_err(|e| format!("threads.compute: {e}"))?;
-    }
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(c.threads.compute)
+        .thread_name(|i| format!("odmoe-compute-{i}"))
+        .build_global()
+        .map_err(|e| format!("threads.compute: {e}"))?;
     Ok(())
 }

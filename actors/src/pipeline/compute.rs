@@ -1,18 +1,18 @@
 //! The compute actor: the only owner of the model, running one batched step at a time on
-//! a thread of its own (the GPU backend will need its device and queue on one thread; the
-//! CPU backend fans out to the compute thread pool from there).
+//! the compute thread pool (the forward pass starts on a pool worker and fans out from
+//! there: no thread of its own to wake and wait on between the actor and the pool).
 //!
-//! Messages: [`ComputeMsg::Step`]. The handler hands the step to the compute thread and
-//! awaits it, so steps run one after another in arrival order; the scheduler sends one
-//! at a time, so the mailbox never holds more than one.
+//! Messages: [`ComputeMsg::Step`]. The handler hands the step to the pool and returns;
+//! the pool thread that finishes the pass hands the result to the step's `done` callback
+//! (the scheduler's mailbox), so no task on the async runtime has to wake in between. The
+//! scheduler sends one step at a time and the next only after the last one's result, so
+//! steps never overlap and the mailbox never holds more than one.
 
-use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::time::Instant;
 
 use odmoe::model::{KvCache, Logits, Model, Sequence};
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tokio::sync::oneshot;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 /// One session's part of a step.
 pub struct StepItem {
@@ -37,20 +37,22 @@ pub struct StepOutput {
     pub seconds: f64,
 }
 
+/// Where a step's result goes: called once, on the pool thread that ran it, with the
+/// output or the reason there is none (the pass panicked; its caches are lost).
+pub type StepDone = Box<dyn FnOnce(Result<StepOutput, String>) + Send>;
+
 /// The compute actor's messages.
 pub enum ComputeMsg {
     /// Run one batched forward pass.
-    Step(Vec<StepItem>, RpcReplyPort<StepOutput>),
+    Step(Vec<StepItem>, StepDone),
 }
 
-/// Owns the model; runs steps on the compute thread.
+/// Owns the model; runs steps on the compute thread pool.
 pub struct ComputeActor;
 
-type Job = (Vec<StepItem>, oneshot::Sender<StepOutput>);
-
-/// The actor's state: the way to the compute thread.
+/// The actor's state: the model.
 pub struct ComputeState {
-    jobs: std_mpsc::SyncSender<Job>,
+    model: Arc<Model>,
 }
 
 fn run_step(model: &Model, mut items: Vec<StepItem>) -> StepOutput {
@@ -70,23 +72,19 @@ impl Actor for ComputeActor {
     type Arguments = Arc<Model>;
 
     async fn pre_start(&self, _: ActorRef<ComputeMsg>, model: Arc<Model>) -> Result<ComputeState, ActorProcessingErr> {
-        // capacity 1: the actor awaits each step before sending the next
-        let (tx, rx) = std_mpsc::sync_channel::<Job>(1);
-        std::thread::Builder::new().name("odmoe-compute".into()).spawn(move || {
-            while let Ok((items, done)) = rx.recv() {
-                let _ = done.send(run_step(&model, items));
-            }
-        })?;
-        Ok(ComputeState { jobs: tx })
+        Ok(ComputeState { model })
     }
 
     async fn handle(&self, _: ActorRef<ComputeMsg>, msg: ComputeMsg, state: &mut ComputeState) -> Result<(), ActorProcessingErr> {
         match msg {
-            ComputeMsg::Step(items, reply) => {
-                let (tx, rx) = oneshot::channel();
-                state.jobs.send((items, tx)).map_err(|_| "the compute thread has stopped")?;
-                let out = rx.await.map_err(|_| "the compute thread has stopped")?;
-                let _ = reply.send(out);
+            ComputeMsg::Step(items, done) => {
+                let model = state.model.clone();
+                rayon::spawn(move || {
+                    // caught, so that it is reported instead of aborting the process as an
+                    // unhandled panic in a pool job would
+                    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_step(&model, items)));
+                    done(out.map_err(|_| "the forward pass panicked".to_string()));
+                });
             }
         }
         Ok(())

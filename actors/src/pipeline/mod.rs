@@ -24,7 +24,7 @@
 //!   most `prefill_chunk` tokens filling the rest of the `batch_tokens` budget, so a long
 //!   prompt delays running streams by one chunk's compute at most.
 //! - **compute** ([`compute`]): the only owner of the model. `Step` runs one batched
-//!   forward pass ([`odmoe::model::Model::forward_batch`]) on the compute thread and sends
+//!   forward pass ([`odmoe::model::Model::forward_batch`]) on the compute pool and sends
 //!   `StepDone` back. Inside the pass, each layer routes its tokens, asks the expert pager
 //!   for the chosen experts (one read serves every token of the step routed to an expert;
 //!   the pager's reader threads and queues are its own), and — with prefetch on — applies
@@ -136,7 +136,7 @@ pub enum Refused {
 }
 
 impl Pipeline {
-    /// Spawns the three actors (on the current tokio runtime) and the compute thread.
+    /// Spawns the three actors (on the current tokio runtime).
     pub async fn start(model: Arc<Model>, tok: Arc<Tokenizer>, template: Option<ChatTemplate>, limits: Limits, metrics: Arc<Metrics>) -> Result<Pipeline, String> {
         let spawn_err = |what: &str, e: ractor::SpawnErr| format!("cannot start the {what} actor: {e}");
         let (tokenizer, _) = Actor::spawn(None, tokenizer::TokenizerActor, (tok.clone(), template)).await.map_err(|e| spawn_err("tokenizer", e))?;

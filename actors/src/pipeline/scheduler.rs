@@ -255,11 +255,12 @@ impl SchedulerState {
             self.args.metrics.step_overhead_micros.fetch_add((now - t).as_micros() as u64, Ordering::Relaxed);
         }
         self.step_sent = Some(now);
-        let (compute, me) = (self.args.compute.clone(), myself.clone());
-        tokio::spawn(async move {
-            let out = ractor::call!(compute, ComputeMsg::Step, items).map_err(|e| format!("the compute actor stopped: {e}"));
-            let _ = me.cast(SchedulerMsg::StepDone(out));
-        });
+        let me = myself.clone();
+        let done = Box::new(move |out| drop(me.cast(SchedulerMsg::StepDone(out))));
+        if let Err(e) = self.args.compute.cast(ComputeMsg::Step(items, done)) {
+            // the message (and with it the items' caches) came back with the error
+            let _ = myself.cast(SchedulerMsg::StepDone(Err(format!("the compute actor stopped: {e}"))));
+        }
     }
 
     fn finish_step(&mut self, out: Result<StepOutput, String>) {
