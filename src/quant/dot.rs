@@ -333,7 +333,8 @@ fn dot_rows_body(ty: GgmlType, rows: &[u8], row_bytes: usize, acts: &super::Acti
 }
 
 /// Q8_0 rows times every token with the VNNI tile kernel: two rows × four tokens at a
-/// time, smaller tiles at the edges.
+/// time, smaller tiles at the edges, except that a token left alone goes through the
+/// AVX2 kernel (bit-identical; the tile's per-row set-up does not pay for one token).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512dq,avx512vnni")]
 unsafe fn dot_rows_q8_0_vnni(rows: &[u8], row_bytes: usize, acts: &super::Activations, out: &mut OutGrid) {
@@ -342,6 +343,10 @@ unsafe fn dot_rows_q8_0_vnni(rows: &[u8], row_bytes: usize, acts: &super::Activa
     let w: Vec<&[BlockQ8_0]> = rows.chunks_exact(row_bytes).map(|w| as_blocks(w).expect("whole blocks")).collect();
     let d = |t: usize| acts.row_scales8(t);
     let u = |t: usize| acts.row_unsigned(t);
+    let a = |t: usize| match acts.row(t) {
+        ActRow::Q8_0(a) => a,
+        _ => unreachable!("activation kind follows the weight type"),
+    };
     // one tile shape, written out once for every edge case of rows and tokens
     macro_rules! tiles {
         ($r:expr, [$($ri:literal),+]) => {{
@@ -354,7 +359,10 @@ unsafe fn dot_rows_q8_0_vnni(rows: &[u8], row_bytes: usize, acts: &super::Activa
             match n - t {
                 3 => put(out, r, t, &tile([$(w[r + $ri]),+], [d(t), d(t + 1), d(t + 2)], [u(t), u(t + 1), u(t + 2)])),
                 2 => put(out, r, t, &tile([$(w[r + $ri]),+], [d(t), d(t + 1)], [u(t), u(t + 1)])),
-                1 => put(out, r, t, &tile([$(w[r + $ri]),+], [d(t)], [u(t)])),
+                // one token alone: the AVX2 kernel is faster there (same bits)
+                1 => {
+                    $(out.set(r + $ri, t, super::dot_avx2::dot_q8_0(w[r + $ri], a(t)));)+
+                }
                 _ => {}
             }
         }};
@@ -386,7 +394,7 @@ unsafe fn dot_rows_avx2(ty: GgmlType, rows: &[u8], row_bytes: usize, acts: &supe
     let n = acts.n_rows();
     match ty {
         // SAFETY: has_vnni checked the CPU features.
-        GgmlType::Q8_0 if has_vnni() => unsafe { dot_rows_q8_0_vnni(rows, row_bytes, acts, out) },
+        GgmlType::Q8_0 if has_vnni() && n >= 2 => unsafe { dot_rows_q8_0_vnni(rows, row_bytes, acts, out) },
         GgmlType::Q8_0 if n >= 4 => {
             for (r, w) in rows.chunks_exact(row_bytes).enumerate() {
                 let w = b::<BlockQ8_0>(w);
