@@ -14,6 +14,8 @@
 //! reduction adds the halves and then the lanes in the same order. So a token's logits
 //! do not depend on which tokens share its step, nor on the CPU's vector extensions.
 
+#![allow(clippy::needless_range_loop)] // index loops mirror the tile's rows and tokens
+
 use std::arch::x86_64::*;
 
 use super::blocks::BlockQ8_0;
@@ -48,9 +50,7 @@ unsafe fn hsum_halves(v: __m512) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512dq,avx512vnni")]
 pub unsafe fn dot_q8_0_vnni_tile<const R: usize, const N: usize>(w: [&[BlockQ8_0]; R], d8: [&[[f32; 8]]; N], u: [&[[u8; 32]]; N]) -> [[f32; N]; R] {
     let blocks = w[0].len();
-    for r in 0..R {
-        assert_eq!(w[r].len(), blocks);
-    }
+    assert!(w.iter().all(|r| r.len() == blocks));
     for t in 0..N {
         assert!(u[t].len() == blocks && d8[t].len() == blocks);
     }

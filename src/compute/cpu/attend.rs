@@ -272,6 +272,7 @@ mod tests {
     }
 
     /// The textbook formula in f64.
+    #[allow(clippy::too_many_arguments)]
     fn naive(q: &[f32], k: &[f32], ks: usize, v: &[f32], vs: usize, len: usize, scale: f32, dv: usize) -> Vec<f64> {
         let sc: Vec<f64> = (0..len).map(|s| q.iter().zip(&k[s * ks..]).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() * scale as f64).collect();
         let m = sc.iter().copied().fold(f64::NEG_INFINITY, f64::max);
