@@ -365,6 +365,50 @@ fn trace(path: &Path, out: &Path, tokens: usize) {
     w.finish().unwrap();
 }
 
+/// Decoding on the GPU backend with every routed expert uploaded first (the card holds
+/// the whole model): prints the adapter, upload time, prefill and decode tokens/s.
+#[cfg(feature = "gpu")]
+fn gpu_decode(path: &Path, tokens: usize) {
+    use odmoe::compute::gpu::Gpu;
+    use odmoe::model::GpuModel;
+    let t = Instant::now();
+    let m = Model::open(path).unwrap();
+    let gpu = Gpu::open().unwrap().expect("no GPU adapter");
+    println!("adapter: {}", gpu.describe());
+    let g = GpuModel::with_expert_budget(&m, &gpu, u64::MAX).unwrap();
+    let base_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let bytes = g.preload_experts().unwrap();
+    let preloaded = g.expert_uploads();
+    println!("base weights uploaded in {base_s:.1} s; {:.2} GB of experts in {:.1} s", bytes as f64 / 1e9, t.elapsed().as_secs_f64());
+    let mut cache = g.new_cache(128 + tokens);
+    let prompt: Vec<u32> = (0..64u32).map(|i| (1000 + i * 7919) % m.config().n_vocab as u32).collect();
+    g.forward(&prompt[..8], &mut g.new_cache(8), Logits::Last).unwrap(); // warm-up
+    let t = Instant::now();
+    g.forward(&prompt, &mut cache, Logits::Last).unwrap();
+    let prefill = t.elapsed().as_secs_f64();
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let vocab = m.config().n_vocab as u64;
+    let mut steps = Vec::with_capacity(tokens);
+    for _ in 0..tokens {
+        let tok = (rng.next() % vocab) as u32;
+        let t = Instant::now();
+        g.forward(&[tok], &mut cache, Logits::Last).unwrap();
+        steps.push(t.elapsed().as_secs_f64());
+    }
+    let total: f64 = steps.iter().sum();
+    steps.sort_by(f64::total_cmp);
+    println!(
+        "prefill: 64 tokens in {:.1} ms = {:.1} tokens/s; decode: {tokens} tokens = {:.2} tokens/s (step p50 {:.2} ms, min {:.2} ms); experts fetched while decoding: {}",
+        prefill * 1e3,
+        64.0 / prefill,
+        tokens as f64 / total,
+        steps[steps.len() / 2] * 1e3,
+        steps[0] * 1e3,
+        g.expert_uploads() - preloaded
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
@@ -386,7 +430,9 @@ fn main() {
             let tokens = rest.get(3).map(|t| t.parse().unwrap()).unwrap_or(48);
             run(Path::new(path), budget, prefetch, direct, tokens)
         }
-        [] => eprintln!("usage: overbudget generate PATH | overbudget run PATH [BUDGET|half] [off|gate|shadow] [buffered|direct] [TOKENS] | overbudget trace PATH OUT TOKENS (see benches/overbudget.sh)"),
+        #[cfg(feature = "gpu")]
+        ["gpu", path, rest @ ..] => gpu_decode(Path::new(path), rest.first().map(|t| t.parse().unwrap()).unwrap_or(64)),
+        [] => eprintln!("usage: overbudget generate PATH | overbudget run PATH [BUDGET|half] [off|gate|shadow] [buffered|direct] [TOKENS] | overbudget trace PATH OUT TOKENS | overbudget gpu PATH [TOKENS] (see benches/overbudget.sh)"),
         other => panic!("unknown arguments {other:?}"),
     }
 }

@@ -1,5 +1,5 @@
 // Shared by the matrix-times-rows kernels (prepended to each when it is compiled): the
-// sizes they are dispatched with and the workgroup sum that ends each of them.
+// sizes they are dispatched with and the sum that ends each of them.
 
 struct Dims {
     rows: u32,

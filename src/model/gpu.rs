@@ -219,6 +219,27 @@ impl<'a> GpuModel<'a> {
         Ok(GpuModel { model, gpu, k, layers, output_norm: Vector::new(gpu, &w.output_norm)?, output: GpuMatrix::new(gpu, &w.output)?, experts })
     }
 
+    /// Uploads every routed expert of every layer now (the "all experts resident" mode:
+    /// no expert is fetched while decoding afterwards) and returns how many bytes of
+    /// expert blocks that is; an error, uploading nothing, when they exceed the budget.
+    pub fn preload_experts(&self) -> Result<u64> {
+        let Some(moe) = self.model.config.moe.as_ref() else { return Ok(0) };
+        let layers: Vec<usize> = self.model.weights.layers.iter().enumerate().filter(|(_, l)| matches!(l.ffn, Ffn::Moe { .. })).map(|(i, _)| i).collect();
+        let one = self.model.experts.expert(layers.first().copied().unwrap_or(0), 0)?;
+        let per_expert = (one.gate.data.len() + one.up.data.len() + one.down.data.len()) as u64;
+        let total = per_expert * moe.n_expert as u64 * layers.len() as u64;
+        if total > self.experts.budget {
+            return Err(Error::Invalid(format!("all routed experts take {total} bytes, more than the device expert budget of {} bytes", self.experts.budget)));
+        }
+        let ids: Vec<usize> = (0..moe.n_expert).collect();
+        for &l in &layers {
+            for chunk in ids.chunks(16) {
+                self.experts.get(self.gpu, l, chunk, |missing| self.model.experts.experts(l, missing))?;
+            }
+        }
+        Ok(total)
+    }
+
     /// An empty cache for one sequence of at most `max_len` positions.
     pub fn new_cache(&self, max_len: usize) -> GpuKvCache {
         let cfg = &self.model.config;

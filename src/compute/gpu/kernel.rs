@@ -13,6 +13,17 @@ pub struct Kernel {
 /// Workgroups per dispatch dimension that every WebGPU device allows.
 pub const MAX_GROUPS: u32 = 65535;
 
+/// `groups` workgroups as an (x, y) grid within the per-dimension limit; a kernel finds
+/// its linear index as `x + y · (the returned x)` and ignores indices past `groups`.
+pub fn grid(groups: usize) -> (usize, usize) {
+    let max = MAX_GROUPS as usize;
+    if groups <= max {
+        (groups.max(1), 1)
+    } else {
+        (max, groups.div_ceil(max))
+    }
+}
+
 impl Kernel {
     /// Compiles entry point `entry` of `source`.
     pub fn new(gpu: &Gpu, name: &'static str, source: &'static str, entry: &'static str) -> Kernel {
@@ -39,11 +50,18 @@ impl Kernel {
     /// 65535 spilling into the y dimension, tokens in z; the uniform holds `[rows,
     /// per_row, n, rows per grid row]` (`per_row`: blocks or columns, as the kernel reads).
     pub fn record_gemv(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, buffers: &[&wgpu::Buffer], rows: usize, per_row: usize, n: usize) -> Result<()> {
+        self.record_gemv_grouped(gpu, enc, buffers, rows, per_row, n, 1)
+    }
+
+    /// [`Kernel::record_gemv`] for kernels whose workgroups compute `rows_per_group` rows
+    /// each (the uniform's last word is then workgroups per grid row).
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_gemv_grouped(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, buffers: &[&wgpu::Buffer], rows: usize, per_row: usize, n: usize, rows_per_group: usize) -> Result<()> {
         let max = MAX_GROUPS as usize;
         if n == 0 || n > max {
             return Err(Error::Invalid(format!("{}: {n} activation rows (1..={max} per dispatch)", self.name)));
         }
-        let (gx, gy) = if rows <= max { (rows, 1) } else { (max, rows.div_ceil(max)) };
+        let (gx, gy) = grid(rows.div_ceil(rows_per_group));
         self.record(gpu, enc, buffers, &[rows as u32, per_row as u32, n as u32, gx as u32], [gx as u32, gy as u32, n as u32])
     }
 

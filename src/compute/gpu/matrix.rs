@@ -6,7 +6,9 @@
 use super::gemv_q6_k::pad_blocks;
 use super::gemv_q8_0::Q8_0Packed;
 use super::kernel::Kernel;
+use super::quantize::{self, ActFormat};
 use super::Gpu;
+use std::sync::Arc;
 use crate::compute::QMatrix;
 use crate::quant::GgmlType;
 use crate::{Error, Result};
@@ -19,12 +21,17 @@ pub struct GpuMatrix {
     per_row: usize,
     /// The weights as the kernel reads them (two buffers for Q8_0: quants, scales).
     weights: Vec<wgpu::Buffer>,
-    kernel: Kernel,
+    kernel: Arc<Kernel>,
+    /// How the kernel wants its activations quantized first (`None`: read as f32).
+    acts: Option<ActFormat>,
 }
 
 macro_rules! gemv_source {
     ($name:literal) => {
         concat!(include_str!("../../../shaders/gemv_common.wgsl"), include_str!(concat!("../../../shaders/", $name, ".wgsl")))
+    };
+    ($name:literal, lanes) => {
+        concat!(include_str!("../../../shaders/gemv_lanes.wgsl"), include_str!(concat!("../../../shaders/", $name, ".wgsl")))
     };
     ($name:literal, kquant) => {
         concat!(
@@ -35,21 +42,24 @@ macro_rules! gemv_source {
     };
 }
 
+/// Rows per workgroup of the integer kernels (`shaders/gemv_lanes.wgsl`).
+const ROWS_PER_GROUP: usize = 8;
+
 impl GpuMatrix {
     /// Uploads `w`; formats without a GPU kernel yet are an error naming the format.
     pub fn new(gpu: &Gpu, w: &QMatrix) -> Result<GpuMatrix> {
-        let (weights, source, name, per_row) = match w.ty {
-            GgmlType::F32 => (vec![gpu.storage("f32 weights", &w.data)?], gemv_source!("gemv_f32"), "gemv_f32", w.cols),
+        let (weights, source, name, per_row, acts) = match w.ty {
+            GgmlType::F32 => (vec![gpu.storage("f32 weights", &w.data)?], gemv_source!("gemv_f32"), "gemv_f32", w.cols, None),
             GgmlType::Q8_0 => {
                 let p = Q8_0Packed::pack(w)?;
                 let bufs = vec![gpu.storage("q8_0 quants", bytemuck::cast_slice(&p.quants))?, gpu.storage("q8_0 scales", bytemuck::cast_slice(&p.scales))?];
-                (bufs, gemv_source!("gemv_q8_0"), "gemv_q8_0", p.blocks)
+                (bufs, gemv_source!("gemv_q8_0", lanes), "gemv_q8_0", p.blocks, Some(ActFormat::Q8_0))
             }
-            GgmlType::Q4_K => (vec![gpu.storage("q4_k weights", &w.data)?], gemv_source!("gemv_q4_k", kquant), "gemv_q4_k", w.cols / 256),
-            GgmlType::Q6_K => (vec![gpu.storage("q6_k weights", &pad_blocks(&w.data))?], gemv_source!("gemv_q6_k", kquant), "gemv_q6_k", w.cols / 256),
+            GgmlType::Q4_K => (vec![gpu.storage("q4_k weights", &w.data)?], gemv_source!("gemv_q4_k", lanes), "gemv_q4_k", w.cols / 256, Some(ActFormat::Q8_K)),
+            GgmlType::Q6_K => (vec![gpu.storage("q6_k weights", &pad_blocks(&w.data))?], gemv_source!("gemv_q6_k", kquant), "gemv_q6_k", w.cols / 256, None),
             ty => return Err(Error::Gpu(format!("no GPU kernel for {ty} weights yet (F32, Q8_0, Q4_K and Q6_K have one)"))),
         };
-        Ok(GpuMatrix { rows: w.rows, cols: w.cols, per_row, weights, kernel: Kernel::new(gpu, name, source, "main") })
+        Ok(GpuMatrix { rows: w.rows, cols: w.cols, per_row, weights, kernel: gpu.kernel(name, source, "main"), acts })
     }
 
     /// Input features.
@@ -80,8 +90,21 @@ impl GpuMatrix {
     /// Records `y = x · Wᵀ` for `n` rows of `x` into `enc`.
     pub fn record(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, x: &wgpu::Buffer, y: &wgpu::Buffer, n: usize) -> Result<()> {
         let mut bufs: Vec<&wgpu::Buffer> = self.weights.iter().collect();
-        bufs.extend([x, y]);
-        self.kernel.record_gemv(gpu, enc, &bufs, self.rows, self.per_row, n)
+        match self.acts {
+            None => {
+                bufs.extend([x, y]);
+                self.kernel.record_gemv(gpu, enc, &bufs, self.rows, self.per_row, n)
+            }
+            Some(format) => {
+                let q = quantize::record(gpu, enc, format, x, n * self.cols)?;
+                bufs.extend([&q.xq, &q.xs]);
+                if format == ActFormat::Q8_K {
+                    bufs.push(&q.bsums);
+                }
+                bufs.push(y);
+                self.kernel.record_gemv_grouped(gpu, enc, &bufs, self.rows, self.per_row, n, ROWS_PER_GROUP)
+            }
+        }
     }
 }
 

@@ -18,6 +18,7 @@ pub mod gemv_q8_0;
 pub mod kernel;
 pub mod matrix;
 pub mod moe_combine;
+pub mod quantize;
 pub mod rms_norm;
 pub mod rope;
 
@@ -31,6 +32,8 @@ pub struct Gpu {
     pub queue: wgpu::Queue,
     /// Adapter name, backend and type, for logs.
     pub info: wgpu::AdapterInfo,
+    /// Compiled kernels by name: every matrix of a format shares one pipeline.
+    kernels: std::sync::Mutex<std::collections::HashMap<&'static str, std::sync::Arc<kernel::Kernel>>>,
 }
 
 impl Gpu {
@@ -44,7 +47,15 @@ impl Gpu {
         let Ok(adapter) = pollster::block_on(instance.request_adapter(&options)) else { return Ok(None) };
         let desc = wgpu::DeviceDescriptor { label: Some("odmoe"), required_limits: adapter.limits(), ..Default::default() };
         let (device, queue) = pollster::block_on(adapter.request_device(&desc)).map_err(|e| Error::Gpu(format!("{}: cannot open the device: {e}", adapter.get_info().name)))?;
-        Ok(Some(Gpu { device, queue, info: adapter.get_info() }))
+        Ok(Some(Gpu { device, queue, info: adapter.get_info(), kernels: Default::default() }))
+    }
+
+    /// The kernel `name` (entry point `entry` of `source`), compiled on first use and
+    /// shared afterwards: compiling a pipeline per matrix would cost seconds for a model
+    /// with thousands of experts.
+    pub(crate) fn kernel(&self, name: &'static str, source: &'static str, entry: &'static str) -> std::sync::Arc<kernel::Kernel> {
+        let mut kernels = self.kernels.lock().unwrap_or_else(|p| p.into_inner());
+        kernels.entry(name).or_insert_with(|| std::sync::Arc::new(kernel::Kernel::new(self, name, source, entry))).clone()
     }
 
     /// One line naming the adapter: name, type and backend.
