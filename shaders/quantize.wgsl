@@ -32,6 +32,29 @@ fn round_away(v: f32) -> i32 {
     return i32(r);
 }
 
+// a / b correctly rounded, as the CPU divides: Vulkan lets `/` be off by 2.5 ulp (and
+// NVIDIA's is), and one ulp of a scale moves values across rounding boundaries. One
+// residual correction with fused multiply-adds recovers the rounded quotient.
+fn div_exact(a: f32, b: f32) -> f32 {
+    let r = 1.0 / b;
+    let q = a * r;
+    return fma(fma(-q, b, a), r, q);
+}
+
+// v rounded to the nearest f16 value, ties to even, as a widened f32 (the CPU's
+// f16::from_f32): pack2x16float's rounding is up to the driver. v ≥ 0 here.
+fn round_f16(v: f32) -> f32 {
+    if (v >= 65520.0) {
+        return bitcast<f32>(0x7f800000u);  // beyond f16: infinity
+    }
+    if (v < 6.103515625e-05) {
+        // subnormal f16: multiples of 2^-24 (scaling by 2^24 is exact)
+        return round(v * 16777216.0) / 16777216.0;
+    }
+    let bits = bitcast<u32>(v);
+    return bitcast<f32>((bits + 0xfffu + ((bits >> 13u) & 1u)) & ~0x1fffu);
+}
+
 fn load4(i: u32) -> vec4<f32> {
     return vec4<f32>(x[i], x[i + 1u], x[i + 2u], x[i + 3u]);
 }
@@ -54,15 +77,15 @@ fn q8_0(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         }
         workgroupBarrier();
     }
-    let d = red_abs[lid - lid % 8u] / 127.0;
+    let d = div_exact(red_abs[lid - lid % 8u], 127.0);
     var id = 0.0;
     if (d != 0.0) {
-        id = 1.0 / d;
+        id = div_exact(1.0, d);
     }
     if (live) {
         xq[word] = pack4xI8(vec4<i32>(round_away(v.x * id), round_away(v.y * id), round_away(v.z * id), round_away(v.w * id)));
         if (lid % 8u == 0u) {
-            xs[blk] = unpack2x16float(pack2x16float(vec2<f32>(d, 0.0))).x;
+            xs[blk] = round_f16(d);
         }
     }
 }
@@ -97,7 +120,7 @@ fn q8_k(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     var q = vec4<i32>(0);
     var iscale = 0.0;
     if (amax != 0.0) {
-        iscale = -127.0 / red_val[0];
+        iscale = div_exact(-127.0, red_val[0]);
         q = min(vec4<i32>(round(iscale * v)), vec4<i32>(127));
     }
     xq[word] = pack4xI8(q);
@@ -115,7 +138,7 @@ fn q8_k(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     if (lid == 0u) {
         var yd = 0.0;
         if (amax != 0.0) {
-            yd = 1.0 / iscale;
+            yd = div_exact(1.0, iscale);
         }
         xs[blk] = yd;
     }

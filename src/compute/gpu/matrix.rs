@@ -24,6 +24,8 @@ pub struct GpuMatrix {
     kernel: Arc<Kernel>,
     /// How the kernel wants its activations quantized first (`None`: read as f32).
     acts: Option<ActFormat>,
+    /// Whether the kernel also reads the activations' sums per 32 (Q4_K's minimums).
+    sums: bool,
 }
 
 macro_rules! gemv_source {
@@ -32,13 +34,6 @@ macro_rules! gemv_source {
     };
     ($name:literal, lanes) => {
         concat!(include_str!("../../../shaders/gemv_lanes.wgsl"), include_str!(concat!("../../../shaders/", $name, ".wgsl")))
-    };
-    ($name:literal, kquant) => {
-        concat!(
-            include_str!("../../../shaders/gemv_common.wgsl"),
-            include_str!("../../../shaders/kquant_common.wgsl"),
-            include_str!(concat!("../../../shaders/", $name, ".wgsl"))
-        )
     };
 }
 
@@ -56,10 +51,10 @@ impl GpuMatrix {
                 (bufs, gemv_source!("gemv_q8_0", lanes), "gemv_q8_0", p.blocks, Some(ActFormat::Q8_0))
             }
             GgmlType::Q4_K => (vec![gpu.storage("q4_k weights", &w.data)?], gemv_source!("gemv_q4_k", lanes), "gemv_q4_k", w.cols / 256, Some(ActFormat::Q8_K)),
-            GgmlType::Q6_K => (vec![gpu.storage("q6_k weights", &pad_blocks(&w.data))?], gemv_source!("gemv_q6_k", kquant), "gemv_q6_k", w.cols / 256, None),
+            GgmlType::Q6_K => (vec![gpu.storage("q6_k weights", &pad_blocks(&w.data))?], gemv_source!("gemv_q6_k", lanes), "gemv_q6_k", w.cols / 256, Some(ActFormat::Q8_K)),
             ty => return Err(Error::Gpu(format!("no GPU kernel for {ty} weights yet (F32, Q8_0, Q4_K and Q6_K have one)"))),
         };
-        Ok(GpuMatrix { rows: w.rows, cols: w.cols, per_row, weights, kernel: gpu.kernel(name, source, "main"), acts })
+        Ok(GpuMatrix { rows: w.rows, cols: w.cols, per_row, weights, kernel: gpu.kernel(name, source, "main"), acts, sums: w.ty == GgmlType::Q4_K })
     }
 
     /// Input features.
@@ -98,7 +93,7 @@ impl GpuMatrix {
             Some(format) => {
                 let q = quantize::record(gpu, enc, format, x, n * self.cols)?;
                 bufs.extend([&q.xq, &q.xs]);
-                if format == ActFormat::Q8_K {
+                if self.sums {
                     bufs.push(&q.bsums);
                 }
                 bufs.push(y);

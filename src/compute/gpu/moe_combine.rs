@@ -67,7 +67,10 @@ mod tests {
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         k.scatter_add(&gpu, &mut enc, &out, &yb, &ib, &wb, 3, d).unwrap();
         gpu.queue.submit([enc.finish()]);
-        assert_eq!(gpu.read_f32(&out, n * d).unwrap(), want);
+        // a device may fuse the multiply and add (one rounding instead of two)
+        for (i, (a, b)) in gpu.read_f32(&out, n * d).unwrap().iter().zip(&want).enumerate() {
+            assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "scatter [{i}]: gpu {a} vs cpu {b}");
+        }
 
         let (ys, gate) = (values(n * d, 3), values(n, 4));
         for t in 0..n {
