@@ -1,13 +1,28 @@
 // Shared by the integer matrix-times-rows kernels (prepended to each when compiled):
 // workgroups of 256 invocations computing eight rows for one activation row, 32 lanes per
-// weight row. Lanes of a row read neighbouring blocks, so a row's lanes together read one
+// weight row. The same kernels serve stacked experts (a layer's experts in one buffer):
+// output row z then uses expert ids[z], so one dispatch covers every chosen expert. Lanes of a row read neighbouring blocks, so a row's lanes together read one
 // contiguous stretch of weights per step (coalesced), and sum their parts in shared memory.
 
 struct Dims {
     rows: u32,
     per_row: u32,     // blocks per row
-    n: u32,           // activation rows
+    n: u32,           // output rows (grid z)
     groups_x: u32,    // workgroups per row of the dispatch grid
+    indexed: u32,     // 1: the weights are stacked experts and ids[z] picks one
+    act_div: u32,     // output row z reads activation row z / act_div
+}
+
+// Experts chosen per output row when `dims.indexed` (one word otherwise).
+@group(0) @binding(8) var<storage, read> ids: array<u32>;
+
+// The weight row and activation row behind output (row, z): with stacked experts, row
+// `row` of expert ids[z] (each expert `dims.rows` rows), else row `row` itself.
+fn weight_row(row: u32, z: u32) -> u32 {
+    if (dims.indexed != 0u) {
+        return ids[z] * dims.rows + row;
+    }
+    return row;
 }
 
 const LANES: u32 = 32u;

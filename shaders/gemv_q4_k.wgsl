@@ -32,13 +32,15 @@ fn dot_nibbles(q: vec4<u32>, shift: u32, a: vec4<u32>) -> i32 {
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let row = (wg.x + wg.y * dims.groups_x) * ROWS_PER_GROUP + lid / LANES;
     let lane = lid % LANES;
-    let t = wg.z;
+    let z = wg.z;
+    let t = z / dims.act_div;
+    let wrow = weight_row(row, z);
     var acc = 0.0;
     if (row < dims.rows) {
         for (var item = lane; item < dims.per_row * 4u; item += LANES) {
             let b = item / 4u;
             let k = item % 4u;
-            let blk = (row * dims.per_row + b) * 9u;  // in vec4s
+            let blk = (wrow * dims.per_row + b) * 9u;  // in vec4s
             let h = w[blk];
             let dm = unpack2x16float(h.x);
             // scales and mins of groups 2k (j < 4 always) and 2k+1
@@ -74,6 +76,6 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     }
     let total = row_sum(lid, acc);
     if (lane == 0u && row < dims.rows) {
-        y[t * dims.rows + row] = total;
+        y[z * dims.rows + row] = total;
     }
 }

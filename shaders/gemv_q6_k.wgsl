@@ -21,7 +21,9 @@
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let row = (wg.x + wg.y * dims.groups_x) * ROWS_PER_GROUP + lid / LANES;
     let lane = lid % LANES;
-    let t = wg.z;
+    let z = wg.z;
+    let t = z / dims.act_div;
+    let wrow = weight_row(row, z);
     var acc = 0.0;
     if (row < dims.rows) {
         for (var item = lane; item < dims.per_row * 16u; item += LANES) {
@@ -30,7 +32,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             let half = g / 8u;
             let k = (g % 8u) / 2u;       // which of the four 32-value quarters
             let l0 = (g % 2u) * 16u;
-            let base = (row * dims.per_row + b) * 53u;
+            let base = (wrow * dims.per_row + b) * 53u;
             let sb = 192u + half * 8u + 2u * k + l0 / 16u;
             let sc = bitcast<i32>((w[base + sb / 4u] >> (8u * (sb % 4u))) << 24u) >> 24u;
             let d = unpack2x16float(w[base + 52u]).x;
@@ -52,6 +54,6 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     }
     let total = row_sum(lid, acc);
     if (lane == 0u && row < dims.rows) {
-        y[t * dims.rows + row] = total;
+        y[z * dims.rows + row] = total;
     }
 }

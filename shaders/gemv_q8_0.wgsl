@@ -7,7 +7,6 @@
 // both row-major over (row, block). Each lane takes every 32nd block of its row: eight
 // packed 4-byte dot products make the block's integer sum, which is scaled once, as the
 // CPU backend does; backends differ only in the order of the float additions.
-// Tokens are the z dimension of the grid.
 
 @group(0) @binding(0) var<storage, read> quants: array<vec4<u32>>;
 @group(0) @binding(1) var<storage, read> scales: array<f32>;
@@ -24,11 +23,13 @@ fn dot16(a: vec4<u32>, b: vec4<u32>) -> i32 {
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let row = (wg.x + wg.y * dims.groups_x) * ROWS_PER_GROUP + lid / LANES;
     let lane = lid % LANES;
-    let t = wg.z;
+    let z = wg.z;
+    let t = z / dims.act_div;
+    let wrow = weight_row(row, z);
     var acc = 0.0;
     if (row < dims.rows) {
         for (var b = lane; b < dims.per_row; b += LANES) {
-            let wb = row * dims.per_row + b;
+            let wb = wrow * dims.per_row + b;
             let xb = t * dims.per_row + b;
             let isum = dot16(quants[2u * wb], xq[2u * xb]) + dot16(quants[2u * wb + 1u], xq[2u * xb + 1u]);
             acc += f32(isum) * (scales[wb] * xs[xb]);
@@ -36,6 +37,6 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     }
     let total = row_sum(lid, acc);
     if (lane == 0u && row < dims.rows) {
-        y[t * dims.rows + row] = total;
+        y[z * dims.rows + row] = total;
     }
 }

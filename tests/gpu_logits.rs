@@ -50,18 +50,28 @@ fn gpu_decoding_with_its_kv_cache_matches_the_cpu_backend() {
         // a chunk that would overflow the cache is refused and leaves it as it was
         assert!(g.forward(&[1], &mut cache, Logits::Last).unwrap_err().to_string().contains("context overflow"));
         assert_eq!(cache.len(), TOKENS.len());
-        // experts stay on the device: the same tokens again upload none; with no room
-        // for them every step uploads its experts, and the logits are the same
-        let uploads = g.expert_uploads();
-        let again = g.forward(&TOKENS, &mut g.new_cache(TOKENS.len()), Logits::All).unwrap();
-        assert_eq!(g.expert_uploads(), uploads, "{name}");
+        // every expert fits the default budget: all resident, routed on the device
+        assert!(g.experts_resident(), "{name}");
+        assert_eq!(g.expert_uploads(), 0, "{name}: nothing fetched while decoding");
+        // one byte short of all experts: they are fetched as routed and kept, so the
+        // same tokens again upload none; with no room every step uploads its experts,
+        // and the logits are the same
+        let all = g.all_expert_bytes().unwrap();
+        let part = GpuModel::with_expert_budget(&m, &gpu, all - 1).unwrap();
+        assert!(!part.experts_resident(), "{name}");
+        let fetched = part.forward(&TOKENS, &mut part.new_cache(TOKENS.len()), Logits::All).unwrap();
+        let worst = fetched.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(worst <= 1e-3 * scale, "{name}, experts fetched: largest difference {worst} (logits up to {scale})");
+        let uploads = part.expert_uploads();
+        part.forward(&TOKENS, &mut part.new_cache(TOKENS.len()), Logits::All).unwrap();
+        assert_eq!(part.expert_uploads(), uploads, "{name}");
         let none = GpuModel::with_expert_budget(&m, &gpu, 0).unwrap();
         let fresh = none.forward(&TOKENS, &mut none.new_cache(TOKENS.len()), Logits::All).unwrap();
         let first = none.expert_uploads();
         assert!(first > 0);
         none.forward(&TOKENS, &mut none.new_cache(TOKENS.len()), Logits::All).unwrap();
         assert_eq!(none.expert_uploads(), 2 * first, "{name}: nothing kept, everything uploaded again");
-        assert_eq!(again, fresh, "{name}");
+        assert_eq!(fetched, fresh, "{name}");
     }
 }
 

@@ -19,7 +19,8 @@ use super::weights::{Attention, Ffn};
 use super::{Logits, Model};
 use crate::compute::gpu::attention::{Attention as GpuAttention, Shape};
 use crate::compute::gpu::elementwise::Elementwise;
-use crate::compute::gpu::matrix::GpuMatrix;
+use crate::compute::gpu::matrix::{Experts, GpuMatrix};
+use crate::compute::gpu::route;
 use crate::compute::gpu::moe_combine::MoeCombine;
 use crate::compute::gpu::rms_norm::RmsNorm;
 use crate::compute::gpu::rope::Rope;
@@ -62,7 +63,15 @@ impl GpuMlp {
 
 enum GpuFfn {
     Dense(GpuMlp),
-    Moe { router: GpuMatrix, shared: Option<GpuMlp>, shared_gate: Option<GpuMatrix> },
+    Moe {
+        router: GpuMatrix,
+        /// The selection bias (DeepSeek-V3's `exp_probs_b`).
+        bias: Option<Vector>,
+        shared: Option<GpuMlp>,
+        shared_gate: Option<GpuMatrix>,
+        /// All of the layer's routed experts, stacked, when the device holds them all.
+        resident: Option<GpuMlp>,
+    },
 }
 
 struct GpuLayer {
@@ -196,8 +205,10 @@ impl<'a> GpuModel<'a> {
             let vector = |v: &Option<Vec<f32>>| v.as_deref().map(|v| Vector::new(gpu, v)).transpose();
             let ffn = match &layer.ffn {
                 Ffn::Dense(m) => GpuFfn::Dense(GpuMlp::new(gpu, &m.gate, &m.up, &m.down)?),
-                Ffn::Moe { router, shared, shared_gate, .. } => GpuFfn::Moe {
+                Ffn::Moe { router, shared, shared_gate, bias, .. } => GpuFfn::Moe {
                     router: GpuMatrix::new(gpu, router)?,
+                    bias: vector(bias)?,
+                    resident: None,
                     shared: shared.as_ref().map(|m| GpuMlp::new(gpu, &m.gate, &m.up, &m.down)).transpose()?,
                     shared_gate: shared_gate.as_ref().map(|g| GpuMatrix::new(gpu, g)).transpose()?,
                 },
@@ -216,28 +227,75 @@ impl<'a> GpuModel<'a> {
             });
         }
         let experts = DeviceExperts { budget, state: Default::default() };
-        Ok(GpuModel { model, gpu, k, layers, output_norm: Vector::new(gpu, &w.output_norm)?, output: GpuMatrix::new(gpu, &w.output)?, experts })
+        let mut g = GpuModel { model, gpu, k, layers, output_norm: Vector::new(gpu, &w.output_norm)?, output: GpuMatrix::new(gpu, &w.output)?, experts };
+        if g.all_expert_bytes()? <= budget {
+            g.upload_all_experts()?;
+        }
+        Ok(g)
     }
 
-    /// Uploads every routed expert of every layer now (the "all experts resident" mode:
-    /// no expert is fetched while decoding afterwards) and returns how many bytes of
-    /// expert blocks that is; an error, uploading nothing, when they exceed the budget.
-    pub fn preload_experts(&self) -> Result<u64> {
+    /// Bytes of every routed expert of every layer (what the device expert budget must
+    /// allow for all of them to be resident).
+    pub fn all_expert_bytes(&self) -> Result<u64> {
         let Some(moe) = self.model.config.moe.as_ref() else { return Ok(0) };
-        let layers: Vec<usize> = self.model.weights.layers.iter().enumerate().filter(|(_, l)| matches!(l.ffn, Ffn::Moe { .. })).map(|(i, _)| i).collect();
-        let one = self.model.experts.expert(layers.first().copied().unwrap_or(0), 0)?;
+        let Some(first) = self.layers.iter().position(|l| matches!(l.ffn, GpuFfn::Moe { .. })) else { return Ok(0) };
+        let one = self.model.experts.expert(first, 0)?;
         let per_expert = (one.gate.data.len() + one.up.data.len() + one.down.data.len()) as u64;
-        let total = per_expert * moe.n_expert as u64 * layers.len() as u64;
-        if total > self.experts.budget {
-            return Err(Error::Invalid(format!("all routed experts take {total} bytes, more than the device expert budget of {} bytes", self.experts.budget)));
-        }
+        let moe_layers = self.layers.iter().filter(|l| matches!(l.ffn, GpuFfn::Moe { .. })).count() as u64;
+        Ok(per_expert * moe.n_expert as u64 * moe_layers)
+    }
+
+    /// Uploads each MoE layer's routed experts as one stack per projection, so a step
+    /// routes on the device and runs every chosen expert in one dispatch per projection,
+    /// with no readback (the "all experts resident" mode, taken when they fit the budget).
+    fn upload_all_experts(&mut self) -> Result<()> {
+        let Some(moe) = self.model.config.moe.as_ref() else { return Ok(()) };
         let ids: Vec<usize> = (0..moe.n_expert).collect();
-        for &l in &layers {
-            for chunk in ids.chunks(16) {
-                self.experts.get(self.gpu, l, chunk, |missing| self.model.experts.experts(l, missing))?;
+        for (l, layer) in self.layers.iter_mut().enumerate() {
+            let GpuFfn::Moe { resident, .. } = &mut layer.ffn else { continue };
+            let (mut gate, mut up, mut down) = (Vec::new(), Vec::new(), Vec::new());
+            for chunk in ids.chunks(32) {
+                for w in self.model.experts.experts(l, chunk)? {
+                    gate.push(w.gate);
+                    up.push(w.up);
+                    down.push(w.down);
+                }
             }
+            *resident = Some(GpuMlp { gate: GpuMatrix::stacked(self.gpu, &gate)?, up: GpuMatrix::stacked(self.gpu, &up)?, down: GpuMatrix::stacked(self.gpu, &down)? });
         }
-        Ok(total)
+        Ok(())
+    }
+
+    /// Whether every routed expert is on the device (routing then runs there too).
+    pub fn experts_resident(&self) -> bool {
+        self.layers.iter().all(|l| match &l.ffn {
+            GpuFfn::Moe { resident, .. } => resident.is_some(),
+            GpuFfn::Dense(_) => true,
+        })
+    }
+
+    /// The routed experts of one MoE layer for the `n` rows of `h`, all on the device:
+    /// route, then each projection once over every (token, chosen expert) pair, then each
+    /// token's outputs mixed by their weights.
+    #[allow(clippy::too_many_arguments)]
+    fn resident_experts(&self, enc: &mut wgpu::CommandEncoder, moe: &crate::model::config::MoeConfig, experts: &GpuMlp, logits: &wgpu::Buffer, bias: Option<&Vector>, h: &wgpu::Buffer, n: usize) -> Result<wgpu::Buffer> {
+        let gpu = self.gpu;
+        let (k, d, ff) = (moe.n_expert_used, self.model.config.n_embd, experts.gate.rows());
+        let nk = n * k;
+        let routes = route::record(gpu, enc, moe, logits, bias.map(|b| &b.buf), n)?;
+        let by_token = Experts { ids: &routes.ids, act_div: k };
+        let q = experts.gate.quantize(gpu, enc, h, n)?;
+        let (g, u) = (gpu.output("expert gate", nk * ff), gpu.output("expert up", nk * ff));
+        experts.gate.record_quantized(gpu, enc, h, q.as_ref(), &g, nk, Some(by_token))?;
+        let qu = if experts.up.act_format() == experts.gate.act_format() { q } else { experts.up.quantize(gpu, enc, h, n)? };
+        experts.up.record_quantized(gpu, enc, h, qu.as_ref(), &u, nk, Some(by_token))?;
+        self.k.ew.swiglu(gpu, enc, &g, &u, nk * ff)?;
+        let qd = experts.down.quantize(gpu, enc, &g, nk)?;
+        let o = gpu.output("expert out", nk * d);
+        experts.down.record_quantized(gpu, enc, &g, qd.as_ref(), &o, nk, Some(Experts { ids: &routes.ids, act_div: 1 }))?;
+        let out = gpu.output("ffn out", n * d);
+        self.k.combine.weighted_sum(gpu, enc, &out, &o, &routes.weights, n, k, d)?;
+        Ok(out)
     }
 
     /// An empty cache for one sequence of at most `max_len` positions.
@@ -281,6 +339,34 @@ impl<'a> GpuModel<'a> {
         let done = std::mem::replace(enc, self.gpu.device.create_command_encoder(&Default::default()));
         self.gpu.queue.submit([done.finish()]);
         self.gpu.read_f32(buf, len)
+    }
+
+    /// The routed experts of MoE layer `l` when the device does not hold them all: the
+    /// router logits come back, the CPU routes, and the chosen experts are fetched (those
+    /// not already on the device) and applied one by one.
+    #[allow(clippy::too_many_arguments)]
+    fn fetched_experts(&self, enc: &mut wgpu::CommandEncoder, l: usize, moe: &crate::model::config::MoeConfig, lb: &wgpu::Buffer, h: &wgpu::Buffer, n: usize) -> Result<wgpu::Buffer> {
+        let (gpu, d) = (self.gpu, self.model.config.n_embd);
+        let Ffn::Moe { bias, .. } = &self.model.weights.layers[l].ffn else { unreachable!("the layers mirror the model's") };
+        let logits = self.read(enc, lb, n * moe.n_expert)?;
+        // tokens by expert, each expert fetched once, as the CPU pass does
+        let by_expert = group_by_expert(moe, &logits, bias.as_deref(), None);
+        let ids: Vec<usize> = by_expert.keys().copied().collect();
+        let fetched = self.experts.get(gpu, l, &ids, |missing| self.model.experts.experts(l, missing))?;
+        let out = gpu.output("ffn out", n * d);
+        for (toks, w) in by_expert.values().zip(&fetched) {
+            let m = toks.len();
+            let xe = gpu.output("expert in", m * d);
+            for (i, &(t, _)) in toks.iter().enumerate() {
+                enc.copy_buffer_to_buffer(h, (t * d * 4) as u64, &xe, (i * d * 4) as u64, (d * 4) as u64);
+            }
+            let y = self.mlp(enc, w, &xe, m)?;
+            let idx: Vec<u32> = toks.iter().map(|&(t, _)| t as u32).collect();
+            let wts: Vec<f32> = toks.iter().map(|&(_, w)| w).collect();
+            let (ib, wb) = (gpu.storage("expert tokens", bytemuck::cast_slice(&idx))?, gpu.upload("expert weights", &wts)?);
+            self.k.combine.scatter_add(gpu, enc, &out, &y, &ib, &wb, m, d)?;
+        }
+        Ok(out)
     }
 
     /// Runs `tokens` after the positions in `cache`, appends them to it, and returns
@@ -341,28 +427,13 @@ impl<'a> GpuModel<'a> {
             self.norm(&mut enc, &h, &layer.ffn_norm, n * d)?;
             let out = match &layer.ffn {
                 GpuFfn::Dense(m) => self.mlp(&mut enc, m, &h, n)?,
-                GpuFfn::Moe { router, shared, shared_gate } => {
+                GpuFfn::Moe { router, bias: bias_v, shared, shared_gate, resident } => {
                     let moe = cfg.moe.as_ref().expect("MoE config");
-                    let Ffn::Moe { bias, .. } = &self.model.weights.layers[l].ffn else { unreachable!("the layers mirror the model's") };
                     let lb = self.matmul(&mut enc, router, &h, n)?;
-                    let logits = self.read(&mut enc, &lb, n * moe.n_expert)?;
-                    // tokens by expert, each expert fetched once, as the CPU pass does
-                    let by_expert = group_by_expert(moe, &logits, bias.as_deref(), None);
-                    let ids: Vec<usize> = by_expert.keys().copied().collect();
-                    let fetched = self.experts.get(gpu, l, &ids, |missing| self.model.experts.experts(l, missing))?;
-                    let out = gpu.output("ffn out", n * d);
-                    for (toks, w) in by_expert.values().zip(&fetched) {
-                        let m = toks.len();
-                        let xe = gpu.output("expert in", m * d);
-                        for (i, &(t, _)) in toks.iter().enumerate() {
-                            enc.copy_buffer_to_buffer(&h, (t * d * 4) as u64, &xe, (i * d * 4) as u64, (d * 4) as u64);
-                        }
-                        let y = self.mlp(&mut enc, w, &xe, m)?;
-                        let idx: Vec<u32> = toks.iter().map(|&(t, _)| t as u32).collect();
-                        let wts: Vec<f32> = toks.iter().map(|&(_, w)| w).collect();
-                        let (ib, wb) = (gpu.storage("expert tokens", bytemuck::cast_slice(&idx))?, gpu.upload("expert weights", &wts)?);
-                        self.k.combine.scatter_add(gpu, &mut enc, &out, &y, &ib, &wb, m, d)?;
-                    }
+                    let out = match resident {
+                        Some(experts) if route::supported(moe) => self.resident_experts(&mut enc, moe, experts, &lb, bias_v.as_ref(), &h, n)?,
+                        _ => self.fetched_experts(&mut enc, l, moe, &lb, &h, n)?,
+                    };
                     if let Some(s) = shared {
                         let ys = self.mlp(&mut enc, s, &h, n)?;
                         match shared_gate {

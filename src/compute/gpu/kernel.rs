@@ -46,25 +46,6 @@ impl Kernel {
         self.record_bound(gpu, enc, &bound, buffers.len() as u32, dims, groups)
     }
 
-    /// Records a matrix-times-rows kernel: one workgroup per (row, token), rows beyond
-    /// 65535 spilling into the y dimension, tokens in z; the uniform holds `[rows,
-    /// per_row, n, rows per grid row]` (`per_row`: blocks or columns, as the kernel reads).
-    pub fn record_gemv(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, buffers: &[&wgpu::Buffer], rows: usize, per_row: usize, n: usize) -> Result<()> {
-        self.record_gemv_grouped(gpu, enc, buffers, rows, per_row, n, 1)
-    }
-
-    /// [`Kernel::record_gemv`] for kernels whose workgroups compute `rows_per_group` rows
-    /// each (the uniform's last word is then workgroups per grid row).
-    #[allow(clippy::too_many_arguments)]
-    pub fn record_gemv_grouped(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, buffers: &[&wgpu::Buffer], rows: usize, per_row: usize, n: usize, rows_per_group: usize) -> Result<()> {
-        let max = MAX_GROUPS as usize;
-        if n == 0 || n > max {
-            return Err(Error::Invalid(format!("{}: {n} activation rows (1..={max} per dispatch)", self.name)));
-        }
-        let (gx, gy) = grid(rows.div_ceil(rows_per_group));
-        self.record(gpu, enc, buffers, &[rows as u32, per_row as u32, n as u32, gx as u32], [gx as u32, gy as u32, n as u32])
-    }
-
     /// Like [`Kernel::record`] with the bindings named: for entry points of a shared
     /// source that use only some of its bindings (the others are not in their layout).
     pub fn record_bound(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, buffers: &[(u32, &wgpu::Buffer)], uniform_binding: u32, dims: &[u32], groups: [u32; 3]) -> Result<()> {

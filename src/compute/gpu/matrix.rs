@@ -1,22 +1,29 @@
 //! A weight matrix on the GPU in whichever block format it has a kernel for — F32
-//! (`shaders/gemv_f32.wgsl`, here), Q8_0 ([`super::gemv_q8_0`]), Q4_K
-//! ([`super::gemv_q4_k`]) or Q6_K ([`super::gemv_q6_k`]) — so the forward pass records
-//! `y = x · Wᵀ` without caring which.
+//! (`shaders/gemv_f32.wgsl`), Q8_0 ([`super::gemv_q8_0`]), Q4_K ([`super::gemv_q4_k`])
+//! or Q6_K ([`super::gemv_q6_k`]) — so the forward pass records `y = x · Wᵀ` without
+//! caring which. A matrix may also be a stack of a layer's experts
+//! ([`GpuMatrix::stacked`]): one dispatch then multiplies each output row group by the
+//! expert an id buffer names for it ([`Experts`]), however many experts were chosen.
 
-use super::gemv_q6_k::pad_blocks;
-use super::gemv_q8_0::Q8_0Packed;
 use super::kernel::Kernel;
-use super::quantize::{self, ActFormat};
+use super::quantize::{self, ActFormat, QuantizedRows};
 use super::Gpu;
-use std::sync::Arc;
 use crate::compute::QMatrix;
 use crate::quant::GgmlType;
 use crate::{Error, Result};
+use std::sync::Arc;
 
-/// A matrix resident on the GPU with the kernel for its format.
+use super::gemv_q6_k::pad_blocks;
+use super::gemv_q8_0::Q8_0Packed;
+
+/// A matrix (or a stack of equally shaped expert matrices) resident on the GPU with the
+/// kernel for its format.
 pub struct GpuMatrix {
+    /// Rows of one matrix (one expert's, for a stack).
     rows: usize,
     cols: usize,
+    /// Matrices in the stack (1 for a plain matrix).
+    count: usize,
     /// What the kernel walks per row: columns (F32) or blocks.
     per_row: usize,
     /// The weights as the kernel reads them (two buffers for Q8_0: quants, scales).
@@ -28,38 +35,95 @@ pub struct GpuMatrix {
     sums: bool,
 }
 
+/// Which expert of a stack each output row group uses: `ids[z]` for output rows
+/// `z · rows ..`, reading activation row `z / act_div` (so `k` experts chosen per token
+/// read the token's row with `act_div = k`, and a down projection reads its own rows with
+/// `act_div = 1`).
+#[derive(Clone, Copy)]
+pub struct Experts<'a> {
+    /// One u32 expert index per output row group.
+    pub ids: &'a wgpu::Buffer,
+    /// Output row groups per activation row.
+    pub act_div: usize,
+}
+
+/// Rows per workgroup of the lane kernels (`shaders/gemv_lanes.wgsl`).
+const ROWS_PER_GROUP: usize = 8;
+
 macro_rules! gemv_source {
     ($name:literal) => {
-        concat!(include_str!("../../../shaders/gemv_common.wgsl"), include_str!(concat!("../../../shaders/", $name, ".wgsl")))
-    };
-    ($name:literal, lanes) => {
         concat!(include_str!("../../../shaders/gemv_lanes.wgsl"), include_str!(concat!("../../../shaders/", $name, ".wgsl")))
     };
 }
 
-/// Rows per workgroup of the integer kernels (`shaders/gemv_lanes.wgsl`).
-const ROWS_PER_GROUP: usize = 8;
+/// `w`'s bytes as the kernel for its format reads them, one vector per buffer; `None`
+/// for a format without a kernel.
+fn packed(w: &QMatrix) -> Result<Vec<Vec<u8>>> {
+    Ok(match w.ty {
+        GgmlType::F32 | GgmlType::Q4_K => vec![w.data.to_vec()],
+        GgmlType::Q8_0 => {
+            let p = Q8_0Packed::pack(w)?;
+            vec![bytemuck::cast_slice(&p.quants).to_vec(), bytemuck::cast_slice(&p.scales).to_vec()]
+        }
+        GgmlType::Q6_K => vec![pad_blocks(&w.data)],
+        ty => return Err(Error::Gpu(format!("no GPU kernel for {ty} weights yet (F32, Q8_0, Q4_K and Q6_K have one)"))),
+    })
+}
 
 impl GpuMatrix {
     /// Uploads `w`; formats without a GPU kernel yet are an error naming the format.
     pub fn new(gpu: &Gpu, w: &QMatrix) -> Result<GpuMatrix> {
-        let (weights, source, name, per_row, acts) = match w.ty {
-            GgmlType::F32 => (vec![gpu.storage("f32 weights", &w.data)?], gemv_source!("gemv_f32"), "gemv_f32", w.cols, None),
-            GgmlType::Q8_0 => {
-                let p = Q8_0Packed::pack(w)?;
-                let bufs = vec![gpu.storage("q8_0 quants", bytemuck::cast_slice(&p.quants))?, gpu.storage("q8_0 scales", bytemuck::cast_slice(&p.scales))?];
-                (bufs, gemv_source!("gemv_q8_0", lanes), "gemv_q8_0", p.blocks, Some(ActFormat::Q8_0))
+        Self::stacked(gpu, std::slice::from_ref(w))
+    }
+
+    /// Uploads equally shaped matrices (a layer's experts) into one stack, in order;
+    /// [`GpuMatrix::record_quantized`] with [`Experts`] then picks one per output row group.
+    pub fn stacked(gpu: &Gpu, ws: &[QMatrix]) -> Result<GpuMatrix> {
+        let first = ws.first().ok_or_else(|| Error::Invalid("an empty stack of matrices".into()))?;
+        if let Some(w) = ws.iter().find(|w| (w.ty, w.rows, w.cols) != (first.ty, first.rows, first.cols)) {
+            return Err(Error::Invalid(format!("stacked matrices differ: {} {}x{} vs {} {}x{}", w.ty, w.rows, w.cols, first.ty, first.rows, first.cols)));
+        }
+        let (source, name, per_row, acts) = match first.ty {
+            GgmlType::F32 => (gemv_source!("gemv_f32"), "gemv_f32", first.cols, None),
+            GgmlType::Q8_0 => (gemv_source!("gemv_q8_0"), "gemv_q8_0", first.cols / 32, Some(ActFormat::Q8_0)),
+            GgmlType::Q4_K => (gemv_source!("gemv_q4_k"), "gemv_q4_k", first.cols / 256, Some(ActFormat::Q8_K)),
+            GgmlType::Q6_K => (gemv_source!("gemv_q6_k"), "gemv_q6_k", first.cols / 256, Some(ActFormat::Q8_K)),
+            _ => {
+                packed(first)?; // names the format
+                unreachable!("packed refuses formats without a kernel")
             }
-            GgmlType::Q4_K => (vec![gpu.storage("q4_k weights", &w.data)?], gemv_source!("gemv_q4_k", lanes), "gemv_q4_k", w.cols / 256, Some(ActFormat::Q8_K)),
-            GgmlType::Q6_K => (vec![gpu.storage("q6_k weights", &pad_blocks(&w.data))?], gemv_source!("gemv_q6_k", lanes), "gemv_q6_k", w.cols / 256, Some(ActFormat::Q8_K)),
-            ty => return Err(Error::Gpu(format!("no GPU kernel for {ty} weights yet (F32, Q8_0, Q4_K and Q6_K have one)"))),
         };
-        Ok(GpuMatrix { rows: w.rows, cols: w.cols, per_row, weights, kernel: gpu.kernel(name, source, "main"), acts, sums: w.ty == GgmlType::Q4_K })
+        // one buffer per part, each matrix's bytes at its index's offset
+        let parts = packed(first)?;
+        let weights: Vec<wgpu::Buffer> = parts.iter().map(|p| gpu.buffer(name, (p.len() * ws.len()) as u64)).collect::<Result<_>>()?;
+        for (i, w) in ws.iter().enumerate() {
+            let parts = if i == 0 { parts.clone() } else { packed(w)? };
+            for (buf, p) in weights.iter().zip(&parts) {
+                gpu.queue.write_buffer(buf, (i * p.len()) as u64, p);
+            }
+        }
+        Ok(GpuMatrix { rows: first.rows, cols: first.cols, count: ws.len(), per_row, weights, kernel: gpu.kernel(name, source, "main"), acts, sums: first.ty == GgmlType::Q4_K })
     }
 
     /// Input features.
     pub fn cols(&self) -> usize {
         self.cols
+    }
+
+    /// Output features (of one matrix of a stack).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// How the kernel wants activations quantized (`None`: f32): two matrices with the
+    /// same format and width can share one [`GpuMatrix::quantize`].
+    pub fn act_format(&self) -> Option<ActFormat> {
+        self.acts
+    }
+
+    /// Matrices in the stack (1 for a plain matrix).
+    pub fn count(&self) -> usize {
+        self.count
     }
 
     /// `x · Wᵀ` for `x` holding whole rows of `cols` values: uploads, runs, reads back.
@@ -77,29 +141,50 @@ impl GpuMatrix {
         gpu.read_f32(&y, n * rows)
     }
 
-    /// Output features.
-    pub fn rows(&self) -> usize {
-        self.rows
+    /// Records `y = x · Wᵀ` for `n` rows of `x` into `enc` (quantizing them first where the
+    /// kernel reads quantized activations).
+    pub fn record(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, x: &wgpu::Buffer, y: &wgpu::Buffer, n: usize) -> Result<()> {
+        let q = self.quantize(gpu, enc, x, n)?;
+        self.record_quantized(gpu, enc, x, q.as_ref(), y, n, None)
     }
 
-    /// Records `y = x · Wᵀ` for `n` rows of `x` into `enc`.
-    pub fn record(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, x: &wgpu::Buffer, y: &wgpu::Buffer, n: usize) -> Result<()> {
+    /// Records the quantization of `n` rows of `x` as this matrix's kernel reads them
+    /// (`None` when it reads f32): matrices of the same format and width can share it.
+    pub fn quantize(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, x: &wgpu::Buffer, n: usize) -> Result<Option<QuantizedRows>> {
+        self.acts.map(|format| quantize::record(gpu, enc, format, x, n * self.cols)).transpose()
+    }
+
+    /// Records `out_rows` groups of `rows` outputs into `y`: `x · Wᵀ` of the activation
+    /// rows (`q`, from [`GpuMatrix::quantize`] of `x`, for quantized kernels), or with
+    /// `experts`, row group z from the expert `ids[z]` of the stack.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_quantized(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, x: &wgpu::Buffer, q: Option<&QuantizedRows>, y: &wgpu::Buffer, out_rows: usize, experts: Option<Experts>) -> Result<()> {
         let mut bufs: Vec<&wgpu::Buffer> = self.weights.iter().collect();
-        match self.acts {
-            None => {
-                bufs.extend([x, y]);
-                self.kernel.record_gemv(gpu, enc, &bufs, self.rows, self.per_row, n)
-            }
-            Some(format) => {
-                let q = quantize::record(gpu, enc, format, x, n * self.cols)?;
+        match (self.acts, q) {
+            (None, _) => bufs.push(x),
+            (Some(_), Some(q)) => {
                 bufs.extend([&q.xq, &q.xs]);
                 if self.sums {
                     bufs.push(&q.bsums);
                 }
-                bufs.push(y);
-                self.kernel.record_gemv_grouped(gpu, enc, &bufs, self.rows, self.per_row, n, ROWS_PER_GROUP)
             }
+            (Some(_), None) => return Err(Error::Invalid("matrix product: this format reads quantized activations".into())),
         }
+        bufs.push(y);
+        let (ids, indexed, act_div) = match &experts {
+            Some(e) => (e.ids, 1, e.act_div.max(1)),
+            None if self.count == 1 => (&gpu.zero_word, 0, 1),
+            None => return Err(Error::Invalid("matrix product over a stack of experts needs their ids".into())),
+        };
+        let mut bound: Vec<(u32, &wgpu::Buffer)> = bufs.iter().enumerate().map(|(i, b)| (i as u32, *b)).collect();
+        bound.push((8, ids));
+        let max = super::kernel::MAX_GROUPS as usize;
+        if out_rows == 0 || out_rows > max {
+            return Err(Error::Invalid(format!("matrix product: {out_rows} output row groups (1..={max} per dispatch)")));
+        }
+        let (gx, gy) = super::kernel::grid(self.rows.div_ceil(ROWS_PER_GROUP));
+        let dims = [self.rows as u32, self.per_row as u32, out_rows as u32, gx as u32, indexed, act_div as u32];
+        self.kernel.record_bound(gpu, enc, &bound, bufs.len() as u32, &dims, [gx as u32, gy as u32, out_rows as u32])
     }
 }
 

@@ -19,6 +19,7 @@ pub mod kernel;
 pub mod matrix;
 pub mod moe_combine;
 pub mod quantize;
+pub mod route;
 pub mod rms_norm;
 pub mod rope;
 
@@ -34,6 +35,9 @@ pub struct Gpu {
     pub info: wgpu::AdapterInfo,
     /// Compiled kernels by name: every matrix of a format shares one pipeline.
     kernels: std::sync::Mutex<std::collections::HashMap<&'static str, std::sync::Arc<kernel::Kernel>>>,
+    /// A one-word buffer for bindings a dispatch does not use (the expert ids of a plain
+    /// matrix product).
+    pub(crate) zero_word: wgpu::Buffer,
 }
 
 impl Gpu {
@@ -47,7 +51,9 @@ impl Gpu {
         let Ok(adapter) = pollster::block_on(instance.request_adapter(&options)) else { return Ok(None) };
         let desc = wgpu::DeviceDescriptor { label: Some("odmoe"), required_limits: adapter.limits(), ..Default::default() };
         let (device, queue) = pollster::block_on(adapter.request_device(&desc)).map_err(|e| Error::Gpu(format!("{}: cannot open the device: {e}", adapter.get_info().name)))?;
-        Ok(Some(Gpu { device, queue, info: adapter.get_info(), kernels: Default::default() }))
+        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
+        let zero_word = device.create_buffer(&wgpu::BufferDescriptor { label: Some("zero word"), size: 4, usage, mapped_at_creation: false });
+        Ok(Some(Gpu { device, queue, info: adapter.get_info(), kernels: Default::default(), zero_word }))
     }
 
     /// The kernel `name` (entry point `entry` of `source`), compiled on first use and
@@ -75,6 +81,18 @@ impl Gpu {
         let data = if data.is_empty() { &[0u8; 4][..] } else { data };
         let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
         Ok(self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some(label), contents: data, usage }))
+    }
+
+    /// An empty storage buffer of `bytes` (filled with `queue.write_buffer`), checked
+    /// against the device's limits.
+    pub(crate) fn buffer(&self, label: &str, bytes: u64) -> Result<wgpu::Buffer> {
+        let limits = self.device.limits();
+        let max = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
+        if bytes > max {
+            return Err(Error::Gpu(format!("{label}: {bytes} bytes exceed the device's largest storage buffer ({max} bytes)")));
+        }
+        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+        Ok(self.device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size: bytes.max(4), usage, mapped_at_creation: false }))
     }
 
     /// A storage buffer of `len` f32 values for a kernel to write (and to read back).

@@ -11,6 +11,7 @@ use crate::Result;
 pub struct MoeCombine {
     scatter: Kernel,
     gated: Kernel,
+    weighted: Kernel,
 }
 
 fn grid(total: usize) -> ([u32; 3], u32) {
@@ -23,7 +24,7 @@ impl MoeCombine {
     /// Compiles the kernels.
     pub fn new(gpu: &Gpu) -> MoeCombine {
         let src = include_str!("../../../shaders/moe_combine.wgsl");
-        MoeCombine { scatter: Kernel::new(gpu, "scatter_add", src, "scatter_add"), gated: Kernel::new(gpu, "gated_add", src, "gated_add") }
+        MoeCombine { scatter: Kernel::new(gpu, "scatter_add", src, "scatter_add"), gated: Kernel::new(gpu, "gated_add", src, "gated_add"), weighted: Kernel::new(gpu, "weighted_sum", src, "weighted_sum") }
     }
 
     /// Records `out[idx[i]] += wts[i] · y[i]` for the `rows` rows of `y` (each `d` long);
@@ -39,6 +40,14 @@ impl MoeCombine {
     pub fn gated_add(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, out: &wgpu::Buffer, y: &wgpu::Buffer, gate: &wgpu::Buffer, rows: usize, d: usize) -> Result<()> {
         let (g, per) = grid(rows * d);
         self.gated.record_bound(gpu, enc, &[(0, out), (1, y), (3, gate)], 4, &[rows as u32, d as u32, per], g)
+    }
+
+    /// Records `out[t] = Σ_s wts[t·k + s] · y[t·k + s]` for `rows` tokens of `d` values:
+    /// each token's `k` routed expert outputs (consecutive rows of `y`) mixed by weight.
+    #[allow(clippy::too_many_arguments)]
+    pub fn weighted_sum(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, out: &wgpu::Buffer, y: &wgpu::Buffer, wts: &wgpu::Buffer, rows: usize, k: usize, d: usize) -> Result<()> {
+        let (g, per) = grid(rows * d);
+        self.weighted.record_bound(gpu, enc, &[(0, out), (1, y), (3, wts)], 4, &[rows as u32, d as u32, per, k as u32], g)
     }
 }
 
@@ -70,6 +79,24 @@ mod tests {
         // a device may fuse the multiply and add (one rounding instead of two)
         for (i, (a, b)) in gpu.read_f32(&out, n * d).unwrap().iter().zip(&want).enumerate() {
             assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "scatter [{i}]: gpu {a} vs cpu {b}");
+        }
+
+        // weighted sum of k = 3 rows per token, overwriting
+        let (k3, yk, wk) = (3, values(n * 3 * d, 5), values(n * 3, 6));
+        let mut mixed = vec![0.0f32; n * d];
+        for t in 0..n {
+            for s in 0..k3 {
+                for j in 0..d {
+                    mixed[t * d + j] += wk[t * k3 + s] * yk[(t * k3 + s) * d + j];
+                }
+            }
+        }
+        let (ob, ykb, wkb) = (gpu.upload("out", &values(n * d, 7)).unwrap(), gpu.upload("y", &yk).unwrap(), gpu.upload("w", &wk).unwrap());
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        k.weighted_sum(&gpu, &mut enc, &ob, &ykb, &wkb, n, k3, d).unwrap();
+        gpu.queue.submit([enc.finish()]);
+        for (i, (a, b)) in gpu.read_f32(&ob, n * d).unwrap().iter().zip(&mixed).enumerate() {
+            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "weighted [{i}]: gpu {a} vs cpu {b}");
         }
 
         let (ys, gate) = (values(n * d, 3), values(n, 4));
