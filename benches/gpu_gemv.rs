@@ -1,6 +1,7 @@
 //! GPU GEMV throughput: Q8_0 and Q4_K 14336 × 4096 matrices (Mixtral's FFN shape) times
-//! one activation row, repeated, reported as GB/s of weights read — next to the CPU
-//! backend's matmul of the same matrix in the same run. On lavapipe (Mesa's CPU Vulkan driver) the
+//! one activation row, repeated, reported as GB/s of weights read (the kernel alone, and
+//! with the activation quantization before it) — next to the CPU backend's matmul of the
+//! same matrix in the same run. Timed from submission to completion, recording excluded. On lavapipe (Mesa's CPU Vulkan driver) the
 //! GPU figure only shows the kernel runs; on a real GPU compare it to the card's memory
 //! bandwidth. `cargo bench --bench gpu_gemv`.
 
@@ -27,18 +28,33 @@ fn main() {
             g.run(&gpu, &x).unwrap(); // warm-up (pipeline compilation)
             let xb = gpu.upload("x", &x).unwrap();
             let y = gpu.output("y", rows);
-            // fastest of three rounds of `reps` products recorded into one submission
-            let mut gpu_s = f64::MAX;
-            for _ in 0..3 {
-                let t = Instant::now();
-                let mut enc = gpu.device.create_command_encoder(&Default::default());
-                for _ in 0..reps {
-                    g.record(&gpu, &mut enc, &xb, &y, 1).unwrap();
+            // the activation row quantized once (as q, k and v share one quantization)
+            let mut enc = gpu.device.create_command_encoder(&Default::default());
+            let q = g.quantize(&gpu, &mut enc, &xb, 1).unwrap();
+            gpu.queue.submit([enc.finish()]);
+            // fastest of three rounds of `reps` products recorded into one submission,
+            // timed from the submission (recording excluded) to completion: the kernel
+            // alone, then with the activation quantization before each product
+            let time = |with_quantize: bool| {
+                let mut best = f64::MAX;
+                for _ in 0..3 {
+                    let mut enc = gpu.device.create_command_encoder(&Default::default());
+                    for _ in 0..reps {
+                        if with_quantize {
+                            g.record(&gpu, &mut enc, &xb, &y, 1).unwrap();
+                        } else {
+                            g.record_quantized(&gpu, &mut enc, &xb, q.as_ref(), &y, 1, None).unwrap();
+                        }
+                    }
+                    let cmds = enc.finish();
+                    let t = Instant::now();
+                    gpu.queue.submit([cmds]);
+                    gpu.device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
+                    best = best.min(t.elapsed().as_secs_f64() / reps as f64);
                 }
-                gpu.queue.submit([enc.finish()]);
-                gpu.device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
-                gpu_s = gpu_s.min(t.elapsed().as_secs_f64() / reps as f64);
-            }
+                best
+            };
+            let (gpu_s, gpu_q_s) = (time(false), time(true));
             cpu::matmul(&w, &x);
             let cpu_reps = 10;
             let t = Instant::now();
@@ -47,7 +63,16 @@ fn main() {
             }
             let cpu_s = t.elapsed().as_secs_f64() / cpu_reps as f64;
             let bytes = w.data.len() as f64;
-            println!("{ty} {rows}x{cols} ({:.0} MB): GPU {:.4} ms = {:.1} GB/s; CPU backend {:.3} ms = {:.1} GB/s", bytes / 1e6, gpu_s * 1e3, bytes / gpu_s / 1e9, cpu_s * 1e3, bytes / cpu_s / 1e9);
+            println!(
+                "{ty} {rows}x{cols} ({:.0} MB): GPU kernel {:.4} ms = {:.1} GB/s, with quantization {:.4} ms = {:.1} GB/s; CPU backend {:.3} ms = {:.1} GB/s",
+                bytes / 1e6,
+                gpu_s * 1e3,
+                bytes / gpu_s / 1e9,
+                gpu_q_s * 1e3,
+                bytes / gpu_q_s / 1e9,
+                cpu_s * 1e3,
+                bytes / cpu_s / 1e9
+            );
         }
     }
 }
