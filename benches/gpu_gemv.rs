@@ -8,6 +8,7 @@
 use std::time::Instant;
 
 use odmoe::compute::gpu::matrix::GpuMatrix;
+use odmoe::compute::gpu::recorder::{Recorder, Workspace};
 use odmoe::compute::gpu::Gpu;
 use odmoe::compute::{cpu, QMatrix};
 use odmoe::quant::GgmlType;
@@ -27,23 +28,30 @@ fn main() {
             let g = GpuMatrix::new(&gpu, &w).unwrap();
             g.run(&gpu, &x).unwrap(); // warm-up (pipeline compilation)
             let xb = gpu.upload("x", &x).unwrap();
-            let y = gpu.output("y", rows);
+            // four outputs: products writing different ones need no barrier between them
+            let ys: Vec<_> = (0..4).map(|_| gpu.output("y", rows)).collect();
             // the activation row quantized once (as q, k and v share one quantization)
-            let mut enc = gpu.device.create_command_encoder(&Default::default());
-            let q = g.quantize(&gpu, &mut enc, &xb, 1).unwrap();
-            gpu.queue.submit([enc.finish()]);
+            let mut enc = Recorder::new(&gpu);
+            let q = g.quantize(&mut enc, &xb, 1).unwrap();
+            enc.submit();
             // fastest of three rounds of `reps` products recorded into one submission,
             // timed from the submission (recording excluded) to completion: the kernel
-            // alone, then with the activation quantization before each product
-            let time = |with_quantize: bool| {
+            // alone, each product waiting for the one before (one output) or not (outputs
+            // taken in turn: the device may overlap them, as with q, k and v), then with
+            // the activation quantization before each product
+            let mut ws = Workspace::new();
+            let mut time = |with_quantize: bool, outputs: usize| {
                 let mut best = f64::MAX;
                 for _ in 0..3 {
-                    let mut enc = gpu.device.create_command_encoder(&Default::default());
-                    for _ in 0..reps {
+                    // as in a forward pass: the workspace's buffers, reused each round
+                    ws.recycle();
+                    let mut enc = Recorder::with_workspace(&gpu, &mut ws);
+                    for i in 0..reps {
+                        let y = &ys[i % outputs];
                         if with_quantize {
-                            g.record(&gpu, &mut enc, &xb, &y, 1).unwrap();
+                            g.record(&mut enc, &xb, y, 1).unwrap();
                         } else {
-                            g.record_quantized(&gpu, &mut enc, &xb, q.as_ref(), &y, 1, None).unwrap();
+                            g.record_quantized(&mut enc, &xb, q.as_ref(), y, 1, None).unwrap();
                         }
                     }
                     let cmds = enc.finish();
@@ -54,7 +62,7 @@ fn main() {
                 }
                 best
             };
-            let (gpu_s, gpu_q_s) = (time(false), time(true));
+            let (gpu_s, gpu_par_s, gpu_q_s) = (time(false, 1), time(false, ys.len()), time(true, 1));
             cpu::matmul(&w, &x);
             let cpu_reps = 10;
             let t = Instant::now();
@@ -64,10 +72,11 @@ fn main() {
             let cpu_s = t.elapsed().as_secs_f64() / cpu_reps as f64;
             let bytes = w.data.len() as f64;
             println!(
-                "{ty} {rows}x{cols} ({:.0} MB): GPU kernel {:.4} ms = {:.1} GB/s, with quantization {:.4} ms = {:.1} GB/s; CPU backend {:.3} ms = {:.1} GB/s",
+                "{ty} {rows}x{cols} ({:.0} MB): GPU kernel {:.4} ms = {:.1} GB/s (independent products {:.1} GB/s), with quantization {:.4} ms = {:.1} GB/s; CPU backend {:.3} ms = {:.1} GB/s",
                 bytes / 1e6,
                 gpu_s * 1e3,
                 bytes / gpu_s / 1e9,
+                bytes / gpu_par_s / 1e9,
                 gpu_q_s * 1e3,
                 bytes / gpu_q_s / 1e9,
                 cpu_s * 1e3,

@@ -8,6 +8,7 @@
 mod common;
 
 use odmoe::compute::gpu::matrix::GpuMatrix;
+use odmoe::compute::gpu::recorder::Recorder;
 use odmoe::compute::gpu::Gpu;
 use odmoe::compute::{cpu, QMatrix};
 use odmoe::gguf::GgufModel;
@@ -39,9 +40,9 @@ fn gpu_products_of_fixture_matrices_match_the_cpu_backend() {
             let want = cpu::matmul(&w, &x);
             let m = GpuMatrix::new(&gpu, &w).unwrap();
             let (xb, y) = (gpu.upload("x", &x).unwrap(), gpu.output("y", 2 * rows));
-            let mut enc = gpu.device.create_command_encoder(&Default::default());
-            m.record(&gpu, &mut enc, &xb, &y, 2).unwrap();
-            gpu.queue.submit([enc.finish()]);
+            let mut enc = Recorder::new(&gpu);
+            m.record(&mut enc, &xb, &y, 2).unwrap();
+            enc.submit();
             let got = gpu.read_f32(&y, 2 * rows).unwrap();
             let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
             let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);

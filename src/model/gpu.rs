@@ -24,6 +24,7 @@ use crate::compute::gpu::route;
 use crate::compute::gpu::moe_combine::MoeCombine;
 use crate::compute::gpu::rms_norm::RmsNorm;
 use crate::compute::gpu::rope::Rope;
+use crate::compute::gpu::recorder::{Recorder, Workspace};
 use crate::compute::gpu::Gpu;
 use crate::compute::QMatrix;
 use crate::{Error, Result};
@@ -70,7 +71,7 @@ enum GpuFfn {
         shared: Option<GpuMlp>,
         shared_gate: Option<GpuMatrix>,
         /// All of the layer's routed experts, stacked, when the device holds them all.
-        resident: Option<GpuMlp>,
+        resident: Option<Box<GpuMlp>>,
     },
 }
 
@@ -97,6 +98,8 @@ pub struct GpuModel<'a> {
     output_norm: Vector,
     output: GpuMatrix,
     experts: DeviceExperts,
+    /// Buffers and bind groups reused from step to step.
+    ws: std::sync::Mutex<Workspace>,
 }
 
 /// Device memory for routed experts that [`GpuModel::new`] allows by default.
@@ -227,11 +230,39 @@ impl<'a> GpuModel<'a> {
             });
         }
         let experts = DeviceExperts { budget, state: Default::default() };
-        let mut g = GpuModel { model, gpu, k, layers, output_norm: Vector::new(gpu, &w.output_norm)?, output: GpuMatrix::new(gpu, &w.output)?, experts };
+        let mut g = GpuModel { model, gpu, k, layers, output_norm: Vector::new(gpu, &w.output_norm)?, output: GpuMatrix::new(gpu, &w.output)?, experts, ws: Default::default() };
         if g.all_expert_bytes()? <= budget {
             g.upload_all_experts()?;
         }
+        g.pin_weights();
         Ok(g)
+    }
+
+    /// Lets the workspace keep bind groups that name the model's own buffers.
+    fn pin_weights(&mut self) {
+        let ws = self.ws.get_mut().unwrap_or_else(|p| p.into_inner());
+        let pin_mlp = |m: &GpuMlp, ws: &mut Workspace| [&m.gate, &m.up, &m.down].into_iter().flat_map(|w| w.buffers()).for_each(|b| ws.pin(b));
+        for l in &self.layers {
+            for v in [Some(&l.attn_norm), Some(&l.ffn_norm), l.q_norm.as_ref(), l.k_norm.as_ref()].into_iter().flatten().chain(l.biases.iter().flatten()) {
+                ws.pin(&v.buf);
+            }
+            for m in [&l.wq, &l.wk, &l.wv, &l.wo] {
+                m.buffers().iter().for_each(|b| ws.pin(b));
+            }
+            match &l.ffn {
+                GpuFfn::Dense(m) => pin_mlp(m, ws),
+                GpuFfn::Moe { router, bias, shared, shared_gate, resident } => {
+                    router.buffers().iter().chain(shared_gate.iter().flat_map(|g| g.buffers())).for_each(|b| ws.pin(b));
+                    if let Some(b) = bias {
+                        ws.pin(&b.buf);
+                    }
+                    shared.iter().chain(resident.as_deref()).for_each(|m| pin_mlp(m, ws));
+                }
+            }
+        }
+        ws.pin(&self.output_norm.buf);
+        self.output.buffers().iter().for_each(|b| ws.pin(b));
+        ws.pin(&self.gpu.zero_word);
     }
 
     /// Bytes of every routed expert of every layer (what the device expert budget must
@@ -261,7 +292,7 @@ impl<'a> GpuModel<'a> {
                     down.push(w.down);
                 }
             }
-            *resident = Some(GpuMlp { gate: GpuMatrix::stacked(self.gpu, &gate)?, up: GpuMatrix::stacked(self.gpu, &up)?, down: GpuMatrix::stacked(self.gpu, &down)? });
+            *resident = Some(Box::new(GpuMlp { gate: GpuMatrix::stacked(self.gpu, &gate)?, up: GpuMatrix::stacked(self.gpu, &up)?, down: GpuMatrix::stacked(self.gpu, &down)? }));
         }
         Ok(())
     }
@@ -278,23 +309,22 @@ impl<'a> GpuModel<'a> {
     /// route, then each projection once over every (token, chosen expert) pair, then each
     /// token's outputs mixed by their weights.
     #[allow(clippy::too_many_arguments)]
-    fn resident_experts(&self, enc: &mut wgpu::CommandEncoder, moe: &crate::model::config::MoeConfig, experts: &GpuMlp, logits: &wgpu::Buffer, bias: Option<&Vector>, h: &wgpu::Buffer, n: usize) -> Result<wgpu::Buffer> {
-        let gpu = self.gpu;
+    fn resident_experts(&self, rec: &mut Recorder, moe: &crate::model::config::MoeConfig, experts: &GpuMlp, logits: &wgpu::Buffer, bias: Option<&Vector>, h: &wgpu::Buffer, n: usize) -> Result<wgpu::Buffer> {
         let (k, d, ff) = (moe.n_expert_used, self.model.config.n_embd, experts.gate.rows());
         let nk = n * k;
-        let routes = route::record(gpu, enc, moe, logits, bias.map(|b| &b.buf), n)?;
+        let routes = route::record(rec, moe, logits, bias.map(|b| &b.buf), n)?;
         let by_token = Experts { ids: &routes.ids, act_div: k };
-        let q = experts.gate.quantize(gpu, enc, h, n)?;
-        let (g, u) = (gpu.output("expert gate", nk * ff), gpu.output("expert up", nk * ff));
-        experts.gate.record_quantized(gpu, enc, h, q.as_ref(), &g, nk, Some(by_token))?;
-        let qu = if experts.up.act_format() == experts.gate.act_format() { q } else { experts.up.quantize(gpu, enc, h, n)? };
-        experts.up.record_quantized(gpu, enc, h, qu.as_ref(), &u, nk, Some(by_token))?;
-        self.k.ew.swiglu(gpu, enc, &g, &u, nk * ff)?;
-        let qd = experts.down.quantize(gpu, enc, &g, nk)?;
-        let o = gpu.output("expert out", nk * d);
-        experts.down.record_quantized(gpu, enc, &g, qd.as_ref(), &o, nk, Some(Experts { ids: &routes.ids, act_div: 1 }))?;
-        let out = gpu.output("ffn out", n * d);
-        self.k.combine.weighted_sum(gpu, enc, &out, &o, &routes.weights, n, k, d)?;
+        let q = experts.gate.quantize(rec, h, n)?;
+        let (g, u) = (rec.output("expert gate", nk * ff), rec.output("expert up", nk * ff));
+        experts.gate.record_quantized(rec, h, q.as_ref(), &g, nk, Some(by_token))?;
+        let qu = if experts.up.act_format() == experts.gate.act_format() { q } else { experts.up.quantize(rec, h, n)? };
+        experts.up.record_quantized(rec, h, qu.as_ref(), &u, nk, Some(by_token))?;
+        self.k.ew.swiglu(rec, &g, &u, nk * ff)?;
+        let qd = experts.down.quantize(rec, &g, nk)?;
+        let o = rec.output("expert out", nk * d);
+        experts.down.record_quantized(rec, &g, qd.as_ref(), &o, nk, Some(Experts { ids: &routes.ids, act_div: 1 }))?;
+        let out = rec.output("ffn out", n * d);
+        self.k.combine.weighted_sum(rec, &out, &o, &routes.weights, n, k, d)?;
         Ok(out)
     }
 
@@ -311,33 +341,32 @@ impl<'a> GpuModel<'a> {
         }
     }
 
-    fn matmul(&self, enc: &mut wgpu::CommandEncoder, w: &GpuMatrix, x: &wgpu::Buffer, n: usize) -> Result<wgpu::Buffer> {
-        let y = self.gpu.output("y", n * w.rows());
-        w.record(self.gpu, enc, x, &y, n)?;
+    fn matmul(&self, rec: &mut Recorder, w: &GpuMatrix, x: &wgpu::Buffer, n: usize) -> Result<wgpu::Buffer> {
+        let y = rec.output("y", n * w.rows());
+        w.record(rec, x, &y, n)?;
         Ok(y)
     }
 
-    fn copy(&self, enc: &mut wgpu::CommandEncoder, x: &wgpu::Buffer, len: usize) -> wgpu::Buffer {
-        let y = self.gpu.output("copy", len);
-        enc.copy_buffer_to_buffer(x, 0, &y, 0, (len * 4) as u64);
+    fn copy(&self, rec: &mut Recorder, x: &wgpu::Buffer, len: usize) -> wgpu::Buffer {
+        let y = rec.output("copy", len);
+        rec.copy(x, 0, &y, 0, (len * 4) as u64);
         y
     }
 
-    fn norm(&self, enc: &mut wgpu::CommandEncoder, x: &wgpu::Buffer, g: &Vector, len: usize) -> Result<()> {
-        self.k.norm.record(self.gpu, enc, x, &g.buf, len / g.len, g.len)
+    fn norm(&self, rec: &mut Recorder, x: &wgpu::Buffer, g: &Vector, len: usize) -> Result<()> {
+        self.k.norm.record(rec, x, &g.buf, len / g.len, g.len)
     }
 
-    fn mlp(&self, enc: &mut wgpu::CommandEncoder, m: &GpuMlp, x: &wgpu::Buffer, n: usize) -> Result<wgpu::Buffer> {
-        let g = self.matmul(enc, &m.gate, x, n)?;
-        let u = self.matmul(enc, &m.up, x, n)?;
-        self.k.ew.swiglu(self.gpu, enc, &g, &u, n * m.gate.rows())?;
-        self.matmul(enc, &m.down, &g, n)
+    fn mlp(&self, rec: &mut Recorder, m: &GpuMlp, x: &wgpu::Buffer, n: usize) -> Result<wgpu::Buffer> {
+        let g = self.matmul(rec, &m.gate, x, n)?;
+        let u = self.matmul(rec, &m.up, x, n)?;
+        self.k.ew.swiglu(rec, &g, &u, n * m.gate.rows())?;
+        self.matmul(rec, &m.down, &g, n)
     }
 
     /// Submits what `enc` holds (leaving it empty) and reads `buf` back.
-    fn read(&self, enc: &mut wgpu::CommandEncoder, buf: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
-        let done = std::mem::replace(enc, self.gpu.device.create_command_encoder(&Default::default()));
-        self.gpu.queue.submit([done.finish()]);
+    fn read(&self, rec: &mut Recorder, buf: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
+        rec.submit();
         self.gpu.read_f32(buf, len)
     }
 
@@ -345,26 +374,27 @@ impl<'a> GpuModel<'a> {
     /// router logits come back, the CPU routes, and the chosen experts are fetched (those
     /// not already on the device) and applied one by one.
     #[allow(clippy::too_many_arguments)]
-    fn fetched_experts(&self, enc: &mut wgpu::CommandEncoder, l: usize, moe: &crate::model::config::MoeConfig, lb: &wgpu::Buffer, h: &wgpu::Buffer, n: usize) -> Result<wgpu::Buffer> {
+    fn fetched_experts(&self, rec: &mut Recorder, l: usize, moe: &crate::model::config::MoeConfig, lb: &wgpu::Buffer, h: &wgpu::Buffer, n: usize) -> Result<wgpu::Buffer> {
         let (gpu, d) = (self.gpu, self.model.config.n_embd);
         let Ffn::Moe { bias, .. } = &self.model.weights.layers[l].ffn else { unreachable!("the layers mirror the model's") };
-        let logits = self.read(enc, lb, n * moe.n_expert)?;
+        let logits = self.read(rec, lb, n * moe.n_expert)?;
         // tokens by expert, each expert fetched once, as the CPU pass does
         let by_expert = group_by_expert(moe, &logits, bias.as_deref(), None);
         let ids: Vec<usize> = by_expert.keys().copied().collect();
         let fetched = self.experts.get(gpu, l, &ids, |missing| self.model.experts.experts(l, missing))?;
-        let out = gpu.output("ffn out", n * d);
+        let out = rec.output("ffn out", n * d);
+        rec.clear(&out); // the experts add into it
         for (toks, w) in by_expert.values().zip(&fetched) {
             let m = toks.len();
-            let xe = gpu.output("expert in", m * d);
+            let xe = rec.output("expert in", m * d);
             for (i, &(t, _)) in toks.iter().enumerate() {
-                enc.copy_buffer_to_buffer(h, (t * d * 4) as u64, &xe, (i * d * 4) as u64, (d * 4) as u64);
+                rec.copy(h, (t * d * 4) as u64, &xe, (i * d * 4) as u64, (d * 4) as u64);
             }
-            let y = self.mlp(enc, w, &xe, m)?;
+            let y = self.mlp(rec, w, &xe, m)?;
             let idx: Vec<u32> = toks.iter().map(|&(t, _)| t as u32).collect();
             let wts: Vec<f32> = toks.iter().map(|&(_, w)| w).collect();
-            let (ib, wb) = (gpu.storage("expert tokens", bytemuck::cast_slice(&idx))?, gpu.upload("expert weights", &wts)?);
-            self.k.combine.scatter_add(gpu, enc, &out, &y, &ib, &wb, m, d)?;
+            let (ib, wb) = (gpu.storage("expert tokens", bytemuck::cast_slice(&idx))?, rec.upload("expert weights", &wts)?);
+            self.k.combine.scatter_add(rec, &out, &y, &ib, &wb, m, d)?;
         }
         Ok(out)
     }
@@ -383,71 +413,82 @@ impl<'a> GpuModel<'a> {
         if cache.len + tokens.len() > cache.max_len {
             return Err(Error::Invalid(format!("context overflow: {} cached + {} new positions exceed the limit of {}", cache.len, tokens.len(), cache.max_len)));
         }
+        let mut ws = self.ws.lock().unwrap_or_else(|p| p.into_inner());
+        let result = self.record_forward(&mut Recorder::with_workspace(gpu, &mut ws), tokens, cache, which);
+        // every buffer taken is either in a submitted step or in commands never submitted
+        ws.recycle();
+        let result = result?;
+        cache.len += tokens.len();
+        Ok(result)
+    }
+
+    /// Records (and submits) the pass of [`GpuModel::forward`], leaving `cache.len` alone.
+    fn record_forward(&self, rec: &mut Recorder, tokens: &[u32], cache: &GpuKvCache, which: Logits) -> Result<Vec<f32>> {
+        let cfg: &Config = &self.model.config;
         let (n, d, pos0) = (tokens.len(), cfg.n_embd, cache.len);
-        let mut enc = gpu.device.create_command_encoder(&Default::default());
         let mut xh = Vec::with_capacity(n * d);
         for &t in tokens {
             xh.extend(self.model.weights.tok_embd.row_f32(t as usize));
         }
-        let x = gpu.upload("x", &xh)?;
+        let x = rec.upload("x", &xh)?;
         let rot: Vec<Rotation> = (0..n).map(|t| Rotation::new(&cfg.rope, pos0 + t)).collect();
-        let cs = gpu.upload("rope", &Rope::table(&rot))?;
+        let cs = rec.upload("rope", &Rope::table(&rot))?;
         let (nh, nkv, hd, hdv) = (cfg.n_head, cfg.n_head_kv, cfg.head_dim_k, cfg.head_dim_v);
         let len = pos0 + n;
 
         for (l, layer) in self.layers.iter().enumerate() {
-            let h = self.copy(&mut enc, &x, n * d);
-            self.norm(&mut enc, &h, &layer.attn_norm, n * d)?;
-            let q = self.matmul(&mut enc, &layer.wq, &h, n)?;
-            let kb = self.matmul(&mut enc, &layer.wk, &h, n)?;
-            let vb = self.matmul(&mut enc, &layer.wv, &h, n)?;
+            let h = self.copy(rec, &x, n * d);
+            self.norm(rec, &h, &layer.attn_norm, n * d)?;
+            let q = self.matmul(rec, &layer.wq, &h, n)?;
+            let kb = self.matmul(rec, &layer.wk, &h, n)?;
+            let vb = self.matmul(rec, &layer.wv, &h, n)?;
             for (buf, bias, width) in [(&q, &layer.biases[0], n * nh * hd), (&kb, &layer.biases[1], n * nkv * hd), (&vb, &layer.biases[2], n * nkv * hdv)] {
                 if let Some(b) = bias {
-                    self.k.ew.add_row(gpu, &mut enc, buf, &b.buf, width, b.len)?;
+                    self.k.ew.add_row(rec, buf, &b.buf, width, b.len)?;
                 }
             }
             if let Some(g) = &layer.q_norm {
-                self.norm(&mut enc, &q, g, n * nh * hd)?;
+                self.norm(rec, &q, g, n * nh * hd)?;
             }
             if let Some(g) = &layer.k_norm {
-                self.norm(&mut enc, &kb, g, n * nkv * hd)?;
+                self.norm(rec, &kb, g, n * nkv * hd)?;
             }
-            self.k.rope.record(gpu, &mut enc, &q, &cs, &rot, nh, hd)?;
-            self.k.rope.record(gpu, &mut enc, &kb, &cs, &rot, nkv, hd)?;
+            self.k.rope.record(rec, &q, &cs, &rot, nh, hd)?;
+            self.k.rope.record(rec, &kb, &cs, &rot, nkv, hd)?;
             // the new keys and values join the cache at pos0
-            enc.copy_buffer_to_buffer(&kb, 0, &cache.k[l], (pos0 * nkv * hd * 4) as u64, (n * nkv * hd * 4) as u64);
-            enc.copy_buffer_to_buffer(&vb, 0, &cache.v[l], (pos0 * nkv * hdv * 4) as u64, (n * nkv * hdv * 4) as u64);
-            let (scratch, att) = (gpu.output("scores", n * nh * len), gpu.output("attended", n * nh * hdv));
+            rec.copy(&kb, 0, &cache.k[l], (pos0 * nkv * hd * 4) as u64, (n * nkv * hd * 4) as u64);
+            rec.copy(&vb, 0, &cache.v[l], (pos0 * nkv * hdv * 4) as u64, (n * nkv * hdv * 4) as u64);
+            let (scratch, att) = (rec.output("scores", n * nh * len.next_multiple_of(256)), rec.output("attended", n * nh * hdv));
             let shape = Shape { n, heads: nh, kv_heads: nkv, head_dim: hd, value_dim: hdv, pos0, scale: cfg.kq_scale };
-            self.k.attn.record(gpu, &mut enc, shape, &q, &cache.k[l], &cache.v[l], &scratch, &att)?;
-            let a = self.matmul(&mut enc, &layer.wo, &att, n)?;
-            self.k.ew.add(gpu, &mut enc, &x, &a, n * d)?;
+            self.k.attn.record(rec, shape, &q, &cache.k[l], &cache.v[l], &scratch, &att)?;
+            let a = self.matmul(rec, &layer.wo, &att, n)?;
+            self.k.ew.add(rec, &x, &a, n * d)?;
 
-            let h = self.copy(&mut enc, &x, n * d);
-            self.norm(&mut enc, &h, &layer.ffn_norm, n * d)?;
+            let h = self.copy(rec, &x, n * d);
+            self.norm(rec, &h, &layer.ffn_norm, n * d)?;
             let out = match &layer.ffn {
-                GpuFfn::Dense(m) => self.mlp(&mut enc, m, &h, n)?,
+                GpuFfn::Dense(m) => self.mlp(rec, m, &h, n)?,
                 GpuFfn::Moe { router, bias: bias_v, shared, shared_gate, resident } => {
                     let moe = cfg.moe.as_ref().expect("MoE config");
-                    let lb = self.matmul(&mut enc, router, &h, n)?;
+                    let lb = self.matmul(rec, router, &h, n)?;
                     let out = match resident {
-                        Some(experts) if route::supported(moe) => self.resident_experts(&mut enc, moe, experts, &lb, bias_v.as_ref(), &h, n)?,
-                        _ => self.fetched_experts(&mut enc, l, moe, &lb, &h, n)?,
+                        Some(experts) if route::supported(moe) => self.resident_experts(rec, moe, experts, &lb, bias_v.as_ref(), &h, n)?,
+                        _ => self.fetched_experts(rec, l, moe, &lb, &h, n)?,
                     };
                     if let Some(s) = shared {
-                        let ys = self.mlp(&mut enc, s, &h, n)?;
+                        let ys = self.mlp(rec, s, &h, n)?;
                         match shared_gate {
                             Some(g) => {
-                                let gl = self.matmul(&mut enc, g, &h, n)?;
-                                self.k.combine.gated_add(gpu, &mut enc, &out, &ys, &gl, n, d)?;
+                                let gl = self.matmul(rec, g, &h, n)?;
+                                self.k.combine.gated_add(rec, &out, &ys, &gl, n, d)?;
                             }
-                            None => self.k.ew.add(gpu, &mut enc, &out, &ys, n * d)?,
+                            None => self.k.ew.add(rec, &out, &ys, n * d)?,
                         }
                     }
                     out
                 }
             };
-            self.k.ew.add(gpu, &mut enc, &x, &out, n * d)?;
+            self.k.ew.add(rec, &x, &out, n * d)?;
         }
         let rows = match which {
             Logits::All => 0..n,
@@ -455,18 +496,16 @@ impl<'a> GpuModel<'a> {
             Logits::None => n..n,
         };
         let m = rows.len();
-        let result = if m == 0 {
-            self.gpu.queue.submit([enc.finish()]);
+        Ok(if m == 0 {
+            rec.submit();
             Vec::new()
         } else {
-            let xs = gpu.output("last rows", m * d);
-            enc.copy_buffer_to_buffer(&x, (rows.start * d * 4) as u64, &xs, 0, (m * d * 4) as u64);
-            self.norm(&mut enc, &xs, &self.output_norm, m * d)?;
-            let logits = self.matmul(&mut enc, &self.output, &xs, m)?;
-            self.read(&mut enc, &logits, m * cfg.n_vocab)?
-        };
-        cache.len += n;
-        Ok(result)
+            let xs = rec.output("last rows", m * d);
+            rec.copy(&x, (rows.start * d * 4) as u64, &xs, 0, (m * d * 4) as u64);
+            self.norm(rec, &xs, &self.output_norm, m * d)?;
+            let logits = self.matmul(rec, &self.output, &xs, m)?;
+            self.read(rec, &logits, m * cfg.n_vocab)?
+        })
     }
 }
 

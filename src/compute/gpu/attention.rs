@@ -6,6 +6,7 @@
 //! The scratch grows with the prompt chunk times the context; chunked prefill keeps it
 //! bounded. Latent (MLA) attention is not here yet.
 
+use super::recorder::Recorder;
 use super::kernel::{Kernel, MAX_GROUPS};
 use super::Gpu;
 use crate::{Error, Result};
@@ -54,7 +55,7 @@ impl Attention {
     /// into `out` (`n × heads × value_dim`), using `scratch` (at least `n × heads × (pos0 +
     /// n)` f32).
     #[allow(clippy::too_many_arguments)]
-    pub fn record(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, sh: Shape, q: &wgpu::Buffer, k: &wgpu::Buffer, v: &wgpu::Buffer, scratch: &wgpu::Buffer, out: &wgpu::Buffer) -> Result<()> {
+    pub fn record(&self, rec: &mut Recorder, sh: Shape, q: &wgpu::Buffer, k: &wgpu::Buffer, v: &wgpu::Buffer, scratch: &wgpu::Buffer, out: &wgpu::Buffer) -> Result<()> {
         if sh.kv_heads == 0 || !sh.heads.is_multiple_of(sh.kv_heads) {
             return Err(Error::Invalid(format!("attention: {} query heads over {} key/value heads", sh.heads, sh.kv_heads)));
         }
@@ -65,11 +66,11 @@ impl Attention {
         let dims = |per_y: u32| [sh.n as u32, sh.heads as u32, sh.kv_heads as u32, sh.head_dim as u32, sh.value_dim as u32, len as u32, sh.pos0 as u32, sh.scale.to_bits(), per_y];
         // each pass binds only what it reads and writes (see the shader's binding numbers)
         let (g, per) = grid(sh.n * sh.heads * len, 256);
-        self.scores.record_bound(gpu, enc, &[(0, q), (1, k), (3, scratch)], 5, &dims(per), g)?;
+        self.scores.record_bound(rec, &[(0, q), (1, k), (3, scratch)], 5, &dims(per), g)?;
         let (g, per) = grid(sh.n * sh.heads, 1);
-        self.softmax.record_bound(gpu, enc, &[(3, scratch)], 5, &dims(per), g)?;
+        self.softmax.record_bound(rec, &[(3, scratch)], 5, &dims(per), g)?;
         let (g, per) = grid(sh.n * sh.heads * sh.value_dim, 256);
-        self.values.record_bound(gpu, enc, &[(2, v), (3, scratch), (4, out)], 5, &dims(per), g)
+        self.values.record_bound(rec, &[(2, v), (3, scratch), (4, out)], 5, &dims(per), g)
     }
 }
 
@@ -107,9 +108,9 @@ mod tests {
             }
             let (qb, kb, vb) = (gpu.upload("q", &q).unwrap(), gpu.upload("k", &kc).unwrap(), gpu.upload("v", &vc).unwrap());
             let (scratch, out) = (gpu.output("scores", sh.n * sh.heads * len), gpu.output("out", want.len()));
-            let mut enc = gpu.device.create_command_encoder(&Default::default());
-            k.record(&gpu, &mut enc, sh, &qb, &kb, &vb, &scratch, &out).unwrap();
-            gpu.queue.submit([enc.finish()]);
+            let mut enc = Recorder::new(&gpu);
+            k.record(&mut enc, sh, &qb, &kb, &vb, &scratch, &out).unwrap();
+            enc.submit();
             for (i, (a, b)) in gpu.read_f32(&out, want.len()).unwrap().iter().zip(&want).enumerate() {
                 assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{sh:?} [{i}]: gpu {a} vs cpu {b}");
             }

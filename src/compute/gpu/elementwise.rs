@@ -2,6 +2,7 @@
 //! bias added to every row, and SwiGLU. The CPU references are the CPU backend's [`crate::compute::cpu::add_assign`]
 //! and [`crate::compute::cpu::swiglu`].
 
+use super::recorder::Recorder;
 use super::kernel::{Kernel, MAX_GROUPS};
 use super::Gpu;
 use crate::Result;
@@ -20,25 +21,25 @@ impl Elementwise {
         Elementwise { add: Kernel::new(gpu, "add", src, "add"), add_row: Kernel::new(gpu, "add_row", src, "add_row"), swiglu: Kernel::new(gpu, "swiglu", src, "swiglu") }
     }
 
-    fn record(k: &Kernel, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, a: &wgpu::Buffer, b: &wgpu::Buffer, len: usize, b_len: usize) -> Result<()> {
+    fn record(k: &Kernel, rec: &mut Recorder, a: &wgpu::Buffer, b: &wgpu::Buffer, len: usize, b_len: usize) -> Result<()> {
         let groups = len.div_ceil(256).max(1);
         let per_y = groups.min(MAX_GROUPS as usize);
-        k.record(gpu, enc, &[a, b], &[len as u32, per_y as u32, b_len.max(1) as u32], [per_y as u32, groups.div_ceil(per_y) as u32, 1])
+        k.record(rec, &[a, b], &[len as u32, per_y as u32, b_len.max(1) as u32], [per_y as u32, groups.div_ceil(per_y) as u32, 1])
     }
 
     /// Records `a += b` over `len` values.
-    pub fn add(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, a: &wgpu::Buffer, b: &wgpu::Buffer, len: usize) -> Result<()> {
-        Self::record(&self.add, gpu, enc, a, b, len, len)
+    pub fn add(&self, rec: &mut Recorder, a: &wgpu::Buffer, b: &wgpu::Buffer, len: usize) -> Result<()> {
+        Self::record(&self.add, rec, a, b, len, len)
     }
 
     /// Records `a[i] += b[i mod b_len]` over `len` values of `a` (a bias on every row).
-    pub fn add_row(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, a: &wgpu::Buffer, b: &wgpu::Buffer, len: usize, b_len: usize) -> Result<()> {
-        Self::record(&self.add_row, gpu, enc, a, b, len, b_len)
+    pub fn add_row(&self, rec: &mut Recorder, a: &wgpu::Buffer, b: &wgpu::Buffer, len: usize, b_len: usize) -> Result<()> {
+        Self::record(&self.add_row, rec, a, b, len, b_len)
     }
 
     /// Records `a = silu(a) · b` over `len` values.
-    pub fn swiglu(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, a: &wgpu::Buffer, b: &wgpu::Buffer, len: usize) -> Result<()> {
-        Self::record(&self.swiglu, gpu, enc, a, b, len, len)
+    pub fn swiglu(&self, rec: &mut Recorder, a: &wgpu::Buffer, b: &wgpu::Buffer, len: usize) -> Result<()> {
+        Self::record(&self.swiglu, rec, a, b, len, len)
     }
 }
 
@@ -56,25 +57,25 @@ mod tests {
         for len in [1, 255, 257, 3 * 256 + 5, 256 * 65535 + 300] {
             let (a, b) = (values(len, 1), values(len, 2));
             let (ab, bb) = (gpu.upload("a", &a).unwrap(), gpu.upload("b", &b).unwrap());
-            let mut enc = gpu.device.create_command_encoder(&Default::default());
-            k.add(&gpu, &mut enc, &ab, &bb, len).unwrap();
-            gpu.queue.submit([enc.finish()]);
+            let mut enc = Recorder::new(&gpu);
+            k.add(&mut enc, &ab, &bb, len).unwrap();
+            enc.submit();
             let mut want = a.clone();
             cpu::add_assign(&mut want, &b);
             assert_eq!(gpu.read_f32(&ab, len).unwrap(), want, "add, {len} values");
 
             let (ab, row) = (gpu.upload("a", &a).unwrap(), values(7, 4));
             let rb = gpu.upload("row", &row).unwrap();
-            let mut enc = gpu.device.create_command_encoder(&Default::default());
-            k.add_row(&gpu, &mut enc, &ab, &rb, len, 7).unwrap();
-            gpu.queue.submit([enc.finish()]);
+            let mut enc = Recorder::new(&gpu);
+            k.add_row(&mut enc, &ab, &rb, len, 7).unwrap();
+            enc.submit();
             let want: Vec<f32> = a.iter().enumerate().map(|(i, x)| x + row[i % 7]).collect();
             assert_eq!(gpu.read_f32(&ab, len).unwrap(), want, "add_row, {len} values");
 
             let ab = gpu.upload("a", &a).unwrap();
-            let mut enc = gpu.device.create_command_encoder(&Default::default());
-            k.swiglu(&gpu, &mut enc, &ab, &bb, len).unwrap();
-            gpu.queue.submit([enc.finish()]);
+            let mut enc = Recorder::new(&gpu);
+            k.swiglu(&mut enc, &ab, &bb, len).unwrap();
+            enc.submit();
             let mut want = a.clone();
             cpu::swiglu(&mut want, &b);
             for (i, (x, y)) in gpu.read_f32(&ab, len).unwrap().iter().zip(&want).enumerate() {

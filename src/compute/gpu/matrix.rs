@@ -5,6 +5,7 @@
 //! ([`GpuMatrix::stacked`]): one dispatch then multiplies each output row group by the
 //! expert an id buffer names for it ([`Experts`]), however many experts were chosen.
 
+use super::recorder::Recorder;
 use super::kernel::Kernel;
 use super::quantize::{self, ActFormat, QuantizedRows};
 use super::Gpu;
@@ -121,6 +122,11 @@ impl GpuMatrix {
         self.acts
     }
 
+    /// The device buffers holding the weights.
+    pub fn buffers(&self) -> &[wgpu::Buffer] {
+        &self.weights
+    }
+
     /// Matrices in the stack (1 for a plain matrix).
     pub fn count(&self) -> usize {
         self.count
@@ -135,30 +141,30 @@ impl GpuMatrix {
         let n = x.len() / cols;
         let rows = self.rows();
         let (xb, y) = (gpu.upload("x", x)?, gpu.output("y", n * rows));
-        let mut enc = gpu.device.create_command_encoder(&Default::default());
-        self.record(gpu, &mut enc, &xb, &y, n)?;
-        gpu.queue.submit([enc.finish()]);
+        let mut enc = Recorder::new(gpu);
+        self.record(&mut enc, &xb, &y, n)?;
+        enc.submit();
         gpu.read_f32(&y, n * rows)
     }
 
     /// Records `y = x · Wᵀ` for `n` rows of `x` into `enc` (quantizing them first where the
     /// kernel reads quantized activations).
-    pub fn record(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, x: &wgpu::Buffer, y: &wgpu::Buffer, n: usize) -> Result<()> {
-        let q = self.quantize(gpu, enc, x, n)?;
-        self.record_quantized(gpu, enc, x, q.as_ref(), y, n, None)
+    pub fn record(&self, rec: &mut Recorder, x: &wgpu::Buffer, y: &wgpu::Buffer, n: usize) -> Result<()> {
+        let q = self.quantize(rec, x, n)?;
+        self.record_quantized(rec, x, q.as_ref(), y, n, None)
     }
 
     /// Records the quantization of `n` rows of `x` as this matrix's kernel reads them
     /// (`None` when it reads f32): matrices of the same format and width can share it.
-    pub fn quantize(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, x: &wgpu::Buffer, n: usize) -> Result<Option<QuantizedRows>> {
-        self.acts.map(|format| quantize::record(gpu, enc, format, x, n * self.cols)).transpose()
+    pub fn quantize(&self, rec: &mut Recorder, x: &wgpu::Buffer, n: usize) -> Result<Option<QuantizedRows>> {
+        self.acts.map(|format| quantize::record(rec, format, x, n * self.cols)).transpose()
     }
 
     /// Records `out_rows` groups of `rows` outputs into `y`: `x · Wᵀ` of the activation
     /// rows (`q`, from [`GpuMatrix::quantize`] of `x`, for quantized kernels), or with
     /// `experts`, row group z from the expert `ids[z]` of the stack.
     #[allow(clippy::too_many_arguments)]
-    pub fn record_quantized(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, x: &wgpu::Buffer, q: Option<&QuantizedRows>, y: &wgpu::Buffer, out_rows: usize, experts: Option<Experts>) -> Result<()> {
+    pub fn record_quantized(&self, rec: &mut Recorder, x: &wgpu::Buffer, q: Option<&QuantizedRows>, y: &wgpu::Buffer, out_rows: usize, experts: Option<Experts>) -> Result<()> {
         let mut bufs: Vec<&wgpu::Buffer> = self.weights.iter().collect();
         match (self.acts, q) {
             (None, _) => bufs.push(x),
@@ -173,7 +179,7 @@ impl GpuMatrix {
         bufs.push(y);
         let (ids, indexed, act_div) = match &experts {
             Some(e) => (e.ids, 1, e.act_div.max(1)),
-            None if self.count == 1 => (&gpu.zero_word, 0, 1),
+            None if self.count == 1 => (&rec.gpu().zero_word, 0, 1),
             None => return Err(Error::Invalid("matrix product over a stack of experts needs their ids".into())),
         };
         let mut bound: Vec<(u32, &wgpu::Buffer)> = bufs.iter().enumerate().map(|(i, b)| (i as u32, *b)).collect();
@@ -184,7 +190,7 @@ impl GpuMatrix {
         }
         let (gx, gy) = super::kernel::grid(self.rows.div_ceil(ROWS_PER_GROUP));
         let dims = [self.rows as u32, self.per_row as u32, out_rows as u32, gx as u32, indexed, act_div as u32];
-        self.kernel.record_bound(gpu, enc, &bound, bufs.len() as u32, &dims, [gx as u32, gy as u32, out_rows as u32])
+        self.kernel.record_bound(rec, &bound, bufs.len() as u32, &dims, [gx as u32, gy as u32, out_rows as u32])
     }
 }
 
@@ -204,9 +210,9 @@ mod tests {
             let want = cpu::matmul(&w, &x);
             let m = GpuMatrix::new(&gpu, &w).unwrap();
             let (xb, y) = (gpu.upload("x", &x).unwrap(), gpu.output("y", n * rows));
-            let mut enc = gpu.device.create_command_encoder(&Default::default());
-            m.record(&gpu, &mut enc, &xb, &y, n).unwrap();
-            gpu.queue.submit([enc.finish()]);
+            let mut enc = Recorder::new(&gpu);
+            m.record(&mut enc, &xb, &y, n).unwrap();
+            enc.submit();
             for (i, (a, b)) in gpu.read_f32(&y, n * rows).unwrap().iter().zip(&want).enumerate() {
                 assert!((a - b).abs() <= 1e-5 * (cols as f32).sqrt() * b.abs().max(1.0), "{rows}x{cols} n={n} [{i}]: gpu {a} vs cpu {b}");
             }

@@ -19,6 +19,7 @@ pub mod kernel;
 pub mod matrix;
 pub mod moe_combine;
 pub mod quantize;
+pub mod recorder;
 pub mod route;
 pub mod rms_norm;
 pub mod rope;
@@ -38,7 +39,13 @@ pub struct Gpu {
     /// A one-word buffer for bindings a dispatch does not use (the expert ids of a plain
     /// matrix product).
     pub(crate) zero_word: wgpu::Buffer,
+    /// Uniform buffers by content: a kernel's sizes repeat every step, so their buffers
+    /// are made once.
+    uniforms: std::sync::Mutex<std::collections::HashMap<Vec<u32>, wgpu::Buffer>>,
 }
+
+/// Distinct uniform contents kept at most (attention's change with the context length).
+const MAX_UNIFORMS: usize = 1 << 16;
 
 impl Gpu {
     /// Opens the best adapter (a discrete GPU before an integrated one before a software
@@ -53,7 +60,7 @@ impl Gpu {
         let (device, queue) = pollster::block_on(adapter.request_device(&desc)).map_err(|e| Error::Gpu(format!("{}: cannot open the device: {e}", adapter.get_info().name)))?;
         let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
         let zero_word = device.create_buffer(&wgpu::BufferDescriptor { label: Some("zero word"), size: 4, usage, mapped_at_creation: false });
-        Ok(Some(Gpu { device, queue, info: adapter.get_info(), kernels: Default::default(), zero_word }))
+        Ok(Some(Gpu { device, queue, info: adapter.get_info(), kernels: Default::default(), zero_word, uniforms: Default::default() }))
     }
 
     /// The kernel `name` (entry point `entry` of `source`), compiled on first use and
@@ -62,6 +69,22 @@ impl Gpu {
     pub(crate) fn kernel(&self, name: &'static str, source: &'static str, entry: &'static str) -> std::sync::Arc<kernel::Kernel> {
         let mut kernels = self.kernels.lock().unwrap_or_else(|p| p.into_inner());
         kernels.entry(name).or_insert_with(|| std::sync::Arc::new(kernel::Kernel::new(self, name, source, entry))).clone()
+    }
+
+    /// A uniform buffer holding `dims` (padded to whole 16-byte rows), shared by every
+    /// dispatch with the same sizes.
+    pub(crate) fn uniform(&self, dims: &[u32]) -> wgpu::Buffer {
+        use wgpu::util::DeviceExt;
+        let mut words = dims.to_vec();
+        words.resize(dims.len().div_ceil(4).max(1) * 4, 0);
+        let mut cache = self.uniforms.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= MAX_UNIFORMS {
+            cache.clear();
+        }
+        cache
+            .entry(words)
+            .or_insert_with_key(|w| self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some("sizes"), contents: bytemuck::cast_slice(w), usage: wgpu::BufferUsages::UNIFORM }))
+            .clone()
     }
 
     /// One line naming the adapter: name, type and backend.
@@ -97,8 +120,13 @@ impl Gpu {
 
     /// A storage buffer of `len` f32 values for a kernel to write (and to read back).
     pub fn output(&self, label: &str, len: usize) -> wgpu::Buffer {
+        self.output_bytes(label, (len * 4) as u64)
+    }
+
+    /// A storage buffer of `bytes` (at least 4) for a kernel to write.
+    pub(crate) fn output_bytes(&self, label: &str, bytes: u64) -> wgpu::Buffer {
         let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
-        self.device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size: (len * 4).max(4) as u64, usage, mapped_at_creation: false })
+        self.device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size: bytes.max(4), usage, mapped_at_creation: false })
     }
 
     /// A storage buffer holding `data` (f32).

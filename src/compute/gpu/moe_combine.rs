@@ -3,6 +3,7 @@
 //! shared expert behind a sigmoid gate. Tokens routed to one expert are distinct, so one
 //! dispatch never adds twice to the same value.
 
+use super::recorder::Recorder;
 use super::kernel::{Kernel, MAX_GROUPS};
 use super::Gpu;
 use crate::Result;
@@ -30,24 +31,24 @@ impl MoeCombine {
     /// Records `out[idx[i]] += wts[i] · y[i]` for the `rows` rows of `y` (each `d` long);
     /// `idx` holds u32 token indices, `wts` f32 weights.
     #[allow(clippy::too_many_arguments)]
-    pub fn scatter_add(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, out: &wgpu::Buffer, y: &wgpu::Buffer, idx: &wgpu::Buffer, wts: &wgpu::Buffer, rows: usize, d: usize) -> Result<()> {
+    pub fn scatter_add(&self, rec: &mut Recorder, out: &wgpu::Buffer, y: &wgpu::Buffer, idx: &wgpu::Buffer, wts: &wgpu::Buffer, rows: usize, d: usize) -> Result<()> {
         let (g, per) = grid(rows * d);
-        self.scatter.record(gpu, enc, &[out, y, idx, wts], &[rows as u32, d as u32, per], g)
+        self.scatter.record(rec, &[out, y, idx, wts], &[rows as u32, d as u32, per], g)
     }
 
     /// Records `out[t] += sigmoid(gate[t]) · y[t]` for `rows` rows of `d` values.
     #[allow(clippy::too_many_arguments)]
-    pub fn gated_add(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, out: &wgpu::Buffer, y: &wgpu::Buffer, gate: &wgpu::Buffer, rows: usize, d: usize) -> Result<()> {
+    pub fn gated_add(&self, rec: &mut Recorder, out: &wgpu::Buffer, y: &wgpu::Buffer, gate: &wgpu::Buffer, rows: usize, d: usize) -> Result<()> {
         let (g, per) = grid(rows * d);
-        self.gated.record_bound(gpu, enc, &[(0, out), (1, y), (3, gate)], 4, &[rows as u32, d as u32, per], g)
+        self.gated.record_bound(rec, &[(0, out), (1, y), (3, gate)], 4, &[rows as u32, d as u32, per], g)
     }
 
     /// Records `out[t] = Σ_s wts[t·k + s] · y[t·k + s]` for `rows` tokens of `d` values:
     /// each token's `k` routed expert outputs (consecutive rows of `y`) mixed by weight.
     #[allow(clippy::too_many_arguments)]
-    pub fn weighted_sum(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, out: &wgpu::Buffer, y: &wgpu::Buffer, wts: &wgpu::Buffer, rows: usize, k: usize, d: usize) -> Result<()> {
+    pub fn weighted_sum(&self, rec: &mut Recorder, out: &wgpu::Buffer, y: &wgpu::Buffer, wts: &wgpu::Buffer, rows: usize, k: usize, d: usize) -> Result<()> {
         let (g, per) = grid(rows * d);
-        self.weighted.record_bound(gpu, enc, &[(0, out), (1, y), (3, wts)], 4, &[rows as u32, d as u32, per, k as u32], g)
+        self.weighted.record_bound(rec, &[(0, out), (1, y), (3, wts)], 4, &[rows as u32, d as u32, per, k as u32], g)
     }
 }
 
@@ -73,9 +74,9 @@ mod tests {
         }
         let out = gpu.upload("out", &out0).unwrap();
         let (yb, ib, wb) = (gpu.upload("y", &y).unwrap(), gpu.storage("idx", bytemuck::cast_slice(&idx)).unwrap(), gpu.upload("w", &wts).unwrap());
-        let mut enc = gpu.device.create_command_encoder(&Default::default());
-        k.scatter_add(&gpu, &mut enc, &out, &yb, &ib, &wb, 3, d).unwrap();
-        gpu.queue.submit([enc.finish()]);
+        let mut enc = Recorder::new(&gpu);
+        k.scatter_add(&mut enc, &out, &yb, &ib, &wb, 3, d).unwrap();
+        enc.submit();
         // a device may fuse the multiply and add (one rounding instead of two)
         for (i, (a, b)) in gpu.read_f32(&out, n * d).unwrap().iter().zip(&want).enumerate() {
             assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "scatter [{i}]: gpu {a} vs cpu {b}");
@@ -92,9 +93,9 @@ mod tests {
             }
         }
         let (ob, ykb, wkb) = (gpu.upload("out", &values(n * d, 7)).unwrap(), gpu.upload("y", &yk).unwrap(), gpu.upload("w", &wk).unwrap());
-        let mut enc = gpu.device.create_command_encoder(&Default::default());
-        k.weighted_sum(&gpu, &mut enc, &ob, &ykb, &wkb, n, k3, d).unwrap();
-        gpu.queue.submit([enc.finish()]);
+        let mut enc = Recorder::new(&gpu);
+        k.weighted_sum(&mut enc, &ob, &ykb, &wkb, n, k3, d).unwrap();
+        enc.submit();
         for (i, (a, b)) in gpu.read_f32(&ob, n * d).unwrap().iter().zip(&mixed).enumerate() {
             assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "weighted [{i}]: gpu {a} vs cpu {b}");
         }
@@ -106,9 +107,9 @@ mod tests {
             }
         }
         let (yb, gb) = (gpu.upload("y", &ys).unwrap(), gpu.upload("gate", &gate).unwrap());
-        let mut enc = gpu.device.create_command_encoder(&Default::default());
-        k.gated_add(&gpu, &mut enc, &out, &yb, &gb, n, d).unwrap();
-        gpu.queue.submit([enc.finish()]);
+        let mut enc = Recorder::new(&gpu);
+        k.gated_add(&mut enc, &out, &yb, &gb, n, d).unwrap();
+        enc.submit();
         for (i, (a, b)) in gpu.read_f32(&out, n * d).unwrap().iter().zip(&want).enumerate() {
             assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "gated [{i}]: gpu {a} vs cpu {b}");
         }

@@ -4,8 +4,8 @@
 //! 256 (with sums of each 32) for the K-quants — exactly as the CPU backend quantizes
 //! (`crate::quant::quantize_q8_0`, `quantize_q8_k`), which the test checks.
 
+use super::recorder::Recorder;
 use super::kernel::grid;
-use super::Gpu;
 use crate::{Error, Result};
 
 /// How activations are quantized for a weight format.
@@ -42,23 +42,23 @@ const SOURCE: &str = include_str!("../../../shaders/quantize.wgsl");
 
 /// Records the quantization of `len` values of `x` (whole rows whose length is a
 /// multiple of the format's block) into new buffers.
-pub fn record(gpu: &Gpu, enc: &mut wgpu::CommandEncoder, format: ActFormat, x: &wgpu::Buffer, len: usize) -> Result<QuantizedRows> {
+pub fn record(rec: &mut Recorder, format: ActFormat, x: &wgpu::Buffer, len: usize) -> Result<QuantizedRows> {
     let block = format.block();
     if len == 0 || !len.is_multiple_of(block) {
         return Err(Error::Invalid(format!("quantize: {len} values are not whole blocks of {block}")));
     }
     let blocks = len / block;
-    let out = QuantizedRows { xq: gpu.output("quantized x", len / 4), xs: gpu.output("x scales", blocks), bsums: gpu.output("x sums", if format == ActFormat::Q8_K { len / 32 } else { 1 }) };
+    let out = QuantizedRows { xq: rec.output("quantized x", len / 4), xs: rec.output("x scales", blocks), bsums: rec.output("x sums", if format == ActFormat::Q8_K { len / 32 } else { 1 }) };
     match format {
         ActFormat::Q8_0 => {
             let (gx, gy) = grid(blocks.div_ceil(8));
-            let k = gpu.kernel("quantize_q8_0", SOURCE, "q8_0");
-            k.record_bound(gpu, enc, &[(0, x), (1, &out.xq), (2, &out.xs)], 4, &[blocks as u32, gx as u32], [gx as u32, gy as u32, 1])?;
+            let k = rec.gpu().kernel("quantize_q8_0", SOURCE, "q8_0");
+            k.record_bound(rec, &[(0, x), (1, &out.xq), (2, &out.xs)], 4, &[blocks as u32, gx as u32], [gx as u32, gy as u32, 1])?;
         }
         ActFormat::Q8_K => {
             let (gx, gy) = grid(blocks);
-            let k = gpu.kernel("quantize_q8_k", SOURCE, "q8_k");
-            k.record(gpu, enc, &[x, &out.xq, &out.xs, &out.bsums], &[blocks as u32, gx as u32], [gx as u32, gy as u32, 1])?;
+            let k = rec.gpu().kernel("quantize_q8_k", SOURCE, "q8_k");
+            k.record(rec, &[x, &out.xq, &out.xs, &out.bsums], &[blocks as u32, gx as u32], [gx as u32, gy as u32, 1])?;
         }
     }
     Ok(out)
@@ -68,6 +68,7 @@ pub fn record(gpu: &Gpu, enc: &mut wgpu::CommandEncoder, format: ActFormat, x: &
 mod tests {
     use super::super::tests::{gpu_or_skip, values};
     use super::*;
+    use super::super::Gpu;
     use crate::quant::{quantize_q8_0, quantize_q8_k};
 
     fn read_i8(gpu: &Gpu, buf: &wgpu::Buffer, len: usize) -> Vec<i8> {
@@ -103,10 +104,10 @@ mod tests {
             x[700] = -9.0; // a negative value of largest magnitude
             x.truncate(len);
             let xb = gpu.upload("x", &x).unwrap();
-            let mut enc = gpu.device.create_command_encoder(&Default::default());
-            let q0 = record(&gpu, &mut enc, ActFormat::Q8_0, &xb, len).unwrap();
-            let qk = (len % 256 == 0).then(|| record(&gpu, &mut enc, ActFormat::Q8_K, &xb, len).unwrap());
-            gpu.queue.submit([enc.finish()]);
+            let mut enc = Recorder::new(&gpu);
+            let q0 = record(&mut enc, ActFormat::Q8_0, &xb, len).unwrap();
+            let qk = (len % 256 == 0).then(|| record(&mut enc, ActFormat::Q8_K, &xb, len).unwrap());
+            enc.submit();
 
             let cpu0: Vec<_> = x.chunks(32).map(quantize_q8_0).collect();
             let want: Vec<i8> = cpu0.iter().flat_map(|b| b.qs).collect();

@@ -1,6 +1,7 @@
 //! RMS normalization of rows on the GPU (`shaders/rms_norm.wgsl`); the CPU reference is
 //! the CPU backend's [`crate::compute::cpu::rms_norm`].
 
+use super::recorder::Recorder;
 use super::kernel::{Kernel, MAX_GROUPS};
 use super::Gpu;
 use crate::Result;
@@ -18,10 +19,10 @@ impl RmsNorm {
     }
 
     /// Records normalizing the `rows` rows of `x` (each `d` long) in place, scaled by `g`.
-    pub fn record(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, x: &wgpu::Buffer, g: &wgpu::Buffer, rows: usize, d: usize) -> Result<()> {
+    pub fn record(&self, rec: &mut Recorder, x: &wgpu::Buffer, g: &wgpu::Buffer, rows: usize, d: usize) -> Result<()> {
         let per_y = rows.min(MAX_GROUPS as usize).max(1);
         let dims = [rows as u32, d as u32, self.eps.to_bits(), per_y as u32];
-        self.kernel.record(gpu, enc, &[x, g], &dims, [per_y as u32, rows.div_ceil(per_y).max(1) as u32, 1])
+        self.kernel.record(rec, &[x, g], &dims, [per_y as u32, rows.div_ceil(per_y).max(1) as u32, 1])
     }
 }
 
@@ -41,9 +42,9 @@ mod tests {
             let mut want = x.clone();
             cpu::rms_norm(&mut want, &g, 1e-6);
             let (xb, gb) = (gpu.upload("x", &x).unwrap(), gpu.upload("g", &g).unwrap());
-            let mut enc = gpu.device.create_command_encoder(&Default::default());
-            k.record(&gpu, &mut enc, &xb, &gb, rows, d).unwrap();
-            gpu.queue.submit([enc.finish()]);
+            let mut enc = Recorder::new(&gpu);
+            k.record(&mut enc, &xb, &gb, rows, d).unwrap();
+            enc.submit();
             let got = gpu.read_f32(&xb, rows * d).unwrap();
             for (i, (a, b)) in got.iter().zip(&want).enumerate() {
                 assert!((a - b).abs() <= 1e-5 * b.abs().max(1e-3), "{rows}x{d} [{i}]: gpu {a} vs cpu {b}");

@@ -3,6 +3,7 @@
 //! NeoX and YaRN rotations are all the same kernel; the CPU reference is
 //! [`Rotation::apply`].
 
+use super::recorder::Recorder;
 use super::kernel::{Kernel, MAX_GROUPS};
 use super::Gpu;
 use crate::model::config::RopeStyle;
@@ -28,7 +29,7 @@ impl Rope {
     /// Records rotating `x` (`n × heads × head_dim` on the device) in place by the
     /// rotations whose [`Rope::table`] is in `cs`.
     #[allow(clippy::too_many_arguments)]
-    pub fn record(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, x: &wgpu::Buffer, cs: &wgpu::Buffer, rot: &[Rotation], heads: usize, head_dim: usize) -> Result<()> {
+    pub fn record(&self, rec: &mut Recorder, x: &wgpu::Buffer, cs: &wgpu::Buffer, rot: &[Rotation], heads: usize, head_dim: usize) -> Result<()> {
         let Some(first) = rot.first() else { return Ok(()) };
         let half = first.table().0.len();
         if 2 * half > head_dim {
@@ -39,7 +40,7 @@ impl Rope {
         let groups = total.div_ceil(256).max(1);
         let gx = groups.min(MAX_GROUPS as usize);
         let dims = [rot.len() as u32, heads as u32, head_dim as u32, half as u32, neox, (gx * 256) as u32];
-        self.0.record(gpu, enc, &[x, cs], &dims, [gx as u32, groups.div_ceil(gx) as u32, 1])
+        self.0.record(rec, &[x, cs], &dims, [gx as u32, groups.div_ceil(gx) as u32, 1])
     }
 }
 
@@ -67,9 +68,9 @@ mod tests {
                 }
             }
             let (xb, cs) = (gpu.upload("x", &x).unwrap(), gpu.upload("cs", &Rope::table(&rot)).unwrap());
-            let mut enc = gpu.device.create_command_encoder(&Default::default());
-            k.record(&gpu, &mut enc, &xb, &cs, &rot, heads, head_dim).unwrap();
-            gpu.queue.submit([enc.finish()]);
+            let mut enc = Recorder::new(&gpu);
+            k.record(&mut enc, &xb, &cs, &rot, heads, head_dim).unwrap();
+            enc.submit();
             for (i, (a, b)) in gpu.read_f32(&xb, x.len()).unwrap().iter().zip(&want).enumerate() {
                 assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "{:?} [{i}]: gpu {a} vs cpu {b}", cfg.style);
             }

@@ -2,8 +2,8 @@
 //! experts and mixing weights in device buffers, so a MoE layer's expert products follow
 //! without a readback. The CPU router ([`crate::model::router::route`]) is the reference.
 
+use super::recorder::Recorder;
 use super::kernel::grid;
-use super::Gpu;
 use crate::model::config::{Gating, GroupScore, MoeConfig};
 use crate::{Error, Result};
 
@@ -31,12 +31,12 @@ pub fn supported(cfg: &MoeConfig) -> bool {
 
 /// Records routing `n` tokens' router `logits` (`n × n_expert`), with DeepSeek's selection
 /// `bias` (`n_expert`) if the model has one.
-pub fn record(gpu: &Gpu, enc: &mut wgpu::CommandEncoder, cfg: &MoeConfig, logits: &wgpu::Buffer, bias: Option<&wgpu::Buffer>, n: usize) -> Result<Routes> {
+pub fn record(rec: &mut Recorder, cfg: &MoeConfig, logits: &wgpu::Buffer, bias: Option<&wgpu::Buffer>, n: usize) -> Result<Routes> {
     if !supported(cfg) {
         return Err(Error::Gpu(format!("routing {} experts, {} per token, in {} groups is beyond the GPU router", cfg.n_expert, cfg.n_expert_used, cfg.n_group)));
     }
     let k = cfg.n_expert_used;
-    let routes = Routes { ids: gpu.output("expert ids", n * k), weights: gpu.output("expert weights", n * k) };
+    let routes = Routes { ids: rec.output("expert ids", n * k), weights: rec.output("expert weights", n * k) };
     let (gx, gy) = grid(n);
     let dims = [
         n as u32,
@@ -51,8 +51,8 @@ pub fn record(gpu: &Gpu, enc: &mut wgpu::CommandEncoder, cfg: &MoeConfig, logits
         cfg.n_group_used as u32,
         (cfg.group_score == GroupScore::SumTop2) as u32,
     ];
-    let kernel = gpu.kernel("route", SOURCE, "main");
-    kernel.record(gpu, enc, &[logits, bias.unwrap_or(&gpu.zero_word), &routes.ids, &routes.weights], &dims, [gx as u32, gy as u32, 1])?;
+    let kernel = rec.gpu().kernel("route", SOURCE, "main");
+    kernel.record(rec, &[logits, bias.unwrap_or(&rec.gpu().zero_word), &routes.ids, &routes.weights], &dims, [gx as u32, gy as u32, 1])?;
     Ok(routes)
 }
 
@@ -83,9 +83,9 @@ mod tests {
             let bias = (cfg.gating == Gating::Sigmoid).then(|| values(cfg.n_expert, 99).iter().map(|v| v * 0.01).collect::<Vec<f32>>());
             let lb = gpu.upload("logits", &logits).unwrap();
             let bb = bias.as_ref().map(|b| gpu.upload("bias", b).unwrap());
-            let mut enc = gpu.device.create_command_encoder(&Default::default());
-            let r = record(&gpu, &mut enc, cfg, &lb, bb.as_ref(), n).unwrap();
-            gpu.queue.submit([enc.finish()]);
+            let mut enc = Recorder::new(&gpu);
+            let r = record(&mut enc, cfg, &lb, bb.as_ref(), n).unwrap();
+            enc.submit();
             let k = cfg.n_expert_used;
             let ids: Vec<usize> = gpu.read_f32(&r.ids, n * k).unwrap().iter().map(|v| v.to_bits() as usize).collect();
             let wts = gpu.read_f32(&r.weights, n * k).unwrap();

@@ -1,0 +1,183 @@
+//! Recording GPU work. A [`Recorder`] gathers dispatches and copies into one command
+//! encoder and keeps consecutive dispatches in one compute pass (wgpu inserts the
+//! barriers between dispatches that share a buffer), so a forward pass of a few thousand
+//! dispatches costs little more to record than to describe.
+//!
+//! With a [`Workspace`] — owned by a model and reused every step — the buffers a step
+//! asks for ([`Recorder::output`], [`Recorder::upload`]) come back from the previous
+//! step in the same order, and so do the bind groups that name them: after the first
+//! step nothing is allocated and no bind group is created. Without one, every output is
+//! a fresh buffer (tests, one-off products).
+//!
+//! Guarantee: a workspace buffer is handed out again only after [`Workspace::recycle`],
+//! which the owner calls once the step's commands are submitted; the device runs
+//! submissions in order, so a later step's writes never overtake an earlier step's reads.
+
+use std::collections::HashMap;
+
+use super::kernel::Kernel;
+use super::Gpu;
+use crate::{Error, Result};
+
+/// Buffers and bind groups kept from one step to the next.
+#[derive(Default)]
+pub struct Workspace {
+    free: HashMap<u64, Vec<wgpu::Buffer>>,
+    used: Vec<(u64, wgpu::Buffer)>,
+    binds: HashMap<BindKey, wgpu::BindGroup>,
+    /// Buffers that live as long as the workspace's owner (its weights, and the
+    /// workspace's own): only bind groups naming nothing else are kept, so a kept bind
+    /// group never holds on to a buffer someone else meant to free (a KV cache, an
+    /// evicted expert).
+    pinned: std::collections::HashSet<wgpu::Buffer>,
+}
+
+/// A bind group's identity: the pipeline and every (binding, buffer) it names. The key
+/// holds the buffers, so a buffer in it is never freed and its identity never reused.
+type BindKey = (wgpu::ComputePipeline, Vec<(u32, wgpu::Buffer)>);
+
+/// Bind groups kept at most; beyond it the cache starts afresh (attention's sizes change
+/// with the context length, so its bind groups are new every step).
+const MAX_BINDS: usize = 1 << 14;
+
+impl Workspace {
+    /// An empty workspace.
+    pub fn new() -> Workspace {
+        Workspace::default()
+    }
+
+    /// Marks `buf` as living as long as the workspace's owner.
+    pub fn pin(&mut self, buf: &wgpu::Buffer) {
+        self.pinned.insert(buf.clone());
+    }
+
+    fn take(&mut self, gpu: &Gpu, label: &str, bytes: u64) -> wgpu::Buffer {
+        let bytes = bytes.max(4);
+        let buf = match self.free.get_mut(&bytes).and_then(Vec::pop) {
+            Some(b) => b,
+            None => {
+                let b = gpu.output_bytes(label, bytes);
+                self.pinned.insert(b.clone());
+                b
+            }
+        };
+        self.used.push((bytes, buf.clone()));
+        buf
+    }
+
+    /// Makes every buffer handed out since the last call available again, in the same
+    /// order; call it after submitting the commands that use them.
+    pub fn recycle(&mut self) {
+        for (bytes, buf) in self.used.drain(..).rev() {
+            self.free.entry(bytes).or_default().push(buf);
+        }
+    }
+}
+
+/// Commands being recorded for one GPU.
+pub struct Recorder<'g> {
+    // the pass borrows the encoder's recording: declared first, so dropped first
+    pass: Option<wgpu::ComputePass<'static>>,
+    enc: wgpu::CommandEncoder,
+    gpu: &'g Gpu,
+    ws: Option<&'g mut Workspace>,
+}
+
+impl<'g> Recorder<'g> {
+    /// A recorder whose outputs are fresh buffers.
+    pub fn new(gpu: &'g Gpu) -> Recorder<'g> {
+        Recorder { pass: None, enc: gpu.device.create_command_encoder(&Default::default()), gpu, ws: None }
+    }
+
+    /// A recorder that takes buffers and bind groups from `ws`.
+    pub fn with_workspace(gpu: &'g Gpu, ws: &'g mut Workspace) -> Recorder<'g> {
+        Recorder { pass: None, enc: gpu.device.create_command_encoder(&Default::default()), gpu, ws: Some(ws) }
+    }
+
+    /// The GPU the commands are for.
+    pub fn gpu(&self) -> &'g Gpu {
+        self.gpu
+    }
+
+    /// A buffer of `len` f32 values (or words) for a kernel to write. From a workspace it
+    /// holds whatever it held last: kernels that accumulate need [`Recorder::clear`].
+    pub fn output(&mut self, label: &str, len: usize) -> wgpu::Buffer {
+        match self.ws.as_deref_mut() {
+            Some(ws) => ws.take(self.gpu, label, (len * 4) as u64),
+            None => self.gpu.output(label, len),
+        }
+    }
+
+    /// A buffer holding `data`, written before the recorded commands run.
+    pub fn upload(&mut self, label: &str, data: &[f32]) -> Result<wgpu::Buffer> {
+        if self.ws.is_none() {
+            return self.gpu.upload(label, data);
+        }
+        let buf = self.output(label, data.len());
+        if !data.is_empty() {
+            self.gpu.queue.write_buffer(&buf, 0, bytemuck::cast_slice(data));
+        }
+        Ok(buf)
+    }
+
+    /// Records a buffer copy (ending the current compute pass).
+    pub fn copy(&mut self, src: &wgpu::Buffer, src_offset: u64, dst: &wgpu::Buffer, dst_offset: u64, bytes: u64) {
+        self.pass = None;
+        self.enc.copy_buffer_to_buffer(src, src_offset, dst, dst_offset, bytes);
+    }
+
+    /// Records zeroing `buf` (ending the current compute pass): workspace buffers come
+    /// back holding the last step's values, so a kernel that adds into its output needs
+    /// this first.
+    pub fn clear(&mut self, buf: &wgpu::Buffer) {
+        self.pass = None;
+        self.enc.clear_buffer(buf, 0, None);
+    }
+
+    /// Submits what is recorded so far and starts afresh.
+    pub fn submit(&mut self) {
+        self.pass = None;
+        let enc = std::mem::replace(&mut self.enc, self.gpu.device.create_command_encoder(&Default::default()));
+        self.gpu.queue.submit([enc.finish()]);
+    }
+
+    /// The recorded commands, for the caller to submit (benchmarks time submission apart
+    /// from recording).
+    pub fn finish(mut self) -> wgpu::CommandBuffer {
+        self.pass = None;
+        let enc = std::mem::replace(&mut self.enc, self.gpu.device.create_command_encoder(&Default::default()));
+        enc.finish()
+    }
+
+    /// Records one dispatch of `kernel` over `buffers` (at their bindings) and a uniform
+    /// holding `dims` (at `uniform_binding`).
+    pub(crate) fn dispatch(&mut self, kernel: &Kernel, buffers: &[(u32, &wgpu::Buffer)], uniform_binding: u32, dims: &[u32], groups: [u32; 3]) -> Result<()> {
+        if groups.iter().any(|&g| g > super::kernel::MAX_GROUPS) {
+            return Err(Error::Gpu(format!("{}: {groups:?} workgroups exceed {} in a dimension", kernel.name(), super::kernel::MAX_GROUPS)));
+        }
+        let uniform = self.gpu.uniform(dims);
+        let gpu = self.gpu;
+        let make = || {
+            let mut entries: Vec<wgpu::BindGroupEntry> = buffers.iter().map(|(i, b)| wgpu::BindGroupEntry { binding: *i, resource: b.as_entire_binding() }).collect();
+            entries.push(wgpu::BindGroupEntry { binding: uniform_binding, resource: uniform.as_entire_binding() });
+            gpu.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(kernel.name()), layout: &kernel.pipeline().get_bind_group_layout(0), entries: &entries })
+        };
+        let bind = match self.ws.as_deref_mut() {
+            Some(ws) if buffers.iter().all(|(_, b)| ws.pinned.contains(*b)) => {
+                let mut named: Vec<(u32, wgpu::Buffer)> = buffers.iter().map(|(i, b)| (*i, (*b).clone())).collect();
+                named.push((uniform_binding, uniform.clone()));
+                if ws.binds.len() >= MAX_BINDS {
+                    ws.binds.clear();
+                }
+                ws.binds.entry((kernel.pipeline().clone(), named)).or_insert_with(make).clone()
+            }
+            _ => make(),
+        };
+        let enc = &mut self.enc;
+        let pass = self.pass.get_or_insert_with(|| enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("odmoe"), timestamp_writes: None }).forget_lifetime());
+        pass.set_pipeline(kernel.pipeline());
+        pass.set_bind_group(0, &bind, &[]);
+        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        Ok(())
+    }
+}
