@@ -102,6 +102,9 @@ pub struct GpuModel<'a> {
     ws: std::sync::Mutex<Workspace>,
 }
 
+/// Layers recorded per submission within a pass.
+const SUBMIT_EVERY: usize = 4;
+
 /// Device memory for routed experts that [`GpuModel::new`] allows by default.
 pub const DEFAULT_DEVICE_EXPERT_BYTES: u64 = 1 << 30;
 
@@ -347,10 +350,29 @@ impl<'a> GpuModel<'a> {
         Ok(y)
     }
 
-    fn copy(&self, rec: &mut Recorder, x: &wgpu::Buffer, len: usize) -> wgpu::Buffer {
-        let y = rec.output("copy", len);
-        rec.copy(x, 0, &y, 0, (len * 4) as u64);
-        y
+    /// `x`'s rows normalized by `g` into a new buffer (x unchanged).
+    fn normed(&self, rec: &mut Recorder, x: &wgpu::Buffer, g: &Vector, len: usize) -> Result<wgpu::Buffer> {
+        let y = rec.output("normed", len);
+        self.k.norm.record_into(rec, x, &y, &g.buf, len / g.len, g.len)?;
+        Ok(y)
+    }
+
+    /// `x · Wᵀ` for each of `ws` (same input width), quantizing `x` once where their
+    /// formats agree (q, k and v; gate and up).
+    fn matmuls<const K: usize>(&self, rec: &mut Recorder, ws: [&GpuMatrix; K], x: &wgpu::Buffer, n: usize) -> Result<[wgpu::Buffer; K]> {
+        let mut quantized: Vec<(Option<crate::compute::gpu::quantize::ActFormat>, Option<crate::compute::gpu::quantize::QuantizedRows>)> = Vec::new();
+        let mut out = Vec::with_capacity(K);
+        for w in ws {
+            let format = w.act_format();
+            if !quantized.iter().any(|(f, _)| *f == format) {
+                quantized.push((format, w.quantize(rec, x, n)?));
+            }
+            let q = quantized.iter().find(|(f, _)| *f == format).and_then(|(_, q)| q.as_ref());
+            let y = rec.output("y", n * w.rows());
+            w.record_quantized(rec, x, q, &y, n, None)?;
+            out.push(y);
+        }
+        Ok(out.try_into().unwrap_or_else(|_| unreachable!("one output per matrix")))
     }
 
     fn norm(&self, rec: &mut Recorder, x: &wgpu::Buffer, g: &Vector, len: usize) -> Result<()> {
@@ -358,8 +380,7 @@ impl<'a> GpuModel<'a> {
     }
 
     fn mlp(&self, rec: &mut Recorder, m: &GpuMlp, x: &wgpu::Buffer, n: usize) -> Result<wgpu::Buffer> {
-        let g = self.matmul(rec, &m.gate, x, n)?;
-        let u = self.matmul(rec, &m.up, x, n)?;
+        let [g, u] = self.matmuls(rec, [&m.gate, &m.up], x, n)?;
         self.k.ew.swiglu(rec, &g, &u, n * m.gate.rows())?;
         self.matmul(rec, &m.down, &g, n)
     }
@@ -437,11 +458,8 @@ impl<'a> GpuModel<'a> {
         let len = pos0 + n;
 
         for (l, layer) in self.layers.iter().enumerate() {
-            let h = self.copy(rec, &x, n * d);
-            self.norm(rec, &h, &layer.attn_norm, n * d)?;
-            let q = self.matmul(rec, &layer.wq, &h, n)?;
-            let kb = self.matmul(rec, &layer.wk, &h, n)?;
-            let vb = self.matmul(rec, &layer.wv, &h, n)?;
+            let h = self.normed(rec, &x, &layer.attn_norm, n * d)?;
+            let [q, kb, vb] = self.matmuls(rec, [&layer.wq, &layer.wk, &layer.wv], &h, n)?;
             for (buf, bias, width) in [(&q, &layer.biases[0], n * nh * hd), (&kb, &layer.biases[1], n * nkv * hd), (&vb, &layer.biases[2], n * nkv * hdv)] {
                 if let Some(b) = bias {
                     self.k.ew.add_row(rec, buf, &b.buf, width, b.len)?;
@@ -464,8 +482,7 @@ impl<'a> GpuModel<'a> {
             let a = self.matmul(rec, &layer.wo, &att, n)?;
             self.k.ew.add(rec, &x, &a, n * d)?;
 
-            let h = self.copy(rec, &x, n * d);
-            self.norm(rec, &h, &layer.ffn_norm, n * d)?;
+            let h = self.normed(rec, &x, &layer.ffn_norm, n * d)?;
             let out = match &layer.ffn {
                 GpuFfn::Dense(m) => self.mlp(rec, m, &h, n)?,
                 GpuFfn::Moe { router, bias: bias_v, shared, shared_gate, resident } => {
@@ -489,6 +506,11 @@ impl<'a> GpuModel<'a> {
                 }
             };
             self.k.ew.add(rec, &x, &out, n * d)?;
+            // hand the device what is recorded every few layers, so it computes while
+            // the rest of the pass is recorded
+            if l % SUBMIT_EVERY == SUBMIT_EVERY - 1 {
+                rec.submit();
+            }
         }
         let rows = match which {
             Logits::All => 0..n,

@@ -9,13 +9,15 @@ use crate::Result;
 /// The compiled RMS norm kernel, for one model's epsilon.
 pub struct RmsNorm {
     kernel: Kernel,
+    into: Kernel,
     eps: f32,
 }
 
 impl RmsNorm {
     /// Compiles the kernel.
     pub fn new(gpu: &Gpu, eps: f32) -> RmsNorm {
-        RmsNorm { kernel: Kernel::new(gpu, "rms_norm", include_str!("../../../shaders/rms_norm.wgsl"), "main"), eps }
+        let src = include_str!("../../../shaders/rms_norm.wgsl");
+        RmsNorm { kernel: Kernel::new(gpu, "rms_norm", src, "main"), into: Kernel::new(gpu, "rms_norm_into", src, "into"), eps }
     }
 
     /// Records normalizing the `rows` rows of `x` (each `d` long) in place, scaled by `g`.
@@ -23,6 +25,13 @@ impl RmsNorm {
         let per_y = rows.min(MAX_GROUPS as usize).max(1);
         let dims = [rows as u32, d as u32, self.eps.to_bits(), per_y as u32];
         self.kernel.record(rec, &[x, g], &dims, [per_y as u32, rows.div_ceil(per_y).max(1) as u32, 1])
+    }
+
+    /// Records writing `x`'s rows normalized into `y` (same shape), `x` unchanged.
+    pub fn record_into(&self, rec: &mut Recorder, x: &wgpu::Buffer, y: &wgpu::Buffer, g: &wgpu::Buffer, rows: usize, d: usize) -> Result<()> {
+        let per_y = rows.min(MAX_GROUPS as usize).max(1);
+        let dims = [rows as u32, d as u32, self.eps.to_bits(), per_y as u32];
+        self.into.record_bound(rec, &[(0, x), (1, g), (3, y)], 2, &dims, [per_y as u32, rows.div_ceil(per_y).max(1) as u32, 1])
     }
 }
 
@@ -42,10 +51,17 @@ mod tests {
             let mut want = x.clone();
             cpu::rms_norm(&mut want, &g, 1e-6);
             let (xb, gb) = (gpu.upload("x", &x).unwrap(), gpu.upload("g", &g).unwrap());
+            // out of place first (x must stay), then in place
+            let yb = gpu.output("y", rows * d);
+            let mut enc = Recorder::new(&gpu);
+            k.record_into(&mut enc, &xb, &yb, &gb, rows, d).unwrap();
+            enc.submit();
+            let into = gpu.read_f32(&yb, rows * d).unwrap();
             let mut enc = Recorder::new(&gpu);
             k.record(&mut enc, &xb, &gb, rows, d).unwrap();
             enc.submit();
             let got = gpu.read_f32(&xb, rows * d).unwrap();
+            assert_eq!(into, got, "{rows}x{d}: the same values either way");
             for (i, (a, b)) in got.iter().zip(&want).enumerate() {
                 assert!((a - b).abs() <= 1e-5 * b.abs().max(1e-3), "{rows}x{d} [{i}]: gpu {a} vs cpu {b}");
             }
