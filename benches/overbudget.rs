@@ -399,6 +399,32 @@ fn gpu_decode(path: &Path, tokens: usize) {
         steps.push(t.elapsed().as_secs_f64());
     }
     let cpu_ms = (on_cpu() - cpu0) as f64 / 1e6 / tokens as f64;
+    // where a step's device time goes: three profiled steps, per kernel
+    g.set_profiling(true);
+    let mut by_kernel: Vec<(&'static str, f64, usize)> = Vec::new();
+    let profiled = 3;
+    for _ in 0..profiled {
+        let tok = (rng.next() % vocab) as u32;
+        g.forward(&[tok], &mut cache, Logits::Last).unwrap();
+        for (k, ns, c) in g.take_profile().unwrap_or_default() {
+            match by_kernel.iter_mut().find(|e| e.0 == k) {
+                Some(e) => {
+                    e.1 += ns;
+                    e.2 += c;
+                }
+                None => by_kernel.push((k, ns, c)),
+            }
+        }
+    }
+    g.set_profiling(false);
+    by_kernel.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let device_ns: f64 = by_kernel.iter().map(|e| e.1).sum::<f64>() / profiled as f64;
+    if device_ns > 0.0 {
+        println!("device time per profiled step (one pass per dispatch): {:.2} ms", device_ns / 1e6);
+        for (k, ns, c) in &by_kernel {
+            println!("  {k:<16} {:>8.1} us per step ({:>4.1}%), {:>4} dispatches, {:>6.1} us each", ns / 1e3 / profiled as f64, 100.0 * ns / profiled as f64 / device_ns, c / profiled, ns / 1e3 / *c as f64);
+        }
+    }
     let total: f64 = steps.iter().sum();
     steps.sort_by(f64::total_cmp);
     println!(

@@ -24,7 +24,7 @@ use crate::compute::gpu::route;
 use crate::compute::gpu::moe_combine::MoeCombine;
 use crate::compute::gpu::rms_norm::RmsNorm;
 use crate::compute::gpu::rope::Rope;
-use crate::compute::gpu::recorder::{Recorder, Workspace};
+use crate::compute::gpu::recorder::{ProfileReport, Recorder, Workspace};
 use crate::compute::gpu::Gpu;
 use crate::compute::QMatrix;
 use crate::{Error, Result};
@@ -100,6 +100,9 @@ pub struct GpuModel<'a> {
     experts: DeviceExperts,
     /// Buffers and bind groups reused from step to step.
     ws: std::sync::Mutex<Workspace>,
+    /// Whether steps are timed per kernel, and the last timed step's report.
+    profiling: std::sync::atomic::AtomicBool,
+    profile: std::sync::Mutex<Option<ProfileReport>>,
 }
 
 /// Layers recorded per submission within a pass.
@@ -233,7 +236,7 @@ impl<'a> GpuModel<'a> {
             });
         }
         let experts = DeviceExperts { budget, state: Default::default() };
-        let mut g = GpuModel { model, gpu, k, layers, output_norm: Vector::new(gpu, &w.output_norm)?, output: GpuMatrix::new(gpu, &w.output)?, experts, ws: Default::default() };
+        let mut g = GpuModel { model, gpu, k, layers, output_norm: Vector::new(gpu, &w.output_norm)?, output: GpuMatrix::new(gpu, &w.output)?, experts, ws: Default::default(), profiling: Default::default(), profile: Default::default() };
         if g.all_expert_bytes()? <= budget {
             g.upload_all_experts()?;
         }
@@ -298,6 +301,19 @@ impl<'a> GpuModel<'a> {
             *resident = Some(Box::new(GpuMlp { gate: GpuMatrix::stacked(self.gpu, &gate)?, up: GpuMatrix::stacked(self.gpu, &up)?, down: GpuMatrix::stacked(self.gpu, &down)? }));
         }
         Ok(())
+    }
+
+    /// Times each kernel of the following steps on the device (where it has timestamp
+    /// queries; each dispatch then gets its own pass, so steps run somewhat slower) —
+    /// for finding where a step's device time goes.
+    pub fn set_profiling(&self, on: bool) {
+        self.profiling.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The last profiled step's device time per kernel, most first (see
+    /// [`crate::compute::gpu::recorder::ProfileReport`]); `None` if none was profiled.
+    pub fn take_profile(&self) -> Option<ProfileReport> {
+        self.profile.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
     /// Whether every routed expert is on the device (routing then runs there too).
@@ -435,7 +451,16 @@ impl<'a> GpuModel<'a> {
             return Err(Error::Invalid(format!("context overflow: {} cached + {} new positions exceed the limit of {}", cache.len, tokens.len(), cache.max_len)));
         }
         let mut ws = self.ws.lock().unwrap_or_else(|p| p.into_inner());
-        let result = self.record_forward(&mut Recorder::with_workspace(gpu, &mut ws), tokens, cache, which);
+        let mut rec = Recorder::with_workspace(gpu, &mut ws);
+        let profiling = self.profiling.load(std::sync::atomic::Ordering::Relaxed) && rec.start_profile();
+        let mut result = self.record_forward(&mut rec, tokens, cache, which);
+        if profiling && result.is_ok() {
+            match rec.finish_profile() {
+                Ok(report) => *self.profile.lock().unwrap_or_else(|p| p.into_inner()) = report,
+                Err(e) => result = Err(e),
+            }
+        }
+        drop(rec);
         // every buffer taken is either in a submitted step or in commands never submitted
         ws.recycle();
         let result = result?;

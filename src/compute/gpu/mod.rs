@@ -56,7 +56,9 @@ impl Gpu {
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let options = wgpu::RequestAdapterOptions { power_preference: wgpu::PowerPreference::HighPerformance, ..Default::default() };
         let Ok(adapter) = pollster::block_on(instance.request_adapter(&options)) else { return Ok(None) };
-        let desc = wgpu::DeviceDescriptor { label: Some("odmoe"), required_limits: adapter.limits(), ..Default::default() };
+        // timestamps (for profiling passes) where the adapter has them; nothing else optional
+        let required_features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
+        let desc = wgpu::DeviceDescriptor { label: Some("odmoe"), required_limits: adapter.limits(), required_features, ..Default::default() };
         let (device, queue) = pollster::block_on(adapter.request_device(&desc)).map_err(|e| Error::Gpu(format!("{}: cannot open the device: {e}", adapter.get_info().name)))?;
         let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
         let zero_word = device.create_buffer(&wgpu::BufferDescriptor { label: Some("zero word"), size: 4, usage, mapped_at_creation: false });
@@ -136,18 +138,25 @@ impl Gpu {
 
     /// Copies `buf` (`len` f32 values) back to the host, waiting for the queue.
     pub fn read_f32(&self, buf: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
-        let bytes = (len * 4) as u64;
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor { label: Some("readback"), size: bytes.max(4), usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST, mapped_at_creation: false });
         let mut enc = self.device.create_command_encoder(&Default::default());
+        let bytes = self.read_bytes(&mut enc, buf, (len * 4) as u64)?;
+        Ok(bytemuck::cast_slice::<u8, f32>(&bytes).to_vec())
+    }
+
+    /// Submits `enc` with a copy of `bytes` of `buf` appended (leaving `enc` empty) and
+    /// returns them, waiting for the queue.
+    pub(crate) fn read_bytes(&self, enc: &mut wgpu::CommandEncoder, buf: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor { label: Some("readback"), size: bytes.max(4), usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST, mapped_at_creation: false });
         enc.copy_buffer_to_buffer(buf, 0, &staging, 0, bytes);
-        self.queue.submit([enc.finish()]);
+        let done = std::mem::replace(enc, self.device.create_command_encoder(&Default::default()));
+        self.queue.submit([done.finish()]);
         let slice = staging.slice(..bytes);
         let (tx, rx) = std::sync::mpsc::channel();
         slice.map_async(wgpu::MapMode::Read, move |r| drop(tx.send(r)));
         self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::Gpu(format!("waiting for the device: {e}")))?;
         rx.recv().map_err(|_| Error::Gpu("the readback was dropped".into()))?.map_err(|e| Error::Gpu(format!("readback: {e}")))?;
         let view = slice.get_mapped_range().map_err(|e| Error::Gpu(format!("readback: {e}")))?;
-        let out = bytemuck::cast_slice::<u8, f32>(&view).to_vec();
+        let out = view.to_vec();
         drop(view);
         staging.unmap();
         Ok(out)

@@ -81,17 +81,71 @@ pub struct Recorder<'g> {
     enc: wgpu::CommandEncoder,
     gpu: &'g Gpu,
     ws: Option<&'g mut Workspace>,
+    profile: Option<Profile>,
 }
+
+/// Timestamps around each dispatch while profiling: every dispatch then gets its own
+/// compute pass, whose end time is written to the query set.
+struct Profile {
+    set: wgpu::QuerySet,
+    names: Vec<&'static str>,
+}
+
+/// Queries in a profile's set (wgpu's limit): dispatches beyond it are not timed.
+const PROFILE_QUERIES: u32 = 4096;
+
+/// Device time per kernel over a profiled recording: (kernel, nanoseconds, dispatches),
+/// most time first. A dispatch's time runs from the end of the one before it (or the
+/// start of the first) to its own end, so it includes the wait for the dispatches it
+/// depends on and any copies or submissions in between.
+pub type ProfileReport = Vec<(&'static str, f64, usize)>;
 
 impl<'g> Recorder<'g> {
     /// A recorder whose outputs are fresh buffers.
     pub fn new(gpu: &'g Gpu) -> Recorder<'g> {
-        Recorder { pass: None, enc: gpu.device.create_command_encoder(&Default::default()), gpu, ws: None }
+        Recorder { pass: None, enc: gpu.device.create_command_encoder(&Default::default()), gpu, ws: None, profile: None }
     }
 
     /// A recorder that takes buffers and bind groups from `ws`.
     pub fn with_workspace(gpu: &'g Gpu, ws: &'g mut Workspace) -> Recorder<'g> {
-        Recorder { pass: None, enc: gpu.device.create_command_encoder(&Default::default()), gpu, ws: Some(ws) }
+        Recorder { pass: None, enc: gpu.device.create_command_encoder(&Default::default()), gpu, ws: Some(ws), profile: None }
+    }
+
+    /// Times every dispatch recorded from now on (the first 4095); false, changing
+    /// nothing, where the device has no timestamp queries.
+    pub fn start_profile(&mut self) -> bool {
+        if !self.gpu.device.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
+            return false;
+        }
+        let set = self.gpu.device.create_query_set(&wgpu::QuerySetDescriptor { label: Some("profile"), ty: wgpu::QueryType::Timestamp, count: PROFILE_QUERIES });
+        self.profile = Some(Profile { set, names: Vec::new() });
+        true
+    }
+
+    /// Submits what is recorded and returns the device time of each kernel since
+    /// [`Recorder::start_profile`] (waiting for the device); `None` when not profiling.
+    pub fn finish_profile(&mut self) -> Result<Option<ProfileReport>> {
+        let Some(p) = self.profile.take() else { return Ok(None) };
+        self.pass = None;
+        let n = p.names.len() as u32 + 1;
+        if p.names.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        let bytes = n as u64 * 8;
+        let resolved = self.gpu.device.create_buffer(&wgpu::BufferDescriptor { label: Some("timestamps"), size: bytes, usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC, mapped_at_creation: false });
+        self.enc.resolve_query_set(&p.set, 0..n, &resolved, 0);
+        let stamps = self.gpu.read_bytes(&mut self.enc, &resolved, bytes)?;
+        let ticks: Vec<u64> = stamps.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("eight bytes"))).collect();
+        let period = self.gpu.queue.get_timestamp_period() as f64;
+        let mut by_kernel: HashMap<&'static str, (f64, usize)> = HashMap::new();
+        for (i, name) in p.names.iter().enumerate() {
+            let e = by_kernel.entry(name).or_default();
+            e.0 += ticks[i + 1].saturating_sub(ticks[i]) as f64 * period;
+            e.1 += 1;
+        }
+        let mut report: ProfileReport = by_kernel.into_iter().map(|(k, (ns, c))| (k, ns, c)).collect();
+        report.sort_by(|a, b| b.1.total_cmp(&a.1));
+        Ok(Some(report))
     }
 
     /// The GPU the commands are for.
@@ -173,6 +227,18 @@ impl<'g> Recorder<'g> {
             }
             _ => make(),
         };
+        if let Some(p) = self.profile.as_mut().filter(|p| (p.names.len() as u32) < PROFILE_QUERIES - 1) {
+            // its own pass, its end time written after the previous dispatch's
+            self.pass = None;
+            let first = p.names.is_empty();
+            let writes = wgpu::ComputePassTimestampWrites { query_set: &p.set, beginning_of_pass_write_index: first.then_some(0), end_of_pass_write_index: Some(p.names.len() as u32 + 1) };
+            let mut pass = self.enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(kernel.name()), timestamp_writes: Some(writes) });
+            pass.set_pipeline(kernel.pipeline());
+            pass.set_bind_group(0, &bind, &[]);
+            pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+            p.names.push(kernel.name());
+            return Ok(());
+        }
         let enc = &mut self.enc;
         let pass = self.pass.get_or_insert_with(|| enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("odmoe"), timestamp_writes: None }).forget_lifetime());
         pass.set_pipeline(kernel.pipeline());
