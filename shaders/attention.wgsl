@@ -41,10 +41,16 @@ fn scores(@builtin(global_invocation_id) gid: vec3<u32>) {
     let kvh = head / (dims.heads / dims.kv_heads);
     let qo = (t * dims.heads + head) * dims.head_dim;
     let ko = (s * dims.kv_heads + kvh) * dims.head_dim;
-    var acc = 0.0;
-    for (var i = 0u; i < dims.head_dim; i++) {
-        acc += q[qo + i] * k[ko + i];
+    // four independent sums keep four loads in flight
+    var a = vec4<f32>(0.0);
+    var i = 0u;
+    for (; i + 4u <= dims.head_dim; i += 4u) {
+        a += vec4<f32>(q[qo + i], q[qo + i + 1u], q[qo + i + 2u], q[qo + i + 3u]) * vec4<f32>(k[ko + i], k[ko + i + 1u], k[ko + i + 2u], k[ko + i + 3u]);
     }
+    for (; i < dims.head_dim; i++) {
+        a.x += q[qo + i] * k[ko + i];
+    }
+    let acc = (a.x + a.y) + (a.z + a.w);
     p[id] = acc * bitcast<f32>(dims.scale_bits);
 }
 
@@ -103,9 +109,19 @@ fn values(@builtin(global_invocation_id) gid: vec3<u32>) {
     let t = id / (dims.value_dim * dims.heads);
     let kvh = head / (dims.heads / dims.kv_heads);
     let base = (t * dims.heads + head) * dims.len;
-    var acc = 0.0;
-    for (var s = 0u; s <= dims.pos0 + t; s++) {
-        acc += p[base + s] * v[(s * dims.kv_heads + kvh) * dims.value_dim + d];
+    let stride = dims.kv_heads * dims.value_dim;
+    let vo = kvh * dims.value_dim + d;
+    let end = dims.pos0 + t + 1u;  // positions this token sees
+    // four independent sums keep four loads in flight
+    var a = vec4<f32>(0.0);
+    var s = 0u;
+    for (; s + 4u <= end; s += 4u) {
+        a += vec4<f32>(p[base + s], p[base + s + 1u], p[base + s + 2u], p[base + s + 3u])
+           * vec4<f32>(v[s * stride + vo], v[(s + 1u) * stride + vo], v[(s + 2u) * stride + vo], v[(s + 3u) * stride + vo]);
     }
+    for (; s < end; s++) {
+        a.x += p[base + s] * v[s * stride + vo];
+    }
+    let acc = (a.x + a.y) + (a.z + a.w);
     o[id] = acc;
 }

@@ -1,6 +1,6 @@
 // Compiled after gemv_lanes.wgsl (Dims, LANES, ROWS_PER_GROUP, row_sum, weight_row).
 // y = x · Wᵀ for an f32 matrix W (rows × cols) and n activation rows x: each lane of a
-// row takes every 32nd column. Used for routers and f32 models.
+// row takes every 32nd column, four at a time. Used for routers and f32 models.
 
 @group(0) @binding(0) var<storage, read> w: array<f32>;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
@@ -16,9 +16,19 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let wrow = weight_row(row, z);
     var acc = 0.0;
     if (row < dims.rows) {
-        for (var c = lane; c < dims.per_row; c += LANES) {
-            acc += w[wrow * dims.per_row + c] * x[t * dims.per_row + c];
+        // four independent sums (columns c, c + 32, c + 64, c + 96) keep four loads in flight
+        let wo = wrow * dims.per_row;
+        let xo = t * dims.per_row;
+        var a = vec4<f32>(0.0);
+        var c = lane;
+        for (; c + 3u * LANES < dims.per_row; c += 4u * LANES) {
+            a += vec4<f32>(w[wo + c], w[wo + c + LANES], w[wo + c + 2u * LANES], w[wo + c + 3u * LANES])
+               * vec4<f32>(x[xo + c], x[xo + c + LANES], x[xo + c + 2u * LANES], x[xo + c + 3u * LANES]);
         }
+        for (; c < dims.per_row; c += LANES) {
+            a.x += w[wo + c] * x[xo + c];
+        }
+        acc = (a.x + a.y) + (a.z + a.w);
     }
     let total = row_sum(lid, acc);
     if (lane == 0u && row < dims.rows) {
