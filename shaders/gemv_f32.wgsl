@@ -32,6 +32,6 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     }
     let total = row_sum(lid, acc);
     if (lane == 0u && row < dims.rows) {
-        y[z * dims.rows + row] = total;
+        store(z * dims.rows + row, total);
     }
 }

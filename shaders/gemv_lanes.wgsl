@@ -11,6 +11,16 @@ struct Dims {
     groups_x: u32,    // workgroups per row of the dispatch grid
     indexed: u32,     // 1: the weights are stacked experts and ids[z] picks one
     act_div: u32,     // output row z reads activation row z / act_div
+    accumulate: u32,  // 1: add the products to y instead of overwriting it
+}
+
+// Writes output i (the kernel's `y`, declared in its own file).
+fn store(i: u32, v: f32) {
+    if (dims.accumulate != 0u) {
+        y[i] += v;
+    } else {
+        y[i] = v;
+    }
 }
 
 // Experts chosen per output row when `dims.indexed` (one word otherwise).

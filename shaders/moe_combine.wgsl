@@ -2,8 +2,9 @@
 //   scatter_add: out[idx[i]] += wts[i] · y[i]   (routed experts: row i of y is the
 //                 expert's output for token idx[i], weighted by its routing weight)
 //   gated_add:   out[t] += sigmoid(wts[t]) · y[t]   (a shared expert behind a sigmoid gate)
-//   weighted_sum: out[t] = Σ_s wts[t·k + s] · y[t·k + s]   (a token's k routed experts,
-//                 rows of y in the router's order, from one stacked-expert dispatch)
+//   weighted_sum: out[t] (+)= Σ_s wts[t·k + s] · y[t·k + s]   (a token's k routed experts,
+//                 rows of y in the router's order, from one stacked-expert dispatch;
+//                 added to out when it is the residual stream itself)
 // One invocation per (row of y, column).
 
 struct Dims {
@@ -11,6 +12,7 @@ struct Dims {
     d: u32,
     per_y: u32,
     k: u32,      // weighted_sum: experts per token
+    accumulate: u32,  // weighted_sum: 1 adds to out instead of overwriting it
 }
 
 @group(0) @binding(0) var<storage, read_write> out: array<f32>;
@@ -53,5 +55,9 @@ fn weighted_sum(@builtin(global_invocation_id) gid: vec3<u32>) {
         let r = t * dims.k + s;
         acc += wts[r] * y[r * dims.d + j];
     }
-    out[id] = acc;
+    if (dims.accumulate != 0u) {
+        out[id] += acc;
+    } else {
+        out[id] = acc;
+    }
 }

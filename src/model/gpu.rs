@@ -326,9 +326,10 @@ impl<'a> GpuModel<'a> {
 
     /// The routed experts of one MoE layer for the `n` rows of `h`, all on the device:
     /// route, then each projection once over every (token, chosen expert) pair, then each
-    /// token's outputs mixed by their weights.
+    /// token's outputs mixed by their weights — into a new buffer, or added straight to
+    /// `residual` (then `None` is returned).
     #[allow(clippy::too_many_arguments)]
-    fn resident_experts(&self, rec: &mut Recorder, moe: &crate::model::config::MoeConfig, experts: &GpuMlp, logits: &wgpu::Buffer, bias: Option<&Vector>, h: &wgpu::Buffer, n: usize) -> Result<wgpu::Buffer> {
+    fn resident_experts(&self, rec: &mut Recorder, moe: &crate::model::config::MoeConfig, experts: &GpuMlp, logits: &wgpu::Buffer, bias: Option<&Vector>, h: &wgpu::Buffer, n: usize, residual: Option<&wgpu::Buffer>) -> Result<Option<wgpu::Buffer>> {
         let (k, d, ff) = (moe.n_expert_used, self.model.config.n_embd, experts.gate.rows());
         let nk = n * k;
         let routes = route::record(rec, moe, logits, bias.map(|b| &b.buf), n)?;
@@ -342,9 +343,13 @@ impl<'a> GpuModel<'a> {
         let qd = experts.down.quantize(rec, &g, nk)?;
         let o = rec.output("expert out", nk * d);
         experts.down.record_quantized(rec, &g, qd.as_ref(), &o, nk, Some(Experts { ids: &routes.ids, act_div: 1 }))?;
+        if let Some(x) = residual {
+            self.k.combine.weighted_sum(rec, x, &o, &routes.weights, n, k, d, true)?;
+            return Ok(None);
+        }
         let out = rec.output("ffn out", n * d);
-        self.k.combine.weighted_sum(rec, &out, &o, &routes.weights, n, k, d)?;
-        Ok(out)
+        self.k.combine.weighted_sum(rec, &out, &o, &routes.weights, n, k, d, false)?;
+        Ok(Some(out))
     }
 
     /// An empty cache for one sequence of at most `max_len` positions.
@@ -504,33 +509,40 @@ impl<'a> GpuModel<'a> {
             let (scratch, att) = (rec.output("scores", n * nh * len.next_multiple_of(256)), rec.output("attended", n * nh * hdv));
             let shape = Shape { n, heads: nh, kv_heads: nkv, head_dim: hd, value_dim: hdv, pos0, scale: cfg.kq_scale };
             self.k.attn.record(rec, shape, &q, &cache.k[l], &cache.v[l], &scratch, &att)?;
-            let a = self.matmul(rec, &layer.wo, &att, n)?;
-            self.k.ew.add(rec, &x, &a, n * d)?;
+            layer.wo.record_add(rec, &att, &x, n)?;
 
             let h = self.normed(rec, &x, &layer.ffn_norm, n * d)?;
+            // the layer's output, unless it was added to the residual stream already
             let out = match &layer.ffn {
-                GpuFfn::Dense(m) => self.mlp(rec, m, &h, n)?,
+                GpuFfn::Dense(m) => Some(self.mlp(rec, m, &h, n)?),
                 GpuFfn::Moe { router, bias: bias_v, shared, shared_gate, resident } => {
                     let moe = cfg.moe.as_ref().expect("MoE config");
                     let lb = self.matmul(rec, router, &h, n)?;
+                    // with nothing to add after them, the routed experts add into x
+                    let direct = shared.is_none().then_some(&x);
                     let out = match resident {
-                        Some(experts) if route::supported(moe) => self.resident_experts(rec, moe, experts, &lb, bias_v.as_ref(), &h, n)?,
-                        _ => self.fetched_experts(rec, l, moe, &lb, &h, n)?,
+                        Some(experts) if route::supported(moe) => self.resident_experts(rec, moe, experts, &lb, bias_v.as_ref(), &h, n, direct)?,
+                        _ => Some(self.fetched_experts(rec, l, moe, &lb, &h, n)?),
                     };
-                    if let Some(s) = shared {
-                        let ys = self.mlp(rec, s, &h, n)?;
-                        match shared_gate {
-                            Some(g) => {
-                                let gl = self.matmul(rec, g, &h, n)?;
-                                self.k.combine.gated_add(rec, &out, &ys, &gl, n, d)?;
+                    match (out, shared) {
+                        (Some(out), Some(s)) => {
+                            let ys = self.mlp(rec, s, &h, n)?;
+                            match shared_gate {
+                                Some(g) => {
+                                    let gl = self.matmul(rec, g, &h, n)?;
+                                    self.k.combine.gated_add(rec, &out, &ys, &gl, n, d)?;
+                                }
+                                None => self.k.ew.add(rec, &out, &ys, n * d)?,
                             }
-                            None => self.k.ew.add(rec, &out, &ys, n * d)?,
+                            Some(out)
                         }
+                        (out, _) => out,
                     }
-                    out
                 }
             };
-            self.k.ew.add(rec, &x, &out, n * d)?;
+            if let Some(out) = out {
+                self.k.ew.add(rec, &x, &out, n * d)?;
+            }
             // hand the device what is recorded every few layers, so it computes while
             // the rest of the pass is recorded
             if l % SUBMIT_EVERY == SUBMIT_EVERY - 1 {

@@ -154,6 +154,12 @@ impl GpuMatrix {
         self.record_quantized(rec, x, q.as_ref(), y, n, None)
     }
 
+    /// Records `y += x · Wᵀ` for `n` rows of `x` (a residual add in the same dispatch).
+    pub fn record_add(&self, rec: &mut Recorder, x: &wgpu::Buffer, y: &wgpu::Buffer, n: usize) -> Result<()> {
+        let q = self.quantize(rec, x, n)?;
+        self.record_inner(rec, x, q.as_ref(), y, n, None, true)
+    }
+
     /// Records the quantization of `n` rows of `x` as this matrix's kernel reads them
     /// (`None` when it reads f32): matrices of the same format and width can share it.
     pub fn quantize(&self, rec: &mut Recorder, x: &wgpu::Buffer, n: usize) -> Result<Option<QuantizedRows>> {
@@ -165,6 +171,11 @@ impl GpuMatrix {
     /// `experts`, row group z from the expert `ids[z]` of the stack.
     #[allow(clippy::too_many_arguments)]
     pub fn record_quantized(&self, rec: &mut Recorder, x: &wgpu::Buffer, q: Option<&QuantizedRows>, y: &wgpu::Buffer, out_rows: usize, experts: Option<Experts>) -> Result<()> {
+        self.record_inner(rec, x, q, y, out_rows, experts, false)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record_inner(&self, rec: &mut Recorder, x: &wgpu::Buffer, q: Option<&QuantizedRows>, y: &wgpu::Buffer, out_rows: usize, experts: Option<Experts>, accumulate: bool) -> Result<()> {
         let mut bufs: Vec<&wgpu::Buffer> = self.weights.iter().collect();
         match (self.acts, q) {
             (None, _) => bufs.push(x),
@@ -189,7 +200,7 @@ impl GpuMatrix {
             return Err(Error::Invalid(format!("matrix product: {out_rows} output row groups (1..={max} per dispatch)")));
         }
         let (gx, gy) = super::kernel::grid(self.rows.div_ceil(ROWS_PER_GROUP));
-        let dims = [self.rows as u32, self.per_row as u32, out_rows as u32, gx as u32, indexed, act_div as u32];
+        let dims = [self.rows as u32, self.per_row as u32, out_rows as u32, gx as u32, indexed, act_div as u32, accumulate as u32];
         self.kernel.record_bound(rec, &bound, bufs.len() as u32, &dims, [gx as u32, gy as u32, out_rows as u32])
     }
 }
@@ -220,5 +231,30 @@ mod tests {
         // a format without a kernel is refused by name
         let q5 = QMatrix { ty: GgmlType::Q5_K, rows: 1, cols: 256, data: vec![0u8; 176].into() };
         assert!(GpuMatrix::new(&gpu, &q5).err().unwrap().to_string().contains("Q5_K"));
+    }
+
+    #[test]
+    fn gpu_products_added_to_the_output_match_the_cpu_backend() {
+        let Some(gpu) = gpu_or_skip() else { return };
+        for ty in [GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::F32] {
+            let (rows, cols, n) = (19, 512, 2);
+            let w = match ty {
+                GgmlType::F32 => QMatrix { ty, rows, cols, data: values(rows * cols, 4).iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into() },
+                // finite block scales (Q4_K: its minimums' scale too)
+                _ => super::super::tests::random_matrix(ty, rows, cols, 7, &[(0, 2e-3), (2, 1e-3)]),
+            };
+            let x = values(n * cols, 8);
+            let y0 = values(n * rows, 9);
+            let prod = cpu::matmul(&w, &x);
+            let m = GpuMatrix::new(&gpu, &w).unwrap();
+            let (xb, yb) = (gpu.upload("x", &x).unwrap(), gpu.upload("y", &y0).unwrap());
+            let mut enc = Recorder::new(&gpu);
+            m.record_add(&mut enc, &xb, &yb, n).unwrap();
+            enc.submit();
+            for (i, (g, (a, b))) in gpu.read_f32(&yb, n * rows).unwrap().iter().zip(y0.iter().zip(&prod)).enumerate() {
+                let want = a + b;
+                assert!((g - want).abs() <= 1e-4 * want.abs().max(1.0), "{ty} [{i}]: gpu {g} vs cpu {want}");
+            }
+        }
     }
 }

@@ -73,12 +73,13 @@ impl Gpu {
         kernels.entry(name).or_insert_with(|| std::sync::Arc::new(kernel::Kernel::new(self, name, source, entry))).clone()
     }
 
-    /// A uniform buffer holding `dims` (padded to whole 16-byte rows), shared by every
-    /// dispatch with the same sizes.
+    /// A uniform buffer holding `dims`, zero-padded to whole 16-byte rows and at least
+    /// 64 bytes (so a kernel's size struct may have fields a caller leaves at zero),
+    /// shared by every dispatch with the same sizes.
     pub(crate) fn uniform(&self, dims: &[u32]) -> wgpu::Buffer {
         use wgpu::util::DeviceExt;
         let mut words = dims.to_vec();
-        words.resize(dims.len().div_ceil(4).max(1) * 4, 0);
+        words.resize(dims.len().div_ceil(4).max(4) * 4, 0);
         let mut cache = self.uniforms.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= MAX_UNIFORMS {
             cache.clear();

@@ -43,12 +43,13 @@ impl MoeCombine {
         self.gated.record_bound(rec, &[(0, out), (1, y), (3, gate)], 4, &[rows as u32, d as u32, per], g)
     }
 
-    /// Records `out[t] = Σ_s wts[t·k + s] · y[t·k + s]` for `rows` tokens of `d` values:
-    /// each token's `k` routed expert outputs (consecutive rows of `y`) mixed by weight.
+    /// Records `out[t] = Σ_s wts[t·k + s] · y[t·k + s]` (with `accumulate`, `+=`) for
+    /// `rows` tokens of `d` values: each token's `k` routed expert outputs (consecutive
+    /// rows of `y`) mixed by weight.
     #[allow(clippy::too_many_arguments)]
-    pub fn weighted_sum(&self, rec: &mut Recorder, out: &wgpu::Buffer, y: &wgpu::Buffer, wts: &wgpu::Buffer, rows: usize, k: usize, d: usize) -> Result<()> {
+    pub fn weighted_sum(&self, rec: &mut Recorder, out: &wgpu::Buffer, y: &wgpu::Buffer, wts: &wgpu::Buffer, rows: usize, k: usize, d: usize, accumulate: bool) -> Result<()> {
         let (g, per) = grid(rows * d);
-        self.weighted.record_bound(rec, &[(0, out), (1, y), (3, wts)], 4, &[rows as u32, d as u32, per, k as u32], g)
+        self.weighted.record_bound(rec, &[(0, out), (1, y), (3, wts)], 4, &[rows as u32, d as u32, per, k as u32, accumulate as u32], g)
     }
 }
 
@@ -94,10 +95,17 @@ mod tests {
         }
         let (ob, ykb, wkb) = (gpu.upload("out", &values(n * d, 7)).unwrap(), gpu.upload("y", &yk).unwrap(), gpu.upload("w", &wk).unwrap());
         let mut enc = Recorder::new(&gpu);
-        k.weighted_sum(&mut enc, &ob, &ykb, &wkb, n, k3, d).unwrap();
+        k.weighted_sum(&mut enc, &ob, &ykb, &wkb, n, k3, d, false).unwrap();
         enc.submit();
         for (i, (a, b)) in gpu.read_f32(&ob, n * d).unwrap().iter().zip(&mixed).enumerate() {
             assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "weighted [{i}]: gpu {a} vs cpu {b}");
+        }
+        // accumulating adds the same again
+        let mut enc = Recorder::new(&gpu);
+        k.weighted_sum(&mut enc, &ob, &ykb, &wkb, n, k3, d, true).unwrap();
+        enc.submit();
+        for (i, (a, b)) in gpu.read_f32(&ob, n * d).unwrap().iter().zip(&mixed).enumerate() {
+            assert!((a - 2.0 * b).abs() <= 2e-5 * b.abs().max(1.0), "weighted, added [{i}]: gpu {a} vs cpu {}", 2.0 * b);
         }
 
         let (ys, gate) = (values(n * d, 3), values(n, 4));
