@@ -1,5 +1,5 @@
-//! `odmoe generate --backend gpu` writes the same greedy text as the CPU backend on the
-//! demo model. Skipped (with the reason printed) where the machine has no GPU adapter,
+//! `odmoe generate --backend gpu` (and `auto`) writes the same greedy text as the CPU
+//! backend on the demo model. Skipped (with the reason printed) where the machine has no GPU adapter,
 //! unless ODMOE_REQUIRE_GPU is set (CI installs lavapipe and sets it).
 
 use std::process::Command;
@@ -26,4 +26,19 @@ fn gpu_generation_writes_the_cpu_text() {
     assert!(ok, "{log}");
     assert!(cpu_text.len() > "ROMEO:".len() + 10, "{cpu_text:?}");
     assert_eq!(gpu_text, cpu_text);
+}
+
+#[test]
+fn auto_backend_says_which_it_chose_and_writes_the_cpu_text() {
+    let (ok, auto_text, log) = generate("auto");
+    assert!(ok, "{log}");
+    // a hardware GPU, or the CPU with the reason (no adapter, only a software one, ...)
+    let line = log.lines().find(|l| l.starts_with("backend: ")).unwrap_or_else(|| panic!("no backend line: {log}"));
+    assert!(line.starts_with("backend: gpu (") || line.starts_with("backend: cpu ("), "{line}");
+    if line.contains("llvmpipe") {
+        assert!(line.starts_with("backend: cpu (the only adapter is a software one"), "lavapipe is not taken for a GPU: {line}");
+    }
+    let (ok, cpu_text, log) = generate("cpu");
+    assert!(ok, "{log}");
+    assert_eq!(auto_text, cpu_text);
 }

@@ -568,6 +568,34 @@ impl<'a> GpuModel<'a> {
     }
 }
 
+/// Why the GPU backend cannot run `model` (latent attention, or a block format without a
+/// kernel), or `None` when it can: `--backend auto` falls back to the CPU on `Some`.
+pub fn gpu_unsupported(model: &Model) -> Option<String> {
+    use crate::quant::GgmlType;
+    if model.config.mla.is_some() {
+        return Some("latent attention (DeepSeek, Kimi) is not on the GPU backend yet".into());
+    }
+    let has_kernel = |ty: GgmlType| matches!(ty, GgmlType::F32 | GgmlType::Q8_0 | GgmlType::Q4_K | GgmlType::Q6_K);
+    let mut types = vec![model.weights.output.ty];
+    for (l, layer) in model.weights.layers.iter().enumerate() {
+        if let Attention::Standard { wq, wk, wv, wo, .. } = &layer.attn {
+            types.extend([wq.ty, wk.ty, wv.ty, wo.ty]);
+        }
+        match &layer.ffn {
+            Ffn::Dense(m) => types.extend([m.gate.ty, m.up.ty, m.down.ty]),
+            Ffn::Moe { router, shared, shared_gate, .. } => {
+                types.push(router.ty);
+                types.extend(shared.iter().flat_map(|m| [m.gate.ty, m.up.ty, m.down.ty]));
+                types.extend(shared_gate.iter().map(|g| g.ty));
+                if let Ok(e) = model.experts.expert(l, 0) {
+                    types.extend([e.gate.ty, e.up.ty, e.down.ty]);
+                }
+            }
+        }
+    }
+    types.into_iter().find(|&t| !has_kernel(t)).map(|t| format!("no GPU kernel for {t} weights yet (F32, Q8_0, Q4_K and Q6_K have one)"))
+}
+
 impl Model {
     /// Every position's logits (`n × n_vocab`) for `tokens` from the start of a sequence,
     /// computed on `gpu`.

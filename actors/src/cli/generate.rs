@@ -55,9 +55,9 @@ pub fn run(model: &Path, a: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     // a closed stdout (e.g. `| head`) ends generation quietly
     let on_text = |s: &str| out.write_all(s.as_bytes()).and_then(|_| out.flush()).is_ok();
-    let g = match a.backend {
-        super::Backend::Cpu => generate(&m, &tok, &ids, &opts, on_text)?,
+    let g = match super::resolve_backend(a.backend, &m) {
         super::Backend::Gpu => gpu_generate(&m, &tok, &ids, &opts, on_text)?,
+        _ => generate(&m, &tok, &ids, &opts, on_text)?,
     };
     writeln!(out).ok();
     eprintln!(

@@ -10,12 +10,12 @@ use super::Backend;
 
 pub fn run(model: &Path, tokens: &[u32], backend: Backend, mode: &ExpertMode) -> Result<(), Box<dyn std::error::Error>> {
     let m = Model::open_with(model, mode)?;
-    let logits = match backend {
-        Backend::Cpu => {
+    let logits = match super::resolve_backend(backend, &m) {
+        Backend::Gpu => gpu_logits(&m, tokens)?,
+        _ => {
             let mut cache = m.new_cache(tokens.len());
             m.forward(tokens, &mut cache, Logits::All)?
         }
-        Backend::Gpu => gpu_logits(&m, tokens)?,
     };
     let vocab = m.config().n_vocab;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());

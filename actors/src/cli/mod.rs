@@ -31,6 +31,38 @@ pub enum Backend {
     Cpu,
     /// wgpu (Vulkan/Metal/DX12).
     Gpu,
+    /// The GPU when there is a hardware adapter that can run the model, else the CPU
+    /// (a software Vulkan driver such as lavapipe does not count).
+    Auto,
+}
+
+/// The backend `b` means for `m`: `Auto` becomes the GPU or the CPU, saying which and
+/// why on stderr.
+pub fn resolve_backend(b: Backend, m: &odmoe::model::Model) -> Backend {
+    if b != Backend::Auto {
+        return b;
+    }
+    let (chosen, why) = auto_backend(m);
+    eprintln!("backend: {} ({why})", if chosen == Backend::Gpu { "gpu" } else { "cpu" });
+    chosen
+}
+
+#[cfg(feature = "gpu")]
+fn auto_backend(m: &odmoe::model::Model) -> (Backend, String) {
+    match odmoe::compute::gpu::Gpu::open() {
+        Ok(Some(g)) if g.info.device_type == odmoe::compute::gpu::DeviceType::Cpu => (Backend::Cpu, format!("the only adapter is a software one: {}", g.describe())),
+        Ok(Some(g)) => match odmoe::model::gpu_unsupported(m) {
+            Some(why) => (Backend::Cpu, format!("{} cannot run this model: {why}", g.describe())),
+            None => (Backend::Gpu, g.describe()),
+        },
+        Ok(None) => (Backend::Cpu, "no GPU adapter".into()),
+        Err(e) => (Backend::Cpu, format!("the GPU did not open: {e}")),
+    }
+}
+
+#[cfg(not(feature = "gpu"))]
+fn auto_backend(_: &odmoe::model::Model) -> (Backend, String) {
+    (Backend::Cpu, "this build has no GPU backend".into())
 }
 
 #[derive(Subcommand)]

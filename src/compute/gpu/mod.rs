@@ -26,6 +26,9 @@ pub mod rope;
 
 use crate::{Error, Result};
 
+/// What kind of adapter a [`Gpu`] is (discrete, integrated, a software rasterizer, …).
+pub use wgpu::DeviceType;
+
 /// An opened GPU: its device and queue, and what the adapter is.
 pub struct Gpu {
     /// The logical device (owns buffers and pipelines).
