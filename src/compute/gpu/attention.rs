@@ -1,6 +1,6 @@
 //! Causal grouped-query attention over a KV cache on the GPU (`shaders/attention.wgsl`):
-//! scores, softmax and weighted values as three dispatches over a scratch buffer of
-//! `n × heads × len` scores. The CPU reference is the CPU backend's
+//! scores, softmax and weighted values in one dispatch (a workgroup per token and head)
+//! over a scratch buffer of `n × heads × len` scores. The CPU reference is the CPU backend's
 //! [`crate::compute::cpu::attend_head`], applied head by head.
 //!
 //! The scratch grows with the prompt chunk times the context; chunked prefill keeps it
@@ -11,11 +11,9 @@ use super::kernel::{Kernel, MAX_GROUPS};
 use super::Gpu;
 use crate::{Error, Result};
 
-/// The compiled attention kernels.
+/// The compiled attention kernel.
 pub struct Attention {
-    scores: Kernel,
-    softmax: Kernel,
-    values: Kernel,
+    kernel: Kernel,
 }
 
 /// The shape of one attention call.
@@ -45,10 +43,10 @@ fn grid(total: usize, per: usize) -> ([u32; 3], u32) {
 }
 
 impl Attention {
-    /// Compiles the kernels.
+    /// Compiles the kernel.
     pub fn new(gpu: &Gpu) -> Attention {
         let src = include_str!("../../../shaders/attention.wgsl");
-        Attention { scores: Kernel::new(gpu, "attn_scores", src, "scores"), softmax: Kernel::new(gpu, "attn_softmax", src, "softmax"), values: Kernel::new(gpu, "attn_values", src, "values") }
+        Attention { kernel: Kernel::new(gpu, "attention", src, "main") }
     }
 
     /// Records attention of `q` over the cache `k`, `v` (holding `pos0 + n` positions)
@@ -64,13 +62,8 @@ impl Attention {
             return Err(Error::Invalid(format!("attention: scratch of {} bytes, {} needed", scratch.size(), sh.n * sh.heads * len * 4)));
         }
         let dims = |per_y: u32| [sh.n as u32, sh.heads as u32, sh.kv_heads as u32, sh.head_dim as u32, sh.value_dim as u32, len as u32, sh.pos0 as u32, sh.scale.to_bits(), per_y];
-        // each pass binds only what it reads and writes (see the shader's binding numbers)
-        let (g, per) = grid(sh.n * sh.heads * len, 256);
-        self.scores.record_bound(rec, &[(0, q), (1, k), (3, scratch)], 5, &dims(per), g)?;
         let (g, per) = grid(sh.n * sh.heads, 1);
-        self.softmax.record_bound(rec, &[(3, scratch)], 5, &dims(per), g)?;
-        let (g, per) = grid(sh.n * sh.heads * sh.value_dim, 256);
-        self.values.record_bound(rec, &[(2, v), (3, scratch), (4, out)], 5, &dims(per), g)
+        self.kernel.record(rec, &[q, k, v, scratch, out], &dims(per), g)
     }
 }
 
