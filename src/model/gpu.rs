@@ -501,8 +501,7 @@ impl<'a> GpuModel<'a> {
             if let Some(g) = &layer.k_norm {
                 self.norm(rec, &kb, g, n * nkv * hd)?;
             }
-            self.k.rope.record(rec, &q, &cs, &rot, nh, hd)?;
-            self.k.rope.record(rec, &kb, &cs, &rot, nkv, hd)?;
+            self.k.rope.record_pair(rec, (&q, nh), (&kb, nkv), &cs, &rot, hd)?;
             // the new keys and values join the cache at pos0
             rec.copy(&kb, 0, &cache.k[l], (pos0 * nkv * hd * 4) as u64, (n * nkv * hd * 4) as u64);
             rec.copy(&vb, 0, &cache.v[l], (pos0 * nkv * hdv * 4) as u64, (n * nkv * hdv * 4) as u64);

@@ -30,17 +30,24 @@ impl Rope {
     /// rotations whose [`Rope::table`] is in `cs`.
     #[allow(clippy::too_many_arguments)]
     pub fn record(&self, rec: &mut Recorder, x: &wgpu::Buffer, cs: &wgpu::Buffer, rot: &[Rotation], heads: usize, head_dim: usize) -> Result<()> {
+        let zero = rec.gpu().zero_word.clone();
+        self.record_pair(rec, (x, heads), (&zero, 0), cs, rot, head_dim)
+    }
+
+    /// Records rotating two tensors of the same tokens and head size (queries and keys)
+    /// in one dispatch: `a` and `b` with their head counts.
+    pub fn record_pair(&self, rec: &mut Recorder, a: (&wgpu::Buffer, usize), b: (&wgpu::Buffer, usize), cs: &wgpu::Buffer, rot: &[Rotation], head_dim: usize) -> Result<()> {
         let Some(first) = rot.first() else { return Ok(()) };
         let half = first.table().0.len();
         if 2 * half > head_dim {
             return Err(Error::Invalid(format!("rope: {} rotated dimensions exceed the head's {head_dim}", 2 * half)));
         }
         let neox = u32::from(first.style() == RopeStyle::Neox);
-        let total = rot.len() * heads * half;
+        let total = rot.len() * (a.1 + b.1) * half;
         let groups = total.div_ceil(256).max(1);
         let gx = groups.min(MAX_GROUPS as usize);
-        let dims = [rot.len() as u32, heads as u32, head_dim as u32, half as u32, neox, (gx * 256) as u32];
-        self.0.record(rec, &[x, cs], &dims, [gx as u32, groups.div_ceil(gx) as u32, 1])
+        let dims = [rot.len() as u32, a.1 as u32, head_dim as u32, half as u32, neox, (gx * 256) as u32, b.1 as u32];
+        self.0.record_bound(rec, &[(0, a.0), (1, cs), (3, b.0)], 2, &dims, [gx as u32, groups.div_ceil(gx) as u32, 1])
     }
 }
 
@@ -73,6 +80,21 @@ mod tests {
             enc.submit();
             for (i, (a, b)) in gpu.read_f32(&xb, x.len()).unwrap().iter().zip(&want).enumerate() {
                 assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "{:?} [{i}]: gpu {a} vs cpu {b}", cfg.style);
+            }
+            // as a pair (queries and keys with fewer heads, in one dispatch): the same
+            let kv_heads = 1;
+            let y = values(n * kv_heads * head_dim, 4);
+            let mut want_y = y.clone();
+            for t in 0..n {
+                rot[t].apply(&mut want_y[t * head_dim..(t + 1) * head_dim]);
+            }
+            let (xb, yb) = (gpu.upload("x", &x).unwrap(), gpu.upload("y", &y).unwrap());
+            let mut enc = Recorder::new(&gpu);
+            k.record_pair(&mut enc, (&xb, heads), (&yb, kv_heads), &cs, &rot, head_dim).unwrap();
+            enc.submit();
+            let got = gpu.read_f32(&xb, x.len()).unwrap().into_iter().chain(gpu.read_f32(&yb, y.len()).unwrap());
+            for (i, (a, b)) in got.zip(want.iter().chain(&want_y)).enumerate() {
+                assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "{:?} pair [{i}]: gpu {a} vs cpu {b}", cfg.style);
             }
         }
     }
