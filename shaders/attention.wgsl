@@ -91,17 +91,54 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     storageBarrier();
     workgroupBarrier();
     let stride = dims.kv_heads * dims.value_dim;
-    for (var d = lid; d < dims.value_dim; d += WG) {
+    if (dims.value_dim > WG) {
+        // wide values: each invocation walks every position for its dimensions
+        for (var d = lid; d < dims.value_dim; d += WG) {
+            let vo = kvh * dims.value_dim + d;
+            var a = vec4<f32>(0.0);
+            var s = 0u;
+            for (; s + 4u <= end; s += 4u) {
+                a += vec4<f32>(p[base + s], p[base + s + 1u], p[base + s + 2u], p[base + s + 3u])
+                   * vec4<f32>(v[s * stride + vo], v[(s + 1u) * stride + vo], v[(s + 2u) * stride + vo], v[(s + 3u) * stride + vo]);
+            }
+            for (; s < end; s++) {
+                a.x += p[base + s] * v[s * stride + vo];
+            }
+            o[row * dims.value_dim + d] = ((a.x + a.y) + (a.z + a.w)) / total;
+        }
+        return;
+    }
+    // WG / value_dim groups of invocations (two for 128-wide values) split the positions
+    // between them, each invocation one dimension; their sums meet in shared memory
+    let groups = WG / dims.value_dim;
+    let g = lid / dims.value_dim;
+    let d = lid % dims.value_dim;
+    var part = 0.0;
+    if (g < groups) {
         let vo = kvh * dims.value_dim + d;
         var a = vec4<f32>(0.0);
-        var s = 0u;
-        for (; s + 4u <= end; s += 4u) {
+        // runs of four positions, run c to group c mod groups; the tail after the last
+        // whole run to the group whose turn it is
+        let runs = end / 4u;
+        for (var c = g; c < runs; c += groups) {
+            let s = 4u * c;
             a += vec4<f32>(p[base + s], p[base + s + 1u], p[base + s + 2u], p[base + s + 3u])
                * vec4<f32>(v[s * stride + vo], v[(s + 1u) * stride + vo], v[(s + 2u) * stride + vo], v[(s + 3u) * stride + vo]);
         }
-        for (; s < end; s++) {
-            a.x += p[base + s] * v[s * stride + vo];
+        if (runs % groups == g) {
+            for (var s = 4u * runs; s < end; s++) {
+                a.x += p[base + s] * v[s * stride + vo];
+            }
         }
-        o[row * dims.value_dim + d] = ((a.x + a.y) + (a.z + a.w)) / total;
+        part = (a.x + a.y) + (a.z + a.w);
+    }
+    red[lid] = part;
+    workgroupBarrier();
+    if (g == 0u) {
+        var sum = 0.0;
+        for (var k = 0u; k < groups; k++) {
+            sum += red[k * dims.value_dim + d];
+        }
+        o[row * dims.value_dim + d] = sum / total;
     }
 }

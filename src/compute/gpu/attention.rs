@@ -84,6 +84,7 @@ mod tests {
             Shape { n: 1, heads: 8, kv_heads: 1, head_dim: 64, value_dim: 64, pos0: 300, scale: 0.125 },
             Shape { n: 3, heads: 6, kv_heads: 3, head_dim: 24, value_dim: 40, pos0: 70, scale: 0.2 },
             Shape { n: 2, heads: 2, kv_heads: 1, head_dim: 18, value_dim: 10, pos0: 2, scale: 0.3 },
+            Shape { n: 2, heads: 2, kv_heads: 2, head_dim: 8, value_dim: 300, pos0: 5, scale: 0.3 },
         ] {
             let len = sh.pos0 + sh.n;
             let q = values(sh.n * sh.heads * sh.head_dim, 1);
