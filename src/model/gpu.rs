@@ -62,6 +62,8 @@ impl GpuMlp {
     }
 }
 
+// one per layer: the variants' sizes do not matter
+#[allow(clippy::large_enum_variant)]
 enum GpuFfn {
     Dense(GpuMlp),
     Moe {

@@ -13,7 +13,8 @@ mod tests {
     #[test]
     fn gpu_q4_k_gemv_matches_the_cpu_backend() {
         let Some(gpu) = gpu_or_skip() else { return };
-        for (rows, cols, n) in [(3, 256, 1), (37, 768, 3), (70_001, 256, 1)] {
+        // 8, 16 and 32 lanes per row (4, 12 and 40 items of 64 weights)
+        for (rows, cols, n) in [(3, 256, 1), (37, 768, 3), (70_001, 256, 1), (5, 2560, 2)] {
             let w = random_matrix(GgmlType::Q4_K, rows, cols, rows as u64 + 5, &[(0, 2e-3), (2, 1e-3)]);
             let x = values(n * cols, cols as u64);
             let got = GpuMatrix::new(&gpu, &w).unwrap().run(&gpu, &x).unwrap();

@@ -28,7 +28,7 @@ pub fn grid(groups: usize) -> (usize, usize) {
 
 impl Kernel {
     /// Compiles entry point `entry` of `source`.
-    pub fn new(gpu: &Gpu, name: &'static str, source: &'static str, entry: &'static str) -> Kernel {
+    pub fn new(gpu: &Gpu, name: &'static str, source: &str, entry: &'static str) -> Kernel {
         let module = gpu.device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(name), source: wgpu::ShaderSource::Wgsl(source.into()) });
         let pipeline = gpu.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(name),

@@ -30,6 +30,8 @@ pub struct GpuMatrix {
     /// The weights as the kernel reads them (two buffers for Q8_0: quants, scales).
     weights: Vec<wgpu::Buffer>,
     kernel: Arc<Kernel>,
+    /// Rows each workgroup computes (256 invocations over 8, 16 or 32 lanes per row).
+    rows_per_group: usize,
     /// How the kernel wants its activations quantized first (`None`: read as f32).
     acts: Option<ActFormat>,
     /// Whether the kernel also reads the activations' sums per 32 (Q4_K's minimums).
@@ -48,13 +50,38 @@ pub struct Experts<'a> {
     pub act_div: usize,
 }
 
-/// Rows per workgroup of the lane kernels (`shaders/gemv_lanes.wgsl`).
-const ROWS_PER_GROUP: usize = 8;
+/// Invocations per workgroup of the lane kernels (`shaders/gemv_lanes.wgsl`).
+const GROUP: usize = 256;
 
-macro_rules! gemv_source {
-    ($name:literal) => {
-        concat!(include_str!("../../../shaders/gemv_lanes.wgsl"), include_str!(concat!("../../../shaders/", $name, ".wgsl")))
+/// Lanes per row for rows of `items` work items (blocks, or groups within blocks): 32,
+/// or 16 or 8 for short rows (an expert's down projection has a dozen Q4_K items), so
+/// fewer lanes idle and a workgroup covers more rows.
+fn lanes_for(items: usize) -> usize {
+    match items {
+        0..=8 => 8,
+        9..=16 => 16,
+        _ => 32,
+    }
+}
+
+/// The lane kernel `name` compiled for `lanes` lanes per row.
+fn lane_kernel(gpu: &Gpu, names: [&'static str; 3], kernel_source: &'static str, lanes: usize) -> Arc<Kernel> {
+    let name = match lanes {
+        8 => names[0],
+        16 => names[1],
+        _ => names[2],
     };
+    gpu.kernel_with(
+        name,
+        || {
+            let lanes_src = include_str!("../../../shaders/gemv_lanes.wgsl");
+            let default = "const LANES: u32 = 32u;\nconst ROWS_PER_GROUP: u32 = 8u;";
+            assert!(lanes_src.contains(default), "gemv_lanes.wgsl declares LANES and ROWS_PER_GROUP together");
+            let sized = format!("const LANES: u32 = {lanes}u;\nconst ROWS_PER_GROUP: u32 = {}u;", GROUP / lanes);
+            lanes_src.replace(default, &sized) + kernel_source
+        },
+        "main",
+    )
 }
 
 /// `w`'s bytes as the kernel for its format reads them, one vector per buffer; `None`
@@ -84,11 +111,12 @@ impl GpuMatrix {
         if let Some(w) = ws.iter().find(|w| (w.ty, w.rows, w.cols) != (first.ty, first.rows, first.cols)) {
             return Err(Error::Invalid(format!("stacked matrices differ: {} {}x{} vs {} {}x{}", w.ty, w.rows, w.cols, first.ty, first.rows, first.cols)));
         }
-        let (source, name, per_row, acts) = match first.ty {
-            GgmlType::F32 => (gemv_source!("gemv_f32"), "gemv_f32", first.cols, None),
-            GgmlType::Q8_0 => (gemv_source!("gemv_q8_0"), "gemv_q8_0", first.cols / 32, Some(ActFormat::Q8_0)),
-            GgmlType::Q4_K => (gemv_source!("gemv_q4_k"), "gemv_q4_k", first.cols / 256, Some(ActFormat::Q8_K)),
-            GgmlType::Q6_K => (gemv_source!("gemv_q6_k"), "gemv_q6_k", first.cols / 256, Some(ActFormat::Q8_K)),
+        // (kernel names by lanes, source, per row: columns or blocks, work items per block)
+        let (names, source, per_row, items, acts) = match first.ty {
+            GgmlType::F32 => (["gemv_f32_8", "gemv_f32_16", "gemv_f32"], include_str!("../../../shaders/gemv_f32.wgsl"), first.cols, 1, None),
+            GgmlType::Q8_0 => (["gemv_q8_0_8", "gemv_q8_0_16", "gemv_q8_0"], include_str!("../../../shaders/gemv_q8_0.wgsl"), first.cols / 32, 1, Some(ActFormat::Q8_0)),
+            GgmlType::Q4_K => (["gemv_q4_k_8", "gemv_q4_k_16", "gemv_q4_k"], include_str!("../../../shaders/gemv_q4_k.wgsl"), first.cols / 256, 4, Some(ActFormat::Q8_K)),
+            GgmlType::Q6_K => (["gemv_q6_k_8", "gemv_q6_k_16", "gemv_q6_k"], include_str!("../../../shaders/gemv_q6_k.wgsl"), first.cols / 256, 16, Some(ActFormat::Q8_K)),
             _ => {
                 packed(first)?; // names the format
                 unreachable!("packed refuses formats without a kernel")
@@ -96,14 +124,16 @@ impl GpuMatrix {
         };
         // one buffer per part, each matrix's bytes at its index's offset
         let parts = packed(first)?;
-        let weights: Vec<wgpu::Buffer> = parts.iter().map(|p| gpu.buffer(name, (p.len() * ws.len()) as u64)).collect::<Result<_>>()?;
+        let weights: Vec<wgpu::Buffer> = parts.iter().map(|p| gpu.buffer(names[2], (p.len() * ws.len()) as u64)).collect::<Result<_>>()?;
         for (i, w) in ws.iter().enumerate() {
             let parts = if i == 0 { parts.clone() } else { packed(w)? };
             for (buf, p) in weights.iter().zip(&parts) {
                 gpu.queue.write_buffer(buf, (i * p.len()) as u64, p);
             }
         }
-        Ok(GpuMatrix { rows: first.rows, cols: first.cols, count: ws.len(), per_row, weights, kernel: gpu.kernel(name, source, "main"), acts, sums: first.ty == GgmlType::Q4_K })
+        let lanes = lanes_for(per_row * items);
+        let kernel = lane_kernel(gpu, names, source, lanes);
+        Ok(GpuMatrix { rows: first.rows, cols: first.cols, count: ws.len(), per_row, weights, kernel, rows_per_group: GROUP / lanes, acts, sums: first.ty == GgmlType::Q4_K })
     }
 
     /// Input features.
@@ -199,7 +229,7 @@ impl GpuMatrix {
         if out_rows == 0 || out_rows > max {
             return Err(Error::Invalid(format!("matrix product: {out_rows} output row groups (1..={max} per dispatch)")));
         }
-        let (gx, gy) = super::kernel::grid(self.rows.div_ceil(ROWS_PER_GROUP));
+        let (gx, gy) = super::kernel::grid(self.rows.div_ceil(self.rows_per_group));
         let dims = [self.rows as u32, self.per_row as u32, out_rows as u32, gx as u32, indexed, act_div as u32, accumulate as u32];
         self.kernel.record_bound(rec, &bound, bufs.len() as u32, &dims, [gx as u32, gy as u32, out_rows as u32])
     }
@@ -214,7 +244,8 @@ mod tests {
     #[test]
     fn gpu_f32_gemv_matches_the_cpu_backend() {
         let Some(gpu) = gpu_or_skip() else { return };
-        for (rows, cols, n) in [(1, 1, 1), (37, 100, 3), (70_001, 8, 2)] {
+        // 8, 32, 8 and 16 lanes per row
+        for (rows, cols, n) in [(1, 1, 1), (37, 100, 3), (70_001, 8, 2), (4, 13, 2)] {
             let wv = values(rows * cols, 9);
             let w = QMatrix { ty: GgmlType::F32, rows, cols, data: wv.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into() };
             let x = values(n * cols, 5);

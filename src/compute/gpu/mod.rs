@@ -72,8 +72,13 @@ impl Gpu {
     /// shared afterwards: compiling a pipeline per matrix would cost seconds for a model
     /// with thousands of experts.
     pub(crate) fn kernel(&self, name: &'static str, source: &'static str, entry: &'static str) -> std::sync::Arc<kernel::Kernel> {
+        self.kernel_with(name, || source.into(), entry)
+    }
+
+    /// [`Gpu::kernel`] for a source made on first use (a variant of a shared source).
+    pub(crate) fn kernel_with(&self, name: &'static str, source: impl FnOnce() -> String, entry: &'static str) -> std::sync::Arc<kernel::Kernel> {
         let mut kernels = self.kernels.lock().unwrap_or_else(|p| p.into_inner());
-        kernels.entry(name).or_insert_with(|| std::sync::Arc::new(kernel::Kernel::new(self, name, source, entry))).clone()
+        kernels.entry(name).or_insert_with(|| std::sync::Arc::new(kernel::Kernel::new(self, name, &source(), entry))).clone()
     }
 
     /// A uniform buffer holding `dims`, zero-padded to whole 16-byte rows and at least
