@@ -6,11 +6,17 @@
 //!
 //! Covers grouped-query attention (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE) with F32, Q8_0,
 //! Q4_K and Q6_K weights; latent attention (DeepSeek, Kimi) and other block formats are
-//! refused with an error saying so. The pass is recorded into command encoders with one
-//! readback per MoE layer: the router's logits come back so the CPU can route and fetch
-//! the chosen experts through the expert source (the pager included); those not already
-//! on the device are uploaded and kept there, within a byte budget. Routing on the GPU
-//! and reading experts from disk straight into device memory are the next steps.
+//! refused with an error saying so ([`gpu_unsupported`]). Routed experts:
+//! - all resident (when they fit the device expert budget): each layer's experts are one
+//!   stack per projection; routing runs on the device and each projection is one
+//!   dispatch over every chosen expert, so nothing is read back until the logits;
+//! - otherwise fetched: the router's logits come back once per MoE layer, the CPU
+//!   routes, and the chosen experts are fetched through the expert source (the pager
+//!   included) and kept on the device within the budget, least recently used dropped.
+//!
+//! Each step is recorded through the model's [`Workspace`] (the same buffers and bind
+//! groups every step) and submitted every [`SUBMIT_EVERY`] layers, so the device works
+//! while the rest is recorded.
 
 use super::config::Config;
 use super::rope::Rotation;
@@ -91,7 +97,8 @@ struct GpuLayer {
 }
 
 /// A model's non-expert weights uploaded once to a GPU, with the compiled kernels, and
-/// the routed experts used lately ([`DeviceExperts`]).
+/// its routed experts: all of them, stacked per layer, when they fit the device expert
+/// budget, else those used lately.
 pub struct GpuModel<'a> {
     model: &'a Model,
     gpu: &'a Gpu,
@@ -108,7 +115,7 @@ pub struct GpuModel<'a> {
 }
 
 /// Layers recorded per submission within a pass.
-const SUBMIT_EVERY: usize = 4;
+pub const SUBMIT_EVERY: usize = 4;
 
 /// Device memory for routed experts that [`GpuModel::new`] allows by default.
 pub const DEFAULT_DEVICE_EXPERT_BYTES: u64 = 1 << 30;

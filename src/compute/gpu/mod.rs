@@ -2,13 +2,14 @@
 //! adapter's real limits, and WGSL kernels, each in `shaders/NAME.wgsl` with its dispatch,
 //! a CPU reference and a GPU-vs-CPU test in `NAME.rs` here.
 //!
-//! Status: the device; kernels for Q8_0 and Q4_K matrices times activation rows
-//! ([`gemv_q8_0`], [`gemv_q4_k`]), RMS norm ([`rms_norm`]), rope with host-computed
-//! angles ([`rope`]), causal grouped-query attention over a KV cache ([`attention`]), and
-//! residual add and SwiGLU ([`elementwise`]), each tested against the CPU backend. The
-//! forward pass still runs on the CPU backend only; still to come: routing, latent
-//! attention, the other block formats, the indexed expert kernels, the expert slab the
-//! pager fills, and the pass itself behind `--backend gpu`.
+//! Kernels: activation quantization ([`quantize`]) and quantized matrix products, plain
+//! or over a stack of experts picked by id ([`matrix`], [`gemv_q8_0`], [`gemv_q4_k`],
+//! [`gemv_q6_k`]), RMS norm ([`rms_norm`]), rope from host-computed angles ([`rope`]),
+//! causal grouped-query attention over a KV cache ([`attention`]), routing ([`route`]),
+//! residual add and SwiGLU ([`elementwise`]) and the MoE combine ([`moe_combine`]).
+//! Commands are recorded through a [`recorder::Recorder`]. The forward pass that uses
+//! them is `crate::model::GpuModel`. Not here yet: latent attention, the other block
+//! formats, experts read from disk straight into device slots.
 
 pub mod attention;
 pub mod elementwise;
