@@ -17,15 +17,45 @@
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 @group(0) @binding(5) var<uniform> dims: Dims;
 
-// Byte k (0..11) of the scales, which start at word 1 of a block whose first vec4 is `h`.
-fn scale_byte(h: vec4<u32>, k: u32) -> u32 {
-    return (h[1u + k / 4u] >> (8u * (k % 4u))) & 0xffu;
+// Scale and minimum (6 bits each) of group j (0..7) of a block whose first vec4 is `h`
+// (word 0: d, dmin; words 1..3: the twelve packed bytes).
+fn scale_min(h: vec4<u32>, j: u32) -> vec2<u32> {
+    if (j < 4u) {
+        let sh = 8u * j;
+        return vec2<u32>((h.y >> sh) & 63u, (h.z >> sh) & 63u);
+    }
+    let sh = 8u * (j - 4u);
+    let lo = (h.w >> sh) & 0xffu;
+    return vec2<u32>((lo & 0xfu) | ((((h.y >> sh) >> 6u) & 3u) << 4u), (lo >> 4u) | ((((h.z >> sh) >> 6u) & 3u) << 4u));
 }
 
 fn dot_nibbles(q: vec4<u32>, shift: u32, a: vec4<u32>) -> i32 {
     let m = 0x0f0f0f0fu;
     return dot4I8Packed((q.x >> shift) & m, a.x) + dot4I8Packed((q.y >> shift) & m, a.y)
          + dot4I8Packed((q.z >> shift) & m, a.z) + dot4I8Packed((q.w >> shift) & m, a.w);
+}
+
+// Work item `item` of weight row `wrow` times activation row `t`: groups 2k and 2k+1 of
+// block item / 4 (k = item % 4).
+fn item_sum(wrow: u32, t: u32, item: u32) -> f32 {
+    let b = item / 4u;
+    let k = item % 4u;
+    let blk = (wrow * dims.per_row + b) * 9u;  // in vec4s
+    let h = w[blk];
+    let q0 = w[blk + 1u + 2u * k];
+    let q1 = w[blk + 2u + 2u * k];
+    let xb = t * dims.per_row + b;
+    let xv = xb * 16u + 4u * k;  // group 2k's activations: 2 vec4s, then group 2k+1's
+    let s0 = dot_nibbles(q0, 0u, xq[xv]) + dot_nibbles(q1, 0u, xq[xv + 1u]);
+    let s1 = dot_nibbles(q0, 4u, xq[xv + 2u]) + dot_nibbles(q1, 4u, xq[xv + 3u]);
+    let dm = unpack2x16float(h.x);
+    let m0 = scale_min(h, 2u * k);
+    let m1 = scale_min(h, 2u * k + 1u);
+    let yd = xd[xb];
+    let bs0 = bsums[xb * 8u + 2u * k];
+    let bs1 = bsums[xb * 8u + 2u * k + 1u];
+    return yd * dm.x * f32(i32(m0.x) * s0) - yd * dm.y * f32(i32(m0.y) * bs0)
+         + (yd * dm.x * f32(i32(m1.x) * s1) - yd * dm.y * f32(i32(m1.y) * bs1));
 }
 
 @compute @workgroup_size(256)
@@ -37,41 +67,14 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let wrow = weight_row(row, z);
     var acc = 0.0;
     if (row < dims.rows) {
-        for (var item = lane; item < dims.per_row * 4u; item += LANES) {
-            let b = item / 4u;
-            let k = item % 4u;
-            let blk = (wrow * dims.per_row + b) * 9u;  // in vec4s
-            let h = w[blk];
-            let dm = unpack2x16float(h.x);
-            // scales and mins of groups 2k (j < 4 always) and 2k+1
-            let j0 = 2u * k;
-            let j1 = j0 + 1u;
-            var sc0: u32;
-            var mn0: u32;
-            var sc1: u32;
-            var mn1: u32;
-            if (k < 2u) {
-                sc0 = scale_byte(h, j0) & 63u;
-                mn0 = scale_byte(h, j0 + 4u) & 63u;
-                sc1 = scale_byte(h, j1) & 63u;
-                mn1 = scale_byte(h, j1 + 4u) & 63u;
-            } else {
-                sc0 = (scale_byte(h, j0 + 4u) & 0xfu) | ((scale_byte(h, j0 - 4u) >> 6u) << 4u);
-                mn0 = (scale_byte(h, j0 + 4u) >> 4u) | ((scale_byte(h, j0) >> 6u) << 4u);
-                sc1 = (scale_byte(h, j1 + 4u) & 0xfu) | ((scale_byte(h, j1 - 4u) >> 6u) << 4u);
-                mn1 = (scale_byte(h, j1 + 4u) >> 4u) | ((scale_byte(h, j1) >> 6u) << 4u);
-            }
-            let q0 = w[blk + 1u + 2u * k];
-            let q1 = w[blk + 2u + 2u * k];
-            let xb = t * dims.per_row + b;
-            let xv = xb * 16u + 4u * k;  // group j0's activations: 2 vec4s, then j1's
-            let s0 = dot_nibbles(q0, 0u, xq[xv]) + dot_nibbles(q1, 0u, xq[xv + 1u]);
-            let s1 = dot_nibbles(q0, 4u, xq[xv + 2u]) + dot_nibbles(q1, 4u, xq[xv + 3u]);
-            let yd = xd[xb];
-            let bs0 = bsums[xb * 8u + j0];
-            let bs1 = bsums[xb * 8u + j1];
-            acc += yd * dm.x * f32(i32(sc0) * s0) - yd * dm.y * f32(i32(mn0) * bs0);
-            acc += yd * dm.x * f32(i32(sc1) * s1) - yd * dm.y * f32(i32(mn1) * bs1);
+        // two items per turn: their loads are independent, so both are in flight at once
+        let items = dims.per_row * 4u;
+        var item = lane;
+        for (; item + LANES < items; item += 2u * LANES) {
+            acc += item_sum(wrow, t, item) + item_sum(wrow, t, item + LANES);
+        }
+        if (item < items) {
+            acc += item_sum(wrow, t, item);
         }
     }
     let total = row_sum(lid, acc);

@@ -19,6 +19,15 @@ fn dot16(a: vec4<u32>, b: vec4<u32>) -> i32 {
     return dot4I8Packed(a.x, b.x) + dot4I8Packed(a.y, b.y) + dot4I8Packed(a.z, b.z) + dot4I8Packed(a.w, b.w);
 }
 
+// Block `b` of weight row `wrow` times activation row `t`: the integer sum of its 32
+// products, scaled once.
+fn block_sum(wrow: u32, t: u32, b: u32) -> f32 {
+    let wb = wrow * dims.per_row + b;
+    let xb = t * dims.per_row + b;
+    let isum = dot16(quants[2u * wb], xq[2u * xb]) + dot16(quants[2u * wb + 1u], xq[2u * xb + 1u]);
+    return f32(isum) * (scales[wb] * xs[xb]);
+}
+
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let row = (wg.x + wg.y * dims.groups_x) * ROWS_PER_GROUP + lid / LANES;
@@ -28,11 +37,13 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let wrow = weight_row(row, z);
     var acc = 0.0;
     if (row < dims.rows) {
-        for (var b = lane; b < dims.per_row; b += LANES) {
-            let wb = wrow * dims.per_row + b;
-            let xb = t * dims.per_row + b;
-            let isum = dot16(quants[2u * wb], xq[2u * xb]) + dot16(quants[2u * wb + 1u], xq[2u * xb + 1u]);
-            acc += f32(isum) * (scales[wb] * xs[xb]);
+        // two blocks per turn: their loads are independent, so both are in flight at once
+        var b = lane;
+        for (; b + LANES < dims.per_row; b += 2u * LANES) {
+            acc += block_sum(wrow, t, b) + block_sum(wrow, t, b + LANES);
+        }
+        if (b < dims.per_row) {
+            acc += block_sum(wrow, t, b);
         }
     }
     let total = row_sum(lid, acc);
