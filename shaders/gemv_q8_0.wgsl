@@ -37,12 +37,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let wrow = weight_row(row, z);
     var acc = 0.0;
     if (row < dims.rows) {
-        // two blocks per turn: their loads are independent, so both are in flight at once
-        var b = lane;
-        for (; b + LANES < dims.per_row; b += 2u * LANES) {
-            acc += block_sum(wrow, t, b) + block_sum(wrow, t, b + LANES);
-        }
-        if (b < dims.per_row) {
+        // one block per turn (two, as Q4_K takes, measured 5% slower on an H200)
+        for (var b = lane; b < dims.per_row; b += LANES) {
             acc += block_sum(wrow, t, b);
         }
     }
