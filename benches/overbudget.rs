@@ -379,7 +379,7 @@ fn gpu_decode(path: &Path, tokens: usize) {
     assert!(g.experts_resident(), "every expert should be on the device");
     println!("weights uploaded in {:.1} s (all experts resident)", t.elapsed().as_secs_f64());
     let preloaded = g.expert_uploads();
-    let mut cache = g.new_cache(128 + tokens);
+    let mut cache = g.new_cache(128 + tokens + 5 * 32 + 8);
     let prompt: Vec<u32> = (0..64u32).map(|i| (1000 + i * 7919) % m.config().n_vocab as u32).collect();
     g.forward(&prompt[..8], &mut g.new_cache(8), Logits::Last).unwrap(); // warm-up
     let t = Instant::now();
@@ -399,6 +399,19 @@ fn gpu_decode(path: &Path, tokens: usize) {
         steps.push(t.elapsed().as_secs_f64());
     }
     let cpu_ms = (on_cpu() - cpu0) as f64 / 1e6 / tokens as f64;
+    // how often to submit within a pass: 32 steps at each setting
+    let mut per_submit = Vec::new();
+    for every in [1, 2, 4, 8, 48] {
+        g.set_layers_per_submit(every);
+        let t = Instant::now();
+        for _ in 0..32 {
+            let tok = (rng.next() % vocab) as u32;
+            g.forward(&[tok], &mut cache, Logits::Last).unwrap();
+        }
+        per_submit.push(format!("{every}: {:.1}", 32.0 / t.elapsed().as_secs_f64()));
+    }
+    g.set_layers_per_submit(odmoe::model::SUBMIT_EVERY);
+    println!("decode tokens/s by layers per submission: {}", per_submit.join(", "));
     // where a step's device time goes: three profiled steps, per kernel
     g.set_profiling(true);
     let mut by_kernel: Vec<(&'static str, f64, usize)> = Vec::new();

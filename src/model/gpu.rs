@@ -15,7 +15,7 @@
 //!   included) and kept on the device within the budget, least recently used dropped.
 //!
 //! Each step is recorded through the model's [`Workspace`] (the same buffers and bind
-//! groups every step) and submitted every [`SUBMIT_EVERY`] layers, so the device works
+//! groups every step) and submitted every few layers ([`SUBMIT_EVERY`] by default), so the device works
 //! while the rest is recorded.
 
 use super::config::Config;
@@ -112,9 +112,11 @@ pub struct GpuModel<'a> {
     /// Whether steps are timed per kernel, and the last timed step's report.
     profiling: std::sync::atomic::AtomicBool,
     profile: std::sync::Mutex<Option<ProfileReport>>,
+    layers_per_submit: std::sync::atomic::AtomicUsize,
 }
 
-/// Layers recorded per submission within a pass.
+/// Layers recorded per submission within a pass, by default
+/// ([`GpuModel::set_layers_per_submit`]).
 pub const SUBMIT_EVERY: usize = 4;
 
 /// Device memory for routed experts that [`GpuModel::new`] allows by default.
@@ -245,7 +247,7 @@ impl<'a> GpuModel<'a> {
             });
         }
         let experts = DeviceExperts { budget, state: Default::default() };
-        let mut g = GpuModel { model, gpu, k, layers, output_norm: Vector::new(gpu, &w.output_norm)?, output: GpuMatrix::new(gpu, &w.output)?, experts, ws: Default::default(), profiling: Default::default(), profile: Default::default() };
+        let mut g = GpuModel { model, gpu, k, layers, output_norm: Vector::new(gpu, &w.output_norm)?, output: GpuMatrix::new(gpu, &w.output)?, experts, ws: Default::default(), profiling: Default::default(), profile: Default::default(), layers_per_submit: SUBMIT_EVERY.into() };
         if g.all_expert_bytes()? <= budget {
             g.upload_all_experts()?;
         }
@@ -323,6 +325,12 @@ impl<'a> GpuModel<'a> {
     /// [`crate::compute::gpu::recorder::ProfileReport`]); `None` if none was profiled.
     pub fn take_profile(&self) -> Option<ProfileReport> {
         self.profile.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Submits every `n` layers of a pass (at least 1): fewer submissions cost less on
+    /// the CPU, more let the device start sooner.
+    pub fn set_layers_per_submit(&self, n: usize) {
+        self.layers_per_submit.store(n.max(1), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Whether every routed expert is on the device (routing then runs there too).
@@ -553,7 +561,8 @@ impl<'a> GpuModel<'a> {
             }
             // hand the device what is recorded every few layers, so it computes while
             // the rest of the pass is recorded
-            if l % SUBMIT_EVERY == SUBMIT_EVERY - 1 {
+            let every = self.layers_per_submit.load(std::sync::atomic::Ordering::Relaxed).max(1);
+            if l % every == every - 1 {
                 rec.submit();
             }
         }

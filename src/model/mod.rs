@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 pub use attention::LayerCache;
 #[cfg(feature = "gpu")]
-pub use gpu::{gpu_unsupported, GpuKvCache, GpuModel, DEFAULT_DEVICE_EXPERT_BYTES};
+pub use gpu::{gpu_unsupported, GpuKvCache, GpuModel, DEFAULT_DEVICE_EXPERT_BYTES, SUBMIT_EVERY};
 pub use config::{Arch, Config};
 
 
