@@ -101,7 +101,17 @@ pub fn run(model: &Path, a: Args) -> Result<(), Box<dyn std::error::Error>> {
 #[cfg(feature = "gpu")]
 fn gpu_generate(m: &Model, tok: &Tokenizer, ids: &[u32], opts: &GenerateOptions, on_text: impl FnMut(&str) -> bool) -> Result<odmoe::generate::Generation, Box<dyn std::error::Error>> {
     let gpu = super::logits::open_gpu()?;
+    let t = std::time::Instant::now();
     let g = odmoe::model::GpuModel::new(m, &gpu)?;
+    let gb = |b: u64| b as f64 / 1e9;
+    let experts = g.all_expert_bytes()?;
+    if experts == 0 {
+        eprintln!("gpu: weights uploaded in {:.1} s", t.elapsed().as_secs_f64());
+    } else if g.experts_resident() {
+        eprintln!("gpu: weights uploaded in {:.1} s; all routed experts on the device ({:.2} GB), routed there", t.elapsed().as_secs_f64(), gb(experts));
+    } else {
+        eprintln!("gpu: weights uploaded in {:.1} s; routed experts ({:.2} GB) exceed the device expert budget ({:.2} GB): fetched as routed, the latest kept", t.elapsed().as_secs_f64(), gb(experts), gb(odmoe::model::DEFAULT_DEVICE_EXPERT_BYTES));
+    }
     let mut cache = g.new_cache(opts.max_context);
     Ok(odmoe::generate::generate_with(|t| g.forward(t, &mut cache, odmoe::model::Logits::Last), tok, ids, opts, on_text)?)
 }
