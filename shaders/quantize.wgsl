@@ -1,5 +1,6 @@
 // Activation rows quantized once per matrix product, before the integer GEMV kernels
-// read them: `q8_0` in blocks of 32 (for Q8_0 weights), `q8_k` in blocks of 256 (for
+// read them (optionally the SwiGLU product of two rows, so a down projection's input
+// needs no separate pass): `q8_0` in blocks of 32 (for Q8_0 weights), `q8_k` in blocks of 256 (for
 // the K-quants), each exactly as the CPU backend quantizes (src/quant/activations.rs),
 // so both backends form the same integer sums. Output: the values as signed bytes packed
 // four to a word in `xq` (row-major, as `x`), one scale per block in `xs` (Q8_0: the
@@ -11,6 +12,7 @@
 struct QDims {
     blocks: u32,      // blocks to quantize (all rows together)
     groups_x: u32,    // workgroups per row of the dispatch grid
+    swiglu: u32,      // 1: quantize silu(x) · u, the SwiGLU product, instead of x
 }
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;
@@ -18,6 +20,7 @@ struct QDims {
 @group(0) @binding(2) var<storage, read_write> xs: array<f32>;
 @group(0) @binding(3) var<storage, read_write> bsums: array<i32>;
 @group(0) @binding(4) var<uniform> dims: QDims;
+@group(0) @binding(5) var<storage, read> u: array<f32>;
 
 var<workgroup> red_abs: array<f32, 64>;
 var<workgroup> red_val: array<f32, 64>;
@@ -55,8 +58,13 @@ fn round_f16(v: f32) -> f32 {
     return bitcast<f32>((bits + 0xfffu + ((bits >> 13u) & 1u)) & ~0x1fffu);
 }
 
+// Values i..i+4 to quantize: x, or silu(x) · u (as elementwise.wgsl's swiglu computes it).
 fn load4(i: u32) -> vec4<f32> {
-    return vec4<f32>(x[i], x[i + 1u], x[i + 2u], x[i + 3u]);
+    let g = vec4<f32>(x[i], x[i + 1u], x[i + 2u], x[i + 3u]);
+    if (dims.swiglu == 0u) {
+        return g;
+    }
+    return g / (1.0 + exp(-g)) * vec4<f32>(u[i], u[i + 1u], u[i + 2u], u[i + 3u]);
 }
 
 @compute @workgroup_size(64)

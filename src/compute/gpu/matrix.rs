@@ -196,6 +196,12 @@ impl GpuMatrix {
         self.acts.map(|format| quantize::record(rec, format, x, n * self.cols)).transpose()
     }
 
+    /// [`GpuMatrix::quantize`] of silu(g) · u (SwiGLU) for `n` rows, in one pass; `None`
+    /// when this matrix reads f32 (the caller then applies SwiGLU itself).
+    pub fn quantize_swiglu(&self, rec: &mut Recorder, g: &wgpu::Buffer, u: &wgpu::Buffer, n: usize) -> Result<Option<QuantizedRows>> {
+        self.acts.map(|format| quantize::record_swiglu(rec, format, g, u, n * self.cols)).transpose()
+    }
+
     /// Records `out_rows` groups of `rows` outputs into `y`: `x · Wᵀ` of the activation
     /// rows (`q`, from [`GpuMatrix::quantize`] of `x`, for quantized kernels), or with
     /// `experts`, row group z from the expert `ids[z]` of the stack.

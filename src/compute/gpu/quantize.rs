@@ -43,22 +43,35 @@ const SOURCE: &str = include_str!("../../../shaders/quantize.wgsl");
 /// Records the quantization of `len` values of `x` (whole rows whose length is a
 /// multiple of the format's block) into new buffers.
 pub fn record(rec: &mut Recorder, format: ActFormat, x: &wgpu::Buffer, len: usize) -> Result<QuantizedRows> {
+    record_inner(rec, format, x, None, len)
+}
+
+/// [`record`] of silu(g) · u (SwiGLU, as `Elementwise::swiglu` computes it), `len`
+/// values of each: the product is never stored in f32.
+pub fn record_swiglu(rec: &mut Recorder, format: ActFormat, g: &wgpu::Buffer, u: &wgpu::Buffer, len: usize) -> Result<QuantizedRows> {
+    record_inner(rec, format, g, Some(u), len)
+}
+
+fn record_inner(rec: &mut Recorder, format: ActFormat, x: &wgpu::Buffer, u: Option<&wgpu::Buffer>, len: usize) -> Result<QuantizedRows> {
     let block = format.block();
     if len == 0 || !len.is_multiple_of(block) {
         return Err(Error::Invalid(format!("quantize: {len} values are not whole blocks of {block}")));
     }
     let blocks = len / block;
     let out = QuantizedRows { xq: rec.output("quantized x", len / 4), xs: rec.output("x scales", blocks), bsums: rec.output("x sums", if format == ActFormat::Q8_K { len / 32 } else { 1 }) };
+    let zero = rec.gpu().zero_word.clone();
+    let u_buf = u.unwrap_or(&zero);
+    let swiglu = u.is_some() as u32;
     match format {
         ActFormat::Q8_0 => {
             let (gx, gy) = grid(blocks.div_ceil(8));
             let k = rec.gpu().kernel("quantize_q8_0", SOURCE, "q8_0");
-            k.record_bound(rec, &[(0, x), (1, &out.xq), (2, &out.xs)], 4, &[blocks as u32, gx as u32], [gx as u32, gy as u32, 1])?;
+            k.record_bound(rec, &[(0, x), (1, &out.xq), (2, &out.xs), (5, u_buf)], 4, &[blocks as u32, gx as u32, swiglu], [gx as u32, gy as u32, 1])?;
         }
         ActFormat::Q8_K => {
             let (gx, gy) = grid(blocks);
             let k = rec.gpu().kernel("quantize_q8_k", SOURCE, "q8_k");
-            k.record(rec, &[x, &out.xq, &out.xs, &out.bsums], &[blocks as u32, gx as u32], [gx as u32, gy as u32, 1])?;
+            k.record_bound(rec, &[(0, x), (1, &out.xq), (2, &out.xs), (3, &out.bsums), (5, u_buf)], 4, &[blocks as u32, gx as u32, swiglu], [gx as u32, gy as u32, 1])?;
         }
     }
     Ok(out)
@@ -113,6 +126,18 @@ mod tests {
             let want: Vec<i8> = cpu0.iter().flat_map(|b| b.qs).collect();
             let want_s: Vec<f32> = cpu0.iter().map(|b| b.d).collect();
             assert_close("q8_0", &read_i8(&gpu, &q0.xq, len), &want, &gpu.read_f32(&q0.xs, len / 32).unwrap(), &want_s);
+
+            // the SwiGLU product quantized in the same pass: as quantizing the product
+            let up = values(len, 77);
+            let ub = gpu.upload("u", &up).unwrap();
+            let mut enc = Recorder::new(&gpu);
+            let qs = record_swiglu(&mut enc, ActFormat::Q8_0, &xb, &ub, len).unwrap();
+            enc.submit();
+            let prod: Vec<f32> = x.iter().zip(&up).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
+            let cpu_s: Vec<_> = prod.chunks(32).map(quantize_q8_0).collect();
+            let want: Vec<i8> = cpu_s.iter().flat_map(|b| b.qs).collect();
+            let want_s: Vec<f32> = cpu_s.iter().map(|b| b.d).collect();
+            assert_close("q8_0 of swiglu", &read_i8(&gpu, &qs.xq, len), &want, &gpu.read_f32(&qs.xs, len / 32).unwrap(), &want_s);
 
             if let Some(qk) = qk {
                 let cpuk: Vec<_> = x.chunks(256).map(quantize_q8_k).collect();

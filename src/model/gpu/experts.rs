@@ -130,8 +130,7 @@ impl<'a> GpuModel<'a> {
         experts.gate.record_quantized(rec, h, q.as_ref(), &g, nk, Some(by_token))?;
         let qu = if experts.up.act_format() == experts.gate.act_format() { q } else { experts.up.quantize(rec, h, n)? };
         experts.up.record_quantized(rec, h, qu.as_ref(), &u, nk, Some(by_token))?;
-        self.k.ew.swiglu(rec, &g, &u, nk * ff)?;
-        let qd = experts.down.quantize(rec, &g, nk)?;
+        let qd = self.swiglu_for(rec, &experts.down, &g, &u, nk)?;
         let o = rec.output("expert out", nk * d);
         experts.down.record_quantized(rec, &g, qd.as_ref(), &o, nk, Some(Experts { ids: &routes.ids, act_div: 1 }))?;
         if let Some(x) = residual {

@@ -295,8 +295,22 @@ impl<'a> GpuModel<'a> {
 
     fn mlp(&self, rec: &mut Recorder, m: &GpuMlp, x: &wgpu::Buffer, n: usize) -> Result<wgpu::Buffer> {
         let [g, u] = self.matmuls(rec, [&m.gate, &m.up], x, n)?;
-        self.k.ew.swiglu(rec, &g, &u, n * m.gate.rows())?;
-        self.matmul(rec, &m.down, &g, n)
+        let q = self.swiglu_for(rec, &m.down, &g, &u, n)?;
+        let y = rec.output("y", n * m.down.rows());
+        m.down.record_quantized(rec, &g, q.as_ref(), &y, n, None)?;
+        Ok(y)
+    }
+
+    /// SwiGLU of `n` rows of `g` and `u` as `down`'s input: fused into its activation
+    /// quantization where it has one, else computed into `g` (f32 weights).
+    fn swiglu_for(&self, rec: &mut Recorder, down: &GpuMatrix, g: &wgpu::Buffer, u: &wgpu::Buffer, n: usize) -> Result<Option<crate::compute::gpu::quantize::QuantizedRows>> {
+        match down.quantize_swiglu(rec, g, u, n)? {
+            Some(q) => Ok(Some(q)),
+            None => {
+                self.k.ew.swiglu(rec, g, u, n * down.cols())?;
+                Ok(None)
+            }
+        }
     }
 
     /// Submits what `enc` holds (leaving it empty) and reads `buf` back.
