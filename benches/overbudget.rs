@@ -381,7 +381,9 @@ fn gpu_decode(path: &Path, tokens: usize) {
     let preloaded = g.expert_uploads();
     let mut cache = g.new_cache(128 + tokens + 5 * 32 + 8);
     let prompt: Vec<u32> = (0..64u32).map(|i| (1000 + i * 7919) % m.config().n_vocab as u32).collect();
-    g.forward(&prompt[..8], &mut g.new_cache(8), Logits::Last).unwrap(); // warm-up
+    // warm-up: a prompt of the same length, so the timed one finds its buffers made
+    // (the first pass at a new size allocates them; that once-only cost varied 70–210 ms)
+    g.forward(&prompt, &mut g.new_cache(prompt.len()), Logits::Last).unwrap();
     let t = Instant::now();
     g.forward(&prompt, &mut cache, Logits::Last).unwrap();
     let prefill = t.elapsed().as_secs_f64();
