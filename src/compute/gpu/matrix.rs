@@ -84,8 +84,8 @@ fn lane_kernel(gpu: &Gpu, names: [&'static str; 3], kernel_source: &'static str,
     )
 }
 
-/// `w`'s bytes as the kernel for its format reads them, one vector per buffer; `None`
-/// for a format without a kernel.
+/// `w`'s bytes as the kernel for its format reads them, one vector per buffer; an error
+/// naming the format for one without a kernel.
 fn packed(w: &QMatrix) -> Result<Vec<Vec<u8>>> {
     Ok(match w.ty {
         GgmlType::F32 | GgmlType::Q4_K => vec![w.data.to_vec()],
@@ -111,23 +111,19 @@ impl GpuMatrix {
         if let Some(w) = ws.iter().find(|w| (w.ty, w.rows, w.cols) != (first.ty, first.rows, first.cols)) {
             return Err(Error::Invalid(format!("stacked matrices differ: {} {}x{} vs {} {}x{}", w.ty, w.rows, w.cols, first.ty, first.rows, first.cols)));
         }
+        let first_parts = packed(first)?; // refuses a format without a kernel
         // (kernel names by lanes, source, per row: columns or blocks, work items per block)
         let (names, source, per_row, items, acts) = match first.ty {
             GgmlType::F32 => (["gemv_f32_8", "gemv_f32_16", "gemv_f32"], include_str!("../../../shaders/gemv_f32.wgsl"), first.cols, 1, None),
             GgmlType::Q8_0 => (["gemv_q8_0_8", "gemv_q8_0_16", "gemv_q8_0"], include_str!("../../../shaders/gemv_q8_0.wgsl"), first.cols / 32, 1, Some(ActFormat::Q8_0)),
             GgmlType::Q4_K => (["gemv_q4_k_8", "gemv_q4_k_16", "gemv_q4_k"], include_str!("../../../shaders/gemv_q4_k.wgsl"), first.cols / 256, 4, Some(ActFormat::Q8_K)),
             GgmlType::Q6_K => (["gemv_q6_k_8", "gemv_q6_k_16", "gemv_q6_k"], include_str!("../../../shaders/gemv_q6_k.wgsl"), first.cols / 256, 16, Some(ActFormat::Q8_K)),
-            _ => {
-                packed(first)?; // names the format
-                unreachable!("packed refuses formats without a kernel")
-            }
+            ty => unreachable!("packed refuses {ty}"),
         };
         // one buffer per part, each matrix's bytes at its index's offset
-        let parts = packed(first)?;
-        let weights: Vec<wgpu::Buffer> = parts.iter().map(|p| gpu.buffer(names[2], (p.len() * ws.len()) as u64)).collect::<Result<_>>()?;
-        for (i, w) in ws.iter().enumerate() {
-            let parts = if i == 0 { parts.clone() } else { packed(w)? };
-            for (buf, p) in weights.iter().zip(&parts) {
+        let weights: Vec<wgpu::Buffer> = first_parts.iter().map(|p| gpu.buffer(names[2], (p.len() * ws.len()) as u64)).collect::<Result<_>>()?;
+        for (i, parts) in std::iter::once(Ok(first_parts)).chain(ws[1..].iter().map(packed)).enumerate() {
+            for (buf, p) in weights.iter().zip(&parts?) {
                 gpu.queue.write_buffer(buf, (i * p.len()) as u64, p);
             }
         }
@@ -157,11 +153,6 @@ impl GpuMatrix {
         &self.weights
     }
 
-    /// Matrices in the stack (1 for a plain matrix).
-    pub fn count(&self) -> usize {
-        self.count
-    }
-
     /// `x · Wᵀ` for `x` holding whole rows of `cols` values: uploads, runs, reads back.
     pub fn run(&self, gpu: &Gpu, x: &[f32]) -> Result<Vec<f32>> {
         let cols = self.cols();
@@ -177,7 +168,7 @@ impl GpuMatrix {
         gpu.read_f32(&y, n * rows)
     }
 
-    /// Records `y = x · Wᵀ` for `n` rows of `x` into `enc` (quantizing them first where the
+    /// Records `y = x · Wᵀ` for `n` rows of `x` (quantizing them first where the
     /// kernel reads quantized activations).
     pub fn record(&self, rec: &mut Recorder, x: &wgpu::Buffer, y: &wgpu::Buffer, n: usize) -> Result<()> {
         let q = self.quantize(rec, x, n)?;

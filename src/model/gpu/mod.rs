@@ -313,7 +313,7 @@ impl<'a> GpuModel<'a> {
         }
     }
 
-    /// Submits what `enc` holds (leaving it empty) and reads `buf` back.
+    /// Submits what `rec` holds and reads `buf` back.
     fn read(&self, rec: &mut Recorder, buf: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
         rec.submit();
         self.gpu.read_f32(buf, len)
