@@ -26,6 +26,24 @@ pub struct Config {
     pub tokenizer: TokenizerConfig,
     /// Compute threads.
     pub threads: Threads,
+    /// The GPU backend (`--backend gpu` or `auto`).
+    pub gpu: GpuConfig,
+}
+
+/// `[gpu]`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GpuConfig {
+    /// Device memory for routed experts: when every expert fits, all are uploaded once
+    /// and routed on the device; otherwise they are fetched as routed and the latest kept.
+    pub expert_budget: Size,
+}
+
+impl Default for GpuConfig {
+    fn default() -> Self {
+        // odmoe::model::DEFAULT_DEVICE_EXPERT_BYTES, which builds without the gpu feature lack
+        GpuConfig { expert_budget: Size(1 << 30) }
+    }
 }
 
 /// `[scheduler]`.
@@ -199,7 +217,7 @@ impl<'de> Deserialize<'de> for Size {
 }
 
 /// Sections, as they appear in the file and in environment variable names.
-const SECTIONS: [&str; 7] = ["server", "limits", "cache", "prefetch", "scheduler", "tokenizer", "threads"];
+const SECTIONS: [&str; 8] = ["server", "limits", "cache", "prefetch", "scheduler", "tokenizer", "threads", "gpu"];
 
 impl Config {
     /// Reads `file` (defaults when `None`) and applies `ODMOE_<SECTION>_<KEY>` overrides
@@ -353,7 +371,7 @@ mod tests {
         want.prefetch.shadow = Some("shadow.safetensors".into());
         assert_eq!(Config::load(Some(&f.0), none()).unwrap(), want);
         let keys = uncommented.lines().filter(|l| l.contains(" = ") && !l.starts_with('#')).count();
-        assert_eq!(keys, 24, "the example should list every key once");
+        assert_eq!(keys, 25, "the example should list every key once");
     }
 
     #[test]
@@ -368,6 +386,10 @@ mod tests {
         assert_eq!(c.cache.budget.map(|s| s.0), Some(1 << 30));
         let c = Config::load(None, [("ODMOE_SERVER_HOST".to_string(), "0.0.0.0".to_string())]).unwrap();
         assert_eq!(c.server.host, "0.0.0.0");
+        // the GPU's expert budget: 1 GiB unless the file or the environment says
+        assert_eq!(Config::default().gpu.expert_budget, Size(1 << 30));
+        let c = Config::load(None, [("ODMOE_GPU_EXPERT_BUDGET".to_string(), "24GiB".to_string())]).unwrap();
+        assert_eq!(c.gpu.expert_budget, Size(24 << 30));
     }
 
     #[test]
@@ -377,6 +399,7 @@ mod tests {
             ("[sever]\nport = 1\n", "sever"),
             ("[cache]\nbudget = \"12 parsecs\"\n", "parsecs"),
             ("[cache]\npolicy = \"fifo\"\n", "fifo"),
+            ("[gpu]\nexpert_budjet = \"1GiB\"\n", "expert_budjet"),
             ("[server]\nport = \"eighty\"\n", "port"),
             ("[limits]\ncontext = 0\n", "limits.context"),
             ("[server\nport = 1\n", "config"),

@@ -5,8 +5,13 @@
 use std::process::Command;
 
 fn generate(backend: &str) -> (bool, String, String) {
+    generate_with(backend, &[])
+}
+
+fn generate_with(backend: &str, more: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_odmoe"))
         .args(["generate", "--prompt", "ROMEO:", "--max-tokens", "12", "--temperature", "0", "--backend", backend])
+        .args(more)
         .output()
         .expect("run odmoe");
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
@@ -22,10 +27,16 @@ fn gpu_generation_writes_the_cpu_text() {
     }
     assert!(ok, "{log}");
     assert!(log.contains("gpu: "), "names the adapter: {log}");
+    assert!(log.contains("all routed experts on the device"), "{log}");
     let (ok, cpu_text, log) = generate("cpu");
     assert!(ok, "{log}");
     assert!(cpu_text.len() > "ROMEO:".len() + 10, "{cpu_text:?}");
     assert_eq!(gpu_text, cpu_text);
+    // a device expert budget too small for all of them: fetched as routed, same text
+    let (ok, fetched_text, log) = generate_with("gpu", &["--gpu-expert-budget", "1MiB"]);
+    assert!(ok, "{log}");
+    assert!(log.contains("fetched as routed"), "{log}");
+    assert_eq!(fetched_text, cpu_text);
 }
 
 #[test]

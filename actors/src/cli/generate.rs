@@ -21,6 +21,8 @@ pub struct Args {
     pub prefetch: Prefetch,
     pub shadow: Option<std::sync::Arc<odmoe::shadow::Shadow>>,
     pub backend: super::Backend,
+    /// Device memory for routed experts on the GPU backend.
+    pub gpu_expert_budget: u64,
 }
 
 pub fn run(model: &Path, a: Args) -> Result<(), Box<dyn std::error::Error>> {
@@ -56,7 +58,7 @@ pub fn run(model: &Path, a: Args) -> Result<(), Box<dyn std::error::Error>> {
     // a closed stdout (e.g. `| head`) ends generation quietly
     let on_text = |s: &str| out.write_all(s.as_bytes()).and_then(|_| out.flush()).is_ok();
     let g = match super::resolve_backend(a.backend, &m) {
-        super::Backend::Gpu => gpu_generate(&m, &tok, &ids, &opts, on_text)?,
+        super::Backend::Gpu => gpu_generate(&m, &tok, &ids, &opts, a.gpu_expert_budget, on_text)?,
         _ => generate(&m, &tok, &ids, &opts, on_text)?,
     };
     writeln!(out).ok();
@@ -99,24 +101,24 @@ pub fn run(model: &Path, a: Args) -> Result<(), Box<dyn std::error::Error>> {
 
 /// [`generate`] with the wgpu backend: the model's weights and the KV cache on the device.
 #[cfg(feature = "gpu")]
-fn gpu_generate(m: &Model, tok: &Tokenizer, ids: &[u32], opts: &GenerateOptions, on_text: impl FnMut(&str) -> bool) -> Result<odmoe::generate::Generation, Box<dyn std::error::Error>> {
+fn gpu_generate(m: &Model, tok: &Tokenizer, ids: &[u32], opts: &GenerateOptions, expert_budget: u64, on_text: impl FnMut(&str) -> bool) -> Result<odmoe::generate::Generation, Box<dyn std::error::Error>> {
     let gpu = super::logits::open_gpu()?;
     let t = std::time::Instant::now();
-    let g = odmoe::model::GpuModel::new(m, &gpu)?;
-    let gb = |b: u64| b as f64 / 1e9;
+    let g = odmoe::model::GpuModel::with_expert_budget(m, &gpu, expert_budget)?;
+    let gb = |b: u64| if b >= 100_000_000 { format!("{:.2} GB", b as f64 / 1e9) } else { format!("{:.1} MB", b as f64 / 1e6) };
     let experts = g.all_expert_bytes()?;
     if experts == 0 {
         eprintln!("gpu: weights uploaded in {:.1} s", t.elapsed().as_secs_f64());
     } else if g.experts_resident() {
-        eprintln!("gpu: weights uploaded in {:.1} s; all routed experts on the device ({:.2} GB), routed there", t.elapsed().as_secs_f64(), gb(experts));
+        eprintln!("gpu: weights uploaded in {:.1} s; all routed experts on the device ({}), routed there", t.elapsed().as_secs_f64(), gb(experts));
     } else {
-        eprintln!("gpu: weights uploaded in {:.1} s; routed experts ({:.2} GB) exceed the device expert budget ({:.2} GB): fetched as routed, the latest kept", t.elapsed().as_secs_f64(), gb(experts), gb(odmoe::model::DEFAULT_DEVICE_EXPERT_BYTES));
+        eprintln!("gpu: weights uploaded in {:.1} s; routed experts ({}) exceed the device expert budget ({}, gpu.expert_budget or --gpu-expert-budget): fetched as routed, the latest kept", t.elapsed().as_secs_f64(), gb(experts), gb(expert_budget));
     }
     let mut cache = g.new_cache(opts.max_context);
     Ok(odmoe::generate::generate_with(|t| g.forward(t, &mut cache, odmoe::model::Logits::Last), tok, ids, opts, on_text)?)
 }
 
 #[cfg(not(feature = "gpu"))]
-fn gpu_generate(_: &Model, _: &Tokenizer, _: &[u32], _: &GenerateOptions, _: impl FnMut(&str) -> bool) -> Result<odmoe::generate::Generation, Box<dyn std::error::Error>> {
+fn gpu_generate(_: &Model, _: &Tokenizer, _: &[u32], _: &GenerateOptions, _: u64, _: impl FnMut(&str) -> bool) -> Result<odmoe::generate::Generation, Box<dyn std::error::Error>> {
     Err("this build has no GPU backend (built without the gpu feature); use --backend cpu".into())
 }

@@ -154,13 +154,18 @@ enum Command {
         /// The shadow predictor for `--prefetch shadow` (made by `odmoe train-shadow`).
         #[arg(long)]
         shadow: Option<PathBuf>,
-        /// TOML configuration file: its [cache], [prefetch] and [threads] sections apply.
+        /// TOML configuration file: its [cache], [prefetch], [threads] and [gpu] sections
+        /// apply.
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Compute backend (gpu: grouped-query architectures; routed experts are still
-        /// fetched on the CPU side and uploaded each step).
+        /// Compute backend (gpu: grouped-query architectures with F32, Q8_0, Q4_K or Q6_K
+        /// weights; auto: a hardware GPU that can run the model, else the CPU).
         #[arg(long, value_enum, default_value_t = Backend::Cpu)]
         backend: Backend,
+        /// Device memory for routed experts on the GPU (e.g. 24GiB) [default: gpu.expert_budget,
+        /// 1GiB]: when every expert fits, all are uploaded once and routed on the device.
+        #[arg(long)]
+        gpu_expert_budget: Option<String>,
     },
     /// Run the model over a text corpus and record routing traces: per token and MoE
     /// layer, the router's input (f16) and the experts and weights it chose.
@@ -278,9 +283,12 @@ pub fn run() -> Result<(), Box<dyn std::error::Error>> {
             crate::server::run(&demo::resolve(model)?, &c.expert_mode(), server)
         }
         Command::Convert { input, output } => convert::run(&input, &output),
-        Command::Generate { model, prompt, chat, max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, seed, stop, cache_budget, prefetch, shadow, config, backend } => {
+        Command::Generate { model, prompt, chat, max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, seed, stop, cache_budget, prefetch, shadow, config, backend, gpu_expert_budget } => {
             let mut c = Config::load(config.as_deref(), std::env::vars())?;
             apply_cache_flags(&mut c, cache_budget.as_deref(), prefetch, shadow)?;
+            if let Some(b) = gpu_expert_budget {
+                c.gpu.expert_budget = crate::config::Size(odmoe::experts::parse_size(&b).map_err(|e| format!("--gpu-expert-budget: {e}"))?);
+            }
             apply_threads(&c)?;
             let sampling = odmoe::sampling::SamplingParams {
                 temperature,
@@ -291,7 +299,7 @@ pub fn run() -> Result<(), Box<dyn std::error::Error>> {
                 seed,
                 ..Default::default()
             };
-            generate::run(&demo::resolve(model)?, generate::Args { prompt, chat, max_tokens, sampling, stop, mode: c.expert_mode(), prefetch: c.prefetch(), shadow: c.shadow()?, backend })
+            generate::run(&demo::resolve(model)?, generate::Args { prompt, chat, max_tokens, sampling, stop, mode: c.expert_mode(), prefetch: c.prefetch(), shadow: c.shadow()?, backend, gpu_expert_budget: c.gpu.expert_budget.0 })
         }
         Command::Tokenize { model, text, file, no_bos, special } => tokenize::tokenize(&model, text, file.as_deref(), no_bos, special),
         Command::Detokenize { model, ids } => tokenize::detokenize(&model, &ids),
