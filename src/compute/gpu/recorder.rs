@@ -233,17 +233,19 @@ impl<'g> Recorder<'g> {
             let first = p.names.is_empty();
             let writes = wgpu::ComputePassTimestampWrites { query_set: &p.set, beginning_of_pass_write_index: first.then_some(0), end_of_pass_write_index: Some(p.names.len() as u32 + 1) };
             let mut pass = self.enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(kernel.name()), timestamp_writes: Some(writes) });
-            pass.set_pipeline(kernel.pipeline());
-            pass.set_bind_group(0, &bind, &[]);
-            pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+            run(&mut pass, kernel, &bind, groups);
             p.names.push(kernel.name());
             return Ok(());
         }
         let enc = &mut self.enc;
         let pass = self.pass.get_or_insert_with(|| enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("odmoe"), timestamp_writes: None }).forget_lifetime());
-        pass.set_pipeline(kernel.pipeline());
-        pass.set_bind_group(0, &bind, &[]);
-        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        run(pass, kernel, &bind, groups);
         Ok(())
     }
+}
+
+fn run(pass: &mut wgpu::ComputePass, kernel: &Kernel, bind: &wgpu::BindGroup, groups: [u32; 3]) {
+    pass.set_pipeline(kernel.pipeline());
+    pass.set_bind_group(0, bind, &[]);
+    pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
 }

@@ -121,15 +121,10 @@ impl<'a> GpuModel<'a> {
     /// `residual` (then `None` is returned).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn resident_experts(&self, rec: &mut Recorder, moe: &MoeConfig, experts: &GpuMlp, logits: &wgpu::Buffer, bias: Option<&Vector>, h: &wgpu::Buffer, n: usize, residual: Option<&wgpu::Buffer>) -> Result<Option<wgpu::Buffer>> {
-        let (k, d, ff) = (moe.n_expert_used, self.model.config.n_embd, experts.gate.rows());
+        let (k, d) = (moe.n_expert_used, self.model.config.n_embd);
         let nk = n * k;
         let routes = route::record(rec, moe, logits, bias.map(|b| &b.buf), n)?;
-        let by_token = Experts { ids: &routes.ids, act_div: k };
-        let q = experts.gate.quantize(rec, h, n)?;
-        let (g, u) = (rec.output("expert gate", nk * ff), rec.output("expert up", nk * ff));
-        experts.gate.record_quantized(rec, h, q.as_ref(), &g, nk, Some(by_token))?;
-        let qu = if experts.up.act_format() == experts.gate.act_format() { q } else { experts.up.quantize(rec, h, n)? };
-        experts.up.record_quantized(rec, h, qu.as_ref(), &u, nk, Some(by_token))?;
+        let [g, u] = self.matmuls(rec, [&experts.gate, &experts.up], h, n, Some(Experts { ids: &routes.ids, act_div: k }))?;
         let qd = self.swiglu_for(rec, &experts.down, &g, &u, nk)?;
         let o = rec.output("expert out", nk * d);
         experts.down.record_quantized(rec, &g, qd.as_ref(), &o, nk, Some(Experts { ids: &routes.ids, act_div: 1 }))?;

@@ -26,8 +26,9 @@ use super::weights::{Attention, Ffn};
 use super::{Logits, Model};
 use crate::compute::gpu::attention::{Attention as GpuAttention, Shape};
 use crate::compute::gpu::elementwise::Elementwise;
-use crate::compute::gpu::matrix::GpuMatrix;
+use crate::compute::gpu::matrix::{Experts, GpuMatrix};
 use crate::compute::gpu::moe_combine::MoeCombine;
+use crate::compute::gpu::quantize::{ActFormat, QuantizedRows};
 use crate::compute::gpu::route;
 use experts::DeviceExperts;
 use crate::compute::gpu::rms_norm::RmsNorm;
@@ -272,9 +273,11 @@ impl<'a> GpuModel<'a> {
     }
 
     /// `x · Wᵀ` for each of `ws` (same input width), quantizing `x` once where their
-    /// formats agree (q, k and v; gate and up).
-    fn matmuls<const K: usize>(&self, rec: &mut Recorder, ws: [&GpuMatrix; K], x: &wgpu::Buffer, n: usize) -> Result<[wgpu::Buffer; K]> {
-        let mut quantized: Vec<(Option<crate::compute::gpu::quantize::ActFormat>, Option<crate::compute::gpu::quantize::QuantizedRows>)> = Vec::new();
+    /// formats agree (q, k and v; gate and up). With `experts`, each `w` is a stack and
+    /// `n · act_div` row groups come out, one per (token, chosen expert).
+    fn matmuls<const K: usize>(&self, rec: &mut Recorder, ws: [&GpuMatrix; K], x: &wgpu::Buffer, n: usize, experts: Option<Experts>) -> Result<[wgpu::Buffer; K]> {
+        let groups = experts.map_or(n, |e| n * e.act_div);
+        let mut quantized: Vec<(Option<ActFormat>, Option<QuantizedRows>)> = Vec::new();
         let mut out = Vec::with_capacity(K);
         for w in ws {
             let format = w.act_format();
@@ -282,8 +285,8 @@ impl<'a> GpuModel<'a> {
                 quantized.push((format, w.quantize(rec, x, n)?));
             }
             let q = quantized.iter().find(|(f, _)| *f == format).and_then(|(_, q)| q.as_ref());
-            let y = rec.output("y", n * w.rows());
-            w.record_quantized(rec, x, q, &y, n, None)?;
+            let y = rec.output("y", groups * w.rows());
+            w.record_quantized(rec, x, q, &y, groups, experts)?;
             out.push(y);
         }
         Ok(out.try_into().unwrap_or_else(|_| unreachable!("one output per matrix")))
@@ -294,7 +297,7 @@ impl<'a> GpuModel<'a> {
     }
 
     fn mlp(&self, rec: &mut Recorder, m: &GpuMlp, x: &wgpu::Buffer, n: usize) -> Result<wgpu::Buffer> {
-        let [g, u] = self.matmuls(rec, [&m.gate, &m.up], x, n)?;
+        let [g, u] = self.matmuls(rec, [&m.gate, &m.up], x, n, None)?;
         let q = self.swiglu_for(rec, &m.down, &g, &u, n)?;
         let y = rec.output("y", n * m.down.rows());
         m.down.record_quantized(rec, &g, q.as_ref(), &y, n, None)?;
@@ -303,7 +306,7 @@ impl<'a> GpuModel<'a> {
 
     /// SwiGLU of `n` rows of `g` and `u` as `down`'s input: fused into its activation
     /// quantization where it has one, else computed into `g` (f32 weights).
-    fn swiglu_for(&self, rec: &mut Recorder, down: &GpuMatrix, g: &wgpu::Buffer, u: &wgpu::Buffer, n: usize) -> Result<Option<crate::compute::gpu::quantize::QuantizedRows>> {
+    fn swiglu_for(&self, rec: &mut Recorder, down: &GpuMatrix, g: &wgpu::Buffer, u: &wgpu::Buffer, n: usize) -> Result<Option<QuantizedRows>> {
         match down.quantize_swiglu(rec, g, u, n)? {
             Some(q) => Ok(Some(q)),
             None => {
@@ -367,7 +370,7 @@ impl<'a> GpuModel<'a> {
 
         for (l, layer) in self.layers.iter().enumerate() {
             let h = self.normed(rec, &x, &layer.attn_norm, n * d)?;
-            let [q, kb, vb] = self.matmuls(rec, [&layer.wq, &layer.wk, &layer.wv], &h, n)?;
+            let [q, kb, vb] = self.matmuls(rec, [&layer.wq, &layer.wk, &layer.wv], &h, n, None)?;
             for (buf, bias, width) in [(&q, &layer.biases[0], n * nh * hd), (&kb, &layer.biases[1], n * nkv * hd), (&vb, &layer.biases[2], n * nkv * hdv)] {
                 if let Some(b) = bias {
                     self.k.ew.add_row(rec, buf, &b.buf, width, b.len)?;
