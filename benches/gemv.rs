@@ -37,7 +37,7 @@ fn random_matrix(ty: GgmlType) -> QMatrix {
             blk[o..o + 2].copy_from_slice(&scale);
         }
     }
-    QMatrix { ty, rows: ROWS, cols: COLS, data: data.into() }
+    QMatrix::new(ty, ROWS, COLS, data.into())
 }
 
 fn streaming_read(bytes: &[u8]) -> u64 {

@@ -106,5 +106,5 @@ fn random_matrix(ty: GgmlType, rows: usize, cols: usize) -> QMatrix {
             b[2..4].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
         }
     }
-    QMatrix { ty, rows, cols, data: data.into() }
+    QMatrix::new(ty, rows, cols, data.into())
 }

@@ -35,7 +35,7 @@ fn gpu_products_of_fixture_matrices_match_the_cpu_backend() {
             };
             let (_, data) = g.tensor_bytes(&info.name).unwrap();
             let rows = info.dims[1..].iter().product::<u64>() as usize;
-            let w = QMatrix { ty: info.ggml_type, rows, cols: info.dims[0] as usize, data };
+            let w = QMatrix::new(info.ggml_type, rows, info.dims[0] as usize, data);
             let x: Vec<f32> = (0..w.cols * 2).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
             let want = cpu::matmul(&w, &x);
             let m = GpuMatrix::new(&gpu, &w).unwrap();

@@ -1,8 +1,10 @@
 //! A weight matrix in its stored block format, held by a cheap shared handle.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
-use crate::quant::GgmlType;
+use crate::quant::{GgmlType, PackedQ8_0, PackedRows};
 
 /// A row-major weight matrix of `rows × cols` elements stored as GGUF blocks.
 ///
@@ -18,9 +20,26 @@ pub struct QMatrix {
     pub cols: usize,
     /// `rows * row_bytes()` bytes.
     pub data: Bytes,
+    /// The same Q8_0 rows interleaved for the CPU's VNNI kernel ([`QMatrix::pack`]), which
+    /// CPU matrix products then use instead of `data`.
+    pub packed: Option<PackedRows>,
 }
 
 impl QMatrix {
+    /// A matrix over `data` (GGUF blocks), not packed.
+    pub fn new(ty: GgmlType, rows: usize, cols: usize, data: Bytes) -> QMatrix {
+        QMatrix { ty, rows, cols, data, packed: None }
+    }
+
+    /// Adds the interleaved copy the CPU kernels prefer, where this CPU has them (AVX-512
+    /// VNNI) and the format is Q8_0; otherwise leaves the matrix as it is. Costs a copy
+    /// of the matrix in memory; `data` stays for everything else (GPU upload, lookups).
+    pub fn pack(&mut self) {
+        if self.ty == GgmlType::Q8_0 && self.packed.is_none() && crate::quant::packing_available() {
+            self.packed = Some(PackedRows::new(Arc::new(PackedQ8_0::pack(&self.data, self.rows, self.cols))));
+        }
+    }
+
     /// Bytes per row.
     pub fn row_bytes(&self) -> usize {
         self.ty.row_bytes(self.cols as u64).expect("validated at load") as usize
@@ -32,10 +51,12 @@ impl QMatrix {
         &self.data[r * rb..(r + 1) * rb]
     }
 
-    /// Rows `r0..r1` as a matrix sharing the same bytes.
+    /// Rows `r0..r1` as a matrix sharing the same bytes (and the packed copy, when the
+    /// range falls on its row groups).
     pub fn slice_rows(&self, r0: usize, r1: usize) -> QMatrix {
         let rb = self.row_bytes();
-        QMatrix { ty: self.ty, rows: r1 - r0, cols: self.cols, data: self.data.slice(r0 * rb..r1 * rb) }
+        let packed = self.packed.as_ref().and_then(|p| p.slice(r0, r1));
+        QMatrix { ty: self.ty, rows: r1 - r0, cols: self.cols, data: self.data.slice(r0 * rb..r1 * rb), packed }
     }
 
     /// Row `r` dequantized to f32.
@@ -55,6 +76,7 @@ impl QMatrix {
 
 impl std::fmt::Debug for QMatrix {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "QMatrix({} {}x{})", self.ty, self.rows, self.cols)
+        let packed = if self.packed.is_some() { ", packed" } else { "" };
+        write!(f, "QMatrix({} {}x{}{packed})", self.ty, self.rows, self.cols)
     }
 }

@@ -139,7 +139,8 @@ impl Model {
         if Store::is_store(path) {
             let store = Arc::new(Store::open(path)?);
             let config = Config::from_metadata(store.metadata())?;
-            let weights = Weights::load(store.as_ref(), &config, false)?;
+            let mut weights = Weights::load(store.as_ref(), &config, false)?;
+            weights.pack_for_cpu(false);
             let opts = match mode {
                 ExpertMode::Paged(o) => o.clone(),
                 ExpertMode::Mapped => PagerOptions::default(),
@@ -171,6 +172,10 @@ impl Model {
     pub fn from_gguf(g: Arc<GgufModel>) -> Result<Model> {
         let config = Config::from_metadata(g.metadata())?;
         let mut weights = Weights::load(g.as_ref(), &config, true)?;
+        // mapped experts are packed (copied) only when that costs a small share of memory:
+        // a model larger than memory keeps relying on the mapping
+        let pack_experts = weights.stacked_expert_bytes() <= available_memory().unwrap_or(0) / 4;
+        weights.pack_for_cpu(pack_experts);
         let experts = Arc::new(ResidentExperts::new(std::mem::take(&mut weights.experts)));
         Ok(Model { config, weights, experts, pager: None, source: g, prefetch: Prefetch::Off, shadow: None })
     }
@@ -400,4 +405,12 @@ impl Model {
         }
         Ok(())
     }
+}
+
+/// The memory the system could give this process now (`MemAvailable`), where it says.
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }

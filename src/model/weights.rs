@@ -145,7 +145,7 @@ impl Loader<'_> {
         if want != Some(data.len() as u64) {
             return Err(Error::model(format!("tensor {name}: {} bytes of data for shape {dims:?} of type {}", data.len(), info.ty)));
         }
-        Ok(QMatrix { ty: info.ty, rows, cols, data })
+        Ok(QMatrix::new(info.ty, rows, cols, data))
     }
 
     fn matrix(&self, name: &str, cols: usize, rows: usize) -> Result<QMatrix> {
@@ -166,6 +166,40 @@ impl Loader<'_> {
 }
 
 impl Weights {
+    /// Packs every Q8_0 matrix for the CPU's VNNI kernel ([`QMatrix::pack`]; nothing
+    /// happens on CPUs without it), the stacked routed experts too when `experts`.
+    pub fn pack_for_cpu(&mut self, experts: bool) {
+        fn mlp(m: &mut Mlp) -> [&mut QMatrix; 3] {
+            [&mut m.gate, &mut m.up, &mut m.down]
+        }
+        let mut all: Vec<&mut QMatrix> = vec![&mut self.output];
+        for l in &mut self.layers {
+            match &mut l.attn {
+                Attention::Standard { wq, wk, wv, wo, .. } => all.extend([wq, wk, wv, wo]),
+                Attention::Mla { wq_a, wq, wkv_a, wk_b, wv_b, wo, .. } => all.extend(wq_a.iter_mut().chain([wq, wkv_a, wk_b, wv_b, wo])),
+            }
+            match &mut l.ffn {
+                Ffn::Dense(m) => all.extend(mlp(m)),
+                Ffn::Moe { router, shared, shared_gate, .. } => {
+                    all.push(router);
+                    all.extend(shared.iter_mut().flat_map(mlp));
+                    all.extend(shared_gate.iter_mut());
+                }
+            }
+        }
+        if experts {
+            all.extend(self.experts.iter_mut().flatten().flat_map(|s| [&mut s.gate, &mut s.up, &mut s.down]));
+        }
+        for m in all {
+            m.pack();
+        }
+    }
+
+    /// Bytes of the stacked routed experts held here.
+    pub fn stacked_expert_bytes(&self) -> u64 {
+        self.experts.iter().flatten().map(|s| (s.gate.data.len() + s.up.data.len() + s.down.data.len()) as u64).sum()
+    }
+
     /// Loads and checks every tensor `cfg` calls for. With `stacked_experts` false the
     /// routed experts are not looked for (they come from an expert store).
     pub fn load(g: &dyn TensorSource, cfg: &Config, stacked_experts: bool) -> Result<Weights> {

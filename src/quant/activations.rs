@@ -39,6 +39,8 @@ pub struct Activations {
     q8_unsigned: Vec<[u8; 32]>,
     /// Each Q8_0 block's scale repeated eight times, for the VNNI kernel (only where it runs).
     q8_scales8: Vec<[f32; 8]>,
+    /// Each Q8_0 block's `-128 · Σ q`, for the packed VNNI kernel (only where it runs).
+    q8_offsets: Vec<i32>,
     q8k: Vec<ActQ8_K>,
 }
 
@@ -58,7 +60,7 @@ impl Activations {
     pub fn new(kind: ActKind, x: &[f32], k: usize) -> Self {
         assert!(k > 0 && x.len().is_multiple_of(k));
         let n = x.len() / k;
-        let mut a = Activations { kind, k, n, f32s: Vec::new(), q8: Vec::new(), q8_unsigned: Vec::new(), q8_scales8: Vec::new(), q8k: Vec::new() };
+        let mut a = Activations { kind, k, n, f32s: Vec::new(), q8: Vec::new(), q8_unsigned: Vec::new(), q8_scales8: Vec::new(), q8_offsets: Vec::new(), q8k: Vec::new() };
         match kind {
             ActKind::F32 => a.f32s = x.to_vec(),
             ActKind::Q8_0 => {
@@ -68,6 +70,7 @@ impl Activations {
                 if super::dot::has_vnni() {
                     a.q8_unsigned = a.q8.iter().map(|b| b.qs.map(|q| (q as u8) ^ 0x80)).collect();
                     a.q8_scales8 = a.q8.iter().map(|b| [b.d; 8]).collect();
+                    a.q8_offsets = a.q8.iter().map(|b| -128 * b.qs.iter().map(|&q| q as i32).sum::<i32>()).collect();
                 }
             }
             ActKind::Q8K => {
@@ -107,6 +110,23 @@ impl Activations {
     pub(crate) fn row_scales8(&self, t: usize) -> &[[f32; 8]] {
         let b = self.k / QK;
         &self.q8_scales8[t * b..(t + 1) * b]
+    }
+
+    /// Row `t`'s Q8_0 blocks' `-128 · Σ q` (what the packed kernel starts each block's
+    /// sum from, taking back the `+ 128` of its unsigned weights); made only where that
+    /// kernel runs.
+    #[inline]
+    pub(crate) fn row_offsets(&self, t: usize) -> &[i32] {
+        let b = self.k / QK;
+        &self.q8_offsets[t * b..(t + 1) * b]
+    }
+
+    /// Row `t`'s Q8_0 blocks (the activations must be of that kind).
+    #[inline]
+    pub(crate) fn q8_0_row(&self, t: usize) -> &[ActQ8_0] {
+        assert_eq!(self.kind, ActKind::Q8_0, "Q8_0 blocks of other activations");
+        let b = self.k / QK;
+        &self.q8[t * b..(t + 1) * b]
     }
 
     /// Row `t`.

@@ -12,14 +12,17 @@ mod dot_avx2;
 mod dot_vnni;
 mod ggml_type;
 mod out_grid;
+mod packed_q8_0;
 
 pub use activations::{quantize_q8_0, quantize_q8_k, ActKind, ActRow, Activations};
 pub use dequant::dequantize;
 pub use dot::{dot, dot_rows, dot_rows_into};
 #[cfg(target_arch = "x86_64")]
 pub(crate) use dot::has_avx2;
+
 pub use ggml_type::GgmlType;
 pub use out_grid::OutGrid;
+pub use packed_q8_0::{dot_packed_into, packing_available, PackedQ8_0, PackedRows, GROUP_ROWS};
 
 #[cfg(test)]
 mod tests;

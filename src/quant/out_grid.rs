@@ -59,6 +59,21 @@ impl<'a> OutGrid<'a> {
         // the borrowed slice and apart from every other window of it.
         unsafe { *self.ptr.add(r * self.row_stride + t * self.tok_stride) = v }
     }
+
+    /// Writes entries `(r0 + i, t)` for each `v[i]`: one copy when rows are contiguous.
+    #[inline(always)]
+    pub fn set_rows(&mut self, r0: usize, t: usize, v: &[f32]) {
+        assert!(r0 + v.len() <= self.rows && t < self.n, "rows {r0}..{} of token {t} outside {} × {}", r0 + v.len(), self.rows, self.n);
+        if self.row_stride == 1 {
+            // SAFETY: the run lies inside the window (checked above), whose entries for one
+            // token are contiguous here, inside the borrowed slice and apart from other windows.
+            unsafe { std::slice::from_raw_parts_mut(self.ptr.add(r0 + t * self.tok_stride), v.len()) }.copy_from_slice(v);
+        } else {
+            for (i, &x) in v.iter().enumerate() {
+                self.set(r0 + i, t, x);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

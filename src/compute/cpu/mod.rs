@@ -7,7 +7,7 @@ mod attend;
 pub use attend::attend_head;
 
 use super::QMatrix;
-use crate::quant::{dot_rows_into, ActKind, Activations, OutGrid};
+use crate::quant::{dot_packed_into, dot_rows_into, ActKind, Activations, OutGrid, GROUP_ROWS};
 
 /// Below this many weight bytes a matmul runs on the calling thread.
 const PARALLEL_MIN_BYTES: usize = 64 * 1024;
@@ -41,13 +41,20 @@ pub fn matmul_many<const K: usize>(ws: [&QMatrix; K], x: &[f32]) -> [Vec<f32>; K
     let parts = if small { 1 } else { rayon::current_num_threads().max(1) * 4 };
     let mut jobs = Vec::new();
     for (i, y) in ys.iter_mut().enumerate() {
-        let chunk_rows = ws[i].rows.div_ceil(parts).max(1);
+        let mut chunk_rows = ws[i].rows.div_ceil(parts).max(1);
+        if ws[i].packed.is_some() {
+            // a packed matrix is cut on its groups of rows
+            chunk_rows = chunk_rows.next_multiple_of(GROUP_ROWS);
+        }
         for (c, out) in OutGrid::token_major_chunks(y, ws[i].rows, n, chunk_rows).into_iter().enumerate() {
             jobs.push((i, c * chunk_rows, out));
         }
     }
     let run = |(i, r0, out): &mut (usize, usize, OutGrid)| {
         let (w, rb) = (ws[*i], ws[*i].row_bytes());
+        if let Some(p) = &w.packed {
+            return dot_packed_into(p, *r0, acts_of(kinds[*i]), out);
+        }
         dot_rows_into(w.ty, &w.data[*r0 * rb..(*r0 + out.rows()) * rb], rb, acts_of(kinds[*i]), out);
     };
     if small || jobs.len() < 2 {
@@ -182,7 +189,7 @@ mod tests {
         let w: Vec<f32> = (0..rows * cols).map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.1).collect();
         let x: Vec<f32> = (0..n * cols).map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.2).collect();
         let bytes: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let m = QMatrix { ty: GgmlType::F32, rows, cols, data: bytes.into() };
+        let m = QMatrix::new(GgmlType::F32, rows, cols, bytes.into());
         let y = matmul(&m, &x);
         for t in 0..n {
             for r in 0..rows {

@@ -244,7 +244,7 @@ mod tests {
         // 8, 32, 8 and 16 lanes per row
         for (rows, cols, n) in [(1, 1, 1), (37, 100, 3), (70_001, 8, 2), (4, 13, 2)] {
             let wv = values(rows * cols, 9);
-            let w = QMatrix { ty: GgmlType::F32, rows, cols, data: wv.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into() };
+            let w = QMatrix::new(GgmlType::F32, rows, cols, wv.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into());
             let x = values(n * cols, 5);
             let want = cpu::matmul(&w, &x);
             let m = GpuMatrix::new(&gpu, &w).unwrap();
@@ -257,7 +257,7 @@ mod tests {
             }
         }
         // a format without a kernel is refused by name
-        let q5 = QMatrix { ty: GgmlType::Q5_K, rows: 1, cols: 256, data: vec![0u8; 176].into() };
+        let q5 = QMatrix::new(GgmlType::Q5_K, 1, 256, vec![0u8; 176].into());
         assert!(GpuMatrix::new(&gpu, &q5).err().unwrap().to_string().contains("Q5_K"));
     }
 
@@ -267,7 +267,7 @@ mod tests {
         for ty in [GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::F32] {
             let (rows, cols, n) = (19, 512, 2);
             let w = match ty {
-                GgmlType::F32 => QMatrix { ty, rows, cols, data: values(rows * cols, 4).iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into() },
+                GgmlType::F32 => QMatrix::new(ty, rows, cols, values(rows * cols, 4).iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into()),
                 // finite block scales (Q4_K: its minimums' scale too)
                 _ => super::super::tests::random_matrix(ty, rows, cols, 7, &[(0, 2e-3), (2, 1e-3)]),
             };

@@ -209,7 +209,7 @@ pub(crate) mod tests {
                 b[at..at + 2].copy_from_slice(&half::f16::from_f32(v * (1 + i % 7) as f32).to_le_bytes());
             }
         }
-        crate::compute::QMatrix { ty, rows, cols, data: data.into() }
+        crate::compute::QMatrix::new(ty, rows, cols, data.into())
     }
 
     /// `n` values in about -2..2, varied by `seed`.

@@ -248,7 +248,7 @@ impl PagedExperts {
         let l = self.core.layers[layer].as_ref().expect("layer has experts");
         let [g, u, d] = data.parts().clone();
         let bytes = Bytes::from_owner(Shared(data));
-        let m = |p: &ProjectionLayout, r: std::ops::Range<usize>| QMatrix { ty: p.ty, rows: p.rows, cols: p.cols, data: bytes.slice(r) };
+        let m = |p: &ProjectionLayout, r: std::ops::Range<usize>| QMatrix::new(p.ty, p.rows, p.cols, bytes.slice(r));
         ExpertWeights { gate: m(&l.gate, g), up: m(&l.up, u), down: m(&l.down, d) }
     }
 
