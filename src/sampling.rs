@@ -104,13 +104,14 @@ impl Sampler {
     /// Picks the next token from `logits`, given the tokens so far (for penalties).
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
         let p = &self.params;
-        let mut logits = logits.to_vec();
+        let mut logits = std::borrow::Cow::Borrowed(logits);
         if p.repetition_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
             let recent = &history[history.len().saturating_sub(p.penalty_last_n)..];
             let mut counts: HashMap<u32, u32> = HashMap::new();
             for &t in recent {
                 *counts.entry(t).or_default() += 1;
             }
+            let logits = logits.to_mut();
             for (&t, &c) in &counts {
                 if let Some(l) = logits.get_mut(t as usize) {
                     if *l > 0.0 {
@@ -126,18 +127,18 @@ impl Sampler {
         if p.temperature == 0.0 {
             return argmax(&logits);
         }
-        let mut cand: Vec<(u32, f32)> = logits.iter().enumerate().filter(|(_, l)| l.is_finite()).map(|(i, &l)| (i as u32, l)).collect();
+        // most likely first, ties by id: a total order, so the top k kept in order by one
+        // pass are the first k of the whole list sorted
+        let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        let mut cand = if p.top_k > 0 { top_k(&logits, p.top_k) } else { Vec::new() };
+        if p.top_k == 0 || cand.len() < p.top_k {
+            // no top-k, or no more finite logits than k: all of them
+            cand = logits.iter().enumerate().filter(|(_, l)| l.is_finite()).map(|(i, &l)| (i as u32, l)).collect();
+            cand.sort_by(order);
+        }
         if cand.is_empty() {
             return argmax(&logits);
         }
-        // most likely first, ties by id: a total order, so selecting the top k and then
-        // sorting them gives the same list as sorting everything and cutting
-        let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-        if p.top_k > 0 && p.top_k < cand.len() {
-            cand.select_nth_unstable_by(p.top_k - 1, order);
-            cand.truncate(p.top_k);
-        }
-        cand.sort_by(order);
         // softmax at temperature
         let max = cand[0].1;
         let mut probs: Vec<f64> = cand.iter().map(|&(_, l)| (((l - max) / p.temperature) as f64).exp()).collect();
@@ -170,6 +171,29 @@ impl Sampler {
         }
         cand[keep - 1].0
     }
+}
+
+/// The `k` best finite logits, best first (higher logit, then lower id): one pass that
+/// keeps them sorted, most logits rejected by one comparison with the current k-th.
+/// Returns fewer when fewer are finite.
+fn top_k(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
+    use std::cmp::Ordering;
+    let mut best: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
+    for (i, &l) in logits.iter().enumerate() {
+        if !l.is_finite() {
+            continue;
+        }
+        if best.len() == k {
+            // ids only grow, so an equal logit loses to the one already kept
+            if l.total_cmp(&best[k - 1].1) != Ordering::Greater {
+                continue;
+            }
+            best.pop();
+        }
+        let at = best.partition_point(|b| b.1.total_cmp(&l) != Ordering::Less);
+        best.insert(at, (i as u32, l));
+    }
+    best
 }
 
 #[cfg(test)]
@@ -217,6 +241,24 @@ mod tests {
         assert!((0..200).all(|_| s.sample(&logits, &[]) < 2));
         let mut s = Sampler::new(SamplingParams { top_p: 0.1, seed: 3, ..params(1.0) }).unwrap();
         assert!((0..200).all(|_| s.sample(&logits, &[]) == 0));
+    }
+
+    #[test]
+    fn one_pass_top_k_equals_sorting_everything() {
+        // ties, signed zeros, infinities and NaN among ordinary values
+        let mut logits: Vec<f32> = (0..3000).map(|i| ((i * 7919 % 1009) as f32 * 0.01).sin() * 5.0).collect();
+        for (i, v) in [(5, 0.0), (6, -0.0), (7, f32::INFINITY), (8, f32::NAN), (9, f32::NEG_INFINITY), (10, 4.99), (11, 4.99)] {
+            logits[i] = v;
+        }
+        let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        let mut all: Vec<(u32, f32)> = logits.iter().enumerate().filter(|(_, l)| l.is_finite()).map(|(i, &l)| (i as u32, l)).collect();
+        all.sort_by(order);
+        for k in [1, 2, 40, 500, all.len()] {
+            let got: Vec<(u32, u32)> = top_k(&logits, k).iter().map(|&(i, l)| (i, l.to_bits())).collect();
+            let want: Vec<(u32, u32)> = all[..k].iter().map(|&(i, l)| (i, l.to_bits())).collect();
+            assert_eq!(got, want, "k = {k}");
+        }
+        assert_eq!(top_k(&logits, all.len() + 5).len(), all.len());
     }
 
     #[test]

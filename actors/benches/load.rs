@@ -7,7 +7,8 @@
 //!
 //! `cargo bench -p odmoe-actors --bench load` (release build of the server). Each level
 //! runs every session for `ODMOE_LOAD_TOKENS` tokens (default 128); ratios compare levels
-//! of the same run, since the machine is shared.
+//! of the same run, since the machine is shared. `ODMOE_LOAD_LEVELS=64` (comma-separated)
+//! runs only the levels named, for profiling the server.
 
 use std::time::{Duration, Instant};
 
@@ -114,7 +115,11 @@ async fn main() {
     println!("| sessions | tokens/s (aggregate) | vs 1 session | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | tokens/step | forward ms/step | sampling ms/step | pipeline ms/step | pipeline / step | server CPU outside the pool |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     let mut single = None;
-    for n in [1usize, 4, 16, 64] {
+    let levels: Vec<usize> = match std::env::var("ODMOE_LOAD_LEVELS") {
+        Ok(v) => v.split(',').map(|l| l.trim().parse().expect("ODMOE_LOAD_LEVELS: numbers")).collect(),
+        Err(_) => vec![1, 4, 16, 64],
+    };
+    for n in levels {
         let before = metrics(&c, &base).await;
         let cpu0 = server_cpu(child.id());
         let t0 = Instant::now();

@@ -60,19 +60,14 @@ impl<'a> OutGrid<'a> {
         unsafe { *self.ptr.add(r * self.row_stride + t * self.tok_stride) = v }
     }
 
-    /// Writes entries `(r0 + i, t)` for each `v[i]`: one copy when rows are contiguous.
+    /// Entries `(r0..r0 + len, t)` as one slice, when rows are contiguous in this
+    /// window (token-major output); `None` otherwise.
     #[inline(always)]
-    pub fn set_rows(&mut self, r0: usize, t: usize, v: &[f32]) {
-        assert!(r0 + v.len() <= self.rows && t < self.n, "rows {r0}..{} of token {t} outside {} × {}", r0 + v.len(), self.rows, self.n);
-        if self.row_stride == 1 {
-            // SAFETY: the run lies inside the window (checked above), whose entries for one
-            // token are contiguous here, inside the borrowed slice and apart from other windows.
-            unsafe { std::slice::from_raw_parts_mut(self.ptr.add(r0 + t * self.tok_stride), v.len()) }.copy_from_slice(v);
-        } else {
-            for (i, &x) in v.iter().enumerate() {
-                self.set(r0 + i, t, x);
-            }
-        }
+    pub fn run_mut(&mut self, r0: usize, t: usize, len: usize) -> Option<&mut [f32]> {
+        assert!(r0 + len <= self.rows && t < self.n, "rows {r0}..{} of token {t} outside {} × {}", r0 + len, self.rows, self.n);
+        // SAFETY: the run lies inside the window (checked above), whose entries for one
+        // token are contiguous here, inside the borrowed slice and apart from other windows.
+        (self.row_stride == 1).then(|| unsafe { std::slice::from_raw_parts_mut(self.ptr.add(r0 + t * self.tok_stride), len) })
     }
 }
 

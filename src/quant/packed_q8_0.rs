@@ -214,10 +214,18 @@ mod vnni {
         let a: [&[ActQ8_0]; T] = std::array::from_fn(|i| acts.q8_0_row(t0 + i));
         let o: [&[i32]; T] = std::array::from_fn(|i| acts.row_offsets(t0 + i));
         let y = group_tokens::<T>(p, g, a, o);
-        let mut v = [0.0f32; GROUP_ROWS];
+        let mask: __mmask16 = if live == GROUP_ROWS { !0 } else { (1 << live) - 1 };
         for (i, y) in y.iter().enumerate() {
-            _mm512_storeu_ps(v.as_mut_ptr(), *y);
-            out.set_rows(r, t0 + i, &v[..live]);
+            match out.run_mut(r, t0 + i, live) {
+                Some(run) => _mm512_mask_storeu_ps(run.as_mut_ptr(), mask, *y),
+                None => {
+                    let mut v = [0.0f32; GROUP_ROWS];
+                    _mm512_storeu_ps(v.as_mut_ptr(), *y);
+                    for (j, &x) in v[..live].iter().enumerate() {
+                        out.set(r + j, t0 + i, x);
+                    }
+                }
+            }
         }
     }
 
