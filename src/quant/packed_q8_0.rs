@@ -19,6 +19,8 @@
 //! result never depends on the tokens that share its step. [`PackedQ8_0::dot_row`] is
 //! the scalar statement of that order and the tests hold the kernel to it bit for bit.
 
+#![allow(clippy::needless_range_loop)] // index loops mirror the lanes and lines of the layout
+
 use std::sync::Arc;
 
 use half::f16;
