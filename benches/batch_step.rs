@@ -5,14 +5,17 @@
 //!
 //! The levels take turns, `ODMOE_BENCH_REPS` rounds (default 3), and each reports its
 //! fastest round: on a shared machine the slow rounds measure the neighbours.
-//! `ODMOE_BENCH_LEVELS=16` (comma-separated) runs only the levels named, for profiling.
+//! `ODMOE_BENCH_LEVELS=16` (comma-separated) runs only the levels named, for profiling;
+//! `ODMOE_BENCH_MODEL=PATH` runs another model, `ODMOE_BENCH_STEPS` sets the steps per
+//! round (256).
 
 use odmoe::model::{Logits, Model, Sequence};
 
 fn main() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/models/odmoe-demo-shakespeare-Q8_0.gguf");
-    let m = Model::open(path).unwrap();
-    let steps = 256;
+    let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/models/odmoe-demo-shakespeare-Q8_0.gguf");
+    let path = std::env::var("ODMOE_BENCH_MODEL").unwrap_or(demo.to_string());
+    let m = Model::open(&path).unwrap();
+    let steps: usize = std::env::var("ODMOE_BENCH_STEPS").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
     let reps: usize = std::env::var("ODMOE_BENCH_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
     let levels: Vec<usize> = match std::env::var("ODMOE_BENCH_LEVELS") {
         Ok(v) => v.split(',').map(|l| l.trim().parse().expect("ODMOE_BENCH_LEVELS: numbers")).collect(),
@@ -21,7 +24,7 @@ fn main() {
     let mut best = vec![f64::INFINITY; levels.len()];
     for _ in 0..reps {
         for (li, &n) in levels.iter().enumerate() {
-            let mut caches: Vec<_> = (0..n).map(|_| m.new_cache(1024)).collect();
+            let mut caches: Vec<_> = (0..n).map(|_| m.new_cache(steps + 2)).collect();
             for (i, c) in caches.iter_mut().enumerate() {
                 m.forward(&[1, 10 + i as u32], c, Logits::Last).unwrap();
             }

@@ -2,7 +2,9 @@
 //! than the last-level cache), next to a plain streaming read of the same bytes on the
 //! same threads. Criterion reports bytes/s for each; the ratio GEMV / read is the number
 //! to watch (target ≥ 0.7). Where the CPU has AVX-512 VNNI, Q8_0 is also timed in the
-//! interleaved layout resident weights are packed into (`gemv_packed`).
+//! interleaved layout resident weights are packed into (`gemv_packed`), and sixteen
+//! tokens through a cache-resident 2048 × 768 matrix in both layouts (`batch16_*`,
+//! multiply-adds per second).
 //!
 //! Run: `cargo bench --bench gemv`
 
@@ -70,6 +72,25 @@ fn bench(c: &mut Criterion) {
         if packed.packed.is_some() {
             // the interleaved layout resident Q8_0 weights get on AVX-512 VNNI CPUs
             g.bench_function("gemv_packed", |b| b.iter(|| black_box(cpu::matmul(&packed, &x))));
+        }
+        g.finish();
+    }
+    // batched steps: sixteen tokens through an expert-sized matrix (2048 × 768, in
+    // cache), where arithmetic rather than reading bounds the product
+    let (rows, cols, n) = (2048, 768, 16);
+    let x: Vec<f32> = (0..n * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+    for ty in [GgmlType::Q8_0, GgmlType::Q4_K] {
+        let full = random_matrix(ty);
+        let m = full.slice_rows(0, rows * cols / COLS);
+        let m = QMatrix::new(ty, rows, cols, m.data.clone());
+        let mut g = c.benchmark_group(format!("batch16_{ty}"));
+        g.throughput(Throughput::Elements((rows * cols * n) as u64));
+        g.sample_size(30);
+        g.bench_function("rows", |b| b.iter(|| black_box(cpu::matmul(&m, &x))));
+        let mut packed = m.clone();
+        packed.pack();
+        if packed.packed.is_some() {
+            g.bench_function("packed", |b| b.iter(|| black_box(cpu::matmul(&packed, &x))));
         }
         g.finish();
     }

@@ -1,11 +1,12 @@
 //! Experts read on demand into a byte-budgeted cache give bit-identical logits to the
-//! memory-mapped run, whatever the budget: no limit, a quarter of the routed-expert bytes,
-//! and a single expert per layer.
+//! memory-mapped run (its experts left in the file's layout, as paged ones are), whatever
+//! the budget: no limit, a quarter of the routed-expert bytes, and a single expert per
+//! layer; and the same logits to rounding as a mapped run whose experts are packed.
 
 mod common;
 
 use odmoe::experts::PagerOptions;
-use odmoe::model::{ExpertMode, Logits, Model, Prefetch};
+use odmoe::model::{ExpertMode, Logits, Model, PackExperts, Prefetch};
 
 const TOKENS: [u32; 12] = [1, 17, 300, 42, 511, 7, 99, 256, 128, 3, 450, 77];
 
@@ -14,7 +15,11 @@ fn run(path: &std::path::Path, mode: &ExpertMode) -> (Vec<f32>, Model) {
 }
 
 fn run_with(path: &std::path::Path, mode: &ExpertMode, prefetch: Prefetch) -> (Vec<f32>, Model) {
-    let mut m = Model::open_with(path, mode).unwrap();
+    run_packing(path, mode, prefetch, PackExperts::Never)
+}
+
+fn run_packing(path: &std::path::Path, mode: &ExpertMode, prefetch: Prefetch, pack: PackExperts) -> (Vec<f32>, Model) {
+    let mut m = Model::open_with_packing(path, mode, pack).unwrap();
     m.set_prefetch(prefetch);
     let mut c = m.new_cache(32);
     // prefill, then token-by-token decoding, so both batch and single-token paths page
@@ -34,6 +39,12 @@ fn paged_logits_equal_mapped_logits_bit_for_bit() {
     for name in files {
         let path = common::fixture(&format!("models/{name}.gguf"));
         let (want, _) = run(&path, &ExpertMode::Mapped);
+        // mapped experts in the CPU's interleaved layout (where it has one) sum in another
+        // order: the same logits to rounding
+        let (packed, _) = run_packing(&path, &ExpertMode::Mapped, Prefetch::Off, PackExperts::Always);
+        let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+        let worst = want.iter().zip(&packed).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(worst <= 1e-4 * scale, "{name}: packed experts' logits differ by {worst} (scale {scale})");
         // bytes an unlimited cache reads, buffered and direct (direct reads include alignment slack)
         let unlimited = |direct_io: bool| run(&path, &ExpertMode::Paged(PagerOptions { budget: u64::MAX, read_threads: 2, direct_io, ..Default::default() })).1;
         let (buffered, probe) = (unlimited(false), unlimited(true));

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use odmoe::experts::PagerOptions;
-use odmoe::model::{ExpertMode, Logits, Model, Prefetch};
+use odmoe::model::{ExpertMode, Logits, Model, PackExperts, Prefetch};
 use odmoe::shadow::{evaluate, trace, train, Shadow, TraceHeader, TraceWriter, Traces, TrainOptions};
 use odmoe::tokenizer::Tokenizer;
 
@@ -78,7 +78,9 @@ fn trained_predictor_beats_the_baselines_and_prefetching_with_it_changes_nothing
     paged.set_shadow(loaded.clone()).unwrap();
     paged.set_prefetch(Prefetch::Shadow { depth: 2 });
     let prompt = &ids[..64];
-    let want = m.forward(prompt, &mut m.new_cache(64), Logits::All).unwrap();
+    // the mapped model with its experts in the file's layout, as paged ones are
+    let mapped = Model::open_with_packing(DEMO, &ExpertMode::Mapped, PackExperts::Never).unwrap();
+    let want = mapped.forward(prompt, &mut mapped.new_cache(64), Logits::All).unwrap();
     let mut cache = paged.new_cache(64);
     let mut got = paged.forward(&prompt[..32], &mut cache, Logits::All).unwrap();
     for &token in &prompt[32..] {

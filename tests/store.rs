@@ -1,5 +1,6 @@
 //! Converting to the expert store and running from it gives the same logits as running
-//! from the GGUF, bit for bit, with any budget; damaged stores are refused with errors that
+//! from the GGUF (its experts in the file's layout, as the store's), bit for bit, with any
+//! budget; damaged stores are refused with errors that
 //! name what is wrong.
 
 mod common;
@@ -9,12 +10,12 @@ use std::path::{Path, PathBuf};
 use odmoe::experts::store;
 use odmoe::gguf::GgufModel;
 use odmoe::experts::PagerOptions;
-use odmoe::model::{ExpertMode, Logits, Model};
+use odmoe::model::{ExpertMode, Logits, Model, PackExperts};
 
 const TOKENS: [u32; 10] = [1, 17, 300, 42, 511, 7, 99, 256, 128, 3];
 
 fn logits(path: &Path, mode: &ExpertMode) -> odmoe::Result<Vec<f32>> {
-    let m = Model::open_with(path, mode)?;
+    let m = Model::open_with_packing(path, mode, PackExperts::Never)?;
     let mut c = m.new_cache(32);
     let mut out = m.forward(&TOKENS[..6], &mut c, Logits::All)?;
     for &t in &TOKENS[6..] {

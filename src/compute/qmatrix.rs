@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::quant::{GgmlType, PackedQ8_0, PackedRows};
+use crate::quant::{GgmlType, Packed, PackedRows};
 
 /// A row-major weight matrix of `rows × cols` elements stored as GGUF blocks.
 ///
@@ -32,11 +32,12 @@ impl QMatrix {
     }
 
     /// Adds the interleaved copy the CPU kernels prefer, where this CPU has them (AVX-512
-    /// VNNI) and the format is Q8_0; otherwise leaves the matrix as it is. Costs a copy
-    /// of the matrix in memory; `data` stays for everything else (GPU upload, lookups).
+    /// VNNI) and the format has a layout (Q8_0, Q4_K); otherwise leaves the matrix as it
+    /// is. Costs a copy of the matrix in memory; `data` stays for everything else (GPU
+    /// upload, lookups).
     pub fn pack(&mut self) {
-        if self.ty == GgmlType::Q8_0 && self.packed.is_none() && crate::quant::packing_available() {
-            self.packed = Some(PackedRows::new(Arc::new(PackedQ8_0::pack(&self.data, self.rows, self.cols))));
+        if self.packed.is_none() && crate::quant::packing_available() {
+            self.packed = Packed::pack(self.ty, &self.data, self.rows, self.cols).map(|p| PackedRows::new(Arc::new(p)));
         }
     }
 

@@ -41,6 +41,9 @@ pub struct Activations {
     q8_scales8: Vec<[f32; 8]>,
     /// Each Q8_0 block's `-128 · Σ q`, for the packed VNNI kernel (only where it runs).
     q8_offsets: Vec<i32>,
+    /// Each Q8_K super-block's eight sub-block sums as four pairs of 16-bit values (one
+    /// 32-bit word each), for the packed Q4_K kernel (only where it runs).
+    q8k_pairs: Vec<[i32; 4]>,
     q8k: Vec<ActQ8_K>,
 }
 
@@ -60,7 +63,7 @@ impl Activations {
     pub fn new(kind: ActKind, x: &[f32], k: usize) -> Self {
         assert!(k > 0 && x.len().is_multiple_of(k));
         let n = x.len() / k;
-        let mut a = Activations { kind, k, n, f32s: Vec::new(), q8: Vec::new(), q8_unsigned: Vec::new(), q8_scales8: Vec::new(), q8_offsets: Vec::new(), q8k: Vec::new() };
+        let mut a = Activations { kind, k, n, f32s: Vec::new(), q8: Vec::new(), q8_unsigned: Vec::new(), q8_scales8: Vec::new(), q8_offsets: Vec::new(), q8k_pairs: Vec::new(), q8k: Vec::new() };
         match kind {
             ActKind::F32 => a.f32s = x.to_vec(),
             ActKind::Q8_0 => {
@@ -76,6 +79,9 @@ impl Activations {
             ActKind::Q8K => {
                 assert!(k.is_multiple_of(QK_K), "row length {k} is not a multiple of {QK_K}");
                 a.q8k = x.chunks_exact(QK_K).map(quantize_q8_k).collect();
+                if super::packing_available() {
+                    a.q8k_pairs = a.q8k.iter().map(sum_pairs).collect();
+                }
             }
         }
         a
@@ -127,6 +133,22 @@ impl Activations {
         assert_eq!(self.kind, ActKind::Q8_0, "Q8_0 blocks of other activations");
         let b = self.k / QK;
         &self.q8[t * b..(t + 1) * b]
+    }
+
+    /// Row `t`'s Q8_K sub-block sums (32 values each) as 16-bit pairs, four words per
+    /// super-block; made only where the packed kernels run.
+    #[inline]
+    pub(crate) fn row_sum_pairs(&self, t: usize) -> &[[i32; 4]] {
+        let b = self.k / QK_K;
+        &self.q8k_pairs[t * b..(t + 1) * b]
+    }
+
+    /// Row `t`'s Q8_K blocks (the activations must be of that kind).
+    #[inline]
+    pub(crate) fn q8_k_row(&self, t: usize) -> &[ActQ8_K] {
+        assert_eq!(self.kind, ActKind::Q8K, "Q8_K blocks of other activations");
+        let b = self.k / QK_K;
+        &self.q8k[t * b..(t + 1) * b]
     }
 
     /// Row `t`.
@@ -194,6 +216,16 @@ fn quantize_q8_0_body(x: &[f32]) -> ActQ8_0 {
     }
     let d16 = f16::from_f32(d).to_f32();
     ActQ8_0 { d: d16, s: f16::from_f32(sum as f32 * d).to_f32(), qs }
+}
+
+/// The sums of a super-block's eight groups of 32 quants, paired into 32-bit words
+/// (low half the even group), as `vpdpwssd` takes them.
+fn sum_pairs(b: &ActQ8_K) -> [i32; 4] {
+    std::array::from_fn(|p| {
+        let sum = |j: usize| b.bsums[2 * j] as i32 + b.bsums[2 * j + 1] as i32;
+        // each sum is at most 32 · 127 in magnitude: it fits 16 bits
+        (sum(2 * p) as i16 as u16 as u32 | ((sum(2 * p + 1) as i16 as u16 as u32) << 16)) as i32
+    })
 }
 
 /// llama.cpp's `quantize_row_q8_K_ref` for one super-block.

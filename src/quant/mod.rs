@@ -12,7 +12,7 @@ mod dot_avx2;
 mod dot_vnni;
 mod ggml_type;
 mod out_grid;
-mod packed_q8_0;
+mod packed;
 
 pub use activations::{quantize_q8_0, quantize_q8_k, ActKind, ActRow, Activations};
 pub use dequant::dequantize;
@@ -22,7 +22,7 @@ pub(crate) use dot::has_avx2;
 
 pub use ggml_type::GgmlType;
 pub use out_grid::OutGrid;
-pub use packed_q8_0::{dot_packed_into, packing_available, PackedQ8_0, PackedRows, GROUP_ROWS};
+pub use packed::{dot_packed_into, packing_available, Packed, PackedQ4K, PackedQ8_0, PackedRows, GROUP_ROWS};
 
 #[cfg(test)]
 mod tests;

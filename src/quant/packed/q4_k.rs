@@ -1,0 +1,266 @@
+//! Q4_K in the interleaved layout: one 512-bit register holds eight consecutive 4-bit
+//! quants of each of sixteen rows (two `vpdpbusd` operands once split into nibbles).
+//!
+//! Why: in GGUF order a Q4_K row's super-block is decoded (nibbles, six-bit scales and
+//! mins) for every token that meets it and its sums end in horizontal reductions.
+//! Interleaved, a 64-byte line split into low and high nibbles gives two registers of
+//! unsigned quants — exactly what `vpdpbusd` multiplies with the token's signed 8-bit
+//! activations, no offset needed — the sub-block sums stay in their lanes, the scales
+//! multiply them lane by lane (`vpmulld`), and the mins meet the activation sums in four
+//! `vpdpwssd`. Decoding a line serves every token of the tile.
+//!
+//! Layout, per group of sixteen rows (the last padded with zero rows) and super-block of
+//! 256 values: 32 lines, line `m` holding in lane `r`, byte `i`, value `8m + i` of row
+//! `r` in the low nibble and value `8m + 4 + i` in the high nibble; the sub-block scales
+//! as bytes `[j][lane]`; the mins as byte pairs `[pair][lane][2]` (sub-blocks `2·pair`
+//! and `2·pair + 1`, what `vpdpwssd` multiplies once widened to 16 bits); `d` and `dmin`
+//! as f16 per lane.
+//!
+//! Every row and token gets, super-block by super-block from zero,
+//! `acc = fma(f32(Σ_j sc_j Σ q·a), d_w · d_a, acc)` then
+//! `acc = fma(-f32(Σ_j m_j Σ a), dmin_w · d_a, acc)` (integer sums exact); that is
+//! [`PackedQ4K::dot_row`], and the tests hold the kernel to it bit for bit.
+
+#![allow(clippy::needless_range_loop)] // index loops mirror the lanes and lines of the layout
+
+use half::f16;
+
+use super::{for_each_group, Line, GROUP_ROWS};
+use crate::quant::blocks::{as_blocks, ActQ8_K, BlockQ4_K, QK_K};
+use crate::quant::dequant::k4_scales_mins;
+#[cfg(target_arch = "x86_64")]
+use crate::quant::Activations;
+
+/// Quant `v` (0..256) of a Q4_K block: chunk `v / 64` of 32 bytes, low nibbles for its
+/// first 32 values, high nibbles for the next 32.
+#[inline(always)]
+fn quant(b: &BlockQ4_K, v: usize) -> u8 {
+    let (chunk, l) = (v / 64, v % 64);
+    let byte = b.qs[chunk * 32 + l % 32];
+    if l < 32 {
+        byte & 0x0F
+    } else {
+        byte >> 4
+    }
+}
+
+/// A Q4_K matrix in the interleaved layout (see the module docs).
+pub struct PackedQ4K {
+    rows: usize,
+    supers: usize,
+    /// `(group, super-block, m)` → line; `groups × supers × 32`.
+    lines: Vec<Line>,
+    /// `(group, super-block)` → sub-block scales, `[j * 16 + lane]`.
+    scales: Vec<[u8; 128]>,
+    /// `(group, super-block)` → sub-block mins, `[pair * 32 + lane * 2 + (j % 2)]`.
+    mins: Vec<[u8; 128]>,
+    /// `(group, super-block)` → `d` of each lane (f16 bits).
+    d: Vec<[u16; GROUP_ROWS]>,
+    /// `(group, super-block)` → `dmin` of each lane (f16 bits).
+    dmin: Vec<[u16; GROUP_ROWS]>,
+}
+
+impl PackedQ4K {
+    /// Repacks `rows` rows of `cols` Q4_K values (GGUF layout).
+    pub fn pack(data: &[u8], rows: usize, cols: usize) -> PackedQ4K {
+        assert!(cols.is_multiple_of(QK_K), "Q4_K rows of {cols} values");
+        let supers = cols / QK_K;
+        let row_bytes = supers * std::mem::size_of::<BlockQ4_K>();
+        assert_eq!(data.len(), rows * row_bytes, "Q4_K data of the wrong size");
+        let groups = rows.div_ceil(GROUP_ROWS);
+        // padding rows: zero quants, scales, mins and d
+        let mut lines = vec![Line([0; 64]); groups * supers * 32];
+        let mut scales = vec![[0u8; 128]; groups * supers];
+        let mut mins = vec![[0u8; 128]; groups * supers];
+        let mut d = vec![[0u16; GROUP_ROWS]; groups * supers];
+        let mut dmin = vec![[0u16; GROUP_ROWS]; groups * supers];
+        let parts = lines.chunks_mut(supers * 32).zip(scales.chunks_mut(supers)).zip(mins.chunks_mut(supers)).zip(d.chunks_mut(supers).zip(dmin.chunks_mut(supers)));
+        for_each_group(data.len(), parts, |g, (((lines, scales), mins), (d, dmin))| {
+            for lane in 0..GROUP_ROWS.min(rows - g * GROUP_ROWS) {
+                let r = g * GROUP_ROWS + lane;
+                let w: &[BlockQ4_K] = as_blocks(&data[r * row_bytes..(r + 1) * row_bytes]).expect("whole blocks");
+                for (s, blk) in w.iter().enumerate() {
+                    let (sc, m) = k4_scales_mins(&blk.scales);
+                    for j in 0..8 {
+                        scales[s][j * 16 + lane] = sc[j];
+                        mins[s][(j / 2) * 32 + lane * 2 + j % 2] = m[j];
+                    }
+                    d[s][lane] = u16::from_le_bytes(blk.d);
+                    dmin[s][lane] = u16::from_le_bytes(blk.dmin);
+                    for line in 0..32 {
+                        for i in 0..4 {
+                            lines[s * 32 + line].0[lane * 4 + i] = quant(blk, 8 * line + i) | (quant(blk, 8 * line + 4 + i) << 4);
+                        }
+                    }
+                }
+            }
+        });
+        PackedQ4K { rows, supers, lines, scales, mins, d, dmin }
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Values per row.
+    pub fn cols(&self) -> usize {
+        self.supers * QK_K
+    }
+
+    /// Row `r` times one token's activations, by the reference order (scalar code).
+    pub fn dot_row(&self, r: usize, a: &[ActQ8_K]) -> f32 {
+        assert!(r < self.rows && a.len() == self.supers);
+        let (g, lane) = (r / GROUP_ROWS, r % GROUP_ROWS);
+        let mut acc = 0.0f32;
+        for (s, y) in a.iter().enumerate() {
+            let gs = g * self.supers + s;
+            let (mut isum, mut mins) = (0i32, 0i32);
+            for j in 0..8 {
+                let mut sub = 0i32;
+                for line in 4 * j..4 * j + 4 {
+                    let bytes = &self.lines[gs * 32 + line].0[lane * 4..lane * 4 + 4];
+                    for i in 0..4 {
+                        sub += (bytes[i] & 0x0F) as i32 * y.qs[8 * line + i] as i32;
+                        sub += (bytes[i] >> 4) as i32 * y.qs[8 * line + 4 + i] as i32;
+                    }
+                }
+                isum += self.scales[gs][j * 16 + lane] as i32 * sub;
+                let sums = y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32;
+                mins += self.mins[gs][(j / 2) * 32 + lane * 2 + j % 2] as i32 * sums;
+            }
+            let dw = f16::from_bits(self.d[gs][lane]).to_f32();
+            let dmw = f16::from_bits(self.dmin[gs][lane]).to_f32();
+            acc = (isum as f32).mul_add(dw * y.d, acc);
+            acc = (-(mins as f32)).mul_add(dmw * y.d, acc);
+        }
+        acc
+    }
+}
+
+impl std::fmt::Debug for PackedQ4K {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackedQ4K({}x{})", self.rows, self.supers * QK_K)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod vnni {
+    use std::arch::x86_64::*;
+
+    use super::*;
+
+    /// Group `g` times `T` tokens (`a`: their Q8_K blocks; `pairs`: their sub-block sums
+    /// as 16-bit pairs, four per super-block).
+    #[inline(always)]
+    unsafe fn group_tokens<const T: usize>(p: &PackedQ4K, g: usize, a: [&[ActQ8_K]; T], pairs: [&[[i32; 4]]; T]) -> [__m512; T] {
+        let supers = p.supers;
+        let low = _mm512_set1_epi8(0x0F);
+        let mut acc = [_mm512_setzero_ps(); T];
+        for s in 0..supers {
+            let gs = g * supers + s;
+            let lines = &p.lines[gs * 32..gs * 32 + 32];
+            let mut isum = [_mm512_setzero_si512(); T];
+            for j in 0..8 {
+                let sc = _mm512_cvtepu8_epi32(_mm_loadu_si128(p.scales[gs][j * 16..].as_ptr() as *const __m128i));
+                let mut sub = [_mm512_setzero_si512(); T];
+                for line in 4 * j..4 * j + 4 {
+                    let w = _mm512_load_si512(lines[line].0.as_ptr() as *const __m512i);
+                    let lo = _mm512_and_si512(w, low);
+                    let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(w), low);
+                    for t in 0..T {
+                        let q = a[t][s].qs.as_ptr().add(8 * line) as *const i32;
+                        sub[t] = _mm512_dpbusd_epi32(sub[t], lo, _mm512_set1_epi32(q.read_unaligned()));
+                        sub[t] = _mm512_dpbusd_epi32(sub[t], hi, _mm512_set1_epi32(q.add(1).read_unaligned()));
+                    }
+                }
+                for t in 0..T {
+                    isum[t] = _mm512_add_epi32(isum[t], _mm512_mullo_epi32(sub[t], sc));
+                }
+            }
+            let mut mins = [_mm512_setzero_si512(); T];
+            for pair in 0..4 {
+                let m = _mm512_cvtepu8_epi16(_mm256_loadu_si256(p.mins[gs][pair * 32..].as_ptr() as *const __m256i));
+                for t in 0..T {
+                    mins[t] = _mm512_dpwssd_epi32(mins[t], m, _mm512_set1_epi32(pairs[t][s][pair]));
+                }
+            }
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(p.d[gs].as_ptr() as *const __m256i));
+            let dmw = _mm512_cvtph_ps(_mm256_loadu_si256(p.dmin[gs].as_ptr() as *const __m256i));
+            for t in 0..T {
+                let da = _mm512_set1_ps(a[t][s].d);
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), _mm512_mul_ps(dw, da), acc[t]);
+                acc[t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(mins[t]), _mm512_mul_ps(dmw, da), acc[t]);
+            }
+        }
+        acc
+    }
+
+    impl super::super::vnni::GroupTiles for PackedQ4K {
+        const MAX_TOKENS: usize = 8;
+
+        #[inline(always)]
+        unsafe fn group_tokens<const T: usize>(&self, g: usize, acts: &Activations, t0: usize) -> [__m512; T] {
+            let a: [&[ActQ8_K]; T] = std::array::from_fn(|i| acts.q8_k_row(t0 + i));
+            let pairs: [&[[i32; 4]]; T] = std::array::from_fn(|i| acts.row_sum_pairs(t0 + i));
+            group_tokens::<T>(self, g, a, pairs)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::quant::packed::{dot_packed_into, Packed, PackedRows};
+    use crate::quant::tests::random_row;
+    use crate::quant::{ActKind, ActRow, Activations, GgmlType, OutGrid};
+
+    fn matrix(rows: usize, cols: usize, seed: u64) -> Vec<u8> {
+        (0..rows).flat_map(|r| random_row(GgmlType::Q4_K, cols, seed + r as u64)).collect()
+    }
+
+    #[test]
+    fn reference_order_matches_the_gguf_dot_product() {
+        let (rows, cols) = (19, 512);
+        let data = matrix(rows, cols, 5);
+        let p = PackedQ4K::pack(&data, rows, cols);
+        let x: Vec<f32> = (0..cols).map(|i| ((i * 29 % 37) as f32 - 18.0) / 7.0).collect();
+        let acts = Activations::new(ActKind::Q8K, &x, cols);
+        let ActRow::Q8K(a) = acts.row(0) else { unreachable!() };
+        let rb = data.len() / rows;
+        for r in 0..rows {
+            let want = crate::quant::dot(GgmlType::Q4_K, &data[r * rb..(r + 1) * rb], acts.row(0));
+            let got = p.dot_row(r, a);
+            assert!((got - want).abs() <= 1e-5 * want.abs().max(1.0), "row {r}: {got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn kernel_equals_reference_bit_for_bit_at_every_batch_size() {
+        if !crate::quant::dot::has_vnni() {
+            eprintln!("skipped: this CPU has no AVX-512 VNNI");
+            return;
+        }
+        // rows not a multiple of 16, three super-blocks; token counts cover every tile
+        let (rows, cols) = (35, 768);
+        let data = matrix(rows, cols, 17);
+        let packed = PackedRows::new(Arc::new(Packed::Q4K(PackedQ4K::pack(&data, rows, cols))));
+        for n in [1usize, 2, 3, 4, 5, 7, 9, 16] {
+            let x: Vec<f32> = (0..n * cols).map(|i| ((i * 17 % 31) as f32 - 15.0) / 9.0).collect();
+            let acts = Activations::new(ActKind::Q8K, &x, cols);
+            let mut y = vec![0.0f32; rows * n];
+            let mut windows = OutGrid::token_major_chunks(&mut y, rows, n, 16);
+            for (i, w) in windows.iter_mut().enumerate() {
+                dot_packed_into(&packed, i * 16, &acts, w);
+            }
+            drop(windows);
+            for t in 0..n {
+                for r in 0..rows {
+                    assert_eq!(y[t * rows + r].to_bits(), packed.dot_row(r, acts.row(t)).to_bits(), "n {n} token {t} row {r}");
+                }
+            }
+        }
+    }
+}
