@@ -3,6 +3,8 @@
 
 use super::blocks::{ActQ8_0, ActQ8_K, QK, QK_K};
 use super::GgmlType;
+use std::sync::OnceLock;
+
 use half::f16;
 
 /// The form activations take for a given weight type.
@@ -35,15 +37,15 @@ pub struct Activations {
     n: usize,
     f32s: Vec<f32>,
     q8: Vec<ActQ8_0>,
-    /// The Q8_0 quants offset to unsigned bytes, for the VNNI kernel (only where it runs).
-    q8_unsigned: Vec<[u8; 32]>,
-    /// Each Q8_0 block's scale repeated eight times, for the VNNI kernel (only where it runs).
-    q8_scales8: Vec<[f32; 8]>,
-    /// Each Q8_0 block's `-128 · Σ q`, for the packed VNNI kernel (only where it runs).
-    q8_offsets: Vec<i32>,
+    /// The Q8_0 quants offset to unsigned bytes, for the VNNI tile kernel (made on first use).
+    q8_unsigned: OnceLock<Vec<[u8; 32]>>,
+    /// Each Q8_0 block's scale repeated eight times, for the VNNI tile kernel (made on first use).
+    q8_scales8: OnceLock<Vec<[f32; 8]>>,
+    /// Each Q8_0 block's `-128 · Σ q`, for the packed kernel (made on first use).
+    q8_offsets: OnceLock<Vec<i32>>,
     /// Each Q8_K super-block's eight sub-block sums as four pairs of 16-bit values (one
-    /// 32-bit word each), for the packed Q4_K kernel (only where it runs).
-    q8k_pairs: Vec<[i32; 4]>,
+    /// 32-bit word each), for the packed Q4_K kernel (made on first use).
+    q8k_pairs: OnceLock<Vec<[i32; 4]>>,
     q8k: Vec<ActQ8_K>,
 }
 
@@ -63,25 +65,16 @@ impl Activations {
     pub fn new(kind: ActKind, x: &[f32], k: usize) -> Self {
         assert!(k > 0 && x.len().is_multiple_of(k));
         let n = x.len() / k;
-        let mut a = Activations { kind, k, n, f32s: Vec::new(), q8: Vec::new(), q8_unsigned: Vec::new(), q8_scales8: Vec::new(), q8_offsets: Vec::new(), q8k_pairs: Vec::new(), q8k: Vec::new() };
+        let mut a = Activations { kind, k, n, f32s: Vec::new(), q8: Vec::new(), q8_unsigned: OnceLock::new(), q8_scales8: OnceLock::new(), q8_offsets: OnceLock::new(), q8k_pairs: OnceLock::new(), q8k: Vec::new() };
         match kind {
             ActKind::F32 => a.f32s = x.to_vec(),
             ActKind::Q8_0 => {
                 assert!(k.is_multiple_of(QK), "row length {k} is not a multiple of {QK}");
-                a.q8 = x.chunks_exact(QK).map(quantize_q8_0).collect();
-                #[cfg(target_arch = "x86_64")]
-                if super::dot::has_vnni() {
-                    a.q8_unsigned = a.q8.iter().map(|b| b.qs.map(|q| (q as u8) ^ 0x80)).collect();
-                    a.q8_scales8 = a.q8.iter().map(|b| [b.d; 8]).collect();
-                    a.q8_offsets = a.q8.iter().map(|b| -128 * b.qs.iter().map(|&q| q as i32).sum::<i32>()).collect();
-                }
+                a.q8 = quantize_q8_0_blocks(x);
             }
             ActKind::Q8K => {
                 assert!(k.is_multiple_of(QK_K), "row length {k} is not a multiple of {QK_K}");
                 a.q8k = x.chunks_exact(QK_K).map(quantize_q8_k).collect();
-                if super::packing_available() {
-                    a.q8k_pairs = a.q8k.iter().map(sum_pairs).collect();
-                }
             }
         }
         a
@@ -103,28 +96,27 @@ impl Activations {
     }
 
     /// Row `t`'s Q8_0 quants offset by 128 to unsigned bytes, one `[u8; 32]` per block
-    /// (what `vpdpbusd` multiplies); made only where the VNNI kernel runs.
+    /// (what `vpdpbusd` multiplies); made on first use.
     #[inline]
     pub(crate) fn row_unsigned(&self, t: usize) -> &[[u8; 32]] {
         let b = self.k / QK;
-        &self.q8_unsigned[t * b..(t + 1) * b]
+        &self.q8_unsigned.get_or_init(|| self.q8.iter().map(|b| b.qs.map(|q| (q as u8) ^ 0x80)).collect())[t * b..(t + 1) * b]
     }
 
     /// Row `t`'s Q8_0 block scales, each repeated eight times (one 256-bit lane group per
-    /// block, what the VNNI kernel multiplies with); made only where that kernel runs.
+    /// block, what the VNNI kernel multiplies with); made on first use.
     #[inline]
     pub(crate) fn row_scales8(&self, t: usize) -> &[[f32; 8]] {
         let b = self.k / QK;
-        &self.q8_scales8[t * b..(t + 1) * b]
+        &self.q8_scales8.get_or_init(|| self.q8.iter().map(|b| [b.d; 8]).collect())[t * b..(t + 1) * b]
     }
 
     /// Row `t`'s Q8_0 blocks' `-128 · Σ q` (what the packed kernel starts each block's
-    /// sum from, taking back the `+ 128` of its unsigned weights); made only where that
-    /// kernel runs.
+    /// sum from, taking back the `+ 128` of its unsigned weights); made on first use.
     #[inline]
     pub(crate) fn row_offsets(&self, t: usize) -> &[i32] {
         let b = self.k / QK;
-        &self.q8_offsets[t * b..(t + 1) * b]
+        &self.q8_offsets.get_or_init(|| self.q8.iter().map(|b| -128 * b.qs.iter().map(|&q| q as i32).sum::<i32>()).collect())[t * b..(t + 1) * b]
     }
 
     /// Row `t`'s Q8_0 blocks (the activations must be of that kind).
@@ -136,11 +128,11 @@ impl Activations {
     }
 
     /// Row `t`'s Q8_K sub-block sums (32 values each) as 16-bit pairs, four words per
-    /// super-block; made only where the packed kernels run.
+    /// super-block; made on first use.
     #[inline]
     pub(crate) fn row_sum_pairs(&self, t: usize) -> &[[i32; 4]] {
         let b = self.k / QK_K;
-        &self.q8k_pairs[t * b..(t + 1) * b]
+        &self.q8k_pairs.get_or_init(|| self.q8k.iter().map(sum_pairs).collect())[t * b..(t + 1) * b]
     }
 
     /// Row `t`'s Q8_K blocks (the activations must be of that kind).
@@ -182,6 +174,21 @@ pub fn quantize_q8_0(x: &[f32]) -> ActQ8_0 {
 #[target_feature(enable = "avx2")]
 unsafe fn quantize_q8_0_avx2(x: &[f32]) -> ActQ8_0 {
     quantize_q8_0_body(x)
+}
+
+/// [`quantize_q8_0`] of every block of `x`, the loop inside the vector code (one call per
+/// block cost as much as the block).
+fn quantize_q8_0_blocks(x: &[f32]) -> Vec<ActQ8_0> {
+    #[cfg(target_arch = "x86_64")]
+    if super::dot::has_avx2() {
+        #[target_feature(enable = "avx2")]
+        unsafe fn blocks_avx2(x: &[f32]) -> Vec<ActQ8_0> {
+            x.chunks_exact(QK).map(quantize_q8_0_body).collect()
+        }
+        // SAFETY: the CPU features were detected at run time.
+        return unsafe { blocks_avx2(x) };
+    }
+    x.chunks_exact(QK).map(quantize_q8_0_body).collect()
 }
 
 /// `f.round()` (halves away from zero) written so that it compiles to vector instructions
