@@ -235,6 +235,38 @@ fn finish_reason(f: FinishReason) -> &'static str {
 }
 
 /// `/v1/chat/completions` (`chat`) and `/v1/completions`.
+/// A streamed chunk as text with a hole for the token's text: serializing the whole
+/// chunk for every token of every session was a good part of the server's own work.
+struct ChunkTemplate {
+    /// `" {...\"text\":"` — the leading space is what OpenAI sends after `data:`.
+    before: String,
+    /// What follows the text.
+    after: String,
+}
+
+impl ChunkTemplate {
+    /// From the function that builds the chunk around a text.
+    fn new(chunk: impl Fn(&str) -> Value) -> ChunkTemplate {
+        // a text no other field can hold; the last occurrence is the text (it comes last
+        // but for the finish reason)
+        const MARK: &str = "\u{1}odmoe-text\u{1}";
+        let full = format!(" {}", chunk(MARK));
+        let quoted = serde_json::to_string(MARK).expect("strings serialize");
+        let (before, after) = full.rsplit_once(&quoted).expect("the chunk holds its text");
+        ChunkTemplate { before: before.to_string(), after: after.to_string() }
+    }
+
+    /// The chunk for `text`.
+    fn render(&self, text: &str) -> String {
+        let quoted = serde_json::to_string(text).expect("strings serialize");
+        let mut out = String::with_capacity(self.before.len() + quoted.len() + self.after.len());
+        out.push_str(&self.before);
+        out.push_str(&quoted);
+        out.push_str(&self.after);
+        out
+    }
+}
+
 pub async fn completion(body: Option<Bytes>, app: Arc<AppState>, chat: bool) -> Result<Response, Infallible> {
     let mut log = RequestLog::new(chat);
     let Some(st) = app.loaded.get() else { return Ok(log.answered(loading())) };
@@ -303,19 +335,21 @@ pub async fn completion(body: Option<Bytes>, app: Arc<AppState>, chat: bool) -> 
     }
 
     let chunk_object = if chat { "chat.completion.chunk" } else { "text_completion" };
-    let chunk = move |delta: Value, finish: Option<&str>| -> Value {
+    let chunk = Arc::new(move |delta: Value, finish: Option<&str>| -> Value {
         let choice = if chat {
             json!({ "index": 0, "delta": delta, "finish_reason": finish })
         } else {
             json!({ "index": 0, "text": delta.get("content").cloned().unwrap_or(json!("")), "finish_reason": finish })
         };
         json!({ "id": id, "object": chunk_object, "created": created, "model": model, "choices": [choice] })
-    };
+    });
+    // the chunk of every token, made once: only its text changes
+    let text_chunk = Arc::new(ChunkTemplate::new(|t| chunk(json!({ "content": t }), None)));
     let include_usage = req.include_usage;
     // state: 0 = send the role, 1 = streaming, 2 = send [DONE], 3 = finished
     // the log line travels with the stream: written when it ends or the client drops it
     let events = stream::unfold((rx, 0u8, Vec::<Value>::new(), log), move |(mut rx, phase, mut tail, mut log)| {
-        let chunk = chunk.clone();
+        let (chunk, text_chunk) = (chunk.clone(), text_chunk.clone());
         async move {
             // "data: {...}": the space after the colon is what OpenAI sends (SSE parsers drop it)
             let data = |v: &Value| warp::sse::Event::default().data(format!(" {v}"));
@@ -328,7 +362,7 @@ pub async fn completion(body: Option<Bytes>, app: Arc<AppState>, chat: bool) -> 
                     Some((Ok(data(&first)), (rx, 1, tail, log)))
                 }
                 1 => match rx.recv().await {
-                    Some(Event::Text(t)) => Some((Ok(data(&chunk(json!({ "content": t }), None))), (rx, 1, tail, log))),
+                    Some(Event::Text(t)) => Some((Ok(warp::sse::Event::default().data(text_chunk.render(&t))), (rx, 1, tail, log))),
                     Some(Event::Done { finish, prompt_tokens, completion_tokens }) => {
                         (log.tokens, log.outcome) = (Some((prompt_tokens, completion_tokens)), "done");
                         if include_usage {
@@ -355,4 +389,24 @@ pub async fn completion(body: Option<Bytes>, app: Arc<AppState>, chat: bool) -> 
         }
     });
     Ok(warp::sse::reply(warp::sse::keep_alive().stream(events)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_template_renders_what_serializing_the_chunk_gives() {
+        let model = "odmoe-demo \"quoted\" \u{1}odmoe-text\u{1}".to_string();
+        for chat in [false, true] {
+            let chunk = |t: &str| {
+                let choice = if chat { json!({ "index": 0, "delta": { "content": t }, "finish_reason": null }) } else { json!({ "index": 0, "text": t, "finish_reason": null }) };
+                json!({ "id": "cmpl-1", "object": "x", "created": 1, "model": model, "choices": [choice] })
+            };
+            let template = ChunkTemplate::new(chunk);
+            for text in ["", "ROMEO:\n", "\"quotes\" and \\ backslash", "tab\tcontrol\u{1}\u{7f}", "é 日本 🎭", "\u{1}odmoe-text\u{1}"] {
+                assert_eq!(template.render(text), format!(" {}", chunk(text)), "chat {chat}, text {text:?}");
+            }
+        }
+    }
 }
