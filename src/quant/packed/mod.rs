@@ -216,3 +216,76 @@ mod vnni {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::tests::random_row;
+    use crate::quant::{dot, ActKind};
+
+    fn matrix(ty: GgmlType, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
+        (0..rows).flat_map(|r| random_row(ty, cols, seed + r as u64)).collect()
+    }
+
+    fn packed(ty: GgmlType, data: &[u8], rows: usize, cols: usize) -> PackedRows {
+        PackedRows::new(Arc::new(Packed::pack(ty, data, rows, cols).expect("a packed layout")))
+    }
+
+    #[test]
+    fn reference_order_matches_the_gguf_dot_product() {
+        // rows not a multiple of 16; several blocks
+        for (ty, rows, cols) in [(GgmlType::Q8_0, 21, 96), (GgmlType::Q4_K, 19, 512)] {
+            let data = matrix(ty, rows, cols, 3);
+            let p = packed(ty, &data, rows, cols);
+            let x: Vec<f32> = (0..cols).map(|i| ((i * 29 % 37) as f32 - 18.0) / 7.0).collect();
+            let acts = Activations::new(ActKind::for_weights(ty), &x, cols);
+            let rb = data.len() / rows;
+            for r in 0..rows {
+                let want = dot(ty, &data[r * rb..(r + 1) * rb], acts.row(0));
+                let got = p.dot_row(r, acts.row(0));
+                assert!((got - want).abs() <= 1e-5 * want.abs().max(1.0), "{ty} row {r}: {got} vs {want}");
+            }
+        }
+    }
+
+    #[test]
+    fn kernels_equal_the_reference_bit_for_bit_at_every_batch_size() {
+        if !packing_available() {
+            eprintln!("skipped: this CPU has no AVX-512 VNNI");
+            return;
+        }
+        // rows not a multiple of 16, odd numbers of blocks; token counts cover every tile
+        for (ty, rows, cols) in [(GgmlType::Q8_0, 37, 160), (GgmlType::Q4_K, 35, 768)] {
+            let data = matrix(ty, rows, cols, 11);
+            let p = packed(ty, &data, rows, cols);
+            for n in [1usize, 2, 3, 4, 5, 7, 8, 9, 15, 16] {
+                let x: Vec<f32> = (0..n * cols).map(|i| ((i * 17 % 31) as f32 - 15.0) / 9.0).collect();
+                let acts = Activations::new(ActKind::for_weights(ty), &x, cols);
+                // windows of one group each, as threads' shares are
+                let mut y = vec![0.0f32; rows * n];
+                let mut windows = OutGrid::token_major_chunks(&mut y, rows, n, GROUP_ROWS);
+                for (i, w) in windows.iter_mut().enumerate() {
+                    dot_packed_into(&p, i * GROUP_ROWS, &acts, w);
+                }
+                drop(windows);
+                for t in 0..n {
+                    for r in 0..rows {
+                        assert_eq!(y[t * rows + r].to_bits(), p.dot_row(r, acts.row(t)).to_bits(), "{ty}: n {n} token {t} row {r}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn views_slice_on_group_boundaries_only() {
+        let (ty, rows, cols) = (GgmlType::Q8_0, 40, 32);
+        let p = packed(ty, &matrix(ty, rows, cols, 1), rows, cols);
+        assert!(p.slice(0, 16).is_some() && p.slice(16, 40).is_some() && p.slice(32, 40).is_some());
+        assert!(p.slice(8, 16).is_none() && p.slice(0, 20).is_none());
+        let tail = p.slice(16, 40).unwrap();
+        let acts = Activations::new(ActKind::Q8_0, &[0.5f32; 32], cols);
+        assert_eq!(tail.dot_row(3, acts.row(0)).to_bits(), p.dot_row(19, acts.row(0)).to_bits());
+        assert!(Packed::pack(GgmlType::Q6_K, &[], 0, 256).is_none(), "no layout for Q6_K");
+    }
+}
