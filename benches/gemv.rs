@@ -79,7 +79,7 @@ fn bench(c: &mut Criterion) {
     // cache), where arithmetic rather than reading bounds the product
     let (rows, cols, n) = (2048, 768, 16);
     let x: Vec<f32> = (0..n * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
-    for ty in [GgmlType::Q8_0, GgmlType::Q4_K] {
+    for ty in [GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
         let full = random_matrix(ty);
         let m = full.slice_rows(0, rows * cols / COLS);
         let m = QMatrix::new(ty, rows, cols, m.data.clone());

@@ -46,6 +46,9 @@ pub struct Activations {
     /// Each Q8_K super-block's eight sub-block sums as four pairs of 16-bit values (one
     /// 32-bit word each), for the packed Q4_K kernel (made on first use).
     q8k_pairs: OnceLock<Vec<[i32; 4]>>,
+    /// Each Q8_K super-block's `-32 ·` sums of sixteen quants, for the packed Q6_K kernel
+    /// (made on first use).
+    q8k_offsets: OnceLock<Vec<[i32; 16]>>,
     q8k: Vec<ActQ8_K>,
 }
 
@@ -65,7 +68,7 @@ impl Activations {
     pub fn new(kind: ActKind, x: &[f32], k: usize) -> Self {
         assert!(k > 0 && x.len().is_multiple_of(k));
         let n = x.len() / k;
-        let mut a = Activations { kind, k, n, f32s: Vec::new(), q8: Vec::new(), q8_unsigned: OnceLock::new(), q8_scales8: OnceLock::new(), q8_offsets: OnceLock::new(), q8k_pairs: OnceLock::new(), q8k: Vec::new() };
+        let mut a = Activations { kind, k, n, f32s: Vec::new(), q8: Vec::new(), q8_unsigned: OnceLock::new(), q8_scales8: OnceLock::new(), q8_offsets: OnceLock::new(), q8k_pairs: OnceLock::new(), q8k_offsets: OnceLock::new(), q8k: Vec::new() };
         match kind {
             ActKind::F32 => a.f32s = x.to_vec(),
             ActKind::Q8_0 => {
@@ -133,6 +136,15 @@ impl Activations {
     pub(crate) fn row_sum_pairs(&self, t: usize) -> &[[i32; 4]] {
         let b = self.k / QK_K;
         &self.q8k_pairs.get_or_init(|| self.q8k.iter().map(sum_pairs).collect())[t * b..(t + 1) * b]
+    }
+
+    /// Row `t`'s Q8_K `-32 ·` sums of each sixteen quants (what the packed Q6_K kernel
+    /// starts each sub-block's sum from, taking back the `+ 32` of its unsigned quants);
+    /// made on first use.
+    #[inline]
+    pub(crate) fn row_q6_offsets(&self, t: usize) -> &[[i32; 16]] {
+        let b = self.k / QK_K;
+        &self.q8k_offsets.get_or_init(|| self.q8k.iter().map(|b| b.bsums.map(|s| -32 * s as i32)).collect())[t * b..(t + 1) * b]
     }
 
     /// Row `t`'s Q8_K blocks (the activations must be of that kind).

@@ -22,7 +22,7 @@ pub(crate) use dot::has_avx2;
 
 pub use ggml_type::GgmlType;
 pub use out_grid::OutGrid;
-pub use packed::{dot_packed_into, packing_available, Packed, PackedQ4K, PackedQ8_0, PackedRows, GROUP_ROWS};
+pub use packed::{dot_packed_into, packing_available, Packed, PackedQ4K, PackedQ6K, PackedQ8_0, PackedRows, GROUP_ROWS};
 
 #[cfg(test)]
 mod tests;
