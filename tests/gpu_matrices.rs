@@ -1,5 +1,5 @@
 //! GPU matrix kernels on the fixtures' own weights: every matrix of the quantized
-//! fixtures in a format the GPU backend covers (Q8_0, Q4_K, Q6_K; experts as one stacked
+//! fixtures in a format the GPU backend covers (Q8_0, Q4_K, Q5_K, Q6_K; experts as one stacked
 //! matrix) gives the CPU backend's products within 1e-5 × max(1, max |y|), for two
 //! activation rows. Skipped without a GPU adapter unless ODMOE_REQUIRE_GPU is set.
 
@@ -22,8 +22,8 @@ fn gpu_products_of_fixture_matrices_match_the_cpu_backend() {
         eprintln!("skipped: {why}");
         return;
     };
-    let mut checked = [0usize; 3];
-    for name in ["mixtral_h256.Q8_0", "mixtral_h256.Q4_K_M", "mixtral_h256.Q6_K", "qwen3moe_h256.Q4_K_M"] {
+    let mut checked = [0usize; 4];
+    for name in ["mixtral_h256.Q8_0", "mixtral_h256.Q4_K_M", "mixtral_h256.Q5_K_M", "mixtral_h256.Q6_K", "qwen3moe_h256.Q4_K_M"] {
         let g = GgufModel::open(common::fixture(&format!("models/{name}.gguf"))).unwrap();
         let infos: Vec<_> = g.tensors().filter(|t| t.dims.len() >= 2).cloned().collect();
         for info in infos {
@@ -31,6 +31,7 @@ fn gpu_products_of_fixture_matrices_match_the_cpu_backend() {
                 GgmlType::Q8_0 => 0,
                 GgmlType::Q4_K => 1,
                 GgmlType::Q6_K => 2,
+                GgmlType::Q5_K => 3,
                 _ => continue,
             };
             let (_, data) = g.tensor_bytes(&info.name).unwrap();
@@ -50,5 +51,5 @@ fn gpu_products_of_fixture_matrices_match_the_cpu_backend() {
             checked[slot] += 1;
         }
     }
-    assert!(checked.iter().all(|&c| c > 0), "matrices checked per format (Q8_0, Q4_K, Q6_K): {checked:?}");
+    assert!(checked.iter().all(|&c| c > 0), "matrices checked per format (Q8_0, Q4_K, Q6_K, Q5_K): {checked:?}");
 }

@@ -1,6 +1,6 @@
 //! A weight matrix on the GPU in whichever block format it has a kernel for — F32
-//! (`shaders/gemv_f32.wgsl`), Q8_0 ([`super::gemv_q8_0`]), Q4_K ([`super::gemv_q4_k`])
-//! or Q6_K ([`super::gemv_q6_k`]) — so the forward pass records `y = x · Wᵀ` without
+//! (`shaders/gemv_f32.wgsl`), Q8_0 ([`super::gemv_q8_0`]), Q4_K ([`super::gemv_q4_k`]),
+//! Q5_K ([`super::gemv_q5_k`]) or Q6_K ([`super::gemv_q6_k`]) — so the forward pass records `y = x · Wᵀ` without
 //! caring which. A matrix may also be a stack of a layer's experts
 //! ([`GpuMatrix::stacked`]): one dispatch then multiplies each output row group by the
 //! expert an id buffer names for it ([`Experts`]), however many experts were chosen.
@@ -34,7 +34,7 @@ pub struct GpuMatrix {
     rows_per_group: usize,
     /// How the kernel wants its activations quantized first (`None`: read as f32).
     acts: Option<ActFormat>,
-    /// Whether the kernel also reads the activations' sums per 32 (Q4_K's minimums).
+    /// Whether the kernel also reads the activations' sums per 32 (Q4_K's and Q5_K's minimums).
     sums: bool,
 }
 
@@ -86,15 +86,23 @@ fn lane_kernel(gpu: &Gpu, names: [&'static str; 3], kernel_source: &'static str,
 
 /// `w`'s bytes as the kernel for its format reads them, one vector per buffer; an error
 /// naming the format for one without a kernel.
+/// The block formats with a GPU kernel, as error messages list them.
+pub const GPU_FORMATS: &str = "F32, Q8_0, Q4_K, Q5_K and Q6_K";
+
+/// Whether weights of type `ty` have a GPU kernel.
+pub fn has_gpu_kernel(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::F32 | GgmlType::Q8_0 | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K)
+}
+
 fn packed(w: &QMatrix) -> Result<Vec<Vec<u8>>> {
     Ok(match w.ty {
-        GgmlType::F32 | GgmlType::Q4_K => vec![w.data.to_vec()],
+        GgmlType::F32 | GgmlType::Q4_K | GgmlType::Q5_K => vec![w.data.to_vec()],
         GgmlType::Q8_0 => {
             let p = Q8_0Packed::pack(w)?;
             vec![bytemuck::cast_slice(&p.quants).to_vec(), bytemuck::cast_slice(&p.scales).to_vec()]
         }
         GgmlType::Q6_K => vec![pad_blocks(&w.data)],
-        ty => return Err(Error::Gpu(format!("no GPU kernel for {ty} weights yet (F32, Q8_0, Q4_K and Q6_K have one)"))),
+        ty => return Err(Error::Gpu(format!("no GPU kernel for {ty} weights yet ({} have one)", GPU_FORMATS))),
     })
 }
 
@@ -117,6 +125,7 @@ impl GpuMatrix {
             GgmlType::F32 => (["gemv_f32_8", "gemv_f32_16", "gemv_f32"], include_str!("../../../shaders/gemv_f32.wgsl"), first.cols, 1, None),
             GgmlType::Q8_0 => (["gemv_q8_0_8", "gemv_q8_0_16", "gemv_q8_0"], include_str!("../../../shaders/gemv_q8_0.wgsl"), first.cols / 32, 1, Some(ActFormat::Q8_0)),
             GgmlType::Q4_K => (["gemv_q4_k_8", "gemv_q4_k_16", "gemv_q4_k"], include_str!("../../../shaders/gemv_q4_k.wgsl"), first.cols / 256, 4, Some(ActFormat::Q8_K)),
+            GgmlType::Q5_K => (["gemv_q5_k_8", "gemv_q5_k_16", "gemv_q5_k"], include_str!("../../../shaders/gemv_q5_k.wgsl"), first.cols / 256, 4, Some(ActFormat::Q8_K)),
             GgmlType::Q6_K => (["gemv_q6_k_8", "gemv_q6_k_16", "gemv_q6_k"], include_str!("../../../shaders/gemv_q6_k.wgsl"), first.cols / 256, 16, Some(ActFormat::Q8_K)),
             ty => unreachable!("packed refuses {ty}"),
         };
@@ -129,7 +138,7 @@ impl GpuMatrix {
         }
         let lanes = lanes_for(per_row * items);
         let kernel = lane_kernel(gpu, names, source, lanes);
-        Ok(GpuMatrix { rows: first.rows, cols: first.cols, count: ws.len(), per_row, weights, kernel, rows_per_group: GROUP / lanes, acts, sums: first.ty == GgmlType::Q4_K })
+        Ok(GpuMatrix { rows: first.rows, cols: first.cols, count: ws.len(), per_row, weights, kernel, rows_per_group: GROUP / lanes, acts, sums: matches!(first.ty, GgmlType::Q4_K | GgmlType::Q5_K) })
     }
 
     /// Input features.
@@ -257,18 +266,18 @@ mod tests {
             }
         }
         // a format without a kernel is refused by name
-        let q5 = QMatrix::new(GgmlType::Q5_K, 1, 256, vec![0u8; 176].into());
-        assert!(GpuMatrix::new(&gpu, &q5).err().unwrap().to_string().contains("Q5_K"));
+        let q3 = QMatrix::new(GgmlType::Q3_K, 1, 256, vec![0u8; 110].into());
+        assert!(GpuMatrix::new(&gpu, &q3).err().unwrap().to_string().contains("Q3_K"));
     }
 
     #[test]
     fn gpu_products_added_to_the_output_match_the_cpu_backend() {
         let Some(gpu) = gpu_or_skip() else { return };
-        for ty in [GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::F32] {
+        for ty in [GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::F32] {
             let (rows, cols, n) = (19, 512, 2);
             let w = match ty {
                 GgmlType::F32 => QMatrix::new(ty, rows, cols, values(rows * cols, 4).iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into()),
-                // finite block scales (Q4_K: its minimums' scale too)
+                // finite block scales (Q4_K, Q5_K: their minimums' scale too)
                 _ => super::super::tests::random_matrix(ty, rows, cols, 7, &[(0, 2e-3), (2, 1e-3)]),
             };
             let x = values(n * cols, 8);

@@ -4,7 +4,7 @@
 //!
 //! Kernels: activation quantization ([`quantize`]) and quantized matrix products, plain
 //! or over a stack of experts picked by id ([`matrix`], [`gemv_q8_0`], [`gemv_q4_k`],
-//! [`gemv_q6_k`]), RMS norm ([`rms_norm`]), rope from host-computed angles ([`rope`]),
+//! [`gemv_q5_k`], [`gemv_q6_k`]), RMS norm ([`rms_norm`]), rope from host-computed angles ([`rope`]),
 //! causal grouped-query attention over a KV cache ([`attention`]), routing ([`route`]),
 //! residual add and SwiGLU ([`elementwise`]) and the MoE combine ([`moe_combine`]).
 //! Commands are recorded through a [`recorder::Recorder`]. The forward pass that uses
@@ -14,6 +14,7 @@
 pub mod attention;
 pub mod elementwise;
 pub mod gemv_q4_k;
+pub mod gemv_q5_k;
 pub mod gemv_q6_k;
 pub mod gemv_q8_0;
 pub mod kernel;

@@ -452,11 +452,10 @@ impl<'a> GpuModel<'a> {
 /// Why the GPU backend cannot run `model` (latent attention, or a block format without a
 /// kernel), or `None` when it can: `--backend auto` falls back to the CPU on `Some`.
 pub fn gpu_unsupported(model: &Model) -> Option<String> {
-    use crate::quant::GgmlType;
     if model.config.mla.is_some() {
         return Some("latent attention (DeepSeek, Kimi) is not on the GPU backend yet".into());
     }
-    let has_kernel = |ty: GgmlType| matches!(ty, GgmlType::F32 | GgmlType::Q8_0 | GgmlType::Q4_K | GgmlType::Q6_K);
+    use crate::compute::gpu::matrix::{has_gpu_kernel as has_kernel, GPU_FORMATS};
     let mut types = vec![model.weights.output.ty];
     for (l, layer) in model.weights.layers.iter().enumerate() {
         if let Attention::Standard { wq, wk, wv, wo, .. } = &layer.attn {
@@ -474,7 +473,7 @@ pub fn gpu_unsupported(model: &Model) -> Option<String> {
             }
         }
     }
-    types.into_iter().find(|&t| !has_kernel(t)).map(|t| format!("no GPU kernel for {t} weights yet (F32, Q8_0, Q4_K and Q6_K have one)"))
+    types.into_iter().find(|&t| !has_kernel(t)).map(|t| format!("no GPU kernel for {t} weights yet ({GPU_FORMATS} have one)"))
 }
 
 impl Model {

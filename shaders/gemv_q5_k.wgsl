@@ -1,0 +1,88 @@
+// Compiled after gemv_lanes.wgsl (Dims, LANES, ROWS_PER_GROUP, row_sum).
+// y = x · Wᵀ for a Q5_K matrix W (rows × cols) and n activation rows quantized to Q8_K
+// by quantize.wgsl (`xq` signed bytes, `xd` block scales, `bsums` sums of 32).
+//
+// Q5_K blocks are 176 bytes (eleven vec4<u32>), so the GGUF bytes are used in place:
+// block b starts at vec4 11·b with [d, dmin] as two f16 in word 0 and the twelve bytes of
+// 6-bit scales and mins in words 1..3 (as Q4_K), then 32 bytes of fifth bits (vec4s 1
+// and 2: bit j of byte l is the fifth bit of weight l of group j), then 128 bytes of
+// nibbles (vec4s 3..10, laid out as Q4_K's). Weight i of group j is d·sc[j]·q − dmin·m[j]
+// with q in 0..31. A lane's work item is one pair of groups (64 weights), as in the Q4_K
+// kernel; the integer sums are the CPU backend's, only float additions are reordered.
+
+@group(0) @binding(0) var<storage, read> w: array<vec4<u32>>;
+@group(0) @binding(1) var<storage, read> xq: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read> xd: array<f32>;
+@group(0) @binding(3) var<storage, read> bsums: array<i32>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+@group(0) @binding(5) var<uniform> dims: Dims;
+
+// Scale and minimum (6 bits each) of group j (0..7) of a block whose first vec4 is `h`.
+fn scale_min(h: vec4<u32>, j: u32) -> vec2<u32> {
+    if (j < 4u) {
+        let sh = 8u * j;
+        return vec2<u32>((h.y >> sh) & 63u, (h.z >> sh) & 63u);
+    }
+    let sh = 8u * (j - 4u);
+    let lo = (h.w >> sh) & 0xffu;
+    return vec2<u32>((lo & 0xfu) | ((((h.y >> sh) >> 6u) & 3u) << 4u), (lo >> 4u) | ((((h.z >> sh) >> 6u) & 3u) << 4u));
+}
+
+// Sixteen five-bit weights (nibbles of `q` from bit `shift`, fifth bits of `hb` from bit
+// `hshift`) times sixteen activations.
+fn dot_fives(q: vec4<u32>, shift: u32, hb: vec4<u32>, hshift: u32, a: vec4<u32>) -> i32 {
+    let m = 0x0f0f0f0fu;
+    let one = 0x01010101u;
+    let v = ((q >> vec4<u32>(shift)) & vec4<u32>(m)) | (((hb >> vec4<u32>(hshift)) & vec4<u32>(one)) << vec4<u32>(4u));
+    return dot4I8Packed(v.x, a.x) + dot4I8Packed(v.y, a.y) + dot4I8Packed(v.z, a.z) + dot4I8Packed(v.w, a.w);
+}
+
+// Work item `item` of weight row `wrow` times activation row `t`: groups 2k and 2k+1 of
+// block item / 4 (k = item % 4).
+fn item_sum(wrow: u32, t: u32, item: u32) -> f32 {
+    let b = item / 4u;
+    let k = item % 4u;
+    let blk = (wrow * dims.per_row + b) * 11u;  // in vec4s
+    let h = w[blk];
+    let hb0 = w[blk + 1u];  // fifth bits of weights 0..15 of every group
+    let hb1 = w[blk + 2u];  // and of weights 16..31
+    let q0 = w[blk + 3u + 2u * k];
+    let q1 = w[blk + 4u + 2u * k];
+    let xb = t * dims.per_row + b;
+    let xv = xb * 16u + 4u * k;  // group 2k's activations: 2 vec4s, then group 2k+1's
+    let s0 = dot_fives(q0, 0u, hb0, 2u * k, xq[xv]) + dot_fives(q1, 0u, hb1, 2u * k, xq[xv + 1u]);
+    let s1 = dot_fives(q0, 4u, hb0, 2u * k + 1u, xq[xv + 2u]) + dot_fives(q1, 4u, hb1, 2u * k + 1u, xq[xv + 3u]);
+    let dm = unpack2x16float(h.x);
+    let m0 = scale_min(h, 2u * k);
+    let m1 = scale_min(h, 2u * k + 1u);
+    let yd = xd[xb];
+    let bs0 = bsums[xb * 8u + 2u * k];
+    let bs1 = bsums[xb * 8u + 2u * k + 1u];
+    return yd * dm.x * f32(i32(m0.x) * s0) - yd * dm.y * f32(i32(m0.y) * bs0)
+         + (yd * dm.x * f32(i32(m1.x) * s1) - yd * dm.y * f32(i32(m1.y) * bs1));
+}
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row = (wg.x + wg.y * dims.groups_x) * ROWS_PER_GROUP + lid / LANES;
+    let lane = lid % LANES;
+    let z = wg.z;
+    let t = z / dims.act_div;
+    let wrow = weight_row(row, z);
+    var acc = 0.0;
+    if (row < dims.rows) {
+        // two items per turn: their loads are independent, so both are in flight at once
+        let items = dims.per_row * 4u;
+        var item = lane;
+        for (; item + LANES < items; item += 2u * LANES) {
+            acc += item_sum(wrow, t, item) + item_sum(wrow, t, item + LANES);
+        }
+        if (item < items) {
+            acc += item_sum(wrow, t, item);
+        }
+    }
+    let total = row_sum(lid, acc);
+    if (lane == 0u && row < dims.rows) {
+        store(z * dims.rows + row, total);
+    }
+}
