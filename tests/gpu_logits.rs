@@ -1,5 +1,5 @@
 //! The GPU backend's forward pass against the CPU backend: every position's logits within
-//! 1e-3 × max(1, max |logit|) on the F32 and Q8_0 fixtures of the grouped-query
+//! 1e-3 × max(1, max |logit|) on the F32, F16, BF16 and Q8_0 fixtures of the grouped-query
 //! architectures. (The K-quant fixtures are not here: their matrix products agree with
 //! the CPU's to 5e-7 on the same inputs — tests/gpu_matrices.rs — but the inputs differ
 //! in the last bit after an attention or an exp computed in another order, and the
@@ -32,7 +32,7 @@ fn gpu_or_skip() -> Option<Gpu> {
 #[test]
 fn gpu_decoding_with_its_kv_cache_matches_the_cpu_backend() {
     let Some(gpu) = gpu_or_skip() else { return };
-    for name in ["mixtral.f32", "qwen3moe.f32", "qwen2moe.f32", "mixtral_h256.Q8_0"] {
+    for name in ["mixtral.f32", "qwen3moe.f32", "qwen2moe.f32", "mixtral_h256.Q8_0", "mixtral_h256.F16", "mixtral_h256.BF16"] {
         let m = Model::open(common::fixture(&format!("models/{name}.gguf"))).unwrap();
         let want = m.forward(&TOKENS, &mut m.new_cache(TOKENS.len()), Logits::All).unwrap();
         let v = m.config().n_vocab;
@@ -79,7 +79,7 @@ fn gpu_decoding_with_its_kv_cache_matches_the_cpu_backend() {
 fn gpu_logits_match_the_cpu_backend() {
     let Some(gpu) = gpu_or_skip() else { return };
     eprintln!("adapter: {}", gpu.describe());
-    for name in ["mixtral.f32", "qwen2moe.f32", "qwen3moe.f32", "olmoe.f32", "qwen3moe_h256.Q8_0", "mixtral_h256.Q8_0"] {
+    for name in ["mixtral.f32", "qwen2moe.f32", "qwen3moe.f32", "olmoe.f32", "qwen3moe_h256.Q8_0", "mixtral_h256.Q8_0", "mixtral_h256.F16", "mixtral_h256.BF16"] {
         let m = Model::open(common::fixture(&format!("models/{name}.gguf"))).unwrap();
         let mut cache = m.new_cache(TOKENS.len());
         let want = m.forward(&TOKENS, &mut cache, Logits::All).unwrap();

@@ -1,5 +1,5 @@
 //! GPU matrix kernels on the fixtures' own weights: every matrix of the quantized
-//! fixtures in a format the GPU backend covers (Q8_0, Q4_K, Q5_K, Q6_K; experts as one stacked
+//! fixtures in a format the GPU backend covers (F16, BF16, Q8_0, Q4_K, Q5_K, Q6_K; experts as one stacked
 //! matrix) gives the CPU backend's products within 1e-5 × max(1, max |y|), for two
 //! activation rows. Skipped without a GPU adapter unless ODMOE_REQUIRE_GPU is set.
 
@@ -22,8 +22,8 @@ fn gpu_products_of_fixture_matrices_match_the_cpu_backend() {
         eprintln!("skipped: {why}");
         return;
     };
-    let mut checked = [0usize; 4];
-    for name in ["mixtral_h256.Q8_0", "mixtral_h256.Q4_K_M", "mixtral_h256.Q5_K_M", "mixtral_h256.Q6_K", "qwen3moe_h256.Q4_K_M"] {
+    let mut checked = [0usize; 6];
+    for name in ["mixtral_h256.Q8_0", "mixtral_h256.Q4_K_M", "mixtral_h256.Q5_K_M", "mixtral_h256.Q6_K", "qwen3moe_h256.Q4_K_M", "mixtral_h256.F16", "mixtral_h256.BF16"] {
         let g = GgufModel::open(common::fixture(&format!("models/{name}.gguf"))).unwrap();
         let infos: Vec<_> = g.tensors().filter(|t| t.dims.len() >= 2).cloned().collect();
         for info in infos {
@@ -32,6 +32,8 @@ fn gpu_products_of_fixture_matrices_match_the_cpu_backend() {
                 GgmlType::Q4_K => 1,
                 GgmlType::Q6_K => 2,
                 GgmlType::Q5_K => 3,
+                GgmlType::F16 => 4,
+                GgmlType::BF16 => 5,
                 _ => continue,
             };
             let (_, data) = g.tensor_bytes(&info.name).unwrap();
@@ -51,5 +53,5 @@ fn gpu_products_of_fixture_matrices_match_the_cpu_backend() {
             checked[slot] += 1;
         }
     }
-    assert!(checked.iter().all(|&c| c > 0), "matrices checked per format (Q8_0, Q4_K, Q6_K, Q5_K): {checked:?}");
+    assert!(checked.iter().all(|&c| c > 0), "matrices checked per format (Q8_0, Q4_K, Q6_K, Q5_K, F16, BF16): {checked:?}");
 }

@@ -3,7 +3,7 @@
 //! a CPU reference and a GPU-vs-CPU test in `NAME.rs` here.
 //!
 //! Kernels: activation quantization ([`quantize`]) and quantized matrix products, plain
-//! or over a stack of experts picked by id ([`matrix`], [`gemv_q8_0`], [`gemv_q4_k`],
+//! or over a stack of experts picked by id ([`matrix`], [`gemv_f16`], [`gemv_q8_0`], [`gemv_q4_k`],
 //! [`gemv_q5_k`], [`gemv_q6_k`]), RMS norm ([`rms_norm`]), rope from host-computed angles ([`rope`]),
 //! causal grouped-query attention over a KV cache ([`attention`]), routing ([`route`]),
 //! residual add and SwiGLU ([`elementwise`]) and the MoE combine ([`moe_combine`]).
@@ -13,6 +13,7 @@
 
 pub mod attention;
 pub mod elementwise;
+pub mod gemv_f16;
 pub mod gemv_q4_k;
 pub mod gemv_q5_k;
 pub mod gemv_q6_k;
