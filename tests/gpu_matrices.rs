@@ -1,5 +1,6 @@
 //! GPU matrix kernels on the fixtures' own weights: every matrix of the quantized
-//! fixtures in a format the GPU backend covers (F16, BF16, Q8_0, Q4_K, Q5_K, Q6_K; experts as one stacked
+//! fixtures in a format the GPU backend covers (F16, BF16, Q8_0, Q4_0, Q5_0, Q4_K, Q5_K,
+//! Q6_K; experts as one stacked
 //! matrix) gives the CPU backend's products within 1e-5 × max(1, max |y|), for two
 //! activation rows. Skipped without a GPU adapter unless ODMOE_REQUIRE_GPU is set.
 
@@ -22,8 +23,8 @@ fn gpu_products_of_fixture_matrices_match_the_cpu_backend() {
         eprintln!("skipped: {why}");
         return;
     };
-    let mut checked = [0usize; 6];
-    for name in ["mixtral_h256.Q8_0", "mixtral_h256.Q4_K_M", "mixtral_h256.Q5_K_M", "mixtral_h256.Q6_K", "qwen3moe_h256.Q4_K_M", "mixtral_h256.F16", "mixtral_h256.BF16"] {
+    let mut checked = [0usize; 8];
+    for name in ["mixtral_h256.Q8_0", "mixtral_h256.Q4_K_M", "mixtral_h256.Q5_K_M", "mixtral_h256.Q6_K", "qwen3moe_h256.Q4_K_M", "mixtral_h256.F16", "mixtral_h256.BF16", "mixtral_h256.Q4_0", "mixtral_h256.Q5_0"] {
         let g = GgufModel::open(common::fixture(&format!("models/{name}.gguf"))).unwrap();
         let infos: Vec<_> = g.tensors().filter(|t| t.dims.len() >= 2).cloned().collect();
         for info in infos {
@@ -34,6 +35,8 @@ fn gpu_products_of_fixture_matrices_match_the_cpu_backend() {
                 GgmlType::Q5_K => 3,
                 GgmlType::F16 => 4,
                 GgmlType::BF16 => 5,
+                GgmlType::Q4_0 => 6,
+                GgmlType::Q5_0 => 7,
                 _ => continue,
             };
             let (_, data) = g.tensor_bytes(&info.name).unwrap();
@@ -53,5 +56,5 @@ fn gpu_products_of_fixture_matrices_match_the_cpu_backend() {
             checked[slot] += 1;
         }
     }
-    assert!(checked.iter().all(|&c| c > 0), "matrices checked per format (Q8_0, Q4_K, Q6_K, Q5_K, F16, BF16): {checked:?}");
+    assert!(checked.iter().all(|&c| c > 0), "matrices checked per format (Q8_0, Q4_K, Q6_K, Q5_K, F16, BF16, Q4_0, Q5_0): {checked:?}");
 }

@@ -4,7 +4,8 @@
 //! GGUF's Q8_0 block is 34 bytes (f16 scale, 32 signed bytes), so blocks are not 4-byte
 //! aligned and WGSL cannot read them in place. [`Q8_0Packed`] splits them at upload into
 //! f32 scales and 4-byte-aligned quant words; [`Q8_0Packed::unpack`] undoes it, and the
-//! tests check the round trip. Activations are quantized in the kernel exactly as the CPU
+//! tests check the round trip. Q4_0 and Q5_0 matrices are widened into the same layout
+//! ([`Q8_0Packed::widen`]) and use the same kernel. Activations are quantized in the kernel exactly as the CPU
 //! backend quantizes them, so the two agree up to the order of float additions.
 
 use crate::compute::QMatrix;
@@ -38,6 +39,32 @@ impl Q8_0Packed {
         for b in w.data.chunks_exact(BLOCK_BYTES) {
             scales.push(half::f16::from_le_bytes([b[0], b[1]]).to_f32());
             quants.extend(b[2..].chunks_exact(4).map(|q| u32::from_le_bytes([q[0], q[1], q[2], q[3]])));
+        }
+        Ok(Q8_0Packed { rows: w.rows, blocks, scales, quants })
+    }
+
+    /// Q4_0 or Q5_0 blocks widened to this layout: each weight's integer (`n - 8`, or
+    /// `n - 16` for five bits) fits a signed byte and the block scale is the same, so
+    /// the Q8_0 kernel computes exactly the integer sums the CPU backend does for them,
+    /// at the price of a byte per weight on the device.
+    pub fn widen(w: &QMatrix) -> Result<Q8_0Packed> {
+        let (block, five) = match w.ty {
+            GgmlType::Q4_0 => (18, false),
+            GgmlType::Q5_0 => (22, true),
+            ty => return Err(Error::Invalid(format!("gemv_q8_0: {ty} is not widened to Q8_0"))),
+        };
+        let blocks = w.cols / 32;
+        let mut scales = Vec::with_capacity(w.rows * blocks);
+        let mut quants = Vec::with_capacity(w.rows * blocks * 8);
+        for b in w.data.chunks_exact(block) {
+            scales.push(half::f16::from_le_bytes([b[0], b[1]]).to_f32());
+            let (qh, qs) = if five { (u32::from_le_bytes([b[2], b[3], b[4], b[5]]), &b[6..22]) } else { (0, &b[2..18]) };
+            let value = |j: usize| -> u8 {
+                let nib = if j < 16 { qs[j] & 0x0F } else { qs[j - 16] >> 4 };
+                let q = if five { (nib | ((((qh >> j) & 1) as u8) << 4)) as i8 - 16 } else { nib as i8 - 8 };
+                q as u8
+            };
+            quants.extend((0..8).map(|k| u32::from_le_bytes([value(4 * k), value(4 * k + 1), value(4 * k + 2), value(4 * k + 3)])));
         }
         Ok(Q8_0Packed { rows: w.rows, blocks, scales, quants })
     }
@@ -80,6 +107,24 @@ pub fn reference(w: &QMatrix, x: &[f32]) -> (Vec<f32>, Vec<f64>) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn widened_q4_0_and_q5_0_blocks_dequantize_as_the_originals() {
+        use super::super::tests::random_matrix;
+        for ty in [GgmlType::Q4_0, GgmlType::Q5_0] {
+            let (rows, cols) = (3, 96);
+            let w = random_matrix(ty, rows, cols, 21, &[(0, 1e-2)]);
+            let p = Q8_0Packed::widen(&w).unwrap();
+            let mut want = vec![0.0f32; rows * cols];
+            crate::quant::dequantize(ty, &w.data, &mut want);
+            for (i, v) in want.iter().enumerate() {
+                let blk = i / 32;
+                let q = (p.quants[blk * 8 + (i % 32) / 4] >> (8 * (i % 4))) as u8 as i8;
+                assert_eq!((p.scales[blk] * q as f32).to_bits(), v.to_bits(), "{ty} value {i}");
+            }
+        }
+        assert!(Q8_0Packed::widen(&random_matrix(GgmlType::Q8_0, 1, 32, 1, &[(0, 1e-2)])).is_err());
+    }
+
     use super::super::matrix::GpuMatrix;
     use super::super::tests::random_matrix;
     use super::*;

@@ -87,11 +87,11 @@ fn lane_kernel(gpu: &Gpu, names: [&'static str; 3], kernel_source: &'static str,
 /// `w`'s bytes as the kernel for its format reads them, one vector per buffer; an error
 /// naming the format for one without a kernel.
 /// The block formats with a GPU kernel, as error messages list them.
-pub const GPU_FORMATS: &str = "F32, F16, BF16, Q8_0, Q4_K, Q5_K and Q6_K";
+pub const GPU_FORMATS: &str = "F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q4_K, Q5_K and Q6_K";
 
 /// Whether weights of type `ty` have a GPU kernel.
 pub fn has_gpu_kernel(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0 | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K)
+    matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K)
 }
 
 fn packed(w: &QMatrix) -> Result<Vec<Vec<u8>>> {
@@ -100,8 +100,8 @@ fn packed(w: &QMatrix) -> Result<Vec<Vec<u8>>> {
         // two values to a word: rows of an odd length would straddle words
         GgmlType::F16 | GgmlType::BF16 if w.cols % 2 == 1 => return Err(Error::Gpu(format!("{} rows of odd length ({}) have no GPU kernel", w.ty, w.cols))),
         GgmlType::F16 | GgmlType::BF16 => vec![w.data.to_vec()],
-        GgmlType::Q8_0 => {
-            let p = Q8_0Packed::pack(w)?;
+        GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 => {
+            let p = if w.ty == GgmlType::Q8_0 { Q8_0Packed::pack(w)? } else { Q8_0Packed::widen(w)? };
             vec![bytemuck::cast_slice(&p.quants).to_vec(), bytemuck::cast_slice(&p.scales).to_vec()]
         }
         GgmlType::Q6_K => vec![pad_blocks(&w.data)],
@@ -128,7 +128,7 @@ impl GpuMatrix {
             GgmlType::F32 => (["gemv_f32_8", "gemv_f32_16", "gemv_f32"], include_str!("../../../shaders/gemv_f32.wgsl"), first.cols, 1, None),
             GgmlType::F16 => (["gemv_f16_8", "gemv_f16_16", "gemv_f16"], include_str!("../../../shaders/gemv_f16.wgsl"), first.cols / 2, 1, None),
             GgmlType::BF16 => (["gemv_bf16_8", "gemv_bf16_16", "gemv_bf16"], super::gemv_f16::bf16_source(), first.cols / 2, 1, None),
-            GgmlType::Q8_0 => (["gemv_q8_0_8", "gemv_q8_0_16", "gemv_q8_0"], include_str!("../../../shaders/gemv_q8_0.wgsl"), first.cols / 32, 1, Some(ActFormat::Q8_0)),
+            GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 => (["gemv_q8_0_8", "gemv_q8_0_16", "gemv_q8_0"], include_str!("../../../shaders/gemv_q8_0.wgsl"), first.cols / 32, 1, Some(ActFormat::Q8_0)),
             GgmlType::Q4_K => (["gemv_q4_k_8", "gemv_q4_k_16", "gemv_q4_k"], include_str!("../../../shaders/gemv_q4_k.wgsl"), first.cols / 256, 4, Some(ActFormat::Q8_K)),
             GgmlType::Q5_K => (["gemv_q5_k_8", "gemv_q5_k_16", "gemv_q5_k"], include_str!("../../../shaders/gemv_q5_k.wgsl"), first.cols / 256, 4, Some(ActFormat::Q8_K)),
             GgmlType::Q6_K => (["gemv_q6_k_8", "gemv_q6_k_16", "gemv_q6_k"], include_str!("../../../shaders/gemv_q6_k.wgsl"), first.cols / 256, 16, Some(ActFormat::Q8_K)),
@@ -278,7 +278,7 @@ mod tests {
     #[test]
     fn gpu_products_added_to_the_output_match_the_cpu_backend() {
         let Some(gpu) = gpu_or_skip() else { return };
-        for ty in [GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::F32] {
+        for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::F32] {
             let (rows, cols, n) = (19, 512, 2);
             let w = match ty {
                 GgmlType::F32 => QMatrix::new(ty, rows, cols, values(rows * cols, 4).iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into()),

@@ -5,7 +5,7 @@
 //! a time).
 //!
 //! Covers grouped-query attention (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE) with F32, F16,
-//! BF16, Q8_0, Q4_K, Q5_K and Q6_K weights; latent attention (DeepSeek, Kimi) and other block formats are
+//! BF16, Q8_0, Q4_0, Q5_0, Q4_K, Q5_K and Q6_K weights; latent attention (DeepSeek, Kimi) and other block formats are
 //! refused with an error saying so ([`gpu_unsupported`]). Routed experts:
 //! - all resident (when they fit the device expert budget): each layer's experts are one
 //!   stack per projection; routing runs on the device and each projection is one
