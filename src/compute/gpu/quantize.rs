@@ -93,29 +93,36 @@ mod tests {
         gpu.read_f32(buf, len).unwrap().iter().map(|w| w.to_bits() as i32).collect()
     }
 
-    /// Quantized values may differ from the CPU's by one where the device's division
-    /// (2.5 ulp in Vulkan) puts a value on the other side of a rounding boundary; such
-    /// cases are rare, and scales agree to a few ulp.
-    fn assert_close(what: &str, got: &[i8], want: &[i8], got_s: &[f32], want_s: &[f32]) {
-        let off = got.iter().zip(want).filter(|(a, b)| a != b).count();
-        if let Some(i) = got.iter().zip(want).position(|(a, b)| (*a as i32 - *b as i32).abs() > 1) {
-            panic!("{what}: value {i}: gpu {} vs cpu {}", got[i], want[i]);
+    /// Quantized values and scales equal the CPU's, bit for bit.
+    fn assert_same(what: &str, got: &[i8], want: &[i8], got_s: &[f32], want_s: &[f32]) {
+        if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
+            let off = got.iter().zip(want).filter(|(a, b)| a != b).count();
+            panic!("{what}: {off} of {} values differ, the first at {i}: gpu {} vs cpu {}", got.len(), got[i], want[i]);
         }
-        assert!(off * 1000 <= got.len(), "{what}: {off} of {} values differ", got.len());
         for (i, (a, b)) in got_s.iter().zip(want_s).enumerate() {
-            assert!((a - b).abs() <= 4.0 * f32::EPSILON * b.abs(), "{what}: scale {i}: gpu {a} vs cpu {b}");
+            assert_eq!(a.to_bits(), b.to_bits(), "{what}: scale {i}: gpu {a} vs cpu {b}");
         }
     }
 
     #[test]
     fn gpu_quantization_matches_the_cpu_backend() {
         let Some(gpu) = gpu_or_skip() else { return };
-        // 3 rows of 512 with a zero block, and a row count not a multiple of 8 blocks
-        for len in [3 * 512, 32, 256 * 9] {
+        // 3 rows of 512 with a zero block, a row count not a multiple of 8 blocks, and
+        // values on rounding ties: multiples of one step, as a normalized row of a Q4_0
+        // embedding holds (x / (8 c) · 127 = 63.5 for x = 4 c; the CPU's quotient decides)
+        for (len, ties) in [(3 * 512, false), (32, false), (256 * 9, false), (1024, true)] {
             let mut x = values(len.max(1024), len as u64);
             x[256..512].fill(0.0);
             x[700] = -9.0; // a negative value of largest magnitude
             x.truncate(len);
+            if ties {
+                for (i, v) in x.iter_mut().enumerate().filter(|(i, _)| !(256..512).contains(i) && *i != 700) {
+                    let step = 0.21546571f32 * (1.0 + (i / 32) as f32 * 0.0137);
+                    *v = step * ((i * 7 % 16) as f32 - 8.0);
+                }
+                x[1] = 0.86186284;
+                x[2] = 1.7237257;
+            }
             let xb = gpu.upload("x", &x).unwrap();
             let mut enc = Recorder::new(&gpu);
             let q0 = record(&mut enc, ActFormat::Q8_0, &xb, len).unwrap();
@@ -125,7 +132,7 @@ mod tests {
             let cpu0: Vec<_> = x.chunks(32).map(quantize_q8_0).collect();
             let want: Vec<i8> = cpu0.iter().flat_map(|b| b.qs).collect();
             let want_s: Vec<f32> = cpu0.iter().map(|b| b.d).collect();
-            assert_close("q8_0", &read_i8(&gpu, &q0.xq, len), &want, &gpu.read_f32(&q0.xs, len / 32).unwrap(), &want_s);
+            assert_same("q8_0", &read_i8(&gpu, &q0.xq, len), &want, &gpu.read_f32(&q0.xs, len / 32).unwrap(), &want_s);
 
             // the SwiGLU product quantized in the same pass: as quantizing the product
             let up = values(len, 77);
@@ -137,14 +144,14 @@ mod tests {
             let cpu_s: Vec<_> = prod.chunks(32).map(quantize_q8_0).collect();
             let want: Vec<i8> = cpu_s.iter().flat_map(|b| b.qs).collect();
             let want_s: Vec<f32> = cpu_s.iter().map(|b| b.d).collect();
-            assert_close("q8_0 of swiglu", &read_i8(&gpu, &qs.xq, len), &want, &gpu.read_f32(&qs.xs, len / 32).unwrap(), &want_s);
+            assert_same("q8_0 of swiglu", &read_i8(&gpu, &qs.xq, len), &want, &gpu.read_f32(&qs.xs, len / 32).unwrap(), &want_s);
 
             if let Some(qk) = qk {
                 let cpuk: Vec<_> = x.chunks(256).map(quantize_q8_k).collect();
                 let want: Vec<i8> = cpuk.iter().flat_map(|b| b.qs).collect();
                 let want_s: Vec<f32> = cpuk.iter().map(|b| b.d).collect();
                 let got = read_i8(&gpu, &qk.xq, len);
-                assert_close("q8_k", &got, &want, &gpu.read_f32(&qk.xs, len / 256).unwrap(), &want_s);
+                assert_same("q8_k", &got, &want, &gpu.read_f32(&qk.xs, len / 256).unwrap(), &want_s);
                 // the sums are of the GPU's own values, per 32
                 let sums: Vec<i32> = got.chunks(32).map(|c| c.iter().map(|&q| q as i32).sum()).collect();
                 assert_eq!(read_i32(&gpu, &qk.bsums, len / 32), sums);
