@@ -94,6 +94,20 @@ pub fn has_gpu_kernel(ty: GgmlType) -> bool {
     matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K)
 }
 
+/// Bytes `w` takes on the device once uploaded (Q8_0 blocks become 32 quant bytes and an
+/// f32 scale, Q4_0 and Q5_0 are widened to that, Q6_K blocks are padded to 212 bytes;
+/// other formats keep their size): what device memory budgets count.
+pub fn device_bytes(w: &QMatrix) -> u64 {
+    let blocks = |size: usize| (w.data.len() / size) as u64;
+    match w.ty {
+        GgmlType::Q8_0 => blocks(34) * 36,
+        GgmlType::Q4_0 => blocks(18) * 36,
+        GgmlType::Q5_0 => blocks(22) * 36,
+        GgmlType::Q6_K => blocks(210) * 212,
+        _ => w.data.len() as u64,
+    }
+}
+
 fn packed(w: &QMatrix) -> Result<Vec<Vec<u8>>> {
     Ok(match w.ty {
         GgmlType::F32 | GgmlType::Q4_K | GgmlType::Q5_K => vec![w.data.to_vec()],
@@ -273,6 +287,15 @@ mod tests {
         // a format without a kernel is refused by name
         let q3 = QMatrix::new(GgmlType::Q3_K, 1, 256, vec![0u8; 110].into());
         assert!(GpuMatrix::new(&gpu, &q3).err().unwrap().to_string().contains("Q3_K"));
+    }
+
+    #[test]
+    fn device_bytes_are_what_upload_makes() {
+        for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K] {
+            let w = super::super::tests::random_matrix(ty, 3, 512, 1, &[(0, 1e-3)]);
+            let made: usize = packed(&w).unwrap().iter().map(Vec::len).sum();
+            assert_eq!(device_bytes(&w), made as u64, "{ty}");
+        }
     }
 
     #[test]

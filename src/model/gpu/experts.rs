@@ -4,7 +4,7 @@
 //! ([`DeviceExperts`]).
 
 use super::{GpuFfn, GpuMlp, GpuModel, Vector};
-use crate::compute::gpu::matrix::{Experts, GpuMatrix};
+use crate::compute::gpu::matrix::{device_bytes, Experts, GpuMatrix};
 use crate::compute::gpu::recorder::Recorder;
 use crate::compute::gpu::{route, Gpu};
 use crate::model::config::MoeConfig;
@@ -42,7 +42,7 @@ impl DeviceExperts {
         let missing: Vec<usize> = ids.iter().copied().filter(|&e| !st.held.contains_key(&(layer, e))).collect();
         if !missing.is_empty() {
             for (&e, w) in missing.iter().zip(fetch(&missing)?) {
-                let bytes = (w.gate.data.len() + w.up.data.len() + w.down.data.len()) as u64;
+                let bytes = [&w.gate, &w.up, &w.down].into_iter().map(device_bytes).sum();
                 let mlp = std::sync::Arc::new(GpuMlp::new(gpu, &w.gate, &w.up, &w.down)?);
                 st.held.insert((layer, e), (mlp, bytes, 0));
                 st.bytes += bytes;
@@ -75,13 +75,13 @@ impl<'a> GpuModel<'a> {
         self.experts.state.lock().unwrap_or_else(|p| p.into_inner()).uploads
     }
 
-    /// Bytes of every routed expert of every layer (what the device expert budget must
-    /// allow for all of them to be resident).
+    /// Device bytes of every routed expert of every layer (what the device expert budget
+    /// must allow for all of them to be resident).
     pub fn all_expert_bytes(&self) -> Result<u64> {
         let Some(moe) = self.model.config.moe.as_ref() else { return Ok(0) };
         let Some(first) = self.layers.iter().position(|l| matches!(l.ffn, GpuFfn::Moe { .. })) else { return Ok(0) };
         let one = self.model.experts.expert(first, 0)?;
-        let per_expert = (one.gate.data.len() + one.up.data.len() + one.down.data.len()) as u64;
+        let per_expert: u64 = [&one.gate, &one.up, &one.down].into_iter().map(device_bytes).sum();
         let moe_layers = self.layers.iter().filter(|l| matches!(l.ffn, GpuFfn::Moe { .. })).count() as u64;
         Ok(per_expert * moe.n_expert as u64 * moe_layers)
     }
