@@ -1,6 +1,7 @@
 // Compiled after gemv_lanes.wgsl (Dims, LANES, ROWS_PER_GROUP, row_sum).
 // y = x · Wᵀ for a Q4_K matrix W (rows × cols) and n activation rows quantized to Q8_K
-// by quantize.wgsl (`xq` signed bytes, `xd` block scales, `bsums` sums of 32).
+// by quantize.wgsl (`xq` signed bytes, `xd` block scales, `bsums` sums of 32); compiled
+// with FIVE_BITS = true, the same for Q5_K (see below).
 //
 // Q4_K blocks are 144 bytes (nine vec4<u32>), so the GGUF bytes are used in place: block
 // b starts at word 36·b with [d, dmin] as two f16 in word 0, the twelve bytes of 6-bit
@@ -9,6 +10,10 @@
 // j is d·sc[j]·q − dmin·m[j]. A lane's work item is one such pair of groups (64 weights,
 // 32 bytes); the lanes of a row take consecutive items, so together they read whole
 // blocks. The integer sums are the CPU backend's; only float additions are reordered.
+//
+// Q5_K blocks are 176 bytes (eleven vec4<u32>): the same first vec4, then 32 bytes of
+// fifth bits (vec4s 1 and 2: bit j of byte l is the fifth bit of weight l of group j),
+// then the 128 bytes of nibbles (vec4s 3..10, laid out as Q4_K's); q runs 0..31.
 
 @group(0) @binding(0) var<storage, read> w: array<vec4<u32>>;
 @group(0) @binding(1) var<storage, read> xq: array<vec4<u32>>;
@@ -29,10 +34,16 @@ fn scale_min(h: vec4<u32>, j: u32) -> vec2<u32> {
     return vec2<u32>((lo & 0xfu) | ((((h.y >> sh) >> 6u) & 3u) << 4u), (lo >> 4u) | ((((h.z >> sh) >> 6u) & 3u) << 4u));
 }
 
-fn dot_nibbles(q: vec4<u32>, shift: u32, a: vec4<u32>) -> i32 {
-    let m = 0x0f0f0f0fu;
-    return dot4I8Packed((q.x >> shift) & m, a.x) + dot4I8Packed((q.y >> shift) & m, a.y)
-         + dot4I8Packed((q.z >> shift) & m, a.z) + dot4I8Packed((q.w >> shift) & m, a.w);
+const FIVE_BITS: bool = false;
+
+// Sixteen weights (nibbles of `q` from bit `shift`; for Q5_K with the fifth bits of `hb`
+// from bit `hshift`) times sixteen activations.
+fn dot_nibbles(q: vec4<u32>, shift: u32, hb: vec4<u32>, hshift: u32, a: vec4<u32>) -> i32 {
+    var v = (q >> vec4<u32>(shift)) & vec4<u32>(0x0f0f0f0fu);
+    if (FIVE_BITS) {
+        v |= ((hb >> vec4<u32>(hshift)) & vec4<u32>(0x01010101u)) << vec4<u32>(4u);
+    }
+    return dot4I8Packed(v.x, a.x) + dot4I8Packed(v.y, a.y) + dot4I8Packed(v.z, a.z) + dot4I8Packed(v.w, a.w);
 }
 
 // Work item `item` of weight row `wrow` times activation row `t`: groups 2k and 2k+1 of
@@ -40,14 +51,21 @@ fn dot_nibbles(q: vec4<u32>, shift: u32, a: vec4<u32>) -> i32 {
 fn item_sum(wrow: u32, t: u32, item: u32) -> f32 {
     let b = item / 4u;
     let k = item % 4u;
-    let blk = (wrow * dims.per_row + b) * 9u;  // in vec4s
+    let blk = (wrow * dims.per_row + b) * select(9u, 11u, FIVE_BITS);  // in vec4s
     let h = w[blk];
-    let q0 = w[blk + 1u + 2u * k];
-    let q1 = w[blk + 2u + 2u * k];
+    var hb0 = vec4<u32>(0u);  // fifth bits of weights 0..15 of every group
+    var hb1 = vec4<u32>(0u);  // and of weights 16..31
+    if (FIVE_BITS) {
+        hb0 = w[blk + 1u];
+        hb1 = w[blk + 2u];
+    }
+    let qs = blk + select(1u, 3u, FIVE_BITS);
+    let q0 = w[qs + 2u * k];
+    let q1 = w[qs + 1u + 2u * k];
     let xb = t * dims.per_row + b;
     let xv = xb * 16u + 4u * k;  // group 2k's activations: 2 vec4s, then group 2k+1's
-    let s0 = dot_nibbles(q0, 0u, xq[xv]) + dot_nibbles(q1, 0u, xq[xv + 1u]);
-    let s1 = dot_nibbles(q0, 4u, xq[xv + 2u]) + dot_nibbles(q1, 4u, xq[xv + 3u]);
+    let s0 = dot_nibbles(q0, 0u, hb0, 2u * k, xq[xv]) + dot_nibbles(q1, 0u, hb1, 2u * k, xq[xv + 1u]);
+    let s1 = dot_nibbles(q0, 4u, hb0, 2u * k + 1u, xq[xv + 2u]) + dot_nibbles(q1, 4u, hb1, 2u * k + 1u, xq[xv + 3u]);
     let dm = unpack2x16float(h.x);
     let m0 = scale_min(h, 2u * k);
     let m1 = scale_min(h, 2u * k + 1u);

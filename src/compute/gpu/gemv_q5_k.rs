@@ -1,8 +1,21 @@
-//! Q5_K matrices on the GPU (`shaders/gemv_q5_k.wgsl`, run through
-//! [`super::matrix::GpuMatrix`]). Q5_K blocks are 176 bytes (a multiple of 16), so the
-//! GGUF bytes are uploaded as they are and read as words. Activations are quantized in
-//! the kernel to Q8_K exactly as the CPU backend does; the test compares with the CPU
-//! backend's matmul.
+//! Q5_K matrices on the GPU: the Q4_K kernel (`shaders/gemv_q4_k.wgsl`) compiled with its
+//! `FIVE_BITS` switch on, run through [`super::matrix::GpuMatrix`]. Q5_K blocks are 176
+//! bytes (a multiple of 16), so the GGUF bytes are uploaded as they are and read as
+//! words. Activations are quantized on the device exactly as the CPU backend does; the
+//! test compares with the CPU backend's matmul.
+
+use std::sync::OnceLock;
+
+/// The Q4_K kernel source with the fifth bits switched on.
+pub(super) fn source() -> &'static str {
+    static SOURCE: OnceLock<String> = OnceLock::new();
+    SOURCE.get_or_init(|| {
+        let src = include_str!("../../../shaders/gemv_q4_k.wgsl");
+        let off = "const FIVE_BITS: bool = false;";
+        assert!(src.contains(off), "gemv_q4_k.wgsl declares its FIVE_BITS switch");
+        src.replace(off, "const FIVE_BITS: bool = true;")
+    })
+}
 
 #[cfg(test)]
 mod tests {

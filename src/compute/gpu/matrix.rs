@@ -144,7 +144,7 @@ impl GpuMatrix {
             GgmlType::BF16 => (["gemv_bf16_8", "gemv_bf16_16", "gemv_bf16"], super::gemv_f16::bf16_source(), first.cols / 2, 1, None),
             GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 => (["gemv_q8_0_8", "gemv_q8_0_16", "gemv_q8_0"], include_str!("../../../shaders/gemv_q8_0.wgsl"), first.cols / 32, 1, Some(ActFormat::Q8_0)),
             GgmlType::Q4_K => (["gemv_q4_k_8", "gemv_q4_k_16", "gemv_q4_k"], include_str!("../../../shaders/gemv_q4_k.wgsl"), first.cols / 256, 4, Some(ActFormat::Q8_K)),
-            GgmlType::Q5_K => (["gemv_q5_k_8", "gemv_q5_k_16", "gemv_q5_k"], include_str!("../../../shaders/gemv_q5_k.wgsl"), first.cols / 256, 4, Some(ActFormat::Q8_K)),
+            GgmlType::Q5_K => (["gemv_q5_k_8", "gemv_q5_k_16", "gemv_q5_k"], super::gemv_q5_k::source(), first.cols / 256, 4, Some(ActFormat::Q8_K)),
             GgmlType::Q6_K => (["gemv_q6_k_8", "gemv_q6_k_16", "gemv_q6_k"], include_str!("../../../shaders/gemv_q6_k.wgsl"), first.cols / 256, 16, Some(ActFormat::Q8_K)),
             ty => unreachable!("packed refuses {ty}"),
         };
