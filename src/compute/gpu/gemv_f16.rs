@@ -8,12 +8,7 @@ use std::sync::OnceLock;
 /// The kernel source with the bf16 widening switched on.
 pub(super) fn bf16_source() -> &'static str {
     static SOURCE: OnceLock<String> = OnceLock::new();
-    SOURCE.get_or_init(|| {
-        let src = include_str!("../../../shaders/gemv_f16.wgsl");
-        let off = "const BF16: bool = false;";
-        assert!(src.contains(off), "gemv_f16.wgsl declares its BF16 switch");
-        src.replace(off, "const BF16: bool = true;")
-    })
+    super::kernel::with_switch(&SOURCE, include_str!("../../../shaders/gemv_f16.wgsl"), "BF16")
 }
 
 #[cfg(test)]

@@ -9,12 +9,7 @@ use std::sync::OnceLock;
 /// The Q4_K kernel source with the fifth bits switched on.
 pub(super) fn source() -> &'static str {
     static SOURCE: OnceLock<String> = OnceLock::new();
-    SOURCE.get_or_init(|| {
-        let src = include_str!("../../../shaders/gemv_q4_k.wgsl");
-        let off = "const FIVE_BITS: bool = false;";
-        assert!(src.contains(off), "gemv_q4_k.wgsl declares its FIVE_BITS switch");
-        src.replace(off, "const FIVE_BITS: bool = true;")
-    })
+    super::kernel::with_switch(&SOURCE, include_str!("../../../shaders/gemv_q4_k.wgsl"), "FIVE_BITS")
 }
 
 #[cfg(test)]

@@ -15,6 +15,16 @@ pub struct Kernel {
 /// Workgroups per dispatch dimension that every WebGPU device allows.
 pub const MAX_GROUPS: u32 = 65535;
 
+/// `source` with its line `const NAME: bool = false;` turned to `true`, made once per
+/// `cell`: one WGSL file that serves two formats (BF16 beside F16, Q5_K beside Q4_K).
+pub(super) fn with_switch(cell: &'static std::sync::OnceLock<String>, source: &'static str, name: &str) -> &'static str {
+    cell.get_or_init(|| {
+        let off = format!("const {name}: bool = false;");
+        assert!(source.contains(&off), "the kernel source declares its {name} switch");
+        source.replace(&off, &format!("const {name}: bool = true;"))
+    })
+}
+
 /// `groups` workgroups as an (x, y) grid within the per-dimension limit; a kernel finds
 /// its linear index as `x + y · (the returned x)` and ignores indices past `groups`.
 pub fn grid(groups: usize) -> (usize, usize) {
