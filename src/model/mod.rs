@@ -53,7 +53,8 @@ pub enum ExpertMode {
 }
 
 /// Whether memory-mapped routed experts get a copy in the interleaved layout of the
-/// CPU's AVX-512 VNNI kernels (Q8_0 and Q4_K; several times faster for batched steps).
+/// CPU's AVX-512 VNNI kernels (Q8_0, Q4_K and Q6_K; several times faster for batched
+/// steps).
 /// Paged experts stay in the file's layout, so with packed mapped experts the two modes
 /// sum in different orders (results agree to rounding, not bit for bit).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -166,8 +166,9 @@ impl Loader<'_> {
 }
 
 impl Weights {
-    /// Packs every Q8_0 matrix for the CPU's VNNI kernel ([`QMatrix::pack`]; nothing
-    /// happens on CPUs without it), the stacked routed experts too when `experts`.
+    /// Packs every matrix with an interleaved layout (Q8_0, Q4_K, Q6_K) for the CPU's
+    /// VNNI kernels ([`QMatrix::pack`]; nothing happens on CPUs without them), the stacked
+    /// routed experts too when `experts`.
     pub fn pack_for_cpu(&mut self, experts: bool) {
         fn mlp(m: &mut Mlp) -> [&mut QMatrix; 3] {
             [&mut m.gate, &mut m.up, &mut m.down]

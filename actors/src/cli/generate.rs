@@ -30,7 +30,7 @@ pub fn run(model: &Path, a: Args) -> Result<(), Box<dyn std::error::Error>> {
     if a.prompt.is_empty() {
         return Err("the prompt is empty".into());
     }
-    let mut m = Model::open_with(model, &a.mode)?;
+    let mut m = Model::open_with_packing(model, &a.mode, super::expert_packing(a.backend))?;
     m.set_prefetch(a.prefetch);
     if let Some(s) = a.shadow.clone() {
         m.set_shadow(s)?;

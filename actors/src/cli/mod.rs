@@ -36,6 +36,17 @@ pub enum Backend {
     Auto,
 }
 
+/// Whether mapped experts get the CPU's packed copy under backend `b`: not when the GPU
+/// is asked for by name (the copy would cost memory and load time for nothing; with
+/// `auto` the choice is made after loading, so the default applies).
+pub fn expert_packing(b: Backend) -> odmoe::model::PackExperts {
+    if b == Backend::Gpu {
+        odmoe::model::PackExperts::Never
+    } else {
+        odmoe::model::PackExperts::Auto
+    }
+}
+
 /// The backend `b` means for `m`: `Auto` becomes the GPU or the CPU, saying which and
 /// why on stderr.
 pub fn resolve_backend(b: Backend, m: &odmoe::model::Model) -> Backend {
