@@ -20,8 +20,8 @@ pub struct QMatrix {
     pub cols: usize,
     /// `rows * row_bytes()` bytes.
     pub data: Bytes,
-    /// The same Q8_0 rows interleaved for the CPU's VNNI kernel ([`QMatrix::pack`]), which
-    /// CPU matrix products then use instead of `data`.
+    /// The same rows interleaved for the CPU's VNNI kernels (Q8_0, Q4_K and Q6_K;
+    /// [`QMatrix::pack`]), which CPU matrix products then use instead of `data`.
     pub packed: Option<PackedRows>,
 }
 

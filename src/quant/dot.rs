@@ -332,16 +332,6 @@ fn dot_rows_body(ty: GgmlType, rows: &[u8], row_bytes: usize, acts: &super::Acti
     }
 }
 
-/// Token `t`'s Q8_0 activations (Q8_0 weights are always given them).
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn q8_0_row(acts: &super::Activations, t: usize) -> &[ActQ8_0] {
-    match acts.row(t) {
-        ActRow::Q8_0(a) => a,
-        _ => unreachable!("activation kind follows the weight type"),
-    }
-}
-
 /// Q8_0 rows times every token with the VNNI tile kernel: two rows × four tokens at a
 /// time, smaller tiles at the edges, except that a token left alone goes through the
 /// AVX2 kernel (bit-identical; the tile's per-row set-up does not pay for one token).
@@ -353,7 +343,7 @@ unsafe fn dot_rows_q8_0_vnni(rows: &[u8], row_bytes: usize, acts: &super::Activa
     let w: Vec<&[BlockQ8_0]> = rows.chunks_exact(row_bytes).map(|w| as_blocks(w).expect("whole blocks")).collect();
     let d = |t: usize| acts.row_scales8(t);
     let u = |t: usize| acts.row_unsigned(t);
-    let a = |t: usize| q8_0_row(acts, t);
+    let a = |t: usize| acts.q8_0_row(t);
     // one tile shape, written out once for every edge case of rows and tokens
     macro_rules! tiles {
         ($r:expr, [$($ri:literal),+]) => {{
@@ -405,7 +395,7 @@ unsafe fn dot_rows_avx2(ty: GgmlType, rows: &[u8], row_bytes: usize, acts: &supe
         GgmlType::Q8_0 if n >= 4 => {
             for (r, w) in rows.chunks_exact(row_bytes).enumerate() {
                 let w = b::<BlockQ8_0>(w);
-                let row = |t: usize| q8_0_row(acts, t);
+                let row = |t: usize| acts.q8_0_row(t);
                 let mut t = 0;
                 while t + 4 <= n {
                     for (i, v) in k::dot_q8_0_x4(w, [row(t), row(t + 1), row(t + 2), row(t + 3)]).into_iter().enumerate() {
