@@ -41,8 +41,8 @@ pub struct Activations {
     q8_unsigned: OnceLock<Vec<[u8; 32]>>,
     /// Each Q8_0 block's scale repeated eight times, for the VNNI tile kernel (made on first use).
     q8_scales8: OnceLock<Vec<[f32; 8]>>,
-    /// Each Q8_0 block's `-128 · Σ q`, for the packed kernel (made on first use).
-    q8_offsets: OnceLock<Vec<i32>>,
+    /// Each Q8_0 block's `-128 · Σ q`, for the packed kernel (made with the quants).
+    q8_offsets: Vec<i32>,
     /// Each Q8_K super-block's eight sub-block sums as four pairs of 16-bit values (one
     /// 32-bit word each), for the packed Q4_K kernel (made on first use).
     q8k_pairs: OnceLock<Vec<[i32; 4]>>,
@@ -68,12 +68,12 @@ impl Activations {
     pub fn new(kind: ActKind, x: &[f32], k: usize) -> Self {
         assert!(k > 0 && x.len().is_multiple_of(k));
         let n = x.len() / k;
-        let mut a = Activations { kind, k, n, f32s: Vec::new(), q8: Vec::new(), q8_unsigned: OnceLock::new(), q8_scales8: OnceLock::new(), q8_offsets: OnceLock::new(), q8k_pairs: OnceLock::new(), q8k_offsets: OnceLock::new(), q8k: Vec::new() };
+        let mut a = Activations { kind, k, n, f32s: Vec::new(), q8: Vec::new(), q8_unsigned: OnceLock::new(), q8_scales8: OnceLock::new(), q8_offsets: Vec::new(), q8k_pairs: OnceLock::new(), q8k_offsets: OnceLock::new(), q8k: Vec::new() };
         match kind {
             ActKind::F32 => a.f32s = x.to_vec(),
             ActKind::Q8_0 => {
                 assert!(k.is_multiple_of(QK), "row length {k} is not a multiple of {QK}");
-                a.q8 = quantize_q8_0_blocks(x);
+                (a.q8, a.q8_offsets) = quantize_q8_0_blocks(x);
             }
             ActKind::Q8K => {
                 assert!(k.is_multiple_of(QK_K), "row length {k} is not a multiple of {QK_K}");
@@ -115,11 +115,11 @@ impl Activations {
     }
 
     /// Row `t`'s Q8_0 blocks' `-128 · Σ q` (what the packed kernel starts each block's
-    /// sum from, taking back the `+ 128` of its unsigned weights); made on first use.
+    /// sum from, taking back the `+ 128` of its unsigned weights).
     #[inline]
     pub(crate) fn row_offsets(&self, t: usize) -> &[i32] {
         let b = self.k / QK;
-        &self.q8_offsets.get_or_init(|| self.q8.iter().map(|b| -128 * b.qs.iter().map(|&q| q as i32).sum::<i32>()).collect())[t * b..(t + 1) * b]
+        &self.q8_offsets[t * b..(t + 1) * b]
     }
 
     /// Row `t`'s Q8_0 blocks (the activations must be of that kind).
@@ -176,31 +176,79 @@ impl Activations {
 pub fn quantize_q8_0(x: &[f32]) -> ActQ8_0 {
     #[cfg(target_arch = "x86_64")]
     if super::dot::has_avx2() {
-        // SAFETY: the CPU features were detected at run time.
-        return unsafe { quantize_q8_0_avx2(x) };
+        if x.len() == QK {
+            // SAFETY: the CPU features were detected at run time; the length is checked.
+            return unsafe { quantize_q8_0_avx2(x).0 };
+        }
     }
     quantize_q8_0_body(x)
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn quantize_q8_0_avx2(x: &[f32]) -> ActQ8_0 {
-    quantize_q8_0_body(x)
-}
-
-/// [`quantize_q8_0`] of every block of `x`, the loop inside the vector code (one call per
-/// block cost as much as the block).
-fn quantize_q8_0_blocks(x: &[f32]) -> Vec<ActQ8_0> {
+/// [`quantize_q8_0`] of every block of `x`, with each block's `-128 · Σ q` (see
+/// [`Activations::row_offsets`]). The AVX2 version does the same float operations as
+/// [`quantize_q8_0_body`] eight values at a time, so both give the same bits.
+fn quantize_q8_0_blocks(x: &[f32]) -> (Vec<ActQ8_0>, Vec<i32>) {
     #[cfg(target_arch = "x86_64")]
     if super::dot::has_avx2() {
-        #[target_feature(enable = "avx2")]
-        unsafe fn blocks_avx2(x: &[f32]) -> Vec<ActQ8_0> {
-            x.chunks_exact(QK).map(quantize_q8_0_body).collect()
+        let mut blocks = Vec::with_capacity(x.len() / QK);
+        let mut offsets = Vec::with_capacity(x.len() / QK);
+        for c in x.chunks_exact(QK) {
+            // SAFETY: the CPU features were detected at run time; `c` holds 32 values.
+            let (b, sum) = unsafe { quantize_q8_0_avx2(c) };
+            blocks.push(b);
+            offsets.push(-128 * sum);
         }
-        // SAFETY: the CPU features were detected at run time.
-        return unsafe { blocks_avx2(x) };
+        return (blocks, offsets);
     }
-    x.chunks_exact(QK).map(quantize_q8_0_body).collect()
+    x.chunks_exact(QK)
+        .map(|c| {
+            let b = quantize_q8_0_body(c);
+            let sum: i32 = b.qs.iter().map(|&q| q as i32).sum();
+            (b, -128 * sum)
+        })
+        .unzip()
+}
+
+/// One block of [`quantize_q8_0_body`] in AVX2 registers, and the sum of its quants.
+/// `x` must hold 32 values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_q8_0_avx2(x: &[f32]) -> (ActQ8_0, i32) {
+    use std::arch::x86_64::*;
+    debug_assert_eq!(x.len(), QK);
+    let p = x.as_ptr();
+    let v = [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)), _mm256_loadu_ps(p.add(16)), _mm256_loadu_ps(p.add(24))];
+    let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+    let m = _mm256_max_ps(_mm256_max_ps(_mm256_and_ps(v[0], abs_mask), _mm256_and_ps(v[1], abs_mask)), _mm256_max_ps(_mm256_and_ps(v[2], abs_mask), _mm256_and_ps(v[3], abs_mask)));
+    let mut lanes = [0.0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), m);
+    // a maximum is the same in any order
+    let amax = lanes.iter().fold(0.0f32, |m, v| m.max(*v));
+    let d = amax / 127.0;
+    let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+    let (half, one, sign) = (_mm256_set1_ps(0.5), _mm256_set1_ps(1.0), _mm256_set1_ps(-0.0));
+    let q = v.map(|v| {
+        // round_half_away(v * id)
+        let f = _mm256_mul_ps(v, id);
+        let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(f);
+        let away = _mm256_cmp_ps::<_CMP_GE_OQ>(_mm256_and_ps(_mm256_sub_ps(f, t), abs_mask), half);
+        let step = _mm256_and_ps(away, _mm256_or_ps(one, _mm256_and_ps(f, sign)));
+        let r = _mm256_add_ps(t, step);
+        // `as i8`: NaN to 0, the rest saturated (an overflowing scale makes infinities)
+        let r = _mm256_and_ps(r, _mm256_cmp_ps::<_CMP_ORD_Q>(r, r));
+        _mm256_cvttps_epi32(_mm256_max_ps(_mm256_min_ps(r, _mm256_set1_ps(127.0)), _mm256_set1_ps(-128.0)))
+    });
+    // the packs interleave 128-bit halves, the permute puts the bytes back in order
+    let w = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+    let bytes = _mm256_permutevar8x32_epi32(w, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    let mut qs = [0i8; 32];
+    _mm256_storeu_si256(qs.as_mut_ptr() as *mut __m256i, bytes);
+    let s4 = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+    let mut s = [0i32; 8];
+    _mm256_storeu_si256(s.as_mut_ptr() as *mut __m256i, s4);
+    let sum: i32 = s.iter().sum();
+    let d16 = f16::from_f32(d).to_f32();
+    (ActQ8_0 { d: d16, s: f16::from_f32(sum as f32 * d).to_f32(), qs }, sum)
 }
 
 /// `f.round()` (halves away from zero) written so that it compiles to vector instructions
@@ -292,5 +340,30 @@ mod tests {
         let x: Vec<f32> = (0..32).map(|i| (i as f32 - 15.5) * 0.37).collect();
         let (a, b) = (quantize_q8_0(&x), quantize_q8_0_body(&x));
         assert_eq!((a.qs, a.d.to_bits(), a.s.to_bits()), (b.qs, b.d.to_bits(), b.s.to_bits()));
+    }
+
+    #[test]
+    fn vector_q8_0_blocks_equal_the_portable_ones() {
+        // random blocks, a zero block, blocks whose scaled values sit on rounding ties
+        // (127 / amax exact: amax 127 gives id 1, so halves stay halves), huge and tiny values
+        let mut s = 12345u32;
+        let mut next = || {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            s
+        };
+        let mut x: Vec<f32> = (0..32 * 200).map(|_| (next() % 20001) as f32 / 1000.0 - 10.0).collect();
+        x.extend([0.0f32; 32]);
+        x.extend((0..32).map(|i| if i == 0 { 127.0 } else { (i as f32 - 16.0) + 0.5 }));
+        x.extend((0..32).map(|i| if i == 3 { -127.0 } else { -(i as f32) * 2.5 }));
+        x.extend((0..32).map(|i| (i as f32 - 15.0) * 1e30));
+        x.extend((0..32).map(|i| (i as f32 - 15.0) * 1e-40));
+        let (blocks, offsets) = quantize_q8_0_blocks(&x);
+        for (i, c) in x.chunks_exact(QK).enumerate() {
+            let b = quantize_q8_0_body(c);
+            assert_eq!((blocks[i].qs, blocks[i].d.to_bits(), blocks[i].s.to_bits()), (b.qs, b.d.to_bits(), b.s.to_bits()), "block {i}");
+            assert_eq!(offsets[i], -128 * b.qs.iter().map(|&q| q as i32).sum::<i32>(), "block {i}");
+        }
     }
 }
