@@ -32,32 +32,6 @@ pub fn attend_head(q: &[f32], k: &[f32], k_stride: usize, v: &[f32], v_stride: u
     portable::attend(q, k, k_stride, v, v_stride, len, scale, scores, out)
 }
 
-/// `eˣ` for `x ≤ 0` (softmax arguments less their maximum), to about one unit in the last
-/// place: `x = n·ln 2 + r`, `eʳ` by Cephes' polynomial, times `2ⁿ`. Below -87 it returns
-/// a number under 2⁻¹²⁵ rather than exactly 0, which a softmax sum of at least 1 absorbs.
-#[inline(always)]
-fn exp_nonpositive(x: f32) -> f32 {
-    let x = x.max(-87.0);
-    let n = x.mul_add(std::f32::consts::LOG2_E, ROUND) - ROUND;
-    let r = n.mul_add(-LN2_HI, x);
-    let r = n.mul_add(-LN2_LO, r);
-    let mut p = EXP_POLY[0];
-    for c in &EXP_POLY[1..] {
-        p = p.mul_add(r, *c);
-    }
-    let y = p.mul_add(r * r, r) + 1.0;
-    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
-}
-
-/// Adding and then subtracting 1.5 · 2²³ rounds an f32 of magnitude under 2²² to an integer.
-const ROUND: f32 = 12_582_912.0;
-/// ln 2 in two parts, the first exact in few bits, so `x - n ln 2` loses nothing.
-const LN2_HI: f32 = 0.693_359_4;
-const LN2_LO: f32 = -2.121_944_4e-4;
-/// Cephes' `expf` polynomial for `(eʳ - 1 - r) / r²` on `|r| ≤ ln2 / 2`, highest power first.
-#[allow(clippy::excessive_precision)]
-const EXP_POLY: [f32; 6] = [1.987_569_15e-4, 1.398_199_950_7e-3, 8.333_451_907_3e-3, 4.166_579_589_4e-2, 1.666_666_545_9e-1, 5.000_000_120_1e-1];
-
 /// The tree both versions fold eight lanes with: `((l0+l1)+(l2+l3)) + ((l4+l5)+(l6+l7))`
 /// (what two rounds of `vhaddps` and a cross-half add compute).
 #[inline(always)]
@@ -67,6 +41,7 @@ fn fold(l: &[f32; L]) -> f32 {
 
 mod portable {
     use super::*;
+    use crate::compute::cpu::exp::exp_nonpositive;
 
     /// Position `s`'s score: lane `i` sums `q[d] k[d]` over `d ≡ i (mod 8)` with fused
     /// multiply-adds, the lanes are folded, leftover dimensions (past the last multiple of
@@ -123,24 +98,8 @@ mod portable {
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::*;
+    use crate::compute::cpu::exp::avx2::exp8;
     use std::arch::x86_64::*;
-
-    /// Eight lanes of [`exp_nonpositive`], operation for operation.
-    #[inline(always)]
-    unsafe fn exp8(x: __m256) -> __m256 {
-        let x = _mm256_max_ps(x, _mm256_set1_ps(-87.0));
-        let round = _mm256_set1_ps(ROUND);
-        let n = _mm256_sub_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E), round), round);
-        let r = _mm256_fmadd_ps(n, _mm256_set1_ps(-LN2_HI), x);
-        let r = _mm256_fmadd_ps(n, _mm256_set1_ps(-LN2_LO), r);
-        let mut p = _mm256_set1_ps(EXP_POLY[0]);
-        for c in &EXP_POLY[1..] {
-            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(*c));
-        }
-        let y = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0));
-        let pow2 = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)));
-        _mm256_mul_ps(y, _mm256_castsi256_ps(pow2))
-    }
 
     /// [`fold`] of each of eight vectors at once: lane `p` of the result is `fold(v[p])`.
     #[inline(always)]
@@ -279,18 +238,6 @@ mod tests {
         let e: Vec<f64> = sc.iter().map(|x| (x - m).exp()).collect();
         let z: f64 = e.iter().sum();
         (0..dv).map(|d| (0..len).map(|s| e[s] * v[s * vs + d] as f64).sum::<f64>() / z).collect()
-    }
-
-    #[test]
-    fn exp_is_within_two_ulps_of_libm() {
-        for i in 0..200_000 {
-            let x = -(i as f32) * 0.000_43;
-            let (got, want) = (exp_nonpositive(x), x.exp());
-            let ulp = (want.to_bits() as i64 - got.to_bits() as i64).abs();
-            assert!(ulp <= 2 || want < 1e-37, "exp({x}) = {got}, libm {want}");
-        }
-        assert_eq!(exp_nonpositive(0.0), 1.0);
-        assert!(exp_nonpositive(f32::NEG_INFINITY) < 1e-37);
     }
 
     #[test]

@@ -5,6 +5,8 @@ use rayon::prelude::*;
 
 mod attend;
 pub use attend::attend_head;
+mod exp;
+use exp::exp_nonpositive;
 
 use super::QMatrix;
 use crate::quant::{dot_packed_into, dot_rows_into, ActKind, Activations, OutGrid, GROUP_ROWS};
@@ -80,10 +82,15 @@ pub fn rms_norm(x: &mut [f32], w: &[f32], eps: f32) {
     }
 }
 
-/// SiLU (`x · sigmoid(x)`).
+/// SiLU (`x · sigmoid(x)`), from `e^(-|x|)` so the exponential never overflows:
+/// `x / (1 + e^-x)` for `x ≥ 0`, `x·eˣ / (1 + eˣ)` below (below -87, where the exponential
+/// stops, a value under 1e-35 instead of 0). [`swiglu`]'s vector code does the
+/// same operations, so a value gets the same bits either way.
 #[inline]
 pub fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
+    let e = exp_nonpositive(-x.abs());
+    let num = if x >= 0.0 { x } else { x * e };
+    num / (1.0 + e)
 }
 
 /// Logistic sigmoid.
@@ -92,11 +99,38 @@ pub fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
 
-/// `gate = silu(gate) * up`, element-wise (SwiGLU).
+/// `gate = silu(gate) * up`, element-wise (SwiGLU): [`silu`] eight values at a time where
+/// the CPU has AVX2 (a libm `expf` call per value cost a tenth of a batched decode step).
 pub fn swiglu(gate: &mut [f32], up: &[f32]) {
-    for (g, u) in gate.iter_mut().zip(up) {
+    assert_eq!(gate.len(), up.len(), "swiglu: gate and up of different lengths");
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if crate::quant::has_avx2() {
+        // SAFETY: the CPU features were detected at run time; lengths checked above.
+        done = unsafe { swiglu_avx2(gate, up) };
+    }
+    for (g, u) in gate[done..].iter_mut().zip(&up[done..]) {
         *g = silu(*g) * u;
     }
+}
+
+/// [`swiglu`] over the whole multiples of eight; returns how many values it did.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn swiglu_avx2(gate: &mut [f32], up: &[f32]) -> usize {
+    use std::arch::x86_64::*;
+    let whole = gate.len() / 8 * 8;
+    let (gp, up) = (gate.as_mut_ptr(), up.as_ptr());
+    let (sign, one) = (_mm256_set1_ps(-0.0), _mm256_set1_ps(1.0));
+    for i in (0..whole).step_by(8) {
+        let x = _mm256_loadu_ps(gp.add(i));
+        let e = exp::avx2::exp8(_mm256_or_ps(x, sign));
+        let non_negative = _mm256_cmp_ps::<_CMP_GE_OQ>(x, _mm256_setzero_ps());
+        let num = _mm256_blendv_ps(_mm256_mul_ps(x, e), x, non_negative);
+        let silu = _mm256_div_ps(num, _mm256_add_ps(one, e));
+        _mm256_storeu_ps(gp.add(i), _mm256_mul_ps(silu, _mm256_loadu_ps(up.add(i))));
+    }
+    whole
 }
 
 /// Softmax in place.
@@ -195,6 +229,34 @@ mod tests {
             for r in 0..rows {
                 let want: f32 = (0..cols).map(|c| w[r * cols + c] * x[t * cols + c]).sum();
                 assert!((y[t * rows + r] - want).abs() < 1e-5, "t{t} r{r}");
+            }
+        }
+    }
+
+    #[test]
+    fn silu_is_accurate_and_swiglu_vectors_equal_it() {
+        let xs: Vec<f32> = (0..40_001).map(|i| (i as f32 - 20_000.0) * 0.004_7).chain([0.0, -0.0, 1e-30, -1e-30, 88.0, -88.0, 200.0, -200.0, f32::INFINITY]).collect();
+        for &x in &xs {
+            let want = x as f64 / (1.0 + (-(x as f64)).exp());
+            let got = silu(x) as f64;
+            if x < -87.0 {
+                // the exponential stops at e^-87 there: a value under 1e-35 instead of 0
+                assert!(got.abs() < 1e-35 && got <= 0.0, "silu({x}) = {got}");
+                continue;
+            }
+            if x.is_infinite() {
+                assert_eq!(got, want, "silu({x})");
+                continue;
+            }
+            assert!((got - want).abs() <= 4.0 * f32::EPSILON as f64 * want.abs().max(f32::MIN_POSITIVE as f64), "silu({x}) = {got}, want {want}");
+        }
+        // lengths with and without a tail past the last eight
+        for len in [xs.len(), 8, 13, 3] {
+            let up: Vec<f32> = (0..len).map(|i| 1.0 - i as f32 * 0.001).collect();
+            let mut g = xs[..len].to_vec();
+            swiglu(&mut g, &up);
+            for i in 0..len {
+                assert_eq!(g[i].to_bits(), (silu(xs[i]) * up[i]).to_bits(), "swiglu at {i} (x = {})", xs[i]);
             }
         }
     }
