@@ -175,11 +175,9 @@ impl Activations {
 /// llama.cpp's `quantize_row_q8_1_ref` for one block (the Q8_0 quants plus the sum).
 pub fn quantize_q8_0(x: &[f32]) -> ActQ8_0 {
     #[cfg(target_arch = "x86_64")]
-    if super::dot::has_avx2() {
-        if x.len() == QK {
-            // SAFETY: the CPU features were detected at run time; the length is checked.
-            return unsafe { quantize_q8_0_avx2(x).0 };
-        }
+    if super::dot::has_avx2() && x.len() == QK {
+        // SAFETY: the CPU features were detected at run time; the length is checked.
+        return unsafe { quantize_q8_0_avx2(x).0 };
     }
     quantize_q8_0_body(x)
 }
