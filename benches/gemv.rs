@@ -1,10 +1,10 @@
-//! Fused dequant-dot GEMV throughput (Q8_0, Q4_K, Q6_K) on a 4096 × 14336 matrix (larger
+//! Fused dequant-dot GEMV throughput (Q8_0, Q4_K, Q5_K, Q6_K) on a 4096 × 14336 matrix (larger
 //! than the last-level cache), next to a plain streaming read of the same bytes on the
 //! same threads. Criterion reports bytes/s for each; the ratio GEMV / read is the number
-//! to watch (target ≥ 0.7). Where the CPU has AVX-512 VNNI, Q8_0 is also timed in the
+//! to watch (target ≥ 0.7). Where the CPU has AVX-512 VNNI, each is also timed in the
 //! interleaved layout resident weights are packed into (`gemv_packed`), and sixteen
-//! tokens through a cache-resident 2048 × 768 matrix in both layouts (`batch16_*`,
-//! multiply-adds per second).
+//! tokens through a cache-resident 2048 × 768 matrix in both layouts (`batch16_*`, Q5_K
+//! too; multiply-adds per second).
 //!
 //! Run: `cargo bench --bench gemv`
 
@@ -32,6 +32,7 @@ fn random_matrix(ty: GgmlType) -> QMatrix {
     let (bsz, offsets): (usize, &[usize]) = match ty {
         GgmlType::Q8_0 => (34, &[0]),
         GgmlType::Q4_K => (144, &[0, 2]),
+        GgmlType::Q5_K => (176, &[0, 2]),
         GgmlType::Q6_K => (210, &[208]),
         _ => unreachable!(),
     };
@@ -60,7 +61,7 @@ fn streaming_read(bytes: &[u8]) -> u64 {
 
 fn bench(c: &mut Criterion) {
     let x: Vec<f32> = (0..COLS).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
-    for ty in [GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
+    for ty in [GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K] {
         let m = random_matrix(ty);
         let mut g = c.benchmark_group(format!("gemv_{ty}"));
         g.throughput(Throughput::Bytes(m.data.len() as u64));
@@ -70,7 +71,7 @@ fn bench(c: &mut Criterion) {
         let mut packed = m.clone();
         packed.pack();
         if packed.packed.is_some() {
-            // the interleaved layout resident Q8_0 weights get on AVX-512 VNNI CPUs
+            // the interleaved layout resident weights get on AVX-512 VNNI CPUs
             g.bench_function("gemv_packed", |b| b.iter(|| black_box(cpu::matmul(&packed, &x))));
         }
         g.finish();
@@ -79,7 +80,7 @@ fn bench(c: &mut Criterion) {
     // cache), where arithmetic rather than reading bounds the product
     let (rows, cols, n) = (2048, 768, 16);
     let x: Vec<f32> = (0..n * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
-    for ty in [GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
+    for ty in [GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K] {
         let full = random_matrix(ty);
         let m = full.slice_rows(0, rows * cols / COLS);
         let m = QMatrix::new(ty, rows, cols, m.data.clone());

@@ -20,7 +20,7 @@ pub struct QMatrix {
     pub cols: usize,
     /// `rows * row_bytes()` bytes.
     pub data: Bytes,
-    /// The same rows interleaved for the CPU's VNNI kernels (Q8_0, Q4_K and Q6_K;
+    /// The same rows interleaved for the CPU's VNNI kernels (Q8_0, Q4_K, Q5_K and Q6_K;
     /// [`QMatrix::pack`]), which CPU matrix products then use instead of `data`.
     pub packed: Option<PackedRows>,
 }
@@ -32,7 +32,7 @@ impl QMatrix {
     }
 
     /// Adds the interleaved copy the CPU kernels prefer, where this CPU has them (AVX-512
-    /// VNNI) and the format has a layout (Q8_0, Q4_K, Q6_K); otherwise leaves the matrix as it
+    /// VNNI) and the format has a layout (Q8_0, Q4_K, Q5_K, Q6_K); otherwise leaves the matrix as it
     /// is. Costs a copy of the matrix in memory; `data` stays for everything else (GPU
     /// upload, lookups).
     pub fn pack(&mut self) {

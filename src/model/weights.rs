@@ -166,7 +166,7 @@ impl Loader<'_> {
 }
 
 impl Weights {
-    /// Packs every matrix with an interleaved layout (Q8_0, Q4_K, Q6_K) for the CPU's
+    /// Packs every matrix with an interleaved layout (Q8_0, Q4_K, Q5_K, Q6_K) for the CPU's
     /// VNNI kernels ([`QMatrix::pack`]; nothing happens on CPUs without them), the stacked
     /// routed experts too when `experts`.
     pub fn pack_for_cpu(&mut self, experts: bool) {

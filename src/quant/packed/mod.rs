@@ -1,8 +1,8 @@
 //! Weights repacked at load for the AVX-512 VNNI kernels: sixteen rows interleaved, one
 //! per 32-bit lane of a 512-bit register, so that every `vpdpbusd` serves sixteen rows
 //! and a row's sums never leave their lane (no horizontal reductions), at any number of
-//! tokens. Q8_0 ([`PackedQ8_0`]), Q4_K ([`PackedQ4K`]) and Q6_K ([`PackedQ6K`]), the
-//! formats of the usual Q8_0 and Q4_K_M files.
+//! tokens. Q8_0 ([`PackedQ8_0`]), Q4_K and Q5_K ([`PackedQ4K`]) and Q6_K ([`PackedQ6K`]),
+//! the formats of the usual Q8_0, Q4_K_M and Q5_K_M files.
 //!
 //! Each layout has one kernel for every batch size and a scalar statement of its float
 //! order (`dot_row`) that the tests hold the kernel to bit for bit, so a token's results
@@ -49,7 +49,7 @@ where
 pub enum Packed {
     /// Q8_0 rows.
     Q8_0(PackedQ8_0),
-    /// Q4_K rows.
+    /// Q4_K or Q5_K rows.
     Q4K(PackedQ4K),
     /// Q6_K rows.
     Q6K(PackedQ6K),
@@ -61,6 +61,7 @@ impl Packed {
         match ty {
             GgmlType::Q8_0 => Some(Packed::Q8_0(PackedQ8_0::pack(data, rows, cols))),
             GgmlType::Q4_K => Some(Packed::Q4K(PackedQ4K::pack(data, rows, cols))),
+            GgmlType::Q5_K => Some(Packed::Q4K(PackedQ4K::pack_q5(data, rows, cols))),
             GgmlType::Q6_K => Some(Packed::Q6K(PackedQ6K::pack(data, rows, cols))),
             _ => None,
         }
@@ -243,7 +244,7 @@ mod tests {
     #[test]
     fn reference_order_matches_the_gguf_dot_product() {
         // rows not a multiple of 16; several blocks
-        for (ty, rows, cols) in [(GgmlType::Q8_0, 21, 96), (GgmlType::Q4_K, 19, 512), (GgmlType::Q6_K, 18, 512)] {
+        for (ty, rows, cols) in [(GgmlType::Q8_0, 21, 96), (GgmlType::Q4_K, 19, 512), (GgmlType::Q5_K, 20, 512), (GgmlType::Q6_K, 18, 512)] {
             let data = matrix(ty, rows, cols, 3);
             let p = packed(ty, &data, rows, cols);
             let x: Vec<f32> = (0..cols).map(|i| ((i * 29 % 37) as f32 - 18.0) / 7.0).collect();
@@ -264,7 +265,7 @@ mod tests {
             return;
         }
         // rows not a multiple of 16, odd numbers of blocks; token counts cover every tile
-        for (ty, rows, cols) in [(GgmlType::Q8_0, 37, 160), (GgmlType::Q4_K, 35, 768), (GgmlType::Q6_K, 33, 768)] {
+        for (ty, rows, cols) in [(GgmlType::Q8_0, 37, 160), (GgmlType::Q4_K, 35, 768), (GgmlType::Q5_K, 34, 768), (GgmlType::Q6_K, 33, 768)] {
             let data = matrix(ty, rows, cols, 11);
             let p = packed(ty, &data, rows, cols);
             for n in [1usize, 2, 3, 4, 5, 7, 8, 9, 15, 16] {
@@ -295,6 +296,6 @@ mod tests {
         let tail = p.slice(16, 40).unwrap();
         let acts = Activations::new(ActKind::Q8_0, &[0.5f32; 32], cols);
         assert_eq!(tail.dot_row(3, acts.row(0)).to_bits(), p.dot_row(19, acts.row(0)).to_bits());
-        assert!(Packed::pack(GgmlType::Q5_K, &[], 0, 256).is_none(), "no layout for Q5_K");
+        assert!(Packed::pack(GgmlType::Q3_K, &[], 0, 256).is_none(), "no layout for Q3_K");
     }
 }
