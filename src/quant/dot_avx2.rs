@@ -1,5 +1,5 @@
-//! AVX2 versions of the hot fused dot products (Q8_0, Q4_K, Q6_K), the formats of typical
-//! Q4_K_M / Q6_K / Q8_0 files. Each computes exactly the integer sums of the portable
+//! AVX2 versions of the hot fused dot products (Q8_0, Q4_K, Q5_K, Q6_K), the formats of
+//! typical Q4_K_M / Q5_K_M / Q6_K / Q8_0 files. Each computes exactly the integer sums of the portable
 //! kernel in `dot.rs` and differs from it only in the order of the float additions.
 //!
 //! Only called after run-time detection of AVX2, FMA and F16C.
@@ -8,7 +8,7 @@
 
 use std::arch::x86_64::*;
 
-use super::blocks::{ActQ8_0, ActQ8_K, BlockQ4_K, BlockQ6_K, BlockQ8_0};
+use super::blocks::{ActQ8_0, ActQ8_K, BlockQ4_K, BlockQ5_K, BlockQ6_K, BlockQ8_0};
 use super::dequant::k4_scales_mins;
 
 #[inline(always)]
@@ -100,34 +100,62 @@ pub unsafe fn dot_q8_0_x4(w: &[BlockQ8_0], a: [&[ActQ8_0]; 4]) -> [f32; 4] {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q4_k(w: &[BlockQ4_K], a: &[ActQ8_K]) -> f32 {
-    let m4 = _mm256_set1_epi8(0x0F);
     let mut acc = _mm256_setzero_ps();
     let mut mins_acc = 0.0f32;
     for (b, y) in w.iter().zip(a) {
-        let (sc, m) = k4_scales_mins(&b.scales);
-        // Σ_j m[j] · (bsums[2j] + bsums[2j+1]) in one multiply-add
-        let bs = _mm256_loadu_si256(y.bsums.as_ptr() as *const __m256i);
-        let pairs = _mm256_madd_epi16(bs, _mm256_set1_epi16(1)); // 8 × i32
-        let mins_v = _mm256_mullo_epi32(pairs, _mm256_cvtepu8_epi32(_mm_loadl_epi64(m.as_ptr() as *const __m128i)));
-        let mins_v = _mm_add_epi32(_mm256_castsi256_si128(mins_v), _mm256_extracti128_si256(mins_v, 1));
-        let mins_v = _mm_add_epi32(mins_v, _mm_unpackhi_epi64(mins_v, mins_v));
-        let mins = _mm_cvtsi128_si32(mins_v) + _mm_extract_epi32(mins_v, 1);
-        let mut sumi = _mm256_setzero_si256();
-        for j in 0..4 {
-            let q = load(&b.qs[j * 32..]);
-            let lo = _mm256_and_si256(q, m4);
-            let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-            let p_lo = _mm256_maddubs_epi16(lo, load_i8(&y.qs[j * 64..]));
-            let p_hi = _mm256_maddubs_epi16(hi, load_i8(&y.qs[j * 64 + 32..]));
-            let p_lo = _mm256_madd_epi16(p_lo, _mm256_set1_epi16(sc[2 * j] as i16));
-            let p_hi = _mm256_madd_epi16(p_hi, _mm256_set1_epi16(sc[2 * j + 1] as i16));
-            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p_lo, p_hi));
-        }
-        let d = y.d * f16_to_f32(b.d);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
-        mins_acc += y.d * f16_to_f32(b.dmin) * mins as f32;
+        k4_family(b.d, b.dmin, &b.scales, &b.qs, None, y, &mut acc, &mut mins_acc);
     }
     hsum(acc) - mins_acc
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q5_k(w: &[BlockQ5_K], a: &[ActQ8_K]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let mut mins_acc = 0.0f32;
+    for (b, y) in w.iter().zip(a) {
+        k4_family(b.d, b.dmin, &b.scales, &b.qs, Some(&b.qh), y, &mut acc, &mut mins_acc);
+    }
+    hsum(acc) - mins_acc
+}
+
+/// One super-block of Q4_K, or of Q5_K with its fifth bits `qh` (bit `j` of byte `l`:
+/// value `32j + l`), added into the running sums.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn k4_family(d: [u8; 2], dmin: [u8; 2], scales: &[u8; 12], qs: &[u8; 128], qh: Option<&[u8; 32]>, y: &ActQ8_K, acc: &mut __m256, mins_acc: &mut f32) {
+    let m4 = _mm256_set1_epi8(0x0F);
+    let (sc, m) = k4_scales_mins(scales);
+    // Σ_j m[j] · (bsums[2j] + bsums[2j+1]) in one multiply-add
+    let bs = _mm256_loadu_si256(y.bsums.as_ptr() as *const __m256i);
+    let pairs = _mm256_madd_epi16(bs, _mm256_set1_epi16(1)); // 8 × i32
+    let mins_v = _mm256_mullo_epi32(pairs, _mm256_cvtepu8_epi32(_mm_loadl_epi64(m.as_ptr() as *const __m128i)));
+    let mins_v = _mm_add_epi32(_mm256_castsi256_si128(mins_v), _mm256_extracti128_si256(mins_v, 1));
+    let mins_v = _mm_add_epi32(mins_v, _mm_unpackhi_epi64(mins_v, mins_v));
+    let mins = _mm_cvtsi128_si32(mins_v) + _mm_extract_epi32(mins_v, 1);
+    // chunk j's fifth bits are bits 2j and 2j + 1 of each qh byte: shifted down two per
+    // chunk, they are read at bits 0 and 1 (what 16-bit shifts carry in from the
+    // neighbouring byte lands higher up and is masked away)
+    let mut h = qh.map_or(_mm256_setzero_si256(), |qh| load(qh));
+    let fifth = _mm256_set1_epi8(0x10);
+    let mut sumi = _mm256_setzero_si256();
+    for j in 0..4 {
+        let q = load(&qs[j * 32..]);
+        let mut lo = _mm256_and_si256(q, m4);
+        let mut hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+        if qh.is_some() {
+            lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(h, 4), fifth));
+            hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(h, 3), fifth));
+            h = _mm256_srli_epi16(h, 2);
+        }
+        let p_lo = _mm256_maddubs_epi16(lo, load_i8(&y.qs[j * 64..]));
+        let p_hi = _mm256_maddubs_epi16(hi, load_i8(&y.qs[j * 64 + 32..]));
+        let p_lo = _mm256_madd_epi16(p_lo, _mm256_set1_epi16(sc[2 * j] as i16));
+        let p_hi = _mm256_madd_epi16(p_hi, _mm256_set1_epi16(sc[2 * j + 1] as i16));
+        sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p_lo, p_hi));
+    }
+    let d = y.d * f16_to_f32(d);
+    *acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), *acc);
+    *mins_acc += y.d * f16_to_f32(dmin) * mins as f32;
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]

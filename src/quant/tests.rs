@@ -145,7 +145,7 @@ fn many_token_rows_equal_one_token_rows_bit_for_bit() {
     for cols in [288usize, 1024] {
         let n = 7;
         let x: Vec<f32> = (0..n * cols).map(|i| ((i * 17 % 31) as f32 - 15.0) / 9.0).collect();
-        for ty in [GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
+        for ty in [GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K] {
             if !cols.is_multiple_of(ty.block_size()) {
                 continue;
             }
