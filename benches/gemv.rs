@@ -1,4 +1,4 @@
-//! Fused dequant-dot GEMV throughput (Q8_0, Q4_K, Q5_K, Q6_K) on a 4096 × 14336 matrix (larger
+//! Fused dequant-dot GEMV throughput (Q8_0, Q4_K, Q5_K, Q6_K, Q2_K, Q3_K) on a 4096 × 14336 matrix (larger
 //! than the last-level cache), next to a plain streaming read of the same bytes on the
 //! same threads. Criterion reports bytes/s for each; the ratio GEMV / read is the number
 //! to watch (target ≥ 0.7). Where the CPU has AVX-512 VNNI, each is also timed in the
@@ -33,6 +33,8 @@ fn random_matrix(ty: GgmlType) -> QMatrix {
         GgmlType::Q8_0 => (34, &[0]),
         GgmlType::Q4_K => (144, &[0, 2]),
         GgmlType::Q5_K => (176, &[0, 2]),
+        GgmlType::Q2_K => (84, &[80, 82]),
+        GgmlType::Q3_K => (110, &[108]),
         GgmlType::Q6_K => (210, &[208]),
         _ => unreachable!(),
     };
@@ -61,7 +63,7 @@ fn streaming_read(bytes: &[u8]) -> u64 {
 
 fn bench(c: &mut Criterion) {
     let x: Vec<f32> = (0..COLS).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
-    for ty in [GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K] {
+    for ty in [GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::Q2_K, GgmlType::Q3_K] {
         let m = random_matrix(ty);
         let mut g = c.benchmark_group(format!("gemv_{ty}"));
         g.throughput(Throughput::Bytes(m.data.len() as u64));

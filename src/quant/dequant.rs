@@ -34,12 +34,20 @@ pub fn k4_scales_mins(s: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
 
 /// Unpacks the sixteen 6-bit signed scales of a Q3_K block (already minus 32).
 #[inline(always)]
+///
+/// Scale `i`'s low four bits are the low (`i < 8`) or high nibble of byte `i % 8`, its top
+/// two bits bits `2 (i / 4)..` of byte `8 + i % 4`; done four scales to a 32-bit word.
 pub fn q3k_scales(s: &[u8; 12]) -> [i8; 16] {
+    const LOW4: u32 = 0x0f0f_0f0f;
+    const TOP2: u32 = 0x0303_0303;
+    let w = |i: usize| u32::from_le_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]]);
+    let (a, b, high) = (w(0), w(1), w(2));
+    let words = [(a & LOW4) | ((high & TOP2) << 4), (b & LOW4) | (((high >> 2) & TOP2) << 4), ((a >> 4) & LOW4) | (((high >> 4) & TOP2) << 4), ((b >> 4) & LOW4) | (((high >> 6) & TOP2) << 4)];
     let mut out = [0i8; 16];
-    for i in 0..16 {
-        let low = if i < 8 { s[i] & 0x0F } else { s[i - 8] >> 4 };
-        let high = (s[8 + (i % 4)] >> (2 * (i / 4))) & 0x03;
-        out[i] = ((low | (high << 4)) as i8).wrapping_sub(32);
+    for (o, word) in out.chunks_exact_mut(4).zip(words) {
+        for (o, byte) in o.iter_mut().zip(word.to_le_bytes()) {
+            *o = (byte as i8).wrapping_sub(32);
+        }
     }
     out
 }

@@ -408,11 +408,13 @@ unsafe fn dot_rows_avx2(ty: GgmlType, rows: &[u8], row_bytes: usize, acts: &supe
                 }
             }
         }
-        GgmlType::Q8_0 | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => {
+        GgmlType::Q8_0 | GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => {
             for (r, w) in rows.chunks_exact(row_bytes).enumerate() {
                 for t in 0..n {
                     let v = match (ty, acts.row(t)) {
                         (GgmlType::Q8_0, ActRow::Q8_0(a)) => k::dot_q8_0(b(w), a),
+                        (GgmlType::Q2_K, ActRow::Q8K(a)) => k::dot_q2_k(b(w), a),
+                        (GgmlType::Q3_K, ActRow::Q8K(a)) => k::dot_q3_k(b(w), a),
                         (GgmlType::Q4_K, ActRow::Q8K(a)) => k::dot_q4_k(b(w), a),
                         (GgmlType::Q5_K, ActRow::Q8K(a)) => k::dot_q5_k(b(w), a),
                         (GgmlType::Q6_K, ActRow::Q8K(a)) => k::dot_q6_k(b(w), a),

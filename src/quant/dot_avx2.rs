@@ -1,6 +1,7 @@
-//! AVX2 versions of the hot fused dot products (Q8_0, Q4_K, Q5_K, Q6_K), the formats of
-//! typical Q4_K_M / Q5_K_M / Q6_K / Q8_0 files. Each computes exactly the integer sums of the portable
-//! kernel in `dot.rs` and differs from it only in the order of the float additions.
+//! AVX2 versions of the hot fused dot products (Q8_0, Q2_K–Q6_K), the formats of typical
+//! Q2_K / Q3_K_M / Q4_K_M / Q5_K_M / Q6_K / Q8_0 files. Each computes exactly the integer
+//! sums of the portable kernel in `dot.rs` and differs from it only in the order of the
+//! float additions.
 //!
 //! Only called after run-time detection of AVX2, FMA and F16C.
 
@@ -8,8 +9,8 @@
 
 use std::arch::x86_64::*;
 
-use super::blocks::{ActQ8_0, ActQ8_K, BlockQ4_K, BlockQ5_K, BlockQ6_K, BlockQ8_0};
-use super::dequant::k4_scales_mins;
+use super::blocks::{f16_le, ActQ8_0, ActQ8_K, BlockQ2_K, BlockQ3_K, BlockQ4_K, BlockQ5_K, BlockQ6_K, BlockQ8_0};
+use super::dequant::{k4_scales_mins, q3k_scales};
 
 #[inline(always)]
 unsafe fn f16_to_f32(b: [u8; 2]) -> f32 {
@@ -193,4 +194,84 @@ pub unsafe fn dot_q6_k(w: &[BlockQ6_K], a: &[ActQ8_K]) -> f32 {
         corr_acc += d * (32 * corr) as f32;
     }
     hsum(acc) - corr_acc
+}
+
+/// `Σ_g scale[g] · Σ_{l<16} q[16g + l] · y[16g + l]` over the 32 values `q` (unsigned, at
+/// most 127) of groups `g0` and `g0 + 1`, as eight i32 lanes; `scales` holds `scale[g0]`
+/// in its low half and `scale[g0 + 1]` in its high half (see [`scale_pairs`]).
+#[inline(always)]
+unsafe fn two_groups(q: __m256i, y: &[i8], scales: __m256i) -> __m256i {
+    _mm256_madd_epi16(_mm256_maddubs_epi16(q, load_i8(y)), scales)
+}
+
+/// The sixteen 16-bit scales `s` of a super-block's groups as eight vectors, vector `k`
+/// holding `s[2k]` in its low 128 bits and `s[2k + 1]` in its high 128 bits (what
+/// [`two_groups`] multiplies with).
+#[inline(always)]
+unsafe fn scale_pairs(s: __m256i) -> [__m256i; 8] {
+    // within each half of `lo` / `hi`: scales 0..8 / 8..16; a byte shuffle per pair
+    let (lo, hi) = (_mm256_permute2x128_si256::<0x00>(s, s), _mm256_permute2x128_si256::<0x11>(s, s));
+    std::array::from_fn(|k| {
+        let e = (4 * (k % 4)) as i8;
+        let pick = _mm256_setr_epi8(e, e + 1, e, e + 1, e, e + 1, e, e + 1, e, e + 1, e, e + 1, e, e + 1, e, e + 1, e + 2, e + 3, e + 2, e + 3, e + 2, e + 3, e + 2, e + 3, e + 2, e + 3, e + 2, e + 3, e + 2, e + 3, e + 2, e + 3);
+        _mm256_shuffle_epi8(if k < 4 { lo } else { hi }, pick)
+    })
+}
+
+/// Q2_K: value `128h + 32s + l` is bits `2s..2s + 2` of byte `32h + l`; its group of 16 is
+/// `8h + 2s + l / 16`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q2_k(w: &[BlockQ2_K], a: &[ActQ8_K]) -> f32 {
+    let m3 = _mm256_set1_epi8(3);
+    let mut acc = _mm256_setzero_ps();
+    for (b, y) in w.iter().zip(a) {
+        // Σ_j min_j · bsums_j: the mins (high nibbles) widened to 16 bits meet the sums
+        let sc = _mm_loadu_si128(b.scales.as_ptr() as *const __m128i);
+        let mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sc, 4), _mm_set1_epi8(0x0F)));
+        let summs = _mm256_madd_epi16(mins, _mm256_loadu_si256(y.bsums.as_ptr() as *const __m256i));
+        let scales = scale_pairs(_mm256_cvtepu8_epi16(_mm_and_si128(sc, _mm_set1_epi8(0x0F))));
+        let mut isum = _mm256_setzero_si256();
+        for h in 0..2 {
+            let mut q = load(&b.qs[32 * h..]);
+            for s in 0..4 {
+                let g = 8 * h + 2 * s;
+                isum = _mm256_add_epi32(isum, two_groups(_mm256_and_si256(q, m3), &y.qs[16 * g..], scales[4 * h + s]));
+                q = _mm256_srli_epi16(q, 2);
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(y.d * f16_le(b.d)), _mm256_cvtepi32_ps(isum), acc);
+        acc = _mm256_fnmadd_ps(_mm256_set1_ps(y.d * f16_le(b.dmin)), _mm256_cvtepi32_ps(summs), acc);
+    }
+    hsum(acc)
+}
+
+/// Q3_K: value `128h + 32s + l` is bits `2s..2s + 2` of byte `32h + l` of `qs`, minus 4
+/// unless bit `4h + s` of `hmask[l]` is set. Summed here as `(q + 4) · y` (unsigned
+/// quants, what `vpmaddubsw` takes) less `4 · Σy` per group (the activation sums).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q3_k(w: &[BlockQ3_K], a: &[ActQ8_K]) -> f32 {
+    let (m3, one) = (_mm256_set1_epi8(3), _mm256_set1_epi8(1));
+    let mut acc = _mm256_setzero_ps();
+    for (b, y) in w.iter().zip(a) {
+        let sc8 = q3k_scales(&b.scales);
+        // Σ_g scale_g · 4 · bsums_g, taken back at the end
+        let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(sc8.as_ptr() as *const __m128i));
+        let offset = _mm256_slli_epi32(_mm256_madd_epi16(sc16, _mm256_loadu_si256(y.bsums.as_ptr() as *const __m256i)), 2);
+        let scales = scale_pairs(sc16);
+        let mut hm = load(&b.hmask);
+        let mut isum = _mm256_setzero_si256();
+        for h in 0..2 {
+            let mut q = load(&b.qs[32 * h..]);
+            for s in 0..4 {
+                let g = 8 * h + 2 * s;
+                // the high bit (set: no -4) is bit 2 of the unsigned quant
+                let u = _mm256_or_si256(_mm256_and_si256(q, m3), _mm256_slli_epi16(_mm256_and_si256(hm, one), 2));
+                isum = _mm256_add_epi32(isum, two_groups(u, &y.qs[16 * g..], scales[4 * h + s]));
+                q = _mm256_srli_epi16(q, 2);
+                hm = _mm256_srli_epi16(hm, 1);
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_le(b.d) * y.d), _mm256_cvtepi32_ps(_mm256_sub_epi32(isum, offset)), acc);
+    }
+    hsum(acc)
 }

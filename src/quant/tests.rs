@@ -119,7 +119,7 @@ fn simd_rows_match_portable_kernels() {
     let cols = 1024;
     let rows = 5;
     let x: Vec<f32> = (0..2 * cols).map(|i| ((i * 13 % 29) as f32 - 14.0) / 7.0).collect();
-    for ty in [GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q5_K, GgmlType::Q4_0, GgmlType::F32] {
+    for ty in [GgmlType::Q8_0, GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q5_K, GgmlType::Q4_0, GgmlType::F32] {
         let w: Vec<u8> = match ty {
             GgmlType::F32 => (0..rows * cols).flat_map(|i| (((i * 7) % 19) as f32 / 19.0 - 0.5).to_le_bytes()).collect(),
             _ => (0..rows).flat_map(|r| random_row(ty, cols, 31 + r as u64)).collect(),
@@ -161,6 +161,20 @@ fn many_token_rows_equal_one_token_rows_bit_for_bit() {
                     assert_eq!(all[r * n + t].to_bits(), one[r].to_bits(), "{ty} cols {cols} row {r} token {t}");
                 }
             }
+        }
+    }
+}
+
+#[test]
+fn q3_k_scales_unpack_by_the_definition() {
+    for seed in 0..300 {
+        let s: [u8; 12] = random_bytes(12, seed).try_into().unwrap();
+        let got = crate::quant::dequant::q3k_scales(&s);
+        for i in 0..16 {
+            // llama.cpp's layout, one scale at a time
+            let low = if i < 8 { s[i] & 0x0F } else { s[i - 8] >> 4 };
+            let high = (s[8 + (i % 4)] >> (2 * (i / 4))) & 0x03;
+            assert_eq!(got[i], ((low | (high << 4)) as i8).wrapping_sub(32), "scale {i} of {s:?}");
         }
     }
 }
