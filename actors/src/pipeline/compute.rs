@@ -4,12 +4,14 @@
 //!
 //! Messages: [`ComputeMsg::Step`]. The handler hands the step to the pool and returns;
 //! the pool thread that finishes the pass hands the result to the step's `done` callback
-//! (the scheduler's mailbox), so no task on the async runtime has to wake in between. The
-//! scheduler sends one step at a time and the next only after the last one's result, so
-//! steps never overlap and the mailbox never holds more than one.
+//! (the scheduler's mailbox), so no task on the async runtime has to wake in between, and
+//! then waits a moment for the next step ([`Handoff`]): while sessions run, one pool
+//! thread goes from step to step without sleeping. The scheduler sends one step at a time
+//! and the next only after the last one's result, so steps never overlap and the mailbox
+//! never holds more than one.
 
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use odmoe::model::{KvCache, Logits, Model, Sequence};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -50,9 +52,82 @@ pub enum ComputeMsg {
 /// Owns the model; runs steps on the compute thread pool.
 pub struct ComputeActor;
 
-/// The actor's state: the model.
+/// The actor's state: the model, and where a pool thread that just finished a step waits
+/// for the next.
 pub struct ComputeState {
     model: Arc<Model>,
+    handoff: Arc<Handoff>,
+}
+
+type Job = (Vec<StepItem>, StepDone);
+
+/// How long the pool thread that ran a step stays for the next one (the scheduler's turn
+/// between steps takes well under this) before it leaves the pool idle.
+const HOT_WAIT: Duration = Duration::from_millis(2);
+
+/// The next step, handed straight to the pool thread that finished the last one while it
+/// waits ([`HOT_WAIT`]): a pool thread woken from sleep took 0.25-0.5 ms to get a core
+/// on a busy machine, several percent of a step with many sessions.
+#[derive(Default)]
+pub struct Handoff {
+    slot: Mutex<Slot>,
+}
+
+#[derive(Default)]
+struct Slot {
+    job: Option<Job>,
+    /// A pool thread is waiting for `job`.
+    waiting: bool,
+}
+
+impl Handoff {
+    /// Gives `job` to the waiting pool thread, or hands it back when none waits.
+    fn offer(&self, job: Job) -> Option<Job> {
+        let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.waiting {
+            slot.job = Some(job);
+            None
+        } else {
+            Some(job)
+        }
+    }
+
+    /// The next job, if one comes within [`HOT_WAIT`]; meanwhile the thread runs the
+    /// pool's other work (the scheduler's sampling) or lets other threads run.
+    fn next(&self) -> Option<Job> {
+        let start = Instant::now();
+        loop {
+            let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(job) = slot.job.take() {
+                return Some(job);
+            }
+            if start.elapsed() >= HOT_WAIT {
+                slot.waiting = false;
+                return None;
+            }
+            drop(slot);
+            if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
+/// Runs `job` and the steps handed to this pool thread after it (see [`Handoff`]).
+fn serve(model: &Model, handoff: &Handoff, mut job: Job) {
+    loop {
+        let (items, done) = job;
+        // caught, so that it is reported instead of aborting the process as an unhandled
+        // panic in a pool job would
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_step(model, items)));
+        // waiting from before the scheduler can see the result and send the next step
+        handoff.slot.lock().unwrap_or_else(|e| e.into_inner()).waiting = true;
+        done(out.map_err(|_| "the forward pass panicked".to_string()));
+        match handoff.next() {
+            Some(next) => job = next,
+            None => return,
+        }
+    }
 }
 
 fn run_step(model: &Model, mut items: Vec<StepItem>) -> StepOutput {
@@ -72,21 +147,40 @@ impl Actor for ComputeActor {
     type Arguments = Arc<Model>;
 
     async fn pre_start(&self, _: ActorRef<ComputeMsg>, model: Arc<Model>) -> Result<ComputeState, ActorProcessingErr> {
-        Ok(ComputeState { model })
+        Ok(ComputeState { model, handoff: Arc::default() })
     }
 
     async fn handle(&self, _: ActorRef<ComputeMsg>, msg: ComputeMsg, state: &mut ComputeState) -> Result<(), ActorProcessingErr> {
         match msg {
             ComputeMsg::Step(items, done) => {
-                let model = state.model.clone();
-                rayon::spawn(move || {
-                    // caught, so that it is reported instead of aborting the process as an
-                    // unhandled panic in a pool job would
-                    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_step(&model, items)));
-                    done(out.map_err(|_| "the forward pass panicked".to_string()));
-                });
+                if let Some(job) = state.handoff.offer((items, done)) {
+                    let (model, handoff) = (state.model.clone(), state.handoff.clone());
+                    rayon::spawn(move || serve(&model, &handoff, job));
+                }
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_waiting_pool_thread_takes_the_next_step_and_leaves_after_the_wait() {
+        let h = Handoff::default();
+        let job = || (Vec::new(), Box::new(|_| {}) as StepDone);
+        // nobody waits: the step comes back (to be spawned)
+        assert!(h.offer(job()).is_some());
+        // a waiting thread gets it
+        h.slot.lock().unwrap().waiting = true;
+        assert!(h.offer(job()).is_none());
+        assert!(h.next().is_some());
+        // nothing comes: the thread leaves after the wait, and later steps come back
+        let t = Instant::now();
+        assert!(h.next().is_none());
+        assert!(t.elapsed() >= HOT_WAIT);
+        assert!(h.offer(job()).is_some());
     }
 }
