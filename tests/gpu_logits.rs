@@ -1,6 +1,7 @@
 //! The GPU backend's forward pass against the CPU backend: every position's logits within
 //! 1e-3 × max(1, max |logit|) on the fixtures of the grouped-query architectures in every
-//! format with a GPU kernel (F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q4_K_M, Q5_K_M, Q6_K) but
+//! format with a GPU kernel (F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q2_K, Q3_K_M, Q4_K_M, Q5_K_M,
+//! Q6_K) but
 //! one: mixtral_h256.Q4_K_M, whose logits differ by about 1% of the largest at three of
 //! seven positions (3, 5, 6) although its every matrix agrees with the CPU's to 5e-7
 //! (tests/gpu_matrices.rs). There an input differs in the last bit after an attention or
@@ -35,7 +36,7 @@ fn gpu_or_skip() -> Option<Gpu> {
 #[test]
 fn gpu_decoding_with_its_kv_cache_matches_the_cpu_backend() {
     let Some(gpu) = gpu_or_skip() else { return };
-    for name in ["mixtral.f32", "qwen3moe.f32", "qwen2moe.f32", "mixtral_h256.Q8_0", "mixtral_h256.F16", "mixtral_h256.BF16", "mixtral_h256.Q4_0", "mixtral_h256.Q5_0", "mixtral_h256.Q5_K_M", "mixtral_h256.Q6_K", "qwen3moe_h256.Q4_K_M"] {
+    for name in ["mixtral.f32", "qwen3moe.f32", "qwen2moe.f32", "mixtral_h256.Q8_0", "mixtral_h256.F16", "mixtral_h256.BF16", "mixtral_h256.Q4_0", "mixtral_h256.Q5_0", "mixtral_h256.Q2_K", "mixtral_h256.Q3_K_M", "mixtral_h256.Q5_K_M", "mixtral_h256.Q6_K", "qwen3moe_h256.Q4_K_M"] {
         let m = Model::open(common::fixture(&format!("models/{name}.gguf"))).unwrap();
         let want = m.forward(&TOKENS, &mut m.new_cache(TOKENS.len()), Logits::All).unwrap();
         let v = m.config().n_vocab;
@@ -82,7 +83,7 @@ fn gpu_decoding_with_its_kv_cache_matches_the_cpu_backend() {
 fn gpu_logits_match_the_cpu_backend() {
     let Some(gpu) = gpu_or_skip() else { return };
     eprintln!("adapter: {}", gpu.describe());
-    for name in ["mixtral.f32", "qwen2moe.f32", "qwen3moe.f32", "olmoe.f32", "qwen3moe_h256.Q8_0", "mixtral_h256.Q8_0", "mixtral_h256.F16", "mixtral_h256.BF16", "mixtral_h256.Q4_0", "mixtral_h256.Q5_0", "mixtral_h256.Q5_K_M", "mixtral_h256.Q6_K", "qwen3moe_h256.Q4_K_M"] {
+    for name in ["mixtral.f32", "qwen2moe.f32", "qwen3moe.f32", "olmoe.f32", "qwen3moe_h256.Q8_0", "mixtral_h256.Q8_0", "mixtral_h256.F16", "mixtral_h256.BF16", "mixtral_h256.Q4_0", "mixtral_h256.Q5_0", "mixtral_h256.Q2_K", "mixtral_h256.Q3_K_M", "mixtral_h256.Q5_K_M", "mixtral_h256.Q6_K", "qwen3moe_h256.Q4_K_M"] {
         let m = Model::open(common::fixture(&format!("models/{name}.gguf"))).unwrap();
         let mut cache = m.new_cache(TOKENS.len());
         let want = m.forward(&TOKENS, &mut cache, Logits::All).unwrap();

@@ -1,5 +1,5 @@
 //! A weight matrix on the GPU in whichever block format it has a kernel for — F32
-//! (`shaders/gemv_f32.wgsl`), F16 and BF16 ([`super::gemv_f16`]), Q8_0 ([`super::gemv_q8_0`]), Q4_K ([`super::gemv_q4_k`]),
+//! (`shaders/gemv_f32.wgsl`), F16 and BF16 ([`super::gemv_f16`]), Q8_0 ([`super::gemv_q8_0`]), Q2_K ([`super::gemv_q2_k`]), Q3_K ([`super::gemv_q3_k`]), Q4_K ([`super::gemv_q4_k`]),
 //! Q5_K ([`super::gemv_q5_k`]) or Q6_K ([`super::gemv_q6_k`]) — so the forward pass records `y = x · Wᵀ` without
 //! caring which. A matrix may also be a stack of a layer's experts
 //! ([`GpuMatrix::stacked`]): one dispatch then multiplies each output row group by the
@@ -14,7 +14,6 @@ use crate::quant::GgmlType;
 use crate::{Error, Result};
 use std::sync::Arc;
 
-use super::gemv_q6_k::pad_blocks;
 use super::gemv_q8_0::Q8_0Packed;
 
 /// A matrix (or a stack of equally shaped expert matrices) resident on the GPU with the
@@ -87,30 +86,42 @@ fn lane_kernel(gpu: &Gpu, names: [&'static str; 3], kernel_source: &'static str,
 /// `w`'s bytes as the kernel for its format reads them, one vector per buffer; an error
 /// naming the format for one without a kernel.
 /// The block formats with a GPU kernel, as error messages list them.
-pub const GPU_FORMATS: &str = "F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q4_K, Q5_K and Q6_K";
+pub const GPU_FORMATS: &str = "F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q2_K, Q3_K, Q4_K, Q5_K and Q6_K";
 
 /// Whether weights of type `ty` have a GPU kernel.
 pub fn has_gpu_kernel(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K)
+    matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K)
 }
 
 /// Bytes `w` takes on the device once uploaded (Q8_0 blocks become 32 quant bytes and an
-/// f32 scale, Q4_0 and Q5_0 are widened to that, Q6_K blocks are padded to 212 bytes;
-/// other formats keep their size): what device memory budgets count.
+/// f32 scale, Q4_0 and Q5_0 are widened to that, Q3_K and Q6_K blocks are padded to a
+/// multiple of 4 bytes; other formats keep their size): what device memory budgets count.
 pub fn device_bytes(w: &QMatrix) -> u64 {
     let blocks = |size: usize| (w.data.len() / size) as u64;
     match w.ty {
         GgmlType::Q8_0 => blocks(34) * 36,
         GgmlType::Q4_0 => blocks(18) * 36,
         GgmlType::Q5_0 => blocks(22) * 36,
-        GgmlType::Q6_K => blocks(210) * 212,
+        GgmlType::Q3_K | GgmlType::Q6_K => blocks(w.ty.type_size()) * w.ty.type_size().next_multiple_of(4) as u64,
         _ => w.data.len() as u64,
     }
 }
 
+/// The `block`-byte blocks of `data`, each followed by zero bytes up to a multiple of 4
+/// (GGUF's Q3_K and Q6_K blocks are 110 and 210 bytes; the kernels read words).
+pub fn pad_blocks(data: &[u8], block: usize) -> Vec<u8> {
+    let slot = block.next_multiple_of(4);
+    let mut out = Vec::with_capacity(data.len() / block * slot);
+    for b in data.chunks_exact(block) {
+        out.extend_from_slice(b);
+        out.resize(out.len() + slot - block, 0);
+    }
+    out
+}
+
 fn packed(w: &QMatrix) -> Result<Vec<Vec<u8>>> {
     Ok(match w.ty {
-        GgmlType::F32 | GgmlType::Q4_K | GgmlType::Q5_K => vec![w.data.to_vec()],
+        GgmlType::F32 | GgmlType::Q2_K | GgmlType::Q4_K | GgmlType::Q5_K => vec![w.data.to_vec()],
         // two values to a word: rows of an odd length would straddle words
         GgmlType::F16 | GgmlType::BF16 if w.cols % 2 == 1 => return Err(Error::Gpu(format!("{} rows of odd length ({}) have no GPU kernel", w.ty, w.cols))),
         GgmlType::F16 | GgmlType::BF16 => vec![w.data.to_vec()],
@@ -118,7 +129,7 @@ fn packed(w: &QMatrix) -> Result<Vec<Vec<u8>>> {
             let p = if w.ty == GgmlType::Q8_0 { Q8_0Packed::pack(w)? } else { Q8_0Packed::widen(w)? };
             vec![bytemuck::cast_slice(&p.quants).to_vec(), bytemuck::cast_slice(&p.scales).to_vec()]
         }
-        GgmlType::Q6_K => vec![pad_blocks(&w.data)],
+        GgmlType::Q3_K | GgmlType::Q6_K => vec![pad_blocks(&w.data, w.ty.type_size())],
         ty => return Err(Error::Gpu(format!("no GPU kernel for {ty} weights yet ({} have one)", GPU_FORMATS))),
     })
 }
@@ -143,6 +154,8 @@ impl GpuMatrix {
             GgmlType::F16 => (["gemv_f16_8", "gemv_f16_16", "gemv_f16"], include_str!("../../../shaders/gemv_f16.wgsl"), first.cols / 2, 1, None),
             GgmlType::BF16 => (["gemv_bf16_8", "gemv_bf16_16", "gemv_bf16"], super::gemv_f16::bf16_source(), first.cols / 2, 1, None),
             GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 => (["gemv_q8_0_8", "gemv_q8_0_16", "gemv_q8_0"], include_str!("../../../shaders/gemv_q8_0.wgsl"), first.cols / 32, 1, Some(ActFormat::Q8_0)),
+            GgmlType::Q2_K => (["gemv_q2_k_8", "gemv_q2_k_16", "gemv_q2_k"], include_str!("../../../shaders/gemv_q2_k.wgsl"), first.cols / 256, 16, Some(ActFormat::Q8_K)),
+            GgmlType::Q3_K => (["gemv_q3_k_8", "gemv_q3_k_16", "gemv_q3_k"], include_str!("../../../shaders/gemv_q3_k.wgsl"), first.cols / 256, 16, Some(ActFormat::Q8_K)),
             GgmlType::Q4_K => (["gemv_q4_k_8", "gemv_q4_k_16", "gemv_q4_k"], include_str!("../../../shaders/gemv_q4_k.wgsl"), first.cols / 256, 4, Some(ActFormat::Q8_K)),
             GgmlType::Q5_K => (["gemv_q5_k_8", "gemv_q5_k_16", "gemv_q5_k"], super::gemv_q5_k::source(), first.cols / 256, 4, Some(ActFormat::Q8_K)),
             GgmlType::Q6_K => (["gemv_q6_k_8", "gemv_q6_k_16", "gemv_q6_k"], include_str!("../../../shaders/gemv_q6_k.wgsl"), first.cols / 256, 16, Some(ActFormat::Q8_K)),
@@ -285,13 +298,25 @@ mod tests {
             }
         }
         // a format without a kernel is refused by name
-        let q3 = QMatrix::new(GgmlType::Q3_K, 1, 256, vec![0u8; 110].into());
-        assert!(GpuMatrix::new(&gpu, &q3).err().unwrap().to_string().contains("Q3_K"));
+        let q4_1 = QMatrix::new(GgmlType::Q4_1, 1, 32, vec![0u8; 20].into());
+        assert!(GpuMatrix::new(&gpu, &q4_1).err().unwrap().to_string().contains("Q4_1"));
+    }
+
+    #[test]
+    fn padding_keeps_every_block() {
+        for ty in [GgmlType::Q3_K, GgmlType::Q6_K] {
+            let w = super::super::tests::random_matrix(ty, 2, 512, 3, &[]);
+            let (block, slot) = (ty.type_size(), ty.type_size().next_multiple_of(4));
+            let p = pad_blocks(&w.data, block);
+            assert_eq!(p.len(), 4 * slot, "{ty}");
+            let back: Vec<u8> = p.chunks_exact(slot).flat_map(|s| s[..block].to_vec()).collect();
+            assert_eq!(back, w.data.to_vec(), "{ty}");
+        }
     }
 
     #[test]
     fn device_bytes_are_what_upload_makes() {
-        for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K] {
+        for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K] {
             let w = super::super::tests::random_matrix(ty, 3, 512, 1, &[(0, 1e-3)]);
             let made: usize = packed(&w).unwrap().iter().map(Vec::len).sum();
             assert_eq!(device_bytes(&w), made as u64, "{ty}");

@@ -3,8 +3,8 @@
 //! a CPU reference and a GPU-vs-CPU test in `NAME.rs` here.
 //!
 //! Kernels: activation quantization ([`quantize`]) and quantized matrix products, plain
-//! or over a stack of experts picked by id ([`matrix`], [`gemv_f16`], [`gemv_q8_0`], [`gemv_q4_k`],
-//! [`gemv_q5_k`], [`gemv_q6_k`]), RMS norm ([`rms_norm`]), rope from host-computed angles ([`rope`]),
+//! or over a stack of experts picked by id ([`matrix`], [`gemv_f16`], [`gemv_q8_0`], [`gemv_q2_k`],
+//! [`gemv_q3_k`], [`gemv_q4_k`], [`gemv_q5_k`], [`gemv_q6_k`]), RMS norm ([`rms_norm`]), rope from host-computed angles ([`rope`]),
 //! causal grouped-query attention over a KV cache ([`attention`]), routing ([`route`]),
 //! residual add and SwiGLU ([`elementwise`]) and the MoE combine ([`moe_combine`]).
 //! Commands are recorded through a [`recorder::Recorder`]. The forward pass that uses
@@ -14,6 +14,8 @@
 pub mod attention;
 pub mod elementwise;
 pub mod gemv_f16;
+pub mod gemv_q2_k;
+pub mod gemv_q3_k;
 pub mod gemv_q4_k;
 pub mod gemv_q5_k;
 pub mod gemv_q6_k;
@@ -212,6 +214,28 @@ pub(crate) mod tests {
             }
         }
         crate::compute::QMatrix::new(ty, rows, cols, data.into())
+    }
+
+    /// Checks the GPU's product of a random `ty` matrix (block scales at `scales`, see
+    /// [`random_matrix`]) with `n` activation rows against the CPU backend's, for each
+    /// `(rows, cols, n)`: within 1e-5 of the sum of the terms' magnitudes (the two sum in
+    /// different orders).
+    pub fn gemv_matches_the_cpu_backend(gpu: &Gpu, ty: crate::quant::GgmlType, shapes: &[(usize, usize, usize)], scales: &[(usize, f32)]) {
+        for &(rows, cols, n) in shapes {
+            let w = random_matrix(ty, rows, cols, rows as u64 + 5, scales);
+            let x = values(n * cols, cols as u64);
+            let got = super::matrix::GpuMatrix::new(gpu, &w).unwrap().run(gpu, &x).unwrap();
+            let cpu = crate::compute::cpu::matmul(&w, &x);
+            let mut row = vec![0.0f32; cols];
+            for r in 0..rows {
+                crate::quant::dequantize(ty, &w.data[r * w.row_bytes()..(r + 1) * w.row_bytes()], &mut row);
+                for t in 0..n {
+                    let mag: f64 = row.iter().zip(&x[t * cols..(t + 1) * cols]).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
+                    let (g, want) = (got[t * rows + r] as f64, cpu[t * rows + r] as f64);
+                    assert!((g - want).abs() <= 1e-5 * mag + 1e-6, "{ty} {rows}x{cols} n={n} row {r} token {t}: gpu {g} vs cpu {want} (terms {mag})");
+                }
+            }
+        }
     }
 
     /// `n` values in about -2..2, varied by `seed`.

@@ -1,0 +1,54 @@
+// Compiled after gemv_lanes.wgsl (Dims, LANES, ROWS_PER_GROUP, row_sum).
+// y = x · Wᵀ for a Q2_K matrix W (rows × cols) and n activation rows quantized to Q8_K
+// by quantize.wgsl (`xq` signed bytes, `xd` block scales).
+//
+// GGUF's Q2_K block is 84 bytes (21 words), uploaded as it is: sixteen bytes of scales
+// (per group of 16 values: the scale in the low nibble, the min in the high one), 64
+// bytes of 2-bit quants, then the f16 scales d and dmin in one word. Within each half of
+// 128 values, value 32·s + l (s < 4, l < 32) is bits 2s..2s+1 of byte 32·half + l. A
+// lane's work item is one group of 16 values: four words of quants and four of
+// activations, combined with packed 4-byte dot products into the CPU backend's integer
+// sums (Σ q·a, and Σ a for the min).
+
+@group(0) @binding(0) var<storage, read> w: array<u32>;
+@group(0) @binding(1) var<storage, read> xq: array<u32>;
+@group(0) @binding(2) var<storage, read> xd: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+@group(0) @binding(4) var<uniform> dims: Dims;
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row = (wg.x + wg.y * dims.groups_x) * ROWS_PER_GROUP + lid / LANES;
+    let lane = lid % LANES;
+    let z = wg.z;
+    let t = z / dims.act_div;
+    let wrow = weight_row(row, z);
+    var acc = 0.0;
+    if (row < dims.rows) {
+        for (var item = lane; item < dims.per_row * 16u; item += LANES) {
+            let b = item / 16u;
+            let g = item % 16u;          // group of 16 values
+            let half = g / 8u;
+            let s = (g % 8u) / 2u;       // which 2-bit field of the quant bytes
+            let l0 = (g % 2u) * 16u;
+            let base = (wrow * dims.per_row + b) * 21u;
+            let scale_min = (w[base + g / 4u] >> (8u * (g % 4u))) & 0xffu;
+            let dd = unpack2x16float(w[base + 20u]);
+            let q = base + (16u + half * 32u + l0) / 4u;
+            let xb = t * dims.per_row + b;
+            let xw = xb * 64u + (half * 128u + 32u * s + l0) / 4u;
+            var isum = 0i;
+            var xsum = 0i;
+            for (var i = 0u; i < 4u; i++) {
+                let a = xq[xw + i];
+                isum += dot4I8Packed((w[q + i] >> (2u * s)) & 0x03030303u, a);
+                xsum += dot4I8Packed(0x01010101u, a);
+            }
+            acc += xd[xb] * (dd.x * f32(i32(scale_min & 0x0fu) * isum) - dd.y * f32(i32(scale_min >> 4u) * xsum));
+        }
+    }
+    let total = row_sum(lid, acc);
+    if (lane == 0u && row < dims.rows) {
+        store(z * dims.rows + row, total);
+    }
+}
