@@ -80,3 +80,38 @@ fn batched_steps_equal_each_sequence_alone_bit_for_bit() {
         }
     }
 }
+
+/// An f16 cache: logits within a small distance of the f32 cache's (keys and values
+/// rounded to f16 as they are stored) on the f32 fixtures; the demo model's greedy choice
+/// unchanged at every position (there a rounded key can tip a router's near tie, and one
+/// position's logits move by 7% of the largest); and batching still changes no bit.
+#[test]
+fn an_f16_cache_stays_close_to_f32_and_batches_alike() {
+    let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/models/odmoe-demo-shakespeare-Q8_0.gguf");
+    let argmax = |v: &[f32]| v.iter().enumerate().fold((0, f32::NEG_INFINITY), |m, (i, &x)| if x > m.1 { (i, x) } else { m }).0;
+    for name in ["mixtral.f32", "qwen3moe.f32", "qwen2moe.f32", "demo"] {
+        let path = if name == "demo" { demo.into() } else { common::fixture(&format!("models/{name}.gguf")) };
+        let mut m = Model::open(path).unwrap();
+        let exact: Vec<Vec<Vec<f32>>> = PROMPTS.iter().map(|p| alone(&m, p)).collect();
+        m.set_kv_type(odmoe::model::KvType::F16);
+        let half: Vec<Vec<Vec<f32>>> = PROMPTS.iter().map(|p| alone(&m, p)).collect();
+        let scale = exact.iter().flatten().flatten().fold(1.0f32, |a, v| a.max(v.abs()));
+        let worst = exact.iter().flatten().flatten().zip(half.iter().flatten().flatten()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        eprintln!("{name}: f16 cache off by {worst:.2e} (logits up to {scale:.2})");
+        assert!(worst > 0.0, "{name}: the f16 cache changed nothing");
+        if name == "demo" {
+            for (a, b) in exact.iter().flatten().zip(half.iter().flatten()) {
+                assert_eq!(argmax(a), argmax(b), "demo: the greedy token changed");
+            }
+        } else {
+            assert!(worst <= 5e-3 * scale, "{name}: f16 cache off by {worst} (logits up to {scale})");
+        }
+        // the three prompts side by side: each as alone
+        let mut caches: Vec<KvCache> = PROMPTS.iter().map(|_| m.new_cache(64)).collect();
+        let mut seqs: Vec<Sequence> = caches.iter_mut().zip(PROMPTS).map(|(c, p)| Sequence { tokens: p, cache: c, logits: Logits::Last }).collect();
+        let got = m.forward_batch(&mut seqs).unwrap();
+        for (i, g) in got.iter().enumerate() {
+            assert_eq!(*g, half[i][PROMPTS[i].len() - 1], "{name}: sequence {i}");
+        }
+    }
+}

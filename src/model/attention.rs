@@ -7,16 +7,79 @@
 use super::config::Config;
 use super::rope::Rotation;
 use super::weights::Attention;
-use crate::compute::cpu::{add_assign, attend_head, axpy, dot, matmul, matmul_many, rms_norm, softmax};
+use crate::compute::cpu::{add_assign, attend_head, axpy, dot, matmul, matmul_many, rms_norm, softmax, CacheValue};
+
+/// The element type of grouped-query layers' cached keys and values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KvType {
+    /// f32: the values exactly as computed (the default).
+    #[default]
+    F32,
+    /// f16: half the memory per position, and half the bytes attention reads; keys and
+    /// values are rounded to f16 as they are stored (llama.cpp's default cache type).
+    F16,
+}
+
+/// One grouped-query layer's cached keys (or values), in the cache's element type.
+pub enum KvRows {
+    /// f32 values.
+    F32(Vec<f32>),
+    /// f16 values.
+    F16(Vec<half::f16>),
+}
+
+impl KvRows {
+    /// An empty cache of type `t`.
+    pub fn new(t: KvType) -> KvRows {
+        match t {
+            KvType::F32 => KvRows::F32(Vec::new()),
+            KvType::F16 => KvRows::F16(Vec::new()),
+        }
+    }
+
+    /// Appends `x` (rounded to nearest, ties to even, for f16).
+    fn extend(&mut self, x: &[f32]) {
+        match self {
+            KvRows::F32(v) => v.extend_from_slice(x),
+            KvRows::F16(v) => v.extend(x.iter().map(|&f| half::f16::from_f32(f))),
+        }
+    }
+
+    /// Keeps the first `n` values.
+    fn truncate(&mut self, n: usize) {
+        match self {
+            KvRows::F32(v) => v.truncate(n),
+            KvRows::F16(v) => v.truncate(n),
+        }
+    }
+}
+
+/// Every query head of tokens `0..n` (query rows `q`, token `t` at position `pos0 + t`)
+/// attending over cached keys `kc` and values `vc`, into `out`.
+#[allow(clippy::too_many_arguments)]
+fn attend_heads<E: CacheValue>(cfg: &Config, q: &[f32], kc: &[E], vc: &[E], n: usize, pos0: usize, out: &mut [f32]) {
+    let (hd, hdv, nh, nkv) = (cfg.head_dim_k, cfg.head_dim_v, cfg.n_head, cfg.n_head_kv);
+    let group = nh / nkv;
+    let mut scores = Vec::new();
+    for t in 0..n {
+        let len = pos0 + t + 1;
+        for head in 0..nh {
+            let kvh = head / group;
+            let qh = &q[(t * nh + head) * hd..(t * nh + head + 1) * hd];
+            let o = &mut out[(t * nh + head) * hdv..(t * nh + head + 1) * hdv];
+            attend_head(qh, &kc[kvh * hd..], nkv * hd, &vc[kvh * hdv..], nkv * hdv, len, cfg.kq_scale, &mut scores, o);
+        }
+    }
+}
 
 /// One layer's cached keys and values.
 pub enum LayerCache {
-    /// Keys and values, `n_head_kv * head_dim` floats per token each.
+    /// Keys and values, `n_head_kv * head_dim` values per token each.
     Standard {
         /// Keys.
-        k: Vec<f32>,
+        k: KvRows,
         /// Values.
-        v: Vec<f32>,
+        v: KvRows,
     },
     /// Normalized compressed KV followed by the roped key, per token.
     Latent {
@@ -102,19 +165,14 @@ impl Projected {
         match (self, w, cache) {
             (Projected::Standard { q, k, v }, Attention::Standard { .. }, LayerCache::Standard { k: kc, v: vc }) => {
                 let (hd, hdv, nkv) = (cfg.head_dim_k, cfg.head_dim_v, cfg.n_head_kv);
-                kc.extend_from_slice(&k[t0 * nkv * hd..t1 * nkv * hd]);
-                vc.extend_from_slice(&v[t0 * nkv * hdv..t1 * nkv * hdv]);
-                let group = nh / nkv;
+                kc.extend(&k[t0 * nkv * hd..t1 * nkv * hd]);
+                vc.extend(&v[t0 * nkv * hdv..t1 * nkv * hdv]);
                 let mut out = vec![0.0f32; n * nh * hdv];
-                let mut scores = Vec::new();
-                for t in 0..n {
-                    let len = pos0 + t + 1;
-                    for head in 0..nh {
-                        let kvh = head / group;
-                        let qh = &q[((t0 + t) * nh + head) * hd..((t0 + t) * nh + head + 1) * hd];
-                        let o = &mut out[(t * nh + head) * hdv..(t * nh + head + 1) * hdv];
-                        attend_head(qh, &kc[kvh * hd..], nkv * hd, &vc[kvh * hdv..], nkv * hdv, len, cfg.kq_scale, &mut scores, o);
-                    }
+                let q = &q[t0 * nh * hd..t1 * nh * hd];
+                match (&*kc, &*vc) {
+                    (KvRows::F32(kc), KvRows::F32(vc)) => attend_heads(cfg, q, kc, vc, n, pos0, &mut out),
+                    (KvRows::F16(kc), KvRows::F16(vc)) => attend_heads(cfg, q, kc, vc, n, pos0, &mut out),
+                    _ => unreachable!("keys and values are cached in one type"),
                 }
                 out
             }

@@ -16,7 +16,7 @@ use std::path::Path;
 use rayon::prelude::*;
 use std::sync::Arc;
 
-pub use attention::LayerCache;
+pub use attention::{KvRows, KvType, LayerCache};
 #[cfg(feature = "gpu")]
 pub use gpu::{gpu_unsupported, GpuKvCache, GpuModel, DEFAULT_DEVICE_EXPERT_BYTES, SUBMIT_EVERY};
 pub use config::{Arch, Config};
@@ -41,6 +41,7 @@ pub struct Model {
     source: Arc<dyn TensorSource>,
     prefetch: Prefetch,
     shadow: Option<Arc<Shadow>>,
+    kv_type: KvType,
 }
 
 /// How a model's routed experts are reached.
@@ -179,7 +180,7 @@ impl Model {
                     }
                 }
             }
-            return Ok(Model { config, weights, experts: pager.clone(), pager: Some(pager), source: store, prefetch: Prefetch::Off, shadow: None });
+            return Ok(Model { config, weights, experts: pager.clone(), pager: Some(pager), source: store, prefetch: Prefetch::Off, shadow: None, kv_type: KvType::F32 });
         }
         let g = Arc::new(GgufModel::open(path)?);
         let pack = if matches!(mode, ExpertMode::Paged(_)) { PackExperts::Never } else { pack };
@@ -213,7 +214,7 @@ impl Model {
         };
         weights.pack_for_cpu(pack_experts);
         let experts = Arc::new(ResidentExperts::new(std::mem::take(&mut weights.experts)));
-        Ok(Model { config, weights, experts, pager: None, source: g, prefetch: Prefetch::Off, shadow: None })
+        Ok(Model { config, weights, experts, pager: None, source: g, prefetch: Prefetch::Off, shadow: None, kv_type: KvType::F32 })
     }
 
     /// The expert pager, when experts are paged.
@@ -231,6 +232,13 @@ impl Model {
     /// Sets how experts are read ahead (results are the same either way).
     pub fn set_prefetch(&mut self, p: Prefetch) {
         self.prefetch = p;
+    }
+
+    /// Sets the element type of the caches [`Model::new_cache`] makes from now on (f32 by
+    /// default; f16 halves their memory but rounds keys and values). Latent attention's
+    /// compressed cache stays f32.
+    pub fn set_kv_type(&mut self, t: KvType) {
+        self.kv_type = t;
     }
 
     /// The selection scores layer `layer`'s router gives each expert for the rows `x`
@@ -277,7 +285,7 @@ impl Model {
     /// A fresh cache for one sequence of at most `max_len` positions.
     pub fn new_cache(&self, max_len: usize) -> KvCache {
         let layers = (0..self.config.n_layer)
-            .map(|_| if self.config.mla.is_some() { LayerCache::Latent { c: Vec::new() } } else { LayerCache::Standard { k: Vec::new(), v: Vec::new() } })
+            .map(|_| if self.config.mla.is_some() { LayerCache::Latent { c: Vec::new() } } else { LayerCache::Standard { k: KvRows::new(self.kv_type), v: KvRows::new(self.kv_type) } })
             .collect();
         KvCache { layers, len: 0, max_len }
     }

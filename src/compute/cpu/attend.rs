@@ -13,12 +13,51 @@
 /// Lanes per vector: the AVX2 width, and the grouping both versions sum in.
 const L: usize = 8;
 
+/// An element type the KV cache can hold: f32, or f16 (half the memory and the reading;
+/// values widen exactly, so attention over an f16 cache equals attention over an f32
+/// cache of the same rounded values, bit for bit).
+pub trait CacheValue: Copy + Send + Sync + 'static {
+    /// The value as f32 (exact).
+    fn to_f32(self) -> f32;
+    /// Eight consecutive values widened to f32.
+    ///
+    /// # Safety
+    /// `p` must point to eight readable values; the CPU must have AVX2 and F16C.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+}
+
+impl CacheValue for f32 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const f32) -> std::arch::x86_64::__m256 {
+        std::arch::x86_64::_mm256_loadu_ps(p)
+    }
+}
+
+impl CacheValue for half::f16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        half::f16::to_f32(self)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const half::f16) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+}
+
 /// Softmax-weighted sum of values for query `q` over `len` cached positions: `scores[s] =
 /// (q · k_s) · scale`, `out = Σ_s softmax(scores)_s · v_s`. Position `s`'s key starts at
 /// `k[s * k_stride..]` (length `q.len()`), its value at `v[s * v_stride..]` (length
 /// `out.len()`). `scores` is scratch space; `out` is overwritten.
 #[allow(clippy::too_many_arguments)]
-pub fn attend_head(q: &[f32], k: &[f32], k_stride: usize, v: &[f32], v_stride: usize, len: usize, scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
+pub fn attend_head<E: CacheValue>(q: &[f32], k: &[E], k_stride: usize, v: &[E], v_stride: usize, len: usize, scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
     assert!(len > 0, "attention over no positions");
     assert!(k.len() >= (len - 1) * k_stride + q.len() && v.len() >= (len - 1) * v_stride + out.len(), "cache shorter than {len} positions");
     scores.clear();
@@ -47,23 +86,23 @@ mod portable {
     /// multiply-adds, the lanes are folded, leftover dimensions (past the last multiple of
     /// eight) are added one by one, then the product with `scale`.
     #[inline(always)]
-    fn score(q: &[f32], k: &[f32], scale: f32) -> f32 {
+    fn score<E: CacheValue>(q: &[f32], k: &[E], scale: f32) -> f32 {
         let mut lanes = [0.0f32; L];
         let whole = q.len() / L * L;
         for (qc, kc) in q[..whole].chunks_exact(L).zip(k[..whole].chunks_exact(L)) {
             for i in 0..L {
-                lanes[i] = qc[i].mul_add(kc[i], lanes[i]);
+                lanes[i] = qc[i].mul_add(kc[i].to_f32(), lanes[i]);
             }
         }
         let mut s = fold(&lanes);
         for d in whole..q.len() {
-            s = q[d].mul_add(k[d], s);
+            s = q[d].mul_add(k[d].to_f32(), s);
         }
         s * scale
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn attend(q: &[f32], k: &[f32], k_stride: usize, v: &[f32], v_stride: usize, len: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) {
+    pub(super) fn attend<E: CacheValue>(q: &[f32], k: &[E], k_stride: usize, v: &[E], v_stride: usize, len: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) {
         let (d, dv) = (q.len(), out.len());
         for s in 0..len {
             scores[s] = score(q, &k[s * k_stride..s * k_stride + d], scale);
@@ -82,7 +121,7 @@ mod portable {
             let (e, vs) = (scores[s], &v[s * v_stride..s * v_stride + dv]);
             let acc = if s % 2 == 0 { &mut *out } else { &mut odd[..] };
             for (o, &x) in acc.iter_mut().zip(vs) {
-                *o = e.mul_add(x, *o);
+                *o = e.mul_add(x.to_f32(), *o);
             }
         }
         for (o, x) in out.iter_mut().zip(&odd) {
@@ -114,29 +153,29 @@ mod avx2 {
     /// the rest stay zero), the positions' chains interleaved so the multiply-adds of one
     /// do not wait on each other.
     #[inline(always)]
-    unsafe fn lanes8(q: &[f32], k: *const f32, k_stride: usize, m: usize) -> [__m256; L] {
+    unsafe fn lanes8<E: CacheValue>(q: &[f32], k: *const E, k_stride: usize, m: usize) -> [__m256; L] {
         let mut acc = [_mm256_setzero_ps(); L];
         if m == L {
             // the usual case, with a constant trip count the accumulators stay in registers
             for c in (0..q.len()).step_by(L) {
                 let qc = _mm256_loadu_ps(q.as_ptr().add(c));
                 for (p, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_fmadd_ps(qc, _mm256_loadu_ps(k.add(p * k_stride + c)), *a);
+                    *a = _mm256_fmadd_ps(qc, E::load8(k.add(p * k_stride + c)), *a);
                 }
             }
         } else {
             for (p, a) in acc.iter_mut().enumerate().take(m) {
                 for c in (0..q.len()).step_by(L) {
-                    *a = _mm256_fmadd_ps(_mm256_loadu_ps(q.as_ptr().add(c)), _mm256_loadu_ps(k.add(p * k_stride + c)), *a);
+                    *a = _mm256_fmadd_ps(_mm256_loadu_ps(q.as_ptr().add(c)), E::load8(k.add(p * k_stride + c)), *a);
                 }
             }
         }
         acc
     }
 
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn attend(q: &[f32], k: &[f32], k_stride: usize, v: &[f32], v_stride: usize, len: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) {
+    pub(super) unsafe fn attend<E: CacheValue>(q: &[f32], k: &[E], k_stride: usize, v: &[E], v_stride: usize, len: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) {
         let (kp, vp, sp) = (k.as_ptr(), v.as_ptr(), scores.as_mut_ptr());
         let sc = _mm256_set1_ps(scale);
         let mut max = _mm256_set1_ps(f32::NEG_INFINITY);
@@ -177,12 +216,12 @@ mod avx2 {
             while s < len {
                 let (e, row) = (_mm256_set1_ps(*sp.add(s)), vp.add(s * v_stride + c));
                 for (j, a) in even.iter_mut().enumerate() {
-                    *a = _mm256_fmadd_ps(e, _mm256_loadu_ps(row.add(j * L)), *a);
+                    *a = _mm256_fmadd_ps(e, E::load8(row.add(j * L)), *a);
                 }
                 if s + 1 < len {
                     let (e, row) = (_mm256_set1_ps(*sp.add(s + 1)), vp.add((s + 1) * v_stride + c));
                     for (j, a) in odd.iter_mut().enumerate() {
-                        *a = _mm256_fmadd_ps(e, _mm256_loadu_ps(row.add(j * L)), *a);
+                        *a = _mm256_fmadd_ps(e, E::load8(row.add(j * L)), *a);
                     }
                 }
                 s += 2;
@@ -195,7 +234,7 @@ mod avx2 {
         while c < dv {
             let (mut even, mut odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
             for s in 0..len {
-                let x = _mm256_fmadd_ps(_mm256_set1_ps(*sp.add(s)), _mm256_loadu_ps(vp.add(s * v_stride + c)), if s % 2 == 0 { even } else { odd });
+                let x = _mm256_fmadd_ps(_mm256_set1_ps(*sp.add(s)), E::load8(vp.add(s * v_stride + c)), if s % 2 == 0 { even } else { odd });
                 if s % 2 == 0 {
                     even = x;
                 } else {
@@ -277,6 +316,26 @@ mod tests {
                 unsafe { avx2::attend(&q, &k, ks, &v, vs, len, 0.2, &mut sa, &mut a) };
                 portable::attend(&q, &k, ks, &v, vs, len, 0.2, &mut sb, &mut b);
                 assert_eq!(a.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), b.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), "d {d} dv {dv} len {len}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_f16_cache_gives_the_bits_of_an_f32_cache_of_the_same_values() {
+        for (d, dv) in [(32usize, 32usize), (64, 128), (12, 20)] {
+            for len in [1usize, 9, 130] {
+                let (ks, vs) = (d * 2, dv * 2);
+                let q = data(d, 11);
+                let (k16, v16): (Vec<half::f16>, Vec<half::f16>) = (data(len * ks, 12).into_iter().map(half::f16::from_f32).collect(), data(len * vs, 13).into_iter().map(half::f16::from_f32).collect());
+                let (k32, v32): (Vec<f32>, Vec<f32>) = (k16.iter().map(|x| x.to_f32()).collect(), v16.iter().map(|x| x.to_f32()).collect());
+                let (mut a, mut b) = (vec![0.0f32; dv], vec![0.0f32; dv]);
+                attend_head(&q, &k16, ks, &v16, vs, len, 0.2, &mut Vec::new(), &mut a);
+                attend_head(&q, &k32, ks, &v32, vs, len, 0.2, &mut Vec::new(), &mut b);
+                assert_eq!(a.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), b.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), "d {d} dv {dv} len {len}");
+                // and the portable code reads f16 as the vector code does
+                let mut c = vec![0.0f32; dv];
+                portable::attend(&q, &k16, ks, &v16, vs, len, 0.2, &mut vec![0.0; len.next_multiple_of(L)], &mut c);
+                assert_eq!(a.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), c.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), "portable, d {d} dv {dv} len {len}");
             }
         }
     }
