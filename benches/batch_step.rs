@@ -7,14 +7,17 @@
 //! fastest round: on a shared machine the slow rounds measure the neighbours.
 //! `ODMOE_BENCH_LEVELS=16` (comma-separated) runs only the levels named, for profiling;
 //! `ODMOE_BENCH_MODEL=PATH` runs another model, `ODMOE_BENCH_STEPS` sets the steps per
-//! round (256).
+//! round (256), `ODMOE_BENCH_KV=f16` keeps the caches in f16.
 
 use odmoe::model::{Logits, Model, Sequence};
 
 fn main() {
     let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/models/odmoe-demo-shakespeare-Q8_0.gguf");
     let path = std::env::var("ODMOE_BENCH_MODEL").unwrap_or(demo.to_string());
-    let m = Model::open(&path).unwrap();
+    let mut m = Model::open(&path).unwrap();
+    if std::env::var("ODMOE_BENCH_KV").is_ok_and(|v| v == "f16") {
+        m.set_kv_type(odmoe::model::KvType::F16);
+    }
     let steps: usize = std::env::var("ODMOE_BENCH_STEPS").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
     let reps: usize = std::env::var("ODMOE_BENCH_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
     let levels: Vec<usize> = match std::env::var("ODMOE_BENCH_LEVELS") {

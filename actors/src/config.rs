@@ -139,12 +139,25 @@ pub struct Cache {
     pub read_threads: usize,
     /// Read experts with O_DIRECT (bypassing the page cache) where the filesystem allows.
     pub direct_io: bool,
+    /// Element type of the sessions' key/value caches.
+    pub kv_type: KvTypeConfig,
 }
 
 impl Default for Cache {
     fn default() -> Self {
-        Cache { budget: None, policy: Policy::Lru, read_threads: 8, direct_io: true }
+        Cache { budget: None, policy: Policy::Lru, read_threads: 8, direct_io: true, kv_type: KvTypeConfig::F32 }
     }
+}
+
+/// Key/value cache element types, as written in the file and on the command line.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum KvTypeConfig {
+    /// Keys and values exactly as computed.
+    F32,
+    /// Rounded to f16: half the memory per position (lossy; not for latent attention,
+    /// whose compressed cache stays f32).
+    F16,
 }
 
 /// Eviction policies.
@@ -295,6 +308,14 @@ impl Config {
         }
     }
 
+    /// The element type of the sessions' key/value caches (`[cache] kv_type`).
+    pub fn kv_type(&self) -> odmoe::model::KvType {
+        match self.cache.kv_type {
+            KvTypeConfig::F32 => odmoe::model::KvType::F32,
+            KvTypeConfig::F16 => odmoe::model::KvType::F16,
+        }
+    }
+
     /// The engine's prefetch setting.
     pub fn prefetch(&self) -> odmoe::model::Prefetch {
         match self.prefetch.mode {
@@ -371,7 +392,7 @@ mod tests {
         want.prefetch.shadow = Some("shadow.safetensors".into());
         assert_eq!(Config::load(Some(&f.0), none()).unwrap(), want);
         let keys = uncommented.lines().filter(|l| l.contains(" = ") && !l.starts_with('#')).count();
-        assert_eq!(keys, 25, "the example should list every key once");
+        assert_eq!(keys, 26, "the example should list every key once");
     }
 
     #[test]
@@ -390,6 +411,11 @@ mod tests {
         assert_eq!(Config::default().gpu.expert_budget, Size(1 << 30));
         let c = Config::load(None, [("ODMOE_GPU_EXPERT_BUDGET".to_string(), "24GiB".to_string())]).unwrap();
         assert_eq!(c.gpu.expert_budget, Size(24 << 30));
+        // the key/value cache type: f32 unless said
+        assert_eq!(Config::default().kv_type(), odmoe::model::KvType::F32);
+        let c = Config::load(None, [("ODMOE_CACHE_KV_TYPE".to_string(), "f16".to_string())]).unwrap();
+        assert_eq!(c.kv_type(), odmoe::model::KvType::F16);
+        assert!(Config::load(Some(&write("[cache]\nkv_type = \"q8\"\n").0), none()).is_err());
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub struct Args {
     pub stop: Vec<String>,
     pub mode: ExpertMode,
     pub prefetch: Prefetch,
+    /// Element type of the key/value cache.
+    pub kv_type: odmoe::model::KvType,
     pub shadow: Option<std::sync::Arc<odmoe::shadow::Shadow>>,
     pub backend: super::Backend,
     /// Device memory for routed experts on the GPU backend.
@@ -32,6 +34,7 @@ pub fn run(model: &Path, a: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     let mut m = Model::open_with_packing(model, &a.mode, super::expert_packing(a.backend))?;
     m.set_prefetch(a.prefetch);
+    m.set_kv_type(a.kv_type);
     if let Some(s) = a.shadow.clone() {
         m.set_shadow(s)?;
     }
@@ -58,7 +61,12 @@ pub fn run(model: &Path, a: Args) -> Result<(), Box<dyn std::error::Error>> {
     // a closed stdout (e.g. `| head`) ends generation quietly
     let on_text = |s: &str| out.write_all(s.as_bytes()).and_then(|_| out.flush()).is_ok();
     let g = match super::resolve_backend(a.backend, &m) {
-        super::Backend::Gpu => gpu_generate(&m, &tok, &ids, &opts, a.gpu_expert_budget, on_text)?,
+        super::Backend::Gpu => {
+            if a.kv_type != odmoe::model::KvType::F32 {
+                eprintln!("gpu: the key/value cache on the device stays f32 (--kv-type applies to the CPU backend)");
+            }
+            gpu_generate(&m, &tok, &ids, &opts, a.gpu_expert_budget, on_text)?
+        }
         _ => generate(&m, &tok, &ids, &opts, on_text)?,
     };
     writeln!(out).ok();

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::config::{Config, PrefetchMode};
+use crate::config::{Config, KvTypeConfig, PrefetchMode};
 
 /// Runs Mixture-of-Experts language models from GGUF files.
 #[derive(Parser)]
@@ -103,6 +103,10 @@ enum Command {
         /// The shadow predictor for `--prefetch shadow` (made by `odmoe train-shadow`).
         #[arg(long)]
         shadow: Option<PathBuf>,
+        /// Element type of each session's key/value cache (f16: half the memory, keys
+        /// and values rounded) [default: f32].
+        #[arg(long, value_enum)]
+        kv_type: Option<KvTypeConfig>,
     },
     /// Print the logits at every position as JSON: {"logits": [[f32; vocab]; n_tokens]}.
     Logits {
@@ -165,6 +169,10 @@ enum Command {
         /// The shadow predictor for `--prefetch shadow` (made by `odmoe train-shadow`).
         #[arg(long)]
         shadow: Option<PathBuf>,
+        /// Element type of the key/value cache (f16: half the memory, keys and values
+        /// rounded; the CPU backend) [default: f32].
+        #[arg(long, value_enum)]
+        kv_type: Option<KvTypeConfig>,
         /// TOML configuration file: its [cache], [prefetch], [threads] and [gpu] sections
         /// apply.
         #[arg(long)]
@@ -281,7 +289,7 @@ pub fn run() -> Result<(), Box<dyn std::error::Error>> {
             logits::run(&demo::resolve(model)?, &tokens, backend, &expert_mode(cache_budget.as_deref())?)
         }
         Command::Info { model } => info::run(&model),
-        Command::Serve { model, config, host, port, cache_budget, prefetch, shadow } => {
+        Command::Serve { model, config, host, port, cache_budget, prefetch, shadow, kv_type } => {
             let mut c = Config::load(config.as_deref(), std::env::vars())?;
             if let Some(h) = host {
                 c.server.host = h;
@@ -290,14 +298,20 @@ pub fn run() -> Result<(), Box<dyn std::error::Error>> {
                 c.server.port = p;
             }
             apply_cache_flags(&mut c, cache_budget.as_deref(), prefetch, shadow)?;
+            if let Some(t) = kv_type {
+                c.cache.kv_type = t;
+            }
             apply_threads(&c)?;
             let server = crate::server::ServerConfig::from_config(&c)?;
             crate::server::run(&demo::resolve(model)?, &c.expert_mode(), server)
         }
         Command::Convert { input, output } => convert::run(&input, &output),
-        Command::Generate { model, prompt, chat, max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, seed, stop, cache_budget, prefetch, shadow, config, backend, gpu_expert_budget } => {
+        Command::Generate { model, prompt, chat, max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, seed, stop, cache_budget, prefetch, shadow, kv_type, config, backend, gpu_expert_budget } => {
             let mut c = Config::load(config.as_deref(), std::env::vars())?;
             apply_cache_flags(&mut c, cache_budget.as_deref(), prefetch, shadow)?;
+            if let Some(t) = kv_type {
+                c.cache.kv_type = t;
+            }
             if let Some(b) = gpu_expert_budget {
                 c.gpu.expert_budget = crate::config::Size(odmoe::experts::parse_size(&b).map_err(|e| format!("--gpu-expert-budget: {e}"))?);
             }
@@ -311,7 +325,7 @@ pub fn run() -> Result<(), Box<dyn std::error::Error>> {
                 seed,
                 ..Default::default()
             };
-            generate::run(&demo::resolve(model)?, generate::Args { prompt, chat, max_tokens, sampling, stop, mode: c.expert_mode(), prefetch: c.prefetch(), shadow: c.shadow()?, backend, gpu_expert_budget: c.gpu.expert_budget.0 })
+            generate::run(&demo::resolve(model)?, generate::Args { prompt, chat, max_tokens, sampling, stop, mode: c.expert_mode(), prefetch: c.prefetch(), shadow: c.shadow()?, kv_type: c.kv_type(), backend, gpu_expert_budget: c.gpu.expert_budget.0 })
         }
         Command::Tokenize { model, text, file, no_bos, special } => tokenize::tokenize(&model, text, file.as_deref(), no_bos, special),
         Command::Detokenize { model, ids } => tokenize::detokenize(&model, &ids),

@@ -40,6 +40,8 @@ pub struct ServerConfig {
     pub default_max_tokens: usize,
     /// Expert prefetching.
     pub prefetch: odmoe::model::Prefetch,
+    /// Element type of the sessions' key/value caches.
+    pub kv_type: odmoe::model::KvType,
     /// The shadow predictor, for `Prefetch::Shadow`.
     pub shadow: Option<Arc<odmoe::shadow::Shadow>>,
     /// Seconds running streams get to finish after SIGINT/SIGTERM.
@@ -71,6 +73,7 @@ impl ServerConfig {
             max_tokens: c.limits.max_tokens,
             default_max_tokens: c.limits.default_max_tokens,
             prefetch: c.prefetch(),
+            kv_type: c.kv_type(),
             shadow: c.shadow()?,
             shutdown_timeout_s: c.server.shutdown_timeout_s,
         })
@@ -158,10 +161,11 @@ fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
 
 /// Opens the model (on a blocking thread) and starts the pipeline's actors.
 async fn load(path: &Path, mode: &ExpertMode, config: &ServerConfig, metrics: Arc<metrics::Metrics>) -> Result<Loaded, String> {
-    let (path, mode, prefetch, shadow) = (path.to_path_buf(), mode.clone(), config.prefetch, config.shadow.clone());
+    let (path, mode, prefetch, kv_type, shadow) = (path.to_path_buf(), mode.clone(), config.prefetch, config.kv_type, config.shadow.clone());
     let (model, tokenizer, template) = tokio::task::spawn_blocking(move || -> Result<_, String> {
         let mut model = Model::open_with(&path, &mode).map_err(|e| e.to_string())?;
         model.set_prefetch(prefetch);
+        model.set_kv_type(kv_type);
         if let Some(s) = shadow {
             model.set_shadow(s).map_err(|e| e.to_string())?;
         }
