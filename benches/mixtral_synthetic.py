@@ -1,24 +1,37 @@
 # Writes a Mixtral-shaped synthetic model with random Q8_0 weights (hidden 1024, 8 layers,
-# 8 experts top-2, expert FFN 3584, 16/4 heads, vocabulary 32000): 0.84 GB, larger than
-# the last-level cache and small enough for memory, for batching figures on a model whose
-# steps are bound by reading weights:
+# 8 experts top-2, expert FFN 3584, 16/4 heads) and the demo model's tokenizer (vocabulary
+# 4096): 0.82 GB, larger than the last-level cache and small enough for memory, for
+# batching figures on a model whose steps are bound by reading weights, in the engine and
+# through the server (its text is noise):
 #
 #   python benches/mixtral_synthetic.py OUT.gguf     # needs numpy and gguf (gguf-py)
 #   ODMOE_BENCH_MODEL=OUT.gguf ODMOE_BENCH_STEPS=32 ODMOE_BENCH_LEVELS=1,16 \
 #     cargo bench --bench batch_step
-#
-# (Its tokenizer is a placeholder: the model is for `batch_step`, not for text.)
-import sys
+#   ODMOE_LOAD_MODEL=OUT.gguf cargo bench -p odmoe-actors --bench load
+import os, sys
 import numpy as np, gguf
 rng = np.random.default_rng(7)
-H, L, E, FF, NH, NKV, V = 1024, 8, 8, 3584, 16, 4, 32000
+demo = gguf.GGUFReader(os.path.join(os.path.dirname(__file__), '..', 'models', 'odmoe-demo-shakespeare-Q8_0.gguf'))
+def field(name):
+    f = demo.fields[name]
+    vals = [f.parts[i] for i in f.data]
+    if f.types[-1] == gguf.GGUFValueType.STRING:
+        vals = [bytes(v).decode() for v in vals]
+    else:
+        vals = [v.tolist()[0] for v in vals]
+    return vals if f.types[0] == gguf.GGUFValueType.ARRAY else vals[0]
+tokens = field('tokenizer.ggml.tokens')
+H, L, E, FF, NH, NKV, V = 1024, 8, 8, 3584, 16, 4, len(tokens)
 HD = H // NH
 w = gguf.GGUFWriter(sys.argv[1], 'llama')
 w.add_block_count(L); w.add_context_length(4096); w.add_embedding_length(H); w.add_feed_forward_length(FF)
 w.add_head_count(NH); w.add_head_count_kv(NKV); w.add_rope_freq_base(10000.0); w.add_layer_norm_rms_eps(1e-5)
 w.add_expert_count(E); w.add_expert_used_count(2); w.add_vocab_size(V); w.add_rope_dimension_count(HD)
-w.add_tokenizer_model('gpt2'); w.add_token_list([f't{i}'.encode() for i in range(V)]); w.add_token_types([1]*V)
-w.add_token_merges([]); w.add_bos_token_id(1); w.add_eos_token_id(2)
+w.add_tokenizer_model(field('tokenizer.ggml.model')); w.add_tokenizer_pre(field('tokenizer.ggml.pre'))
+w.add_token_list(tokens); w.add_token_types(field('tokenizer.ggml.token_type')); w.add_token_merges(field('tokenizer.ggml.merges'))
+w.add_bos_token_id(field('tokenizer.ggml.bos_token_id')); w.add_eos_token_id(field('tokenizer.ggml.eos_token_id'))
+w.add_unk_token_id(field('tokenizer.ggml.unknown_token_id')); w.add_add_bos_token(field('tokenizer.ggml.add_bos_token'))
+w.add_chat_template(field('tokenizer.chat_template'))
 def q8(shape, scale):
     # shape in numpy order (..., rows, cols); Q8_0 blocks along the last axis
     n = int(np.prod(shape)) // 32

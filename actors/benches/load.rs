@@ -53,24 +53,35 @@ async fn session(c: reqwest::Client, base: String, i: usize, max_tokens: usize) 
     Session { ttft: first.unwrap_or_default().as_secs_f64(), gaps, tokens }
 }
 
-/// CPU time (clock ticks) the server's threads have used so far: the compute pool's
-/// (`odmoe-compute-N`: forward passes and sampling) and everyone else's (HTTP, actors,
-/// tokenizer, the runtime).
-fn server_cpu(pid: u32) -> (u64, u64) {
-    let (mut compute, mut other) = (0, 0);
+/// CPU time (clock ticks) each of the server's threads has used so far, by thread id, and
+/// whether it is one of the compute pool's (`odmoe-compute-N`: forward passes and
+/// sampling) or another (HTTP, actors, tokenizer, the runtime).
+fn server_cpu(pid: u32) -> std::collections::HashMap<String, (bool, u64)> {
+    let mut threads = std::collections::HashMap::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
         let (Ok(comm), Ok(stat)) = (std::fs::read_to_string(task.path().join("comm")), std::fs::read_to_string(task.path().join("stat"))) else { continue };
         // fields after the parenthesized name: utime and stime are the 12th and 13th
         let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
         let f: Vec<u64> = rest.split_whitespace().skip(11).take(2).filter_map(|v| v.parse().ok()).collect();
-        let ticks: u64 = f.iter().sum();
-        if comm.starts_with("odmoe-compute") {
-            compute += ticks;
+        threads.insert(task.file_name().to_string_lossy().into_owned(), (comm.starts_with("odmoe-compute"), f.iter().sum()));
+    }
+    threads
+}
+
+/// The compute pool's and the other threads' CPU ticks between two [`server_cpu`]
+/// snapshots, thread by thread: a thread that ended in between (an idle blocking-pool
+/// thread, say) drops out instead of taking its whole past off the sum.
+fn cpu_between(before: &std::collections::HashMap<String, (bool, u64)>, after: &std::collections::HashMap<String, (bool, u64)>) -> (f64, f64) {
+    let (mut pool, mut other) = (0u64, 0u64);
+    for (tid, &(compute, ticks)) in after {
+        let used = ticks.saturating_sub(before.get(tid).map_or(0, |b| b.1));
+        if compute {
+            pool += used;
         } else {
-            other += ticks;
+            other += used;
         }
     }
-    (compute, other)
+    (pool as f64, other as f64)
 }
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
@@ -132,7 +143,7 @@ async fn main() {
         let cpu1 = server_cpu(child.id());
         let after = metrics(&c, &base).await;
         let d = |name: &str| after(name) - before(name);
-        let (cpu_pool, cpu_other) = ((cpu1.0 - cpu0.0) as f64, (cpu1.1 - cpu0.1) as f64);
+        let (cpu_pool, cpu_other) = cpu_between(&cpu0, &cpu1);
         let total: u64 = sessions.iter().map(|s| s.tokens).sum();
         let rate = total as f64 / wall;
         let single = *single.get_or_insert(rate);
