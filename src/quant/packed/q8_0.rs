@@ -111,6 +111,12 @@ mod vnni {
     /// Tokens whose sums one pass over a group keeps in registers.
     const MAX_TOKENS: usize = 8;
 
+    /// Lines (64 bytes each) ahead of the block being multiplied that are asked for in
+    /// advance (4 KiB: eight blocks of this group, or the next group's first): a batched
+    /// step streaming every expert of a Mixtral-shaped model from memory took 5-10% less
+    /// time with it than with the hardware prefetcher alone.
+    const PREFETCH_LINES: usize = 64;
+
     /// Group `g` times `T` tokens: per token, the sixteen rows' results in lane order.
     #[inline(always)]
     unsafe fn group_tokens<const T: usize>(p: &PackedQ8_0, g: usize, a: [&[ActQ8_0]; T], offsets: [&[i32]; T]) -> [__m512; T] {
@@ -118,7 +124,12 @@ mod vnni {
         let lines = &p.lines[g * blocks * 8..(g + 1) * blocks * 8];
         let scales = &p.scales[g * blocks..(g + 1) * blocks];
         let mut acc = [_mm512_setzero_ps(); T];
+        // wrapping: near the end the address passes the array, which a prefetch may name
+        let ahead = p.lines.as_ptr().wrapping_add(g * blocks * 8 + PREFETCH_LINES);
         for b in 0..blocks {
+            for k in 0..8 {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(b * 8 + k) as *const i8);
+            }
             let dw = _mm512_cvtph_ps(_mm256_loadu_si256(scales[b].as_ptr() as *const __m256i));
             let mut s: [__m512i; T] = std::array::from_fn(|t| _mm512_set1_epi32(offsets[t][b]));
             for k in 0..8 {
