@@ -1,6 +1,6 @@
 # Writes a Mixtral-shaped synthetic model with random Q8_0 weights (hidden 1024, 8 layers,
 # 8 experts top-2, expert FFN 3584, 16/4 heads) and the demo model's tokenizer (vocabulary
-# 4096): 0.82 GB, larger than the last-level cache and small enough for memory, for
+# 4096): 0.78 GB, larger than the last-level cache and small enough for memory, for
 # batching figures on a model whose steps are bound by reading weights, in the engine and
 # through the server (its text is noise):
 #
