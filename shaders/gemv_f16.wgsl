@@ -21,18 +21,14 @@ fn pair(v: u32) -> vec2<f32> {
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let row = (wg.x + wg.y * dims.groups_x) * ROWS_PER_GROUP + lid / LANES;
-    let lane = lid % LANES;
-    let z = wg.z;
-    let t = z / dims.act_div;
-    let wrow = weight_row(row, z);
+    let p = place(wg, lid);
     var acc = 0.0;
-    if (row < dims.rows) {
+    if (p.row < dims.rows) {
         // per_row counts pairs; four independent sums keep four loads in flight
-        let wo = wrow * dims.per_row;
-        let xo = t * dims.per_row;
+        let wo = p.wrow * dims.per_row;
+        let xo = p.t * dims.per_row;
         var a = vec4<f32>(0.0);
-        var c = lane;
+        var c = p.lane;
         for (; c + 3u * LANES < dims.per_row; c += 4u * LANES) {
             a += vec4<f32>(dot(pair(w[wo + c]), x[xo + c]), dot(pair(w[wo + c + LANES]), x[xo + c + LANES]),
                            dot(pair(w[wo + c + 2u * LANES]), x[xo + c + 2u * LANES]), dot(pair(w[wo + c + 3u * LANES]), x[xo + c + 3u * LANES]));
@@ -42,8 +38,5 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         }
         acc = (a.x + a.y) + (a.z + a.w);
     }
-    let total = row_sum(lid, acc);
-    if (lane == 0u && row < dims.rows) {
-        store(z * dims.rows + row, total);
-    }
+    finish(lid, p, acc);
 }

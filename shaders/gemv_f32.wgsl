@@ -9,18 +9,14 @@
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let row = (wg.x + wg.y * dims.groups_x) * ROWS_PER_GROUP + lid / LANES;
-    let lane = lid % LANES;
-    let z = wg.z;
-    let t = z / dims.act_div;
-    let wrow = weight_row(row, z);
+    let p = place(wg, lid);
     var acc = 0.0;
-    if (row < dims.rows) {
+    if (p.row < dims.rows) {
         // four independent sums (columns c, c + 32, c + 64, c + 96) keep four loads in flight
-        let wo = wrow * dims.per_row;
-        let xo = t * dims.per_row;
+        let wo = p.wrow * dims.per_row;
+        let xo = p.t * dims.per_row;
         var a = vec4<f32>(0.0);
-        var c = lane;
+        var c = p.lane;
         for (; c + 3u * LANES < dims.per_row; c += 4u * LANES) {
             a += vec4<f32>(w[wo + c], w[wo + c + LANES], w[wo + c + 2u * LANES], w[wo + c + 3u * LANES])
                * vec4<f32>(x[xo + c], x[xo + c + LANES], x[xo + c + 2u * LANES], x[xo + c + 3u * LANES]);
@@ -30,8 +26,5 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         }
         acc = (a.x + a.y) + (a.z + a.w);
     }
-    let total = row_sum(lid, acc);
-    if (lane == 0u && row < dims.rows) {
-        store(z * dims.rows + row, total);
-    }
+    finish(lid, p, acc);
 }

@@ -52,3 +52,28 @@ fn row_sum(lid: u32, v: f32) -> f32 {
     }
     return lane_sums[lid];
 }
+
+// Where an invocation works: its output row, its lane among the row's, the output row
+// group z (grid z), the activation row t it reads and the weight row.
+struct Place {
+    row: u32,
+    lane: u32,
+    z: u32,
+    t: u32,
+    wrow: u32,
+}
+
+fn place(wg: vec3<u32>, lid: u32) -> Place {
+    let row = (wg.x + wg.y * dims.groups_x) * ROWS_PER_GROUP + lid / LANES;
+    let z = wg.z;
+    return Place(row, lid % LANES, z, z / dims.act_div, weight_row(row, z));
+}
+
+// Sums the lanes' parts `acc` of each row and writes the row's output; every invocation
+// must call it.
+fn finish(lid: u32, p: Place, acc: f32) {
+    let total = row_sum(lid, acc);
+    if (p.lane == 0u && p.row < dims.rows) {
+        store(p.z * dims.rows + p.row, total);
+    }
+}

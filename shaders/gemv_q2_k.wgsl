@@ -18,24 +18,20 @@
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let row = (wg.x + wg.y * dims.groups_x) * ROWS_PER_GROUP + lid / LANES;
-    let lane = lid % LANES;
-    let z = wg.z;
-    let t = z / dims.act_div;
-    let wrow = weight_row(row, z);
+    let p = place(wg, lid);
     var acc = 0.0;
-    if (row < dims.rows) {
-        for (var item = lane; item < dims.per_row * 16u; item += LANES) {
+    if (p.row < dims.rows) {
+        for (var item = p.lane; item < dims.per_row * 16u; item += LANES) {
             let b = item / 16u;
             let g = item % 16u;          // group of 16 values
             let half = g / 8u;
             let s = (g % 8u) / 2u;       // which 2-bit field of the quant bytes
             let l0 = (g % 2u) * 16u;
-            let base = (wrow * dims.per_row + b) * 21u;
+            let base = (p.wrow * dims.per_row + b) * 21u;
             let scale_min = (w[base + g / 4u] >> (8u * (g % 4u))) & 0xffu;
             let dd = unpack2x16float(w[base + 20u]);
             let q = base + (16u + half * 32u + l0) / 4u;
-            let xb = t * dims.per_row + b;
+            let xb = p.t * dims.per_row + b;
             let xw = xb * 64u + (half * 128u + 32u * s + l0) / 4u;
             var isum = 0i;
             var xsum = 0i;
@@ -47,8 +43,5 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             acc += xd[xb] * (dd.x * f32(i32(scale_min & 0x0fu) * isum) - dd.y * f32(i32(scale_min >> 4u) * xsum));
         }
     }
-    let total = row_sum(lid, acc);
-    if (lane == 0u && row < dims.rows) {
-        store(z * dims.rows + row, total);
-    }
+    finish(lid, p, acc);
 }

@@ -78,25 +78,18 @@ fn item_sum(wrow: u32, t: u32, item: u32) -> f32 {
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let row = (wg.x + wg.y * dims.groups_x) * ROWS_PER_GROUP + lid / LANES;
-    let lane = lid % LANES;
-    let z = wg.z;
-    let t = z / dims.act_div;
-    let wrow = weight_row(row, z);
+    let p = place(wg, lid);
     var acc = 0.0;
-    if (row < dims.rows) {
+    if (p.row < dims.rows) {
         // two items per turn: their loads are independent, so both are in flight at once
         let items = dims.per_row * 4u;
-        var item = lane;
+        var item = p.lane;
         for (; item + LANES < items; item += 2u * LANES) {
-            acc += item_sum(wrow, t, item) + item_sum(wrow, t, item + LANES);
+            acc += item_sum(p.wrow, p.t, item) + item_sum(p.wrow, p.t, item + LANES);
         }
         if (item < items) {
-            acc += item_sum(wrow, t, item);
+            acc += item_sum(p.wrow, p.t, item);
         }
     }
-    let total = row_sum(lid, acc);
-    if (lane == 0u && row < dims.rows) {
-        store(z * dims.rows + row, total);
-    }
+    finish(lid, p, acc);
 }

@@ -19,26 +19,22 @@
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let row = (wg.x + wg.y * dims.groups_x) * ROWS_PER_GROUP + lid / LANES;
-    let lane = lid % LANES;
-    let z = wg.z;
-    let t = z / dims.act_div;
-    let wrow = weight_row(row, z);
+    let p = place(wg, lid);
     var acc = 0.0;
-    if (row < dims.rows) {
-        for (var item = lane; item < dims.per_row * 16u; item += LANES) {
+    if (p.row < dims.rows) {
+        for (var item = p.lane; item < dims.per_row * 16u; item += LANES) {
             let b = item / 16u;
             let g = item % 16u;          // group of 16 values
             let half = g / 8u;
             let k = (g % 8u) / 2u;       // which of the four 32-value quarters
             let l0 = (g % 2u) * 16u;
-            let base = (wrow * dims.per_row + b) * 53u;
+            let base = (p.wrow * dims.per_row + b) * 53u;
             let sb = 192u + half * 8u + 2u * k + l0 / 16u;
             let sc = bitcast<i32>((w[base + sb / 4u] >> (8u * (sb % 4u))) << 24u) >> 24u;
             let d = unpack2x16float(w[base + 52u]).x;
             let ql = base + (half * 64u + 32u * (k % 2u) + l0) / 4u;
             let qh = base + (128u + half * 32u + l0) / 4u;
-            let xb = t * dims.per_row + b;
+            let xb = p.t * dims.per_row + b;
             let xw = xb * 64u + (half * 128u + 32u * k + l0) / 4u;
             var isum = 0i;
             var xsum = 0i;
@@ -52,8 +48,5 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             acc += d * xd[xb] * f32(sc * (isum - 32i * xsum));
         }
     }
-    let total = row_sum(lid, acc);
-    if (lane == 0u && row < dims.rows) {
-        store(z * dims.rows + row, total);
-    }
+    finish(lid, p, acc);
 }

@@ -30,20 +30,13 @@ fn block_sum(wrow: u32, t: u32, b: u32) -> f32 {
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let row = (wg.x + wg.y * dims.groups_x) * ROWS_PER_GROUP + lid / LANES;
-    let lane = lid % LANES;
-    let z = wg.z;
-    let t = z / dims.act_div;
-    let wrow = weight_row(row, z);
+    let p = place(wg, lid);
     var acc = 0.0;
-    if (row < dims.rows) {
+    if (p.row < dims.rows) {
         // one block per turn (two, as Q4_K takes, measured 5% slower on an H200)
-        for (var b = lane; b < dims.per_row; b += LANES) {
-            acc += block_sum(wrow, t, b);
+        for (var b = p.lane; b < dims.per_row; b += LANES) {
+            acc += block_sum(p.wrow, p.t, b);
         }
     }
-    let total = row_sum(lid, acc);
-    if (lane == 0u && row < dims.rows) {
-        store(z * dims.rows + row, total);
-    }
+    finish(lid, p, acc);
 }
