@@ -56,7 +56,6 @@ impl KvRows {
 
 /// Every query head of tokens `0..n` (query rows `q`, token `t` at position `pos0 + t`)
 /// attending over cached keys `kc` and values `vc`, into `out`.
-#[allow(clippy::too_many_arguments)]
 fn attend_heads<E: CacheValue>(cfg: &Config, q: &[f32], kc: &[E], vc: &[E], n: usize, pos0: usize, out: &mut [f32]) {
     let (hd, hdv, nh, nkv) = (cfg.head_dim_k, cfg.head_dim_v, cfg.n_head, cfg.n_head_kv);
     let group = nh / nkv;
