@@ -115,3 +115,15 @@ fn an_f16_cache_stays_close_to_f32_and_batches_alike() {
         }
     }
 }
+
+/// What a cache is said to take per position is what it holds after a prompt.
+#[test]
+fn kv_bytes_per_position_match_the_cache() {
+    for (name, kv) in [("mixtral.f32", odmoe::model::KvType::F32), ("mixtral.f32", odmoe::model::KvType::F16), ("deepseek2.f32", odmoe::model::KvType::F32)] {
+        let mut m = Model::open(common::fixture(&format!("models/{name}.gguf"))).unwrap();
+        m.set_kv_type(kv);
+        let mut c = m.new_cache(64);
+        m.forward(PROMPTS[2], &mut c, Logits::Last).unwrap();
+        assert_eq!(c.bytes(), m.kv_bytes_per_position() * PROMPTS[2].len() as u64, "{name} {kv:?}");
+    }
+}

@@ -118,11 +118,13 @@ pub struct Limits {
     pub max_tokens: usize,
     /// Completion tokens when a request does not say.
     pub default_max_tokens: usize,
+    /// Key/value cache memory the running sessions may reserve together; absent: no limit.
+    pub kv_budget: Option<Size>,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { context: 4096, max_prompt_tokens: 4096, max_tokens: 4096, default_max_tokens: 256 }
+        Limits { context: 4096, max_prompt_tokens: 4096, max_tokens: 4096, default_max_tokens: 256, kv_budget: None }
     }
 }
 
@@ -389,10 +391,11 @@ mod tests {
         let f = write(&uncommented);
         let mut want = Config::default();
         want.cache.budget = Some(Size(8 << 30));
+        want.limits.kv_budget = Some(Size(16 << 30));
         want.prefetch.shadow = Some("shadow.safetensors".into());
         assert_eq!(Config::load(Some(&f.0), none()).unwrap(), want);
         let keys = uncommented.lines().filter(|l| l.contains(" = ") && !l.starts_with('#')).count();
-        assert_eq!(keys, 26, "the example should list every key once");
+        assert_eq!(keys, 27, "the example should list every key once");
     }
 
     #[test]

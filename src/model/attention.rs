@@ -218,6 +218,18 @@ pub fn output(w: &Attention, attended: &[f32]) -> Vec<f32> {
 }
 
 impl LayerCache {
+    /// Bytes of values held.
+    pub fn bytes(&self) -> u64 {
+        let rows = |r: &KvRows| match r {
+            KvRows::F32(v) => v.len() * 4,
+            KvRows::F16(v) => v.len() * 2,
+        };
+        (match self {
+            LayerCache::Standard { k, v } => rows(k) + rows(v),
+            LayerCache::Latent { c } => c.len() * 4,
+        }) as u64
+    }
+
     /// Drops every position from `len` on (undoes a pass that failed part way).
     pub fn truncate(&mut self, cfg: &Config, len: usize) {
         match self {

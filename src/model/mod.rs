@@ -116,6 +116,11 @@ impl KvCache {
     pub fn max_len(&self) -> usize {
         self.max_len
     }
+
+    /// Bytes of keys and values held (not counting spare capacity).
+    pub fn bytes(&self) -> u64 {
+        self.layers.iter().map(LayerCache::bytes).sum()
+    }
 }
 
 /// Which positions' logits a forward pass returns.
@@ -280,6 +285,18 @@ impl Model {
     /// The model's metadata (tokenizer, chat template, hyperparameters).
     pub fn metadata(&self) -> &Metadata {
         self.source.metadata()
+    }
+
+    /// Bytes a cache from [`Model::new_cache`] takes per position, over all layers (keys
+    /// and values in the cache's element type, or latent attention's compressed row):
+    /// what a server budgets its sessions' memory with.
+    pub fn kv_bytes_per_position(&self) -> u64 {
+        let c = &self.config;
+        let per_layer = match &c.mla {
+            Some(m) => (m.kv_lora_rank + m.rope_dim) * 4,
+            None => c.n_head_kv * (c.head_dim_k + c.head_dim_v) * if self.kv_type == KvType::F16 { 2 } else { 4 },
+        };
+        (c.n_layer * per_layer) as u64
     }
 
     /// A fresh cache for one sequence of at most `max_len` positions.

@@ -115,6 +115,10 @@ pub struct Limits {
     pub tokenizer_mailbox: usize,
     /// `Submit` calls in flight to the scheduler.
     pub scheduler_mailbox: usize,
+    /// Bytes of key/value cache the running sessions may reserve together (each its
+    /// prompt plus `max_tokens` positions, up to its context); queued requests that would
+    /// pass it wait, except that one runs whenever none does. `None`: no limit.
+    pub kv_budget: Option<u64>,
 }
 
 /// Handles to the running pipeline.

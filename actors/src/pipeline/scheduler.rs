@@ -4,7 +4,8 @@
 //! (a step's results), [`SchedulerMsg::Wake`] (a paused client read some events).
 //!
 //! After every message the scheduler (1) drops sessions whose client has gone, (2) admits
-//! queued requests while fewer than `max_sessions` run, (3) when no step is in flight,
+//! queued requests while fewer than `max_sessions` run and their key/value reservations fit
+//! `kv_budget` (one always runs), (3) when no step is in flight,
 //! builds the next one, and (4) hands the sessions' new events to their channels while
 //! that step computes. A step takes first every running session able to take its next
 //! token (its event channel has room for its pending events and one more), starting at a
@@ -69,6 +70,8 @@ struct Session {
     paused: bool,
     accepted: Instant,
     last_token: Option<Instant>,
+    /// Key/value cache bytes reserved against `Limits::kv_budget`.
+    kv_reserved: u64,
 }
 
 impl Session {
@@ -106,6 +109,8 @@ pub struct SchedulerState {
     next_id: u64,
     in_flight: bool,
     rotate: usize,
+    /// Key/value cache bytes the sessions have reserved.
+    kv_reserved: u64,
     /// When the step in flight was sent (for the overhead figure).
     step_sent: Option<Instant>,
     /// When the last step's result arrived, until the next step is sent (for the
@@ -119,7 +124,7 @@ impl Actor for SchedulerActor {
     type Arguments = SchedulerArgs;
 
     async fn pre_start(&self, _: ActorRef<SchedulerMsg>, args: SchedulerArgs) -> Result<SchedulerState, ActorProcessingErr> {
-        Ok(SchedulerState { args, queue: VecDeque::new(), sessions: Vec::new(), next_id: 0, in_flight: false, rotate: 0, step_sent: None, step_returned: None })
+        Ok(SchedulerState { args, queue: VecDeque::new(), sessions: Vec::new(), next_id: 0, in_flight: false, rotate: 0, kv_reserved: 0, step_sent: None, step_returned: None })
     }
 
     async fn handle(&self, myself: ActorRef<SchedulerMsg>, msg: SchedulerMsg, st: &mut SchedulerState) -> Result<(), ActorProcessingErr> {
@@ -150,27 +155,41 @@ impl SchedulerState {
     /// Delivers events, drops finished and abandoned sessions, admits queued requests, and
     /// starts a step when none is in flight.
     fn tick(&mut self, myself: &ActorRef<SchedulerMsg>) {
-        self.drop_ended();
-        while self.sessions.len() < self.args.limits.max_sessions {
-            let Some(req) = self.queue.pop_front() else { break };
-            self.admit(req);
-        }
-        if !self.in_flight {
-            self.start_step(myself);
-        }
-        // only the gap between a step's result and the next step counts as overhead
-        self.step_returned = None;
-        // events go out while the step computes
-        for s in self.sessions.iter_mut() {
-            let connected = s.flush();
-            // a client that has not read what it was sent holds up only its own session
-            let blocked = !s.outbox.is_empty() || (!s.done && s.events.capacity() == 0);
-            if blocked && connected && !s.paused {
-                s.paused = true;
-                wake_when_read(myself, s);
+        loop {
+            self.drop_ended();
+            while self.sessions.len() < self.args.limits.max_sessions {
+                let Some(req) = self.queue.front() else { break };
+                // positions the session may fill, in the model's bytes
+                let need = (req.prompt.len() + req.opts.max_tokens).min(req.opts.max_context) as u64 * self.args.model.kv_bytes_per_position();
+                if self.args.limits.kv_budget.is_some_and(|b| !self.sessions.is_empty() && self.kv_reserved + need > b) {
+                    break;
+                }
+                let req = self.queue.pop_front().expect("looked at above");
+                self.admit(req, need);
+            }
+            if !self.in_flight {
+                self.start_step(myself);
+            }
+            // only the gap between a step's result and the next step counts as overhead
+            self.step_returned = None;
+            // events go out while the step computes
+            for s in self.sessions.iter_mut() {
+                let connected = s.flush();
+                // a client that has not read what it was sent holds up only its own session
+                let blocked = !s.outbox.is_empty() || (!s.done && s.events.capacity() == 0);
+                if blocked && connected && !s.paused {
+                    s.paused = true;
+                    wake_when_read(myself, s);
+                }
+            }
+            let running = self.sessions.len();
+            self.drop_ended();
+            // sessions whose last events just went out free their places (and memory) for
+            // queued requests: admit them now if no step is running, as no message may come
+            if self.in_flight || self.queue.is_empty() || self.sessions.len() == running {
+                break;
             }
         }
-        self.drop_ended();
         self.args.metrics.active.store(self.sessions.len() as i64, Ordering::Relaxed);
         self.args.metrics.queued.store(self.queue.len() as i64, Ordering::Relaxed);
     }
@@ -179,21 +198,28 @@ impl SchedulerState {
     /// finished ones whose events are all delivered.
     fn drop_ended(&mut self) {
         let metrics = &self.args.metrics;
+        let mut released = 0;
         self.sessions.retain(|s| {
             let (gone, delivered) = (s.events.is_closed(), s.done && s.outbox.is_empty());
             let keep = s.cache.is_none() || !(gone || delivered);
-            if !keep && !s.done {
-                metrics.cancelled.fetch_add(1, Ordering::Relaxed);
-                metrics.generated_tokens.fetch_add(s.decoding.generated() as u64, Ordering::Relaxed);
+            if !keep {
+                released += s.kv_reserved;
+                if !s.done {
+                    metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+                    metrics.generated_tokens.fetch_add(s.decoding.generated() as u64, Ordering::Relaxed);
+                }
             }
             keep
         });
+        self.kv_reserved -= released;
     }
 
-    fn admit(&mut self, req: Request) {
+    /// Starts a session for `req`, reserving `kv` bytes of key/value cache for it.
+    fn admit(&mut self, req: Request, kv: u64) {
         match Decoding::new(&req.prompt, &req.opts) {
             Ok(decoding) => {
                 self.next_id += 1;
+                self.kv_reserved += kv;
                 self.args.metrics.prompt_tokens.fetch_add(req.prompt.len() as u64, Ordering::Relaxed);
                 self.sessions.push(Session {
                     id: self.next_id,
@@ -208,6 +234,7 @@ impl SchedulerState {
                     paused: false,
                     accepted: req.accepted,
                     last_token: None,
+                    kv_reserved: kv,
                 });
             }
             // a fresh channel has room for one event
@@ -386,7 +413,7 @@ mod tests {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/odmoe-demo-shakespeare-Q8_0.gguf");
         let model = Arc::new(Model::open(&path).unwrap());
         let tok = Arc::new(Tokenizer::from_gguf(model.metadata()).unwrap());
-        let limits = Limits { max_queued: 4, max_sessions: 4, batch_tokens: 64, prefill_chunk: 16, tokenizer_mailbox: 4, scheduler_mailbox: 4 };
+        let limits = Limits { max_queued: 4, max_sessions: 4, batch_tokens: 64, prefill_chunk: 16, tokenizer_mailbox: 4, scheduler_mailbox: 4, kv_budget: None };
         let metrics = Arc::new(Metrics::default());
         let p = Pipeline::start(model.clone(), tok.clone(), None, limits, metrics.clone()).await.unwrap();
         let prompt = |s: &str| tok.encode(s, true, false).unwrap();
@@ -421,7 +448,7 @@ mod tests {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/odmoe-demo-shakespeare-Q8_0.gguf");
         let model = Arc::new(Model::open(&path).unwrap());
         let tok = Arc::new(Tokenizer::from_gguf(model.metadata()).unwrap());
-        let limits = Limits { max_queued: 8, max_sessions: 8, batch_tokens: 12, prefill_chunk: 5, tokenizer_mailbox: 4, scheduler_mailbox: 8 };
+        let limits = Limits { max_queued: 8, max_sessions: 8, batch_tokens: 12, prefill_chunk: 5, tokenizer_mailbox: 4, scheduler_mailbox: 8, kv_budget: None };
         let metrics = Arc::new(Metrics::default());
         let p = Pipeline::start(model.clone(), tok.clone(), None, limits, metrics.clone()).await.unwrap();
         let texts = ["ROMEO:", "JULIET:\nO Romeo, Romeo, wherefore art thou Romeo? Deny thy father and refuse thy name.", "NURSE:\nGood", "MERCUTIO:\nNay, gentle Romeo, we must have you dance."];
@@ -438,5 +465,45 @@ mod tests {
         // no step exceeded the batch budget, and steps did carry several sessions
         let (steps, tokens) = (metrics.steps.load(Ordering::Relaxed), metrics.step_tokens.load(Ordering::Relaxed));
         assert!(tokens <= steps * 12 && tokens > steps, "{tokens} tokens in {steps} steps");
+    }
+
+    /// With a key/value budget that holds one session's reservation (or room for one
+    /// session), sessions run one at a time (every step carries one session: as many steps
+    /// as tokens generated) and each still gets the text it gets alone; the place frees as
+    /// a session's last event goes out, with no other message to wake the scheduler.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_kv_budget_holds_sessions_back_until_memory_frees() {
+        for one_at_a_time in [true, false] {
+            one_session_at_a_time(one_at_a_time).await;
+        }
+    }
+
+    async fn one_session_at_a_time(by_budget: bool) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/odmoe-demo-shakespeare-Q8_0.gguf");
+        let model = Arc::new(Model::open(&path).unwrap());
+        let tok = Arc::new(Tokenizer::from_gguf(model.metadata()).unwrap());
+        let texts = ["ROMEO:", "JULIET:", "NURSE:"];
+        let prompts: Vec<Vec<u32>> = texts.iter().map(|t| tok.encode(t, true, false).unwrap()).collect();
+        let n = 12;
+        // room for the longest prompt's reservation, not for two
+        let one = (prompts.iter().map(Vec::len).max().unwrap() + n) as u64 * model.kv_bytes_per_position();
+        let (max_sessions, kv_budget) = if by_budget { (8, Some(one + one / 2)) } else { (1, None) };
+        let limits = Limits { max_queued: 8, max_sessions, batch_tokens: 64, prefill_chunk: 16, tokenizer_mailbox: 4, scheduler_mailbox: 8, kv_budget };
+        let metrics = Arc::new(Metrics::default());
+        let p = Pipeline::start(model.clone(), tok.clone(), None, limits, metrics.clone()).await.unwrap();
+        let mut rxs = Vec::new();
+        for prompt in &prompts {
+            let (tx, rx) = mpsc::channel(64);
+            p.submit(Request { prompt: prompt.clone(), opts: opts(n), events: tx, accepted: Instant::now() }).await.unwrap();
+            rxs.push(rx);
+        }
+        let mut generated = 0;
+        for (prompt, rx) in prompts.iter().zip(&mut rxs) {
+            let (text, tokens) = drain(rx).await;
+            assert_eq!(text, generate(&model, &tok, prompt, &opts(n), |_| true).unwrap().text);
+            generated += tokens as u64;
+        }
+        // one session per step: its prompt in one step, then a step per token but the last
+        assert_eq!(metrics.steps.load(Ordering::Relaxed), generated, "steps carried more than one session (by budget: {by_budget})");
     }
 }

@@ -65,6 +65,7 @@ impl ServerConfig {
                 prefill_chunk: c.scheduler.prefill_chunk,
                 tokenizer_mailbox: c.tokenizer.mailbox,
                 scheduler_mailbox: c.scheduler.mailbox,
+                kv_budget: c.limits.kv_budget.map(|s| s.0),
             },
             stream_buffer: c.server.stream_buffer,
             max_body_bytes: c.server.max_body.0,
