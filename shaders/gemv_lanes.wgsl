@@ -77,3 +77,28 @@ fn finish(lid: u32, p: Place, acc: f32) {
         store(p.z * dims.rows + p.row, total);
     }
 }
+
+// A work item of the K-quants laid out in groups of 16 values (Q2_K, Q3_K, Q6_K): block b
+// of the row, group g (0..16), which is values l0..l0 + 16 of quarter `quarter` (32
+// values) of half `half` (128 values); the activation block xb, and the word xw where the
+// group's sixteen activation bytes start.
+struct Group16 {
+    b: u32,
+    g: u32,
+    half: u32,
+    quarter: u32,
+    l0: u32,
+    xb: u32,
+    xw: u32,
+}
+
+fn group16(p: Place, item: u32) -> Group16 {
+    let b = item / 16u;
+    let g = item % 16u;
+    let half = g / 8u;
+    let quarter = (g % 8u) / 2u;
+    let l0 = (g % 2u) * 16u;
+    let xb = p.t * dims.per_row + b;
+    return Group16(b, g, half, quarter, l0, xb, xb * 64u + (half * 128u + 32u * quarter + l0) / 4u);
+}
+

@@ -22,25 +22,19 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     var acc = 0.0;
     if (p.row < dims.rows) {
         for (var item = p.lane; item < dims.per_row * 16u; item += LANES) {
-            let b = item / 16u;
-            let g = item % 16u;          // group of 16 values
-            let half = g / 8u;
-            let s = (g % 8u) / 2u;       // which 2-bit field of the quant bytes
-            let l0 = (g % 2u) * 16u;
-            let base = (p.wrow * dims.per_row + b) * 21u;
-            let scale_min = (w[base + g / 4u] >> (8u * (g % 4u))) & 0xffu;
+            let it = group16(p, item);
+            let base = (p.wrow * dims.per_row + it.b) * 21u;
+            let scale_min = (w[base + it.g / 4u] >> (8u * (it.g % 4u))) & 0xffu;
             let dd = unpack2x16float(w[base + 20u]);
-            let q = base + (16u + half * 32u + l0) / 4u;
-            let xb = p.t * dims.per_row + b;
-            let xw = xb * 64u + (half * 128u + 32u * s + l0) / 4u;
+            let q = base + (16u + it.half * 32u + it.l0) / 4u;
             var isum = 0i;
             var xsum = 0i;
             for (var i = 0u; i < 4u; i++) {
-                let a = xq[xw + i];
-                isum += dot4I8Packed((w[q + i] >> (2u * s)) & 0x03030303u, a);
+                let a = xq[it.xw + i];
+                isum += dot4I8Packed((w[q + i] >> (2u * it.quarter)) & 0x03030303u, a);
                 xsum += dot4I8Packed(0x01010101u, a);
             }
-            acc += xd[xb] * (dd.x * f32(i32(scale_min & 0x0fu) * isum) - dd.y * f32(i32(scale_min >> 4u) * xsum));
+            acc += xd[it.xb] * (dd.x * f32(i32(scale_min & 0x0fu) * isum) - dd.y * f32(i32(scale_min >> 4u) * xsum));
         }
     }
     finish(lid, p, acc);

@@ -28,29 +28,23 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     var acc = 0.0;
     if (p.row < dims.rows) {
         for (var item = p.lane; item < dims.per_row * 16u; item += LANES) {
-            let b = item / 16u;
-            let g = item % 16u;          // group of 16 values
-            let half = g / 8u;
-            let s = (g % 8u) / 2u;       // which 2-bit field of the quant bytes
-            let l0 = (g % 2u) * 16u;
-            let base = (p.wrow * dims.per_row + b) * 28u;
-            let low4 = (block_byte(base, 96u + g % 8u) >> (4u * (g / 8u))) & 0x0fu;
-            let top2 = (block_byte(base, 104u + g % 4u) >> (2u * (g / 4u))) & 0x03u;
+            let it = group16(p, item);
+            let base = (p.wrow * dims.per_row + it.b) * 28u;
+            let low4 = (block_byte(base, 96u + it.g % 8u) >> (4u * (it.g / 8u))) & 0x0fu;
+            let top2 = (block_byte(base, 104u + it.g % 4u) >> (2u * (it.g / 4u))) & 0x03u;
             let sc = i32(low4 | (top2 << 4u)) - 32i;
             let d = unpack2x16float(w[base + 27u]).x;
-            let q = base + (32u + half * 32u + l0) / 4u;
-            let h = base + l0 / 4u;
-            let xb = p.t * dims.per_row + b;
-            let xw = xb * 64u + (half * 128u + 32u * s + l0) / 4u;
+            let q = base + (32u + it.half * 32u + it.l0) / 4u;
+            let h = base + it.l0 / 4u;
             var isum = 0i;
             var xsum = 0i;
             for (var i = 0u; i < 4u; i++) {
-                let a = xq[xw + i];
-                let u = ((w[q + i] >> (2u * s)) & 0x03030303u) | (((w[h + i] >> (4u * half + s)) & 0x01010101u) << 2u);
+                let a = xq[it.xw + i];
+                let u = ((w[q + i] >> (2u * it.quarter)) & 0x03030303u) | (((w[h + i] >> (4u * it.half + it.quarter)) & 0x01010101u) << 2u);
                 isum += dot4I8Packed(u, a);
                 xsum += dot4I8Packed(0x01010101u, a);
             }
-            acc += d * xd[xb] * f32(sc * (isum - 4i * xsum));
+            acc += d * xd[it.xb] * f32(sc * (isum - 4i * xsum));
         }
     }
     finish(lid, p, acc);

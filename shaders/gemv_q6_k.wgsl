@@ -23,29 +23,23 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     var acc = 0.0;
     if (p.row < dims.rows) {
         for (var item = p.lane; item < dims.per_row * 16u; item += LANES) {
-            let b = item / 16u;
-            let g = item % 16u;          // group of 16 values
-            let half = g / 8u;
-            let k = (g % 8u) / 2u;       // which of the four 32-value quarters
-            let l0 = (g % 2u) * 16u;
-            let base = (p.wrow * dims.per_row + b) * 53u;
-            let sb = 192u + half * 8u + 2u * k + l0 / 16u;
+            let it = group16(p, item);
+            let base = (p.wrow * dims.per_row + it.b) * 53u;
+            let sb = 192u + it.half * 8u + 2u * it.quarter + it.l0 / 16u;
             let sc = bitcast<i32>((w[base + sb / 4u] >> (8u * (sb % 4u))) << 24u) >> 24u;
             let d = unpack2x16float(w[base + 52u]).x;
-            let ql = base + (half * 64u + 32u * (k % 2u) + l0) / 4u;
-            let qh = base + (128u + half * 32u + l0) / 4u;
-            let xb = p.t * dims.per_row + b;
-            let xw = xb * 64u + (half * 128u + 32u * k + l0) / 4u;
+            let ql = base + (it.half * 64u + 32u * (it.quarter % 2u) + it.l0) / 4u;
+            let qh = base + (128u + it.half * 32u + it.l0) / 4u;
             var isum = 0i;
             var xsum = 0i;
             for (var i = 0u; i < 4u; i++) {
-                let nib = (w[ql + i] >> (4u * (k / 2u))) & 0x0f0f0f0fu;
-                let hi = ((w[qh + i] >> (2u * k)) & 0x03030303u) << 4u;
-                let a = xq[xw + i];
+                let nib = (w[ql + i] >> (4u * (it.quarter / 2u))) & 0x0f0f0f0fu;
+                let hi = ((w[qh + i] >> (2u * it.quarter)) & 0x03030303u) << 4u;
+                let a = xq[it.xw + i];
                 isum += dot4I8Packed(nib | hi, a);
                 xsum += dot4I8Packed(0x01010101u, a);
             }
-            acc += d * xd[xb] * f32(sc * (isum - 32i * xsum));
+            acc += d * xd[it.xb] * f32(sc * (isum - 32i * xsum));
         }
     }
     finish(lid, p, acc);

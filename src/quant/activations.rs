@@ -410,16 +410,22 @@ mod tests {
         assert_eq!((a.qs, a.d.to_bits(), a.s.to_bits()), (b.qs, b.d.to_bits(), b.s.to_bits()));
     }
 
+    /// `n` pseudo-random values in -10..10 (xorshift from `seed`).
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.max(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s % 20001) as f32 / 1000.0 - 10.0
+            })
+            .collect()
+    }
+
     #[test]
     fn vector_q8_k_blocks_equal_the_portable_ones() {
-        let mut s = 777u32;
-        let mut next = || {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            s
-        };
-        let mut blocks: Vec<Vec<f32>> = (0..100).map(|_| (0..256).map(|_| (next() % 20001) as f32 / 1000.0 - 10.0).collect()).collect();
+        let mut blocks: Vec<Vec<f32>> = (0..100).map(|i| values(256, 777 + i)).collect();
         // zeros; the largest magnitude twice with both signs (the first decides); values on
         // rounding ties (max 127: the scale is -1); huge and tiny values
         blocks.push(vec![0.0; 256]);
@@ -438,14 +444,7 @@ mod tests {
     fn vector_q8_0_blocks_equal_the_portable_ones() {
         // random blocks, a zero block, blocks whose scaled values sit on rounding ties
         // (127 / amax exact: amax 127 gives id 1, so halves stay halves), huge and tiny values
-        let mut s = 12345u32;
-        let mut next = || {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            s
-        };
-        let mut x: Vec<f32> = (0..32 * 200).map(|_| (next() % 20001) as f32 / 1000.0 - 10.0).collect();
+        let mut x = values(32 * 200, 12345);
         x.extend([0.0f32; 32]);
         x.extend((0..32).map(|i| if i == 0 { 127.0 } else { (i as f32 - 16.0) + 0.5 }));
         x.extend((0..32).map(|i| if i == 3 { -127.0 } else { -(i as f32) * 2.5 }));
