@@ -7,7 +7,8 @@
 //   values:  Σ exp(score − max) · v, one invocation per value dimension, divided by the
 //            sum at the end
 // Query head h reads key/value head h / (heads / kv_heads). Sums run four at a time so
-// each invocation keeps four loads in flight.
+// each invocation keeps four loads in flight. In a batch of sequences the tokens are rows
+// row0.. of q and o (the scratch row stays the call's own).
 
 struct Dims {
     n: u32,
@@ -19,13 +20,14 @@ struct Dims {
     pos0: u32,
     scale_bits: u32,  // f32 bits of the score scale
     per_y: u32,       // workgroups per grid row
+    row0: u32,        // the first token's row in q and o
 }
 
-@group(0) @binding(0) var<storage, read> q: array<f32>;        // n × heads × head_dim
+@group(0) @binding(0) var<storage, read> q: array<f32>;        // (row0 + n) × heads × head_dim
 @group(0) @binding(1) var<storage, read> k: array<f32>;        // len × kv_heads × head_dim
 @group(0) @binding(2) var<storage, read> v: array<f32>;        // len × kv_heads × value_dim
 @group(0) @binding(3) var<storage, read_write> p: array<f32>;  // n × heads × len
-@group(0) @binding(4) var<storage, read_write> o: array<f32>;  // n × heads × value_dim
+@group(0) @binding(4) var<storage, read_write> o: array<f32>;  // (row0 + n) × heads × value_dim
 @group(0) @binding(5) var<uniform> dims: Dims;
 
 const WG: u32 = 256u;
@@ -61,7 +63,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let kvh = head / (dims.heads / dims.kv_heads);
     let end = dims.pos0 + t + 1u;  // positions this token sees
     let base = row * dims.len;
-    let qo = row * dims.head_dim;
+    let out_row = dims.row0 * dims.heads + row;
+    let qo = out_row * dims.head_dim;
     let scale = bitcast<f32>(dims.scale_bits);
 
     var m = LOWEST;
@@ -104,7 +107,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             for (; s < end; s++) {
                 a.x += p[base + s] * v[s * stride + vo];
             }
-            o[row * dims.value_dim + d] = ((a.x + a.y) + (a.z + a.w)) / total;
+            o[out_row * dims.value_dim + d] = ((a.x + a.y) + (a.z + a.w)) / total;
         }
         return;
     }
@@ -139,6 +142,6 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         for (var k = 0u; k < groups; k++) {
             sum += red[k * dims.value_dim + d];
         }
-        o[row * dims.value_dim + d] = sum / total;
+        o[out_row * dims.value_dim + d] = sum / total;
     }
 }

@@ -33,6 +33,9 @@ pub struct Shape {
     pub pos0: usize,
     /// Score scale (usually `1/sqrt(head_dim)`).
     pub scale: f32,
+    /// Row of the first new token in the query and output buffers (other sequences of a
+    /// batch have the rows around it).
+    pub row0: usize,
 }
 
 /// A 2-D grid of `total` items, `per` per workgroup: (groups x, groups y, items per row).
@@ -49,9 +52,9 @@ impl Attention {
         Attention { kernel: Kernel::new(gpu, "attention", src, "main") }
     }
 
-    /// Records attention of `q` over the cache `k`, `v` (holding `pos0 + n` positions)
-    /// into `out` (`n × heads × value_dim`), using `scratch` (at least `n × heads × (pos0 +
-    /// n)` f32).
+    /// Records attention of `q`'s rows `row0..row0 + n` over the cache `k`, `v` (holding
+    /// `pos0 + n` positions) into the same rows of `out` (`heads × value_dim` each), using
+    /// `scratch` (at least `n × heads × (pos0 + n)` f32).
     #[allow(clippy::too_many_arguments)]
     pub fn record(&self, rec: &mut Recorder, sh: Shape, q: &wgpu::Buffer, k: &wgpu::Buffer, v: &wgpu::Buffer, scratch: &wgpu::Buffer, out: &wgpu::Buffer) -> Result<()> {
         if sh.kv_heads == 0 || !sh.heads.is_multiple_of(sh.kv_heads) {
@@ -61,7 +64,7 @@ impl Attention {
         if scratch.size() < (sh.n * sh.heads * len * 4) as u64 {
             return Err(Error::Invalid(format!("attention: scratch of {} bytes, {} needed", scratch.size(), sh.n * sh.heads * len * 4)));
         }
-        let dims = |per_y: u32| [sh.n as u32, sh.heads as u32, sh.kv_heads as u32, sh.head_dim as u32, sh.value_dim as u32, len as u32, sh.pos0 as u32, sh.scale.to_bits(), per_y];
+        let dims = |per_y: u32| [sh.n as u32, sh.heads as u32, sh.kv_heads as u32, sh.head_dim as u32, sh.value_dim as u32, len as u32, sh.pos0 as u32, sh.scale.to_bits(), per_y, sh.row0 as u32];
         let (g, per) = grid(sh.n * sh.heads, 1);
         self.kernel.record(rec, &[q, k, v, scratch, out], &dims(per), g)
     }
@@ -78,16 +81,18 @@ mod tests {
         let Some(gpu) = gpu_or_skip() else { return };
         let k = Attention::new(&gpu);
         // prefill from empty, decode after a long cache, grouped heads, value width unlike
-        // the key width, a chunk in the middle of a sequence
+        // the key width, a chunk in the middle of a sequence, rows after another
+        // sequence's in a batch (row0)
         for sh in [
-            Shape { n: 5, heads: 4, kv_heads: 2, head_dim: 16, value_dim: 16, pos0: 0, scale: 0.25 },
-            Shape { n: 1, heads: 8, kv_heads: 1, head_dim: 64, value_dim: 64, pos0: 300, scale: 0.125 },
-            Shape { n: 3, heads: 6, kv_heads: 3, head_dim: 24, value_dim: 40, pos0: 70, scale: 0.2 },
-            Shape { n: 2, heads: 2, kv_heads: 1, head_dim: 18, value_dim: 10, pos0: 2, scale: 0.3 },
-            Shape { n: 2, heads: 2, kv_heads: 2, head_dim: 8, value_dim: 300, pos0: 5, scale: 0.3 },
+            Shape { n: 5, heads: 4, kv_heads: 2, head_dim: 16, value_dim: 16, pos0: 0, scale: 0.25, row0: 0 },
+            Shape { n: 1, heads: 8, kv_heads: 1, head_dim: 64, value_dim: 64, pos0: 300, scale: 0.125, row0: 0 },
+            Shape { n: 3, heads: 6, kv_heads: 3, head_dim: 24, value_dim: 40, pos0: 70, scale: 0.2, row0: 3 },
+            Shape { n: 2, heads: 2, kv_heads: 1, head_dim: 18, value_dim: 10, pos0: 2, scale: 0.3, row0: 0 },
+            Shape { n: 2, heads: 2, kv_heads: 2, head_dim: 8, value_dim: 300, pos0: 5, scale: 0.3, row0: 1 },
         ] {
             let len = sh.pos0 + sh.n;
-            let q = values(sh.n * sh.heads * sh.head_dim, 1);
+            let q_all = values((sh.row0 + sh.n) * sh.heads * sh.head_dim, 1);
+            let q = &q_all[sh.row0 * sh.heads * sh.head_dim..];
             let kc = values(len * sh.kv_heads * sh.head_dim, 2);
             let vc = values(len * sh.kv_heads * sh.value_dim, 3);
             let mut want = vec![0.0f32; sh.n * sh.heads * sh.value_dim];
@@ -101,12 +106,13 @@ mod tests {
                     cpu::attend_head(qh, &kc[kvh * sh.head_dim..], sh.kv_heads * sh.head_dim, &vc[kvh * sh.value_dim..], sh.kv_heads * sh.value_dim, sh.pos0 + t + 1, sh.scale, &mut scores, o);
                 }
             }
-            let (qb, kb, vb) = (gpu.upload("q", &q).unwrap(), gpu.upload("k", &kc).unwrap(), gpu.upload("v", &vc).unwrap());
-            let (scratch, out) = (gpu.output("scores", sh.n * sh.heads * len), gpu.output("out", want.len()));
+            let (qb, kb, vb) = (gpu.upload("q", &q_all).unwrap(), gpu.upload("k", &kc).unwrap(), gpu.upload("v", &vc).unwrap());
+            let skip = sh.row0 * sh.heads * sh.value_dim;
+            let (scratch, out) = (gpu.output("scores", sh.n * sh.heads * len), gpu.output("out", skip + want.len()));
             let mut enc = Recorder::new(&gpu);
             k.record(&mut enc, sh, &qb, &kb, &vb, &scratch, &out).unwrap();
             enc.submit();
-            for (i, (a, b)) in gpu.read_f32(&out, want.len()).unwrap().iter().zip(&want).enumerate() {
+            for (i, (a, b)) in gpu.read_f32(&out, skip + want.len()).unwrap()[skip..].iter().zip(&want).enumerate() {
                 assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{sh:?} [{i}]: gpu {a} vs cpu {b}");
             }
         }

@@ -1,8 +1,9 @@
 //! The forward pass on the GPU backend: the model's non-expert weights resident on the
-//! device ([`GpuModel`]), a KV cache in device buffers ([`GpuKvCache`]), and a pass that
-//! appends tokens to it and returns logits — for `odmoe logits --backend gpu` (every
-//! position of one prompt) and `odmoe generate --backend gpu` (prefill, then one token at
-//! a time).
+//! device ([`GpuModel`]), a KV cache per sequence in device buffers ([`GpuKvCache`]), and
+//! a pass that appends tokens to one or several sequences' caches and returns logits — for
+//! `odmoe logits --backend gpu` (every position of one prompt), `odmoe generate --backend
+//! gpu` (prefill, then one token at a time) and the server's batched steps
+//! ([`GpuModel::forward_batch`]).
 //!
 //! Covers grouped-query attention (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE) with F32, F16,
 //! BF16, Q8_0, Q4_0, Q5_0, Q4_K, Q5_K and Q6_K weights; latent attention (DeepSeek, Kimi) and other block formats are
@@ -125,13 +126,29 @@ pub const SUBMIT_EVERY: usize = 4;
 /// Device memory for routed experts that [`GpuModel::new`] allows by default.
 pub const DEFAULT_DEVICE_EXPERT_BYTES: u64 = 1 << 30;
 
-/// One sequence's keys and values in device buffers, one pair per layer, sized for
-/// `max_len` positions when made.
+/// One sequence's keys and values in device buffers, one pair per layer, for up to
+/// `max_len` positions; the buffers start small and double as the sequence grows, so a
+/// server's sessions hold device memory for what they use, not for their whole context.
 pub struct GpuKvCache {
     k: Vec<wgpu::Buffer>,
     v: Vec<wgpu::Buffer>,
     len: usize,
     max_len: usize,
+    /// Positions the buffers hold.
+    room: usize,
+}
+
+/// Positions a new [`GpuKvCache`] has room for (it grows from there).
+const FIRST_CACHE_ROOM: usize = 256;
+
+/// One sequence's part of a batched step ([`GpuModel::forward_batch`]).
+pub struct GpuSequence<'a> {
+    /// New tokens, after the positions already in `cache`.
+    pub tokens: &'a [u32],
+    /// The sequence's cache; the tokens are appended to it.
+    pub cache: &'a mut GpuKvCache,
+    /// Which of its positions' logits to return.
+    pub logits: Logits,
 }
 
 impl GpuKvCache {
@@ -251,11 +268,13 @@ impl<'a> GpuModel<'a> {
         let cfg = &self.model.config;
         let (kw, vw) = (cfg.n_head_kv * cfg.head_dim_k, cfg.n_head_kv * cfg.head_dim_v);
         let n = self.layers.len();
+        let room = max_len.clamp(1, FIRST_CACHE_ROOM);
         GpuKvCache {
-            k: (0..n).map(|_| self.gpu.output("k cache", max_len.max(1) * kw)).collect(),
-            v: (0..n).map(|_| self.gpu.output("v cache", max_len.max(1) * vw)).collect(),
+            k: (0..n).map(|_| self.gpu.output("k cache", room * kw)).collect(),
+            v: (0..n).map(|_| self.gpu.output("v cache", room * vw)).collect(),
             len: 0,
             max_len,
+            room,
         }
     }
 
@@ -325,21 +344,46 @@ impl<'a> GpuModel<'a> {
     /// Runs `tokens` after the positions in `cache`, appends them to it, and returns
     /// logits as `which` asks (as [`Model::forward`] does on the CPU).
     pub fn forward(&self, tokens: &[u32], cache: &mut GpuKvCache, which: Logits) -> Result<Vec<f32>> {
+        let mut out = self.forward_batch(&mut [GpuSequence { tokens, cache, logits: which }])?;
+        Ok(out.pop().expect("one sequence, one result"))
+    }
+
+    /// One pass over several sequences at once (continuous batching, as
+    /// [`Model::forward_batch`] on the CPU): every sequence's new tokens are rows of the
+    /// same matrix products, attention runs per sequence over its own cache, and each
+    /// sequence gets the logits it asks for. A sequence's results do not depend on the
+    /// others in the batch. On error no cache has changed.
+    pub fn forward_batch(&self, seqs: &mut [GpuSequence<'_>]) -> Result<Vec<Vec<f32>>> {
         let cfg: &Config = &self.model.config;
         let gpu = self.gpu;
-        if tokens.is_empty() {
-            return Err(Error::Invalid("no tokens to process".into()));
+        for s in seqs.iter() {
+            if s.tokens.is_empty() {
+                return Err(Error::Invalid("no tokens to process".into()));
+            }
+            if let Some(&bad) = s.tokens.iter().find(|&&t| t as usize >= cfg.n_vocab) {
+                return Err(Error::Invalid(format!("token id {bad} is out of range (vocabulary has {} tokens)", cfg.n_vocab)));
+            }
+            if s.cache.len + s.tokens.len() > s.cache.max_len {
+                return Err(Error::Invalid(format!("context overflow: {} cached + {} new positions exceed the limit of {}", s.cache.len, s.tokens.len(), s.cache.max_len)));
+            }
         }
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= cfg.n_vocab) {
-            return Err(Error::Invalid(format!("token id {bad} is out of range (vocabulary has {} tokens)", cfg.n_vocab)));
-        }
-        if cache.len + tokens.len() > cache.max_len {
-            return Err(Error::Invalid(format!("context overflow: {} cached + {} new positions exceed the limit of {}", cache.len, tokens.len(), cache.max_len)));
+        if seqs.is_empty() {
+            return Ok(Vec::new());
         }
         let mut ws = self.ws.lock().unwrap_or_else(|p| p.into_inner());
         let mut rec = Recorder::with_workspace(gpu, &mut ws);
+        // room for the new positions first: a cache that grows is copied into its new
+        // buffers, submitted at once so that a pass failing later loses nothing
+        let mut grew = false;
+        for s in seqs.iter_mut() {
+            grew |= self.reserve(&mut rec, s.cache, s.cache.len + s.tokens.len());
+        }
+        if grew {
+            rec.submit();
+        }
         let profiling = self.profiling.load(std::sync::atomic::Ordering::Relaxed) && rec.start_profile();
-        let mut result = self.record_forward(&mut rec, tokens, cache, which);
+        let parts: Vec<(&[u32], &GpuKvCache, Logits)> = seqs.iter().map(|s| (s.tokens, &*s.cache, s.logits)).collect();
+        let mut result = self.record_batch(&mut rec, &parts);
         if profiling && result.is_ok() {
             match rec.finish_profile() {
                 Ok(report) => *self.profile.lock().unwrap_or_else(|p| p.into_inner()) = report,
@@ -350,23 +394,54 @@ impl<'a> GpuModel<'a> {
         // every buffer taken is either in a submitted step or in commands never submitted
         ws.recycle();
         let result = result?;
-        cache.len += tokens.len();
+        for s in seqs.iter_mut() {
+            s.cache.len += s.tokens.len();
+        }
         Ok(result)
     }
 
-    /// Records (and submits) the pass of [`GpuModel::forward`], leaving `cache.len` alone.
-    fn record_forward(&self, rec: &mut Recorder, tokens: &[u32], cache: &GpuKvCache, which: Logits) -> Result<Vec<f32>> {
+    /// Makes `cache` hold at least `len` positions (up to its limit): new buffers of
+    /// twice the room (or `len`), the cached positions copied over by `rec`. Whether it
+    /// grew.
+    fn reserve(&self, rec: &mut Recorder, cache: &mut GpuKvCache, len: usize) -> bool {
+        if len <= cache.room {
+            return false;
+        }
+        let cfg = &self.model.config;
+        let (kw, vw) = (cfg.n_head_kv * cfg.head_dim_k, cfg.n_head_kv * cfg.head_dim_v);
+        let room = (2 * cache.room).max(len).min(cache.max_len.max(len));
+        for (bufs, width, label) in [(&mut cache.k, kw, "k cache"), (&mut cache.v, vw, "v cache")] {
+            for b in bufs.iter_mut() {
+                let grown = self.gpu.output(label, room * width);
+                if cache.len > 0 {
+                    rec.copy(b, 0, &grown, 0, (cache.len * width * 4) as u64);
+                }
+                *b = grown;
+            }
+        }
+        cache.room = room;
+        true
+    }
+
+    /// Records (and submits) the pass of [`GpuModel::forward_batch`] over `seqs` (tokens,
+    /// cache, logits wanted), leaving the caches' lengths alone.
+    fn record_batch(&self, rec: &mut Recorder, seqs: &[(&[u32], &GpuKvCache, Logits)]) -> Result<Vec<Vec<f32>>> {
         let cfg: &Config = &self.model.config;
-        let (n, d, pos0) = (tokens.len(), cfg.n_embd, cache.len);
+        let d = cfg.n_embd;
+        let n: usize = seqs.iter().map(|s| s.0.len()).sum();
         let mut xh = Vec::with_capacity(n * d);
-        for &t in tokens {
-            xh.extend(self.model.weights.tok_embd.row_f32(t as usize));
+        let mut rot = Vec::with_capacity(n);
+        for (tokens, cache, _) in seqs {
+            for (i, &t) in tokens.iter().enumerate() {
+                xh.extend(self.model.weights.tok_embd.row_f32(t as usize));
+                rot.push(Rotation::new(&cfg.rope, cache.len + i));
+            }
         }
         let x = rec.upload("x", &xh)?;
-        let rot: Vec<Rotation> = (0..n).map(|t| Rotation::new(&cfg.rope, pos0 + t)).collect();
         let cs = rec.upload("rope", &Rope::table(&rot))?;
         let (nh, nkv, hd, hdv) = (cfg.n_head, cfg.n_head_kv, cfg.head_dim_k, cfg.head_dim_v);
-        let len = pos0 + n;
+        // one scratch serves every sequence's attention in turn
+        let scratch_len = seqs.iter().map(|(t, c, _)| t.len() * nh * (c.len + t.len()).next_multiple_of(256)).max().unwrap_or(0);
 
         for (l, layer) in self.layers.iter().enumerate() {
             let h = self.normed(rec, &x, &layer.attn_norm, n * d)?;
@@ -383,12 +458,18 @@ impl<'a> GpuModel<'a> {
                 self.norm(rec, &kb, g, n * nkv * hd)?;
             }
             self.k.rope.record_pair(rec, (&q, nh), (&kb, nkv), &cs, &rot, hd)?;
-            // the new keys and values join the cache at pos0
-            rec.copy(&kb, 0, &cache.k[l], (pos0 * nkv * hd * 4) as u64, (n * nkv * hd * 4) as u64);
-            rec.copy(&vb, 0, &cache.v[l], (pos0 * nkv * hdv * 4) as u64, (n * nkv * hdv * 4) as u64);
-            let (scratch, att) = (rec.output("scores", n * nh * len.next_multiple_of(256)), rec.output("attended", n * nh * hdv));
-            let shape = Shape { n, heads: nh, kv_heads: nkv, head_dim: hd, value_dim: hdv, pos0, scale: cfg.kq_scale };
-            self.k.attn.record(rec, shape, &q, &cache.k[l], &cache.v[l], &scratch, &att)?;
+            // each sequence's new keys and values join its cache, and its tokens attend
+            // over it
+            let (scratch, att) = (rec.output("scores", scratch_len), rec.output("attended", n * nh * hdv));
+            let mut row0 = 0;
+            for (tokens, cache, _) in seqs {
+                let (m, pos0) = (tokens.len(), cache.len);
+                rec.copy(&kb, (row0 * nkv * hd * 4) as u64, &cache.k[l], (pos0 * nkv * hd * 4) as u64, (m * nkv * hd * 4) as u64);
+                rec.copy(&vb, (row0 * nkv * hdv * 4) as u64, &cache.v[l], (pos0 * nkv * hdv * 4) as u64, (m * nkv * hdv * 4) as u64);
+                let shape = Shape { n: m, heads: nh, kv_heads: nkv, head_dim: hd, value_dim: hdv, pos0, scale: cfg.kq_scale, row0 };
+                self.k.attn.record(rec, shape, &q, &cache.k[l], &cache.v[l], &scratch, &att)?;
+                row0 += m;
+            }
             layer.wo.record_add(rec, &att, &x, n)?;
 
             let h = self.normed(rec, &x, &layer.ffn_norm, n * d)?;
@@ -430,22 +511,41 @@ impl<'a> GpuModel<'a> {
                 rec.submit();
             }
         }
-        let rows = match which {
-            Logits::All => 0..n,
-            Logits::Last => n - 1..n,
-            Logits::None => n..n,
-        };
-        let m = rows.len();
-        Ok(if m == 0 {
+        // the rows whose logits are wanted, as (first row, count) per sequence
+        let mut wanted = Vec::with_capacity(seqs.len());
+        let mut row0 = 0;
+        for (tokens, _, which) in seqs {
+            let m = tokens.len();
+            wanted.push(match which {
+                Logits::All => (row0, m),
+                Logits::Last => (row0 + m - 1, 1),
+                Logits::None => (row0 + m, 0),
+            });
+            row0 += m;
+        }
+        let rows: usize = wanted.iter().map(|w| w.1).sum();
+        if rows == 0 {
             rec.submit();
-            Vec::new()
-        } else {
-            let xs = rec.output("last rows", m * d);
-            rec.copy(&x, (rows.start * d * 4) as u64, &xs, 0, (m * d * 4) as u64);
-            self.norm(rec, &xs, &self.output_norm, m * d)?;
-            let logits = self.matmul(rec, &self.output, &xs, m)?;
-            self.read(rec, &logits, m * cfg.n_vocab)?
-        })
+            return Ok(vec![Vec::new(); seqs.len()]);
+        }
+        let xs = rec.output("last rows", rows * d);
+        let mut at = 0;
+        for &(first, m) in wanted.iter().filter(|w| w.1 > 0) {
+            rec.copy(&x, (first * d * 4) as u64, &xs, (at * d * 4) as u64, (m * d * 4) as u64);
+            at += m;
+        }
+        self.norm(rec, &xs, &self.output_norm, rows * d)?;
+        let logits = self.matmul(rec, &self.output, &xs, rows)?;
+        let all = self.read(rec, &logits, rows * cfg.n_vocab)?;
+        let mut rest = &all[..];
+        Ok(wanted
+            .iter()
+            .map(|&(_, m)| {
+                let (mine, after) = rest.split_at(m * cfg.n_vocab);
+                rest = after;
+                mine.to_vec()
+            })
+            .collect())
     }
 }
 
