@@ -98,11 +98,13 @@ pub struct Server {
     pub max_body: Size,
     /// Seconds to let running streams finish after SIGINT/SIGTERM before cancelling them.
     pub shutdown_timeout_s: u64,
+    /// Compute backend of the sessions' steps: `cpu`, `gpu` or `auto`.
+    pub backend: crate::cli::Backend,
 }
 
 impl Default for Server {
     fn default() -> Self {
-        Server { host: "127.0.0.1".into(), port: 8080, max_queued: 64, stream_buffer: 64, max_body: Size(1 << 20), shutdown_timeout_s: 10 }
+        Server { host: "127.0.0.1".into(), port: 8080, max_queued: 64, stream_buffer: 64, max_body: Size(1 << 20), shutdown_timeout_s: 10, backend: crate::cli::Backend::Cpu }
     }
 }
 
@@ -395,7 +397,7 @@ mod tests {
         want.prefetch.shadow = Some("shadow.safetensors".into());
         assert_eq!(Config::load(Some(&f.0), none()).unwrap(), want);
         let keys = uncommented.lines().filter(|l| l.contains(" = ") && !l.starts_with('#')).count();
-        assert_eq!(keys, 27, "the example should list every key once");
+        assert_eq!(keys, 28, "the example should list every key once");
     }
 
     #[test]
@@ -416,6 +418,8 @@ mod tests {
         assert_eq!(c.gpu.expert_budget, Size(24 << 30));
         // the key/value cache type: f32 unless said
         assert_eq!(Config::default().kv_type(), odmoe::model::KvType::F32);
+        let c = Config::load(None, [("ODMOE_SERVER_BACKEND".to_string(), "auto".to_string())]).unwrap();
+        assert_eq!(c.server.backend, crate::cli::Backend::Auto);
         let c = Config::load(None, [("ODMOE_CACHE_KV_TYPE".to_string(), "f16".to_string())]).unwrap();
         assert_eq!(c.kv_type(), odmoe::model::KvType::F16);
         assert!(Config::load(Some(&write("[cache]\nkv_type = \"q8\"\n").0), none()).is_err());

@@ -28,8 +28,13 @@ async fn post(c: &reqwest::Client, srv: &Server, path: &str, body: &str) -> reqw
 
 /// Streams a greedy completion of `prompt`; returns its text (asserting it ended in [DONE]).
 async fn stream(c: &reqwest::Client, srv: &Server, prompt: &str, max_tokens: usize) -> String {
+    stream_to(c, &srv.url("/v1/completions"), prompt, max_tokens).await
+}
+
+/// [`stream`] to the completions endpoint at `url`.
+async fn stream_to(c: &reqwest::Client, url: &str, prompt: &str, max_tokens: usize) -> String {
     let body = json!({ "prompt": prompt, "stream": true, "max_tokens": max_tokens, "temperature": 0 });
-    let resp = post(c, srv, "/v1/completions", &body.to_string()).await;
+    let resp = c.post(url).header("content-type", "application/json").body(body.to_string()).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let mut events = resp.bytes_stream().eventsource();
     let mut text = String::new();
@@ -220,4 +225,55 @@ async fn bad_requests_and_a_full_queue_get_json_errors_and_the_server_keeps_serv
     })
     .await;
     assert!(!stream(&c, &srv, "NURSE:", 4).await.is_empty());
+}
+
+/// `server.backend = "gpu"`: the sessions' batched steps run on the wgpu backend, and
+/// concurrent streams each get the text they get alone there (the first also equals
+/// `odmoe generate --backend gpu`). Skipped (with the reason printed) where the machine
+/// has no GPU adapter, unless ODMOE_REQUIRE_GPU is set (CI installs lavapipe and sets it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_the_gpu_backend_concurrent_streams_match_their_text_alone() {
+    let srv = Server::start(&[("ODMOE_SERVER_BACKEND", "gpu")]);
+    let c = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while c.get(srv.url("/health")).send().await.map(|r| r.status().as_u16()).ok() != Some(200) {
+        let log = srv.log.lock().unwrap().clone();
+        if log.contains("no GPU adapter") {
+            assert!(std::env::var_os("ODMOE_REQUIRE_GPU").is_none(), "{log}");
+            eprintln!("skipped: {log}");
+            return;
+        }
+        assert!(!log.contains("error:") && Instant::now() < deadline, "the server never became ready: {log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(srv.log.lock().unwrap().contains("compute: gpu: "), "{}", srv.log.lock().unwrap());
+    let prompts: Vec<String> = (0..8).map(|i| format!("{}:\n{}", ["ROMEO", "JULIET", "MERCUTIO", "NURSE"][i % 4], ["O", "Good"][i / 4])).collect();
+    let mut alone = Vec::new();
+    for p in &prompts {
+        alone.push(stream(&c, &srv, p, 16).await);
+    }
+    let steps_before = metric(&c, &srv, "odmoe_steps_total").await;
+    let tokens_before = metric(&c, &srv, "odmoe_step_tokens_total").await;
+    let tasks: Vec<_> = prompts.iter().map(|p| {
+        let (c, p, url) = (c.clone(), p.clone(), srv.url("/v1/completions"));
+        tokio::spawn(async move { stream_to(&c, &url, &p, 16).await })
+    }).collect();
+    let mut together = Vec::new();
+    for t in tasks {
+        together.push(t.await.unwrap());
+    }
+    for (i, (a, b)) in alone.iter().zip(&together).enumerate() {
+        assert!(!a.is_empty(), "session {i} generated no text");
+        assert_eq!(a, b, "session {i}: concurrent text differs from its text alone");
+    }
+    let steps = metric(&c, &srv, "odmoe_steps_total").await - steps_before;
+    let tokens = metric(&c, &srv, "odmoe_step_tokens_total").await - tokens_before;
+    assert!(tokens / steps > 2.0, "{tokens} tokens in {steps} steps: the sessions were not batched");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_odmoe"))
+        .args(["generate", "--prompt", &prompts[0], "--max-tokens", "16", "--temperature", "0", "--backend", "gpu"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // generate writes the prompt, the text and a newline
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{}{}\n", prompts[0], alone[0]));
 }

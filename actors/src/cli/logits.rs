@@ -50,7 +50,7 @@ fn write_json(out: &mut impl Write, logits: &[f32], vocab: usize) -> std::io::Re
 
 /// The first GPU adapter, or an error saying how to get one; names it on stderr.
 #[cfg(feature = "gpu")]
-pub(super) fn open_gpu() -> Result<odmoe::compute::gpu::Gpu, Box<dyn std::error::Error>> {
+pub fn open_gpu() -> Result<odmoe::compute::gpu::Gpu, Box<dyn std::error::Error>> {
     let gpu = odmoe::compute::gpu::Gpu::open()?.ok_or("no GPU adapter found (on Linux, install a Vulkan driver; mesa-vulkan-drivers provides a software one)")?;
     eprintln!("gpu: {}", gpu.describe());
     Ok(gpu)

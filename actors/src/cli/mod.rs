@@ -6,7 +6,7 @@ mod convert;
 mod demo;
 mod generate;
 mod info;
-mod logits;
+pub mod logits;
 mod tokenize;
 mod train_shadow;
 
@@ -25,7 +25,8 @@ struct Cli {
 }
 
 /// Compute backend.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Backend {
     /// The CPU reference backend.
     Cpu,
@@ -104,9 +105,17 @@ enum Command {
         #[arg(long)]
         shadow: Option<PathBuf>,
         /// Element type of each session's key/value cache (f16: half the memory, keys
-        /// and values rounded) [default: f32].
+        /// and values rounded; the CPU backend) [default: f32].
         #[arg(long, value_enum)]
         kv_type: Option<KvTypeConfig>,
+        /// Where the sessions' steps run (gpu: as for generate; auto: a hardware GPU that
+        /// can run the model, else the CPU) [default: server.backend, cpu].
+        #[arg(long, value_enum)]
+        backend: Option<Backend>,
+        /// Device memory for routed experts on the GPU (e.g. 24GiB) [default: gpu.expert_budget,
+        /// 1GiB]: when every expert fits, all are uploaded once and routed on the device.
+        #[arg(long)]
+        gpu_expert_budget: Option<String>,
     },
     /// Print the logits at every position as JSON: {"logits": [[f32; vocab]; n_tokens]}.
     Logits {
@@ -289,7 +298,7 @@ pub fn run() -> Result<(), Box<dyn std::error::Error>> {
             logits::run(&demo::resolve(model)?, &tokens, backend, &expert_mode(cache_budget.as_deref())?)
         }
         Command::Info { model } => info::run(&model),
-        Command::Serve { model, config, host, port, cache_budget, prefetch, shadow, kv_type } => {
+        Command::Serve { model, config, host, port, cache_budget, prefetch, shadow, kv_type, backend, gpu_expert_budget } => {
             let mut c = Config::load(config.as_deref(), std::env::vars())?;
             if let Some(h) = host {
                 c.server.host = h;
@@ -301,6 +310,10 @@ pub fn run() -> Result<(), Box<dyn std::error::Error>> {
             if let Some(t) = kv_type {
                 c.cache.kv_type = t;
             }
+            if let Some(b) = backend {
+                c.server.backend = b;
+            }
+            apply_gpu_flags(&mut c, gpu_expert_budget.as_deref())?;
             apply_threads(&c)?;
             let server = crate::server::ServerConfig::from_config(&c)?;
             crate::server::run(&demo::resolve(model)?, &c.expert_mode(), server)
@@ -312,9 +325,7 @@ pub fn run() -> Result<(), Box<dyn std::error::Error>> {
             if let Some(t) = kv_type {
                 c.cache.kv_type = t;
             }
-            if let Some(b) = gpu_expert_budget {
-                c.gpu.expert_budget = crate::config::Size(odmoe::experts::parse_size(&b).map_err(|e| format!("--gpu-expert-budget: {e}"))?);
-            }
+            apply_gpu_flags(&mut c, gpu_expert_budget.as_deref())?;
             apply_threads(&c)?;
             let sampling = odmoe::sampling::SamplingParams {
                 temperature,
@@ -356,6 +367,14 @@ fn apply_cache_flags(c: &mut Config, budget: Option<&str>, prefetch: Option<Pref
     }
     if let Some(p) = prefetch {
         c.prefetch.mode = p;
+    }
+    Ok(())
+}
+
+/// `--gpu-expert-budget` over `[gpu] expert_budget`.
+fn apply_gpu_flags(c: &mut Config, expert_budget: Option<&str>) -> Result<(), Box<dyn std::error::Error>> {
+    if let Some(b) = expert_budget {
+        c.gpu.expert_budget = crate::config::Size(odmoe::experts::parse_size(b).map_err(|e| format!("--gpu-expert-budget: {e}"))?);
     }
     Ok(())
 }

@@ -1,4 +1,5 @@
-//! The compute actor: the only owner of the model, running one batched step at a time on
+//! The compute actor: the only owner of the engine (the model, or its copy on a GPU with
+//! the device and queue), running one batched step at a time on
 //! the compute thread pool (the forward pass starts on a pool worker and fans out from
 //! there: no thread of its own to wake and wait on between the actor and the pool).
 //!
@@ -13,7 +14,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use odmoe::model::{KvCache, Logits, Model, Sequence};
+use super::engine::{Engine, SessionCache};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 /// One session's part of a step.
@@ -23,7 +24,7 @@ pub struct StepItem {
     /// Tokens to run (a prompt chunk, or the last sampled token).
     pub tokens: Vec<u32>,
     /// The session's cache, moved in and handed back in [`StepOutput`].
-    pub cache: KvCache,
+    pub cache: SessionCache,
     /// Whether this part needs the last position's logits.
     pub logits: bool,
 }
@@ -49,13 +50,13 @@ pub enum ComputeMsg {
     Step(Vec<StepItem>, StepDone),
 }
 
-/// Owns the model; runs steps on the compute thread pool.
+/// Owns the engine; runs steps on the compute thread pool.
 pub struct ComputeActor;
 
-/// The actor's state: the model, and where a pool thread that just finished a step waits
+/// The actor's state: the engine, and where a pool thread that just finished a step waits
 /// for the next.
 pub struct ComputeState {
-    model: Arc<Model>,
+    engine: Engine,
     handoff: Arc<Handoff>,
 }
 
@@ -114,12 +115,12 @@ impl Handoff {
 }
 
 /// Runs `job` and the steps handed to this pool thread after it (see [`Handoff`]).
-fn serve(model: &Model, handoff: &Handoff, mut job: Job) {
+fn serve(engine: &Engine, handoff: &Handoff, mut job: Job) {
     loop {
         let (items, done) = job;
         // caught, so that it is reported instead of aborting the process as an unhandled
         // panic in a pool job would
-        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_step(model, items)));
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_step(engine, items)));
         // waiting from before the scheduler can see the result and send the next step
         handoff.slot.lock().unwrap_or_else(|e| e.into_inner()).waiting = true;
         done(out.map_err(|_| "the forward pass panicked".to_string()));
@@ -130,32 +131,27 @@ fn serve(model: &Model, handoff: &Handoff, mut job: Job) {
     }
 }
 
-fn run_step(model: &Model, mut items: Vec<StepItem>) -> StepOutput {
+fn run_step(engine: &Engine, mut items: Vec<StepItem>) -> StepOutput {
     let t = Instant::now();
-    let mut seqs: Vec<Sequence<'_>> = items
-        .iter_mut()
-        .map(|it| Sequence { tokens: &it.tokens, cache: &mut it.cache, logits: if it.logits { Logits::Last } else { Logits::None } })
-        .collect();
-    let logits = model.forward_batch(&mut seqs).map_err(|e| e.to_string());
-    drop(seqs);
+    let logits = engine.forward_batch(&mut items);
     StepOutput { items, logits, seconds: t.elapsed().as_secs_f64() }
 }
 
 impl Actor for ComputeActor {
     type Msg = ComputeMsg;
     type State = ComputeState;
-    type Arguments = Arc<Model>;
+    type Arguments = Engine;
 
-    async fn pre_start(&self, _: ActorRef<ComputeMsg>, model: Arc<Model>) -> Result<ComputeState, ActorProcessingErr> {
-        Ok(ComputeState { model, handoff: Arc::default() })
+    async fn pre_start(&self, _: ActorRef<ComputeMsg>, engine: Engine) -> Result<ComputeState, ActorProcessingErr> {
+        Ok(ComputeState { engine, handoff: Arc::default() })
     }
 
     async fn handle(&self, _: ActorRef<ComputeMsg>, msg: ComputeMsg, state: &mut ComputeState) -> Result<(), ActorProcessingErr> {
         match msg {
             ComputeMsg::Step(items, done) => {
                 if let Some(job) = state.handoff.offer((items, done)) {
-                    let (model, handoff) = (state.model.clone(), state.handoff.clone());
-                    rayon::spawn(move || serve(&model, &handoff, job));
+                    let (engine, handoff) = (state.engine.clone(), state.handoff.clone());
+                    rayon::spawn(move || serve(&engine, &handoff, job));
                 }
             }
         }

@@ -23,9 +23,11 @@
 //!   contributes its next token, and prompts waiting to be read are cut into chunks of at
 //!   most `prefill_chunk` tokens filling the rest of the `batch_tokens` budget, so a long
 //!   prompt delays running streams by one chunk's compute at most.
-//! - **compute** ([`compute`]): the only owner of the model. `Step` runs one batched
-//!   forward pass ([`odmoe::model::Model::forward_batch`]) on the compute pool and sends
-//!   `StepDone` back. Inside the pass, each layer routes its tokens, asks the expert pager
+//! - **compute** ([`compute`]): the only owner of the engine ([`engine::Engine`]: the
+//!   model on the CPU, or its copy on a GPU with the device and its queue). `Step` runs
+//!   one batched forward pass ([`odmoe::model::Model::forward_batch`], or
+//!   [`odmoe::model::GpuModel::forward_batch`]) on the compute pool and sends `StepDone`
+//!   back. Inside the pass, each layer routes its tokens, asks the expert pager
 //!   for the chosen experts (one read serves every token of the step routed to an expert;
 //!   the pager's reader threads and queues are its own), and — with prefetch on — applies
 //!   the next layers' routers (`gate`) or the trained shadow predictor loaded from
@@ -35,8 +37,9 @@
 //!   (6 µs per token and layer on the demo model), far less than a message hop per layer,
 //!   and the overlap comes from the pager's reader threads either way.
 //!
-//! Messages carry owned handles, never copies of weights: token ids, a session's
-//! `KvCache` moved into the step and back, logits moved out.
+//! Messages carry owned handles, never copies of weights: token ids, a session's cache
+//! (host memory or device buffers, [`engine::SessionCache`]) moved into the step and back,
+//! logits moved out.
 //!
 //! # Bounds (ractor mailboxes are unbounded; every queue that can grow has a bound)
 //!
@@ -55,14 +58,15 @@
 //!
 //! # Guarantees
 //!
-//! - A session's tokens are exactly those it would get running alone: batching changes
-//!   no number ([`odmoe::model::Model::forward_batch`] is row-independent).
+//! - A session's tokens are exactly those it would get running alone on the same backend:
+//!   batching changes no number (both backends' batched passes are row-independent).
 //! - A client that goes away (its event receiver dropped) has its session, KV cache
 //!   included, dropped before the next step is built.
 //! - A failed step (e.g. an expert read error) ends the sessions in it with an `Error`
 //!   event; the others go on.
 
 pub mod compute;
+pub mod engine;
 pub mod scheduler;
 pub mod tokenizer;
 
@@ -70,7 +74,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use odmoe::generate::{FinishReason, GenerateOptions};
-use odmoe::model::Model;
 use odmoe::tokenizer::{ChatTemplate, Tokenizer};
 use ractor::{Actor, ActorRef};
 use tokio::sync::{mpsc, Semaphore};
@@ -141,11 +144,11 @@ pub enum Refused {
 
 impl Pipeline {
     /// Spawns the three actors (on the current tokio runtime).
-    pub async fn start(model: Arc<Model>, tok: Arc<Tokenizer>, template: Option<ChatTemplate>, limits: Limits, metrics: Arc<Metrics>) -> Result<Pipeline, String> {
+    pub async fn start(engine: engine::Engine, tok: Arc<Tokenizer>, template: Option<ChatTemplate>, limits: Limits, metrics: Arc<Metrics>) -> Result<Pipeline, String> {
         let spawn_err = |what: &str, e: ractor::SpawnErr| format!("cannot start the {what} actor: {e}");
         let (tokenizer, _) = Actor::spawn(None, tokenizer::TokenizerActor, (tok.clone(), template)).await.map_err(|e| spawn_err("tokenizer", e))?;
-        let (compute, _) = Actor::spawn(None, compute::ComputeActor, model.clone()).await.map_err(|e| spawn_err("compute", e))?;
-        let args = scheduler::SchedulerArgs { model, tokenizer: tok, compute, limits: limits.clone(), metrics };
+        let (compute, _) = Actor::spawn(None, compute::ComputeActor, engine.clone()).await.map_err(|e| spawn_err("compute", e))?;
+        let args = scheduler::SchedulerArgs { engine, tokenizer: tok, compute, limits: limits.clone(), metrics };
         let (scheduler, _) = Actor::spawn(None, scheduler::SchedulerActor, args).await.map_err(|e| spawn_err("scheduler", e))?;
         Ok(Pipeline {
             tokenizer,

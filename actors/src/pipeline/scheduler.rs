@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use odmoe::generate::{Decoding, FinishReason};
-use odmoe::model::{KvCache, Model};
+use super::engine::{Engine, SessionCache};
 use odmoe::tokenizer::Tokenizer;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use rayon::prelude::*;
@@ -41,7 +41,7 @@ pub enum SchedulerMsg {
 
 /// What the scheduler is started with.
 pub struct SchedulerArgs {
-    pub model: Arc<Model>,
+    pub engine: Engine,
     pub tokenizer: Arc<Tokenizer>,
     pub compute: ActorRef<ComputeMsg>,
     pub limits: Limits,
@@ -55,7 +55,7 @@ struct Session {
     id: u64,
     decoding: Decoding,
     /// `None` while lent to the step in flight.
-    cache: Option<KvCache>,
+    cache: Option<SessionCache>,
     prompt: Vec<u32>,
     /// Prompt tokens already run.
     fed: usize,
@@ -160,7 +160,7 @@ impl SchedulerState {
             while self.sessions.len() < self.args.limits.max_sessions {
                 let Some(req) = self.queue.front() else { break };
                 // positions the session may fill, in the model's bytes
-                let need = (req.prompt.len() + req.opts.max_tokens).min(req.opts.max_context) as u64 * self.args.model.kv_bytes_per_position();
+                let need = (req.prompt.len() + req.opts.max_tokens).min(req.opts.max_context) as u64 * self.args.engine.kv_bytes_per_position();
                 if self.args.limits.kv_budget.is_some_and(|b| !self.sessions.is_empty() && self.kv_reserved + need > b) {
                     break;
                 }
@@ -224,7 +224,7 @@ impl SchedulerState {
                 self.sessions.push(Session {
                     id: self.next_id,
                     decoding,
-                    cache: Some(self.args.model.new_cache(req.opts.max_context)),
+                    cache: Some(self.args.engine.new_cache(req.opts.max_context)),
                     prompt: req.prompt,
                     fed: 0,
                     next: None,
@@ -299,7 +299,7 @@ impl SchedulerState {
                 for s in self.sessions.iter_mut().filter(|s| s.cache.is_none()) {
                     s.outbox.push_back(Event::Error(e.clone()));
                     s.done = true;
-                    s.cache = Some(KvCache::default());
+                    s.cache = Some(SessionCache::empty());
                 }
                 return;
             }
@@ -363,7 +363,7 @@ fn finish_session(s: &mut Session, finish: FinishReason, m: &Metrics) {
     s.outbox.push_back(Event::Done { finish, prompt_tokens, completion_tokens });
     s.done = true;
     // the cache is no longer needed; free it now rather than when the client has read
-    s.cache = Some(KvCache::default());
+    s.cache = Some(SessionCache::empty());
 }
 
 /// Wakes the scheduler once `s`'s client has made room in its channel (or gone away).
@@ -382,6 +382,7 @@ mod tests {
     use crate::server::metrics::Metrics;
     use odmoe::generate::{generate, GenerateOptions};
     use odmoe::model::Model;
+    use super::super::engine::Engine;
     use odmoe::sampling::SamplingParams;
     use odmoe::tokenizer::Tokenizer;
     use std::sync::atomic::Ordering;
@@ -415,7 +416,7 @@ mod tests {
         let tok = Arc::new(Tokenizer::from_gguf(model.metadata()).unwrap());
         let limits = Limits { max_queued: 4, max_sessions: 4, batch_tokens: 64, prefill_chunk: 16, tokenizer_mailbox: 4, scheduler_mailbox: 4, kv_budget: None };
         let metrics = Arc::new(Metrics::default());
-        let p = Pipeline::start(model.clone(), tok.clone(), None, limits, metrics.clone()).await.unwrap();
+        let p = Pipeline::start(Engine::Cpu(model.clone()), tok.clone(), None, limits, metrics.clone()).await.unwrap();
         let prompt = |s: &str| tok.encode(s, true, false).unwrap();
         let submit = |text: &str, n: usize, buffer: usize| {
             let (tx, rx) = mpsc::channel(buffer);
@@ -450,7 +451,7 @@ mod tests {
         let tok = Arc::new(Tokenizer::from_gguf(model.metadata()).unwrap());
         let limits = Limits { max_queued: 8, max_sessions: 8, batch_tokens: 12, prefill_chunk: 5, tokenizer_mailbox: 4, scheduler_mailbox: 8, kv_budget: None };
         let metrics = Arc::new(Metrics::default());
-        let p = Pipeline::start(model.clone(), tok.clone(), None, limits, metrics.clone()).await.unwrap();
+        let p = Pipeline::start(Engine::Cpu(model.clone()), tok.clone(), None, limits, metrics.clone()).await.unwrap();
         let texts = ["ROMEO:", "JULIET:\nO Romeo, Romeo, wherefore art thou Romeo? Deny thy father and refuse thy name.", "NURSE:\nGood", "MERCUTIO:\nNay, gentle Romeo, we must have you dance."];
         let mut rxs = Vec::new();
         for t in texts {
@@ -490,7 +491,7 @@ mod tests {
         let (max_sessions, kv_budget) = if by_budget { (8, Some(one + one / 2)) } else { (1, None) };
         let limits = Limits { max_queued: 8, max_sessions, batch_tokens: 64, prefill_chunk: 16, tokenizer_mailbox: 4, scheduler_mailbox: 8, kv_budget };
         let metrics = Arc::new(Metrics::default());
-        let p = Pipeline::start(model.clone(), tok.clone(), None, limits, metrics.clone()).await.unwrap();
+        let p = Pipeline::start(Engine::Cpu(model.clone()), tok.clone(), None, limits, metrics.clone()).await.unwrap();
         let mut rxs = Vec::new();
         for prompt in &prompts {
             let (tx, rx) = mpsc::channel(64);

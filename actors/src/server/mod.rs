@@ -14,6 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::pipeline::engine::Engine;
 use crate::pipeline::Pipeline;
 use odmoe::model::{ExpertMode, Model};
 use odmoe::tokenizer::{ChatTemplate, Tokenizer};
@@ -46,6 +47,10 @@ pub struct ServerConfig {
     pub shadow: Option<Arc<odmoe::shadow::Shadow>>,
     /// Seconds running streams get to finish after SIGINT/SIGTERM.
     pub shutdown_timeout_s: u64,
+    /// Where the steps run.
+    pub backend: crate::cli::Backend,
+    /// Device memory for routed experts on the GPU backend.
+    pub gpu_expert_budget: u64,
 }
 
 impl ServerConfig {
@@ -77,6 +82,8 @@ impl ServerConfig {
             kv_type: c.kv_type(),
             shadow: c.shadow()?,
             shutdown_timeout_s: c.server.shutdown_timeout_s,
+            backend: c.server.backend,
+            gpu_expert_budget: c.gpu.expert_budget.0,
         })
     }
 }
@@ -160,11 +167,13 @@ fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     socket.listen(1024)
 }
 
-/// Opens the model (on a blocking thread) and starts the pipeline's actors.
+/// Opens the model (on a blocking thread; with the GPU backend, uploads it) and starts the
+/// pipeline's actors.
 async fn load(path: &Path, mode: &ExpertMode, config: &ServerConfig, metrics: Arc<metrics::Metrics>) -> Result<Loaded, String> {
     let (path, mode, prefetch, kv_type, shadow) = (path.to_path_buf(), mode.clone(), config.prefetch, config.kv_type, config.shadow.clone());
-    let (model, tokenizer, template) = tokio::task::spawn_blocking(move || -> Result<_, String> {
-        let mut model = Model::open_with(&path, &mode).map_err(|e| e.to_string())?;
+    let (backend, gpu_budget) = (config.backend, config.gpu_expert_budget);
+    let (engine, tokenizer, template) = tokio::task::spawn_blocking(move || -> Result<_, String> {
+        let mut model = Model::open_with_packing(&path, &mode, crate::cli::expert_packing(backend)).map_err(|e| e.to_string())?;
         model.set_prefetch(prefetch);
         model.set_kv_type(kv_type);
         if let Some(s) = shadow {
@@ -172,13 +181,42 @@ async fn load(path: &Path, mode: &ExpertMode, config: &ServerConfig, metrics: Ar
         }
         let tokenizer = Tokenizer::from_gguf(model.metadata()).map_err(|e| e.to_string())?;
         let template = ChatTemplate::from_gguf(model.metadata()).ok();
-        Ok((Arc::new(model), Arc::new(tokenizer), template))
+        let engine = engine_for(Arc::new(model), backend, gpu_budget, kv_type)?;
+        eprintln!("compute: {}", engine.describe());
+        Ok((engine, Arc::new(tokenizer), template))
     })
     .await
     .map_err(|e| format!("loading stopped: {e}"))??;
+    let model = engine.model().clone();
     let max_context = model.config().n_ctx_train.min(config.max_context);
-    let pipeline = Pipeline::start(model.clone(), tokenizer, template, config.pipeline.clone(), metrics).await?;
+    let pipeline = Pipeline::start(engine, tokenizer, template, config.pipeline.clone(), metrics).await?;
     Ok(Loaded { pipeline, max_context, model })
+}
+
+/// The engine `backend` means for `model` (`auto` resolved, saying why).
+fn engine_for(model: Arc<Model>, backend: crate::cli::Backend, gpu_budget: u64, kv_type: odmoe::model::KvType) -> Result<Engine, String> {
+    match crate::cli::resolve_backend(backend, &model) {
+        crate::cli::Backend::Gpu => gpu_engine(model, gpu_budget, kv_type),
+        _ => Ok(Engine::Cpu(model)),
+    }
+}
+
+#[cfg(feature = "gpu")]
+fn gpu_engine(model: Arc<Model>, budget: u64, kv_type: odmoe::model::KvType) -> Result<Engine, String> {
+    if let Some(why) = odmoe::model::gpu_unsupported(&model) {
+        return Err(format!("the GPU backend cannot run this model: {why}"));
+    }
+    if kv_type != odmoe::model::KvType::F32 {
+        eprintln!("gpu: the key/value caches on the device stay f32 (kv_type applies to the CPU backend)");
+    }
+    let gpu = crate::cli::logits::open_gpu().map_err(|e| e.to_string())?;
+    let engine = crate::pipeline::engine::GpuEngine::new(model, gpu, budget).map_err(|e| e.to_string())?;
+    Ok(Engine::Gpu(Arc::new(engine)))
+}
+
+#[cfg(not(feature = "gpu"))]
+fn gpu_engine(_: Arc<Model>, _: u64, _: odmoe::model::KvType) -> Result<Engine, String> {
+    Err("this build has no GPU backend (built without the gpu feature); use --backend cpu".into())
 }
 
 fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl warp::Reply,), Error = std::convert::Infallible> + Clone + Send + Sync + 'static {
