@@ -21,11 +21,13 @@ struct Dims {
     scale_bits: u32,  // f32 bits of the score scale
     per_y: u32,       // workgroups per grid row
     row0: u32,        // the first token's row in q and o
+    v_stride: u32,    // values from one position to the next (kv_heads · value_dim, or
+                      // wider where values are the first part of latent key rows)
 }
 
 @group(0) @binding(0) var<storage, read> q: array<f32>;        // (row0 + n) × heads × head_dim
 @group(0) @binding(1) var<storage, read> k: array<f32>;        // len × kv_heads × head_dim
-@group(0) @binding(2) var<storage, read> v: array<f32>;        // len × kv_heads × value_dim
+@group(0) @binding(2) var<storage, read> v: array<f32>;        // len × v_stride
 @group(0) @binding(3) var<storage, read_write> p: array<f32>;  // n × heads × len
 @group(0) @binding(4) var<storage, read_write> o: array<f32>;  // (row0 + n) × heads × value_dim
 @group(0) @binding(5) var<uniform> dims: Dims;
@@ -93,7 +95,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     // every invocation's exponentials written before any is read
     storageBarrier();
     workgroupBarrier();
-    let stride = dims.kv_heads * dims.value_dim;
+    let stride = dims.v_stride;
     if (dims.value_dim > WG) {
         // wide values: each invocation walks every position for its dimensions
         for (var d = lid; d < dims.value_dim; d += WG) {

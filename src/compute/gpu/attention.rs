@@ -36,6 +36,10 @@ pub struct Shape {
     /// Row of the first new token in the query and output buffers (other sequences of a
     /// batch have the rows around it).
     pub row0: usize,
+    /// Values from one cached position to the next: `kv_heads × value_dim`, or more where
+    /// each position's values are the first part of a wider row (latent attention reads
+    /// its values from the compressed key rows).
+    pub value_stride: usize,
 }
 
 /// A 2-D grid of `total` items, `per` per workgroup: (groups x, groups y, items per row).
@@ -64,7 +68,7 @@ impl Attention {
         if scratch.size() < (sh.n * sh.heads * len * 4) as u64 {
             return Err(Error::Invalid(format!("attention: scratch of {} bytes, {} needed", scratch.size(), sh.n * sh.heads * len * 4)));
         }
-        let dims = |per_y: u32| [sh.n as u32, sh.heads as u32, sh.kv_heads as u32, sh.head_dim as u32, sh.value_dim as u32, len as u32, sh.pos0 as u32, sh.scale.to_bits(), per_y, sh.row0 as u32];
+        let dims = |per_y: u32| [sh.n as u32, sh.heads as u32, sh.kv_heads as u32, sh.head_dim as u32, sh.value_dim as u32, len as u32, sh.pos0 as u32, sh.scale.to_bits(), per_y, sh.row0 as u32, sh.value_stride as u32];
         let (g, per) = grid(sh.n * sh.heads, 1);
         self.kernel.record(rec, &[q, k, v, scratch, out], &dims(per), g)
     }
@@ -82,19 +86,23 @@ mod tests {
         let k = Attention::new(&gpu);
         // prefill from empty, decode after a long cache, grouped heads, value width unlike
         // the key width, a chunk in the middle of a sequence, rows after another
-        // sequence's in a batch (row0)
+        // sequence's in a batch (row0), values read from the key rows (latent attention)
         for sh in [
-            Shape { n: 5, heads: 4, kv_heads: 2, head_dim: 16, value_dim: 16, pos0: 0, scale: 0.25, row0: 0 },
-            Shape { n: 1, heads: 8, kv_heads: 1, head_dim: 64, value_dim: 64, pos0: 300, scale: 0.125, row0: 0 },
-            Shape { n: 3, heads: 6, kv_heads: 3, head_dim: 24, value_dim: 40, pos0: 70, scale: 0.2, row0: 3 },
-            Shape { n: 2, heads: 2, kv_heads: 1, head_dim: 18, value_dim: 10, pos0: 2, scale: 0.3, row0: 0 },
-            Shape { n: 2, heads: 2, kv_heads: 2, head_dim: 8, value_dim: 300, pos0: 5, scale: 0.3, row0: 1 },
+            Shape { n: 5, heads: 4, kv_heads: 2, head_dim: 16, value_dim: 16, pos0: 0, scale: 0.25, row0: 0, value_stride: 32 },
+            Shape { n: 1, heads: 8, kv_heads: 1, head_dim: 64, value_dim: 64, pos0: 300, scale: 0.125, row0: 0, value_stride: 64 },
+            Shape { n: 3, heads: 6, kv_heads: 3, head_dim: 24, value_dim: 40, pos0: 70, scale: 0.2, row0: 3, value_stride: 120 },
+            Shape { n: 2, heads: 2, kv_heads: 1, head_dim: 18, value_dim: 10, pos0: 2, scale: 0.3, row0: 0, value_stride: 10 },
+            Shape { n: 2, heads: 2, kv_heads: 2, head_dim: 8, value_dim: 300, pos0: 5, scale: 0.3, row0: 1, value_stride: 600 },
+            // latent: the values are the first value_dim of each key row (one shared head)
+            Shape { n: 3, heads: 4, kv_heads: 1, head_dim: 24, value_dim: 16, pos0: 6, scale: 0.2, row0: 2, value_stride: 24 },
+            Shape { n: 1, heads: 2, kv_heads: 1, head_dim: 310, value_dim: 300, pos0: 4, scale: 0.05, row0: 0, value_stride: 310 },
         ] {
             let len = sh.pos0 + sh.n;
             let q_all = values((sh.row0 + sh.n) * sh.heads * sh.head_dim, 1);
             let q = &q_all[sh.row0 * sh.heads * sh.head_dim..];
             let kc = values(len * sh.kv_heads * sh.head_dim, 2);
-            let vc = values(len * sh.kv_heads * sh.value_dim, 3);
+            let latent = sh.value_stride != sh.kv_heads * sh.value_dim;
+            let vc = if latent { kc.clone() } else { values(len * sh.kv_heads * sh.value_dim, 3) };
             let mut want = vec![0.0f32; sh.n * sh.heads * sh.value_dim];
             let mut scores = Vec::new();
             let group = sh.heads / sh.kv_heads;
@@ -103,7 +111,7 @@ mod tests {
                     let kvh = h / group;
                     let qh = &q[(t * sh.heads + h) * sh.head_dim..(t * sh.heads + h + 1) * sh.head_dim];
                     let o = &mut want[(t * sh.heads + h) * sh.value_dim..(t * sh.heads + h + 1) * sh.value_dim];
-                    cpu::attend_head(qh, &kc[kvh * sh.head_dim..], sh.kv_heads * sh.head_dim, &vc[kvh * sh.value_dim..], sh.kv_heads * sh.value_dim, sh.pos0 + t + 1, sh.scale, &mut scores, o);
+                    cpu::attend_head(qh, &kc[kvh * sh.head_dim..], sh.kv_heads * sh.head_dim, &vc[kvh * sh.value_dim..], sh.value_stride, sh.pos0 + t + 1, sh.scale, &mut scores, o);
                 }
             }
             let (qb, kb, vb) = (gpu.upload("q", &q_all).unwrap(), gpu.upload("k", &kc).unwrap(), gpu.upload("v", &vc).unwrap());

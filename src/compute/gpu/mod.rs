@@ -12,6 +12,7 @@
 //! formats, experts read from disk straight into device slots.
 
 pub mod attention;
+pub mod copy_rows;
 pub mod elementwise;
 pub mod gemv_f16;
 pub mod gemv_q2_k;

@@ -466,7 +466,7 @@ impl<'a> GpuModel<'a> {
                 let (m, pos0) = (tokens.len(), cache.len);
                 rec.copy(&kb, (row0 * nkv * hd * 4) as u64, &cache.k[l], (pos0 * nkv * hd * 4) as u64, (m * nkv * hd * 4) as u64);
                 rec.copy(&vb, (row0 * nkv * hdv * 4) as u64, &cache.v[l], (pos0 * nkv * hdv * 4) as u64, (m * nkv * hdv * 4) as u64);
-                let shape = Shape { n: m, heads: nh, kv_heads: nkv, head_dim: hd, value_dim: hdv, pos0, scale: cfg.kq_scale, row0 };
+                let shape = Shape { n: m, heads: nh, kv_heads: nkv, head_dim: hd, value_dim: hdv, pos0, scale: cfg.kq_scale, row0, value_stride: nkv * hdv };
                 self.k.attn.record(rec, shape, &q, &cache.k[l], &cache.v[l], &scratch, &att)?;
                 row0 += m;
             }

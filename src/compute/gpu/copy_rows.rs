@@ -1,0 +1,90 @@
+//! Strided row copies on the GPU (`shaders/copy_rows.wgsl`): a part of each row of one
+//! buffer into (a part of each row of) another. Latent attention splits rows (the
+//! compressed keys from their rope part, each query head's rope part from the rest) and
+//! joins them again; a buffer-to-buffer copy per row would be thousands of commands a
+//! layer. The CPU reference is [`copy_rows`].
+
+use super::kernel::{Kernel, MAX_GROUPS};
+use super::recorder::Recorder;
+use super::Gpu;
+use crate::{Error, Result};
+
+/// Where rows sit in a buffer: the first row's offset and the distance between rows, in
+/// values.
+#[derive(Clone, Copy, Debug)]
+pub struct Rows {
+    /// Offset of row 0.
+    pub off: usize,
+    /// Distance from one row to the next.
+    pub stride: usize,
+}
+
+impl Rows {
+    /// Rows `stride` apart, the first at `off`.
+    pub fn new(off: usize, stride: usize) -> Rows {
+        Rows { off, stride }
+    }
+}
+
+/// The compiled kernel.
+pub struct CopyRows {
+    kernel: Kernel,
+}
+
+impl CopyRows {
+    /// Compiles the kernel.
+    pub fn new(gpu: &Gpu) -> CopyRows {
+        CopyRows { kernel: Kernel::new(gpu, "copy_rows", include_str!("../../../shaders/copy_rows.wgsl"), "main") }
+    }
+
+    /// Records copying `width` values of each of `rows` rows from `src` (laid out as
+    /// `from`) to `dst` (laid out as `to`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn record(&self, rec: &mut Recorder, src: &wgpu::Buffer, from: Rows, dst: &wgpu::Buffer, to: Rows, rows: usize, width: usize) -> Result<()> {
+        let total = rows * width;
+        if total == 0 {
+            return Ok(());
+        }
+        if total > u32::MAX as usize || from.off + (rows - 1) * from.stride + width > u32::MAX as usize || to.off + (rows - 1) * to.stride + width > u32::MAX as usize {
+            return Err(Error::Invalid(format!("row copy of {rows} × {width} values past 2^32 values")));
+        }
+        let groups = total.div_ceil(256);
+        let per_y = groups.min(MAX_GROUPS as usize);
+        let dims = [rows as u32, width as u32, from.stride as u32, from.off as u32, to.stride as u32, to.off as u32, per_y as u32];
+        self.kernel.record(rec, &[src, dst], &dims, [per_y as u32, groups.div_ceil(per_y) as u32, 1])
+    }
+}
+
+/// The CPU reference: [`CopyRows::record`] on host slices.
+pub fn copy_rows(src: &[f32], from: Rows, dst: &mut [f32], to: Rows, rows: usize, width: usize) {
+    for r in 0..rows {
+        let (s, d) = (from.off + r * from.stride, to.off + r * to.stride);
+        dst[d..d + width].copy_from_slice(&src[s..s + width]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{gpu_or_skip, values};
+    use super::*;
+
+    #[test]
+    fn gpu_row_copies_match_the_cpu_reference() {
+        let Some(gpu) = gpu_or_skip() else { return };
+        let k = CopyRows::new(&gpu);
+        // a middle part of each row into contiguous rows, contiguous rows into the end of
+        // wider rows at an offset, and enough values to spill into a second grid row
+        for (rows, width, from, to) in [(5, 3, Rows::new(2, 7), Rows::new(0, 3)), (4, 6, Rows::new(1, 6), Rows::new(10, 9)), (70_000, 300, Rows::new(0, 300), Rows::new(5, 301))] {
+            let src = values(from.off + rows * from.stride, 1);
+            let before = values(to.off + rows * to.stride + 3, 2);
+            let mut want = before.clone();
+            copy_rows(&src, from, &mut want, to, rows, width);
+            let (sb, db) = (gpu.upload("src", &src).unwrap(), gpu.upload("dst", &before).unwrap());
+            let mut rec = Recorder::new(&gpu);
+            k.record(&mut rec, &sb, from, &db, to, rows, width).unwrap();
+            rec.submit();
+            // values outside the copied parts keep theirs
+            assert_eq!(gpu.read_f32(&db, want.len()).unwrap(), want, "{rows} × {width} from {from:?} to {to:?}");
+        }
+    }
+}
