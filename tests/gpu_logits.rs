@@ -36,7 +36,7 @@ fn gpu_or_skip() -> Option<Gpu> {
 #[test]
 fn gpu_decoding_with_its_kv_cache_matches_the_cpu_backend() {
     let Some(gpu) = gpu_or_skip() else { return };
-    for name in ["mixtral.f32", "qwen3moe.f32", "qwen2moe.f32", "mixtral_h256.Q8_0", "mixtral_h256.F16", "mixtral_h256.BF16", "mixtral_h256.Q4_0", "mixtral_h256.Q5_0", "mixtral_h256.Q2_K", "mixtral_h256.Q3_K_M", "mixtral_h256.Q5_K_M", "mixtral_h256.Q6_K", "qwen3moe_h256.Q4_K_M"] {
+    for name in ["mixtral.f32", "qwen3moe.f32", "qwen2moe.f32", "deepseek2lite.f32", "kimik2.f32", "mixtral_h256.Q8_0", "mixtral_h256.F16", "mixtral_h256.BF16", "mixtral_h256.Q4_0", "mixtral_h256.Q5_0", "mixtral_h256.Q2_K", "mixtral_h256.Q3_K_M", "mixtral_h256.Q5_K_M", "mixtral_h256.Q6_K", "qwen3moe_h256.Q4_K_M"] {
         let m = Model::open(common::fixture(&format!("models/{name}.gguf"))).unwrap();
         let want = m.forward(&TOKENS, &mut m.new_cache(TOKENS.len()), Logits::All).unwrap();
         let v = m.config().n_vocab;
@@ -83,7 +83,7 @@ fn gpu_decoding_with_its_kv_cache_matches_the_cpu_backend() {
 fn gpu_logits_match_the_cpu_backend() {
     let Some(gpu) = gpu_or_skip() else { return };
     eprintln!("adapter: {}", gpu.describe());
-    for name in ["mixtral.f32", "qwen2moe.f32", "qwen3moe.f32", "olmoe.f32", "qwen3moe_h256.Q8_0", "mixtral_h256.Q8_0", "mixtral_h256.F16", "mixtral_h256.BF16", "mixtral_h256.Q4_0", "mixtral_h256.Q5_0", "mixtral_h256.Q2_K", "mixtral_h256.Q3_K_M", "mixtral_h256.Q5_K_M", "mixtral_h256.Q6_K", "qwen3moe_h256.Q4_K_M"] {
+    for name in ["mixtral.f32", "qwen2moe.f32", "qwen3moe.f32", "olmoe.f32", "deepseek2.f32", "deepseek2lite.f32", "deepseek3.f32", "kimik2.f32", "deepseek3_h256.Q8_0", "deepseek3_h256.Q4_K_M", "qwen3moe_h256.Q8_0", "mixtral_h256.Q8_0", "mixtral_h256.F16", "mixtral_h256.BF16", "mixtral_h256.Q4_0", "mixtral_h256.Q5_0", "mixtral_h256.Q2_K", "mixtral_h256.Q3_K_M", "mixtral_h256.Q5_K_M", "mixtral_h256.Q6_K", "qwen3moe_h256.Q4_K_M"] {
         let m = Model::open(common::fixture(&format!("models/{name}.gguf"))).unwrap();
         let mut cache = m.new_cache(TOKENS.len());
         let want = m.forward(&TOKENS, &mut cache, Logits::All).unwrap();
@@ -94,9 +94,15 @@ fn gpu_logits_match_the_cpu_backend() {
         assert!(worst <= 1e-3 * scale, "{name}: largest difference {worst} (logits up to {scale})");
         eprintln!("{name}: largest difference {worst:.2e} (logits up to {scale:.2})");
     }
+    // latent attention's per-head products in chunks of two tokens give the same logits
+    let m = Model::open(common::fixture("models/kimik2.f32.gguf")).unwrap();
+    let g = GpuModel::new(&m, &gpu).unwrap();
+    let whole = g.forward(&TOKENS, &mut g.new_cache(TOKENS.len()), Logits::All).unwrap();
+    g.set_head_product_tokens(2);
+    assert_eq!(g.forward(&TOKENS, &mut g.new_cache(TOKENS.len()), Logits::All).unwrap(), whole);
     // what the GPU backend does not cover yet is refused, not computed wrongly
-    let m = Model::open(common::fixture("models/deepseek2.f32.gguf")).unwrap();
-    assert!(m.logits_gpu(&gpu, &TOKENS).unwrap_err().to_string().contains("latent attention"));
+    let m = Model::open(common::fixture("models/mixtral_h256.Q4_1.gguf")).unwrap();
+    assert!(m.logits_gpu(&gpu, &TOKENS).unwrap_err().to_string().contains("Q4_1"));
 }
 
 #[test]
@@ -104,8 +110,9 @@ fn a_gpu_batch_gives_each_sequence_what_it_gets_alone() {
     use odmoe::model::{GpuKvCache, GpuSequence};
     let Some(gpu) = gpu_or_skip() else { return };
     // three sequences: a long one (its cache grows past its first room while batched), a
-    // prompt fed in two chunks, a one-token prompt; all experts resident, then fetched
-    for (name, resident) in [("mixtral_h256.Q8_0", true), ("qwen3moe.f32", true), ("qwen2moe.f32", false)] {
+    // prompt fed in two chunks, a one-token prompt; all experts resident, then fetched;
+    // grouped-query and latent attention
+    for (name, resident) in [("mixtral_h256.Q8_0", true), ("qwen3moe.f32", true), ("qwen2moe.f32", false), ("deepseek3.f32", true)] {
         let m = Model::open(common::fixture(&format!("models/{name}.gguf"))).unwrap();
         let long: Vec<u32> = (0..300u32).map(|i| (i * 37 + 11) % 500).collect();
         let prompts: [&[u32]; 3] = [&long, &TOKENS, &[5]];
@@ -183,3 +190,4 @@ fn a_gpu_batch_gives_each_sequence_what_it_gets_alone() {
         assert!(worst <= 1e-3 * scale, "{name}: largest difference {worst} (logits up to {scale})");
     }
 }
+

@@ -186,9 +186,9 @@ enum Command {
         /// apply.
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Compute backend (gpu: grouped-query architectures with F32, F16, BF16, Q8_0,
-        /// Q4_0, Q5_0, Q2_K, Q3_K, Q4_K, Q5_K or Q6_K weights; auto: a hardware GPU that can run the model, else
-        /// the CPU).
+        /// Compute backend (gpu: models with F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q2_K,
+        /// Q3_K, Q4_K, Q5_K or Q6_K weights; auto: a hardware GPU that can run the model,
+        /// else the CPU).
         #[arg(long, value_enum, default_value_t = Backend::Cpu)]
         backend: Backend,
         /// Device memory for routed experts on the GPU (e.g. 24GiB) [default: gpu.expert_budget,

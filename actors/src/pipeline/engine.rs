@@ -69,10 +69,7 @@ impl Engine {
         match self {
             Engine::Cpu(m) => m.kv_bytes_per_position(),
             #[cfg(feature = "gpu")]
-            Engine::Gpu(g) => {
-                let c = g.model.config();
-                (c.n_layer * c.n_head_kv * (c.head_dim_k + c.head_dim_v) * 4) as u64
-            }
+            Engine::Gpu(g) => g.model_on_device().kv_bytes_per_position(),
         }
     }
 

@@ -5,9 +5,10 @@
 //! gpu` (prefill, then one token at a time) and the server's batched steps
 //! ([`GpuModel::forward_batch`]).
 //!
-//! Covers grouped-query attention (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE) with F32, F16,
-//! BF16, Q8_0, Q4_0, Q5_0, Q4_K, Q5_K and Q6_K weights; latent attention (DeepSeek, Kimi) and other block formats are
-//! refused with an error saying so ([`gpu_unsupported`]). Routed experts:
+//! Covers grouped-query attention (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE) and latent
+//! attention (DeepSeek, Kimi; [`attention`]) with F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q2_K,
+//! Q3_K, Q4_K, Q5_K and Q6_K weights; other block formats are refused with an error saying
+//! so ([`gpu_unsupported`]). Routed experts:
 //! - all resident (when they fit the device expert budget): each layer's experts are one
 //!   stack per projection; routing runs on the device and each projection is one
 //!   dispatch over every chosen expert, so nothing is read back until the logits;
@@ -19,13 +20,16 @@
 //! groups every step) and submitted every few layers ([`SUBMIT_EVERY`] by default), so the device works
 //! while the rest is recorded.
 
+mod attention;
 mod experts;
 
 use super::config::Config;
 use super::rope::Rotation;
 use super::weights::{Attention, Ffn};
 use super::{Logits, Model};
-use crate::compute::gpu::attention::{Attention as GpuAttention, Shape};
+use crate::compute::gpu::attention::Attention as AttentionKernel;
+use crate::compute::gpu::copy_rows::CopyRows;
+use attention::{cache_widths, LayerAttention, StepInputs};
 use crate::compute::gpu::elementwise::Elementwise;
 use crate::compute::gpu::matrix::{Experts, GpuMatrix};
 use crate::compute::gpu::moe_combine::MoeCombine;
@@ -43,8 +47,9 @@ struct Kernels {
     norm: RmsNorm,
     ew: Elementwise,
     rope: Rope,
-    attn: GpuAttention,
+    attn: AttentionKernel,
     combine: MoeCombine,
+    copy: CopyRows,
 }
 
 /// A weight vector on the device (norm gains, biases) with its length.
@@ -90,13 +95,7 @@ enum GpuFfn {
 struct GpuLayer {
     attn_norm: Vector,
     ffn_norm: Vector,
-    wq: GpuMatrix,
-    wk: GpuMatrix,
-    wv: GpuMatrix,
-    wo: GpuMatrix,
-    biases: [Option<Vector>; 3],
-    q_norm: Option<Vector>,
-    k_norm: Option<Vector>,
+    attn: LayerAttention,
     ffn: GpuFfn,
 }
 
@@ -117,6 +116,8 @@ pub struct GpuModel<'a> {
     profiling: std::sync::atomic::AtomicBool,
     profile: std::sync::Mutex<Option<ProfileReport>>,
     layers_per_submit: std::sync::atomic::AtomicUsize,
+    /// Tokens per indexed per-head product of latent attention.
+    head_product_tokens: std::sync::atomic::AtomicUsize,
 }
 
 /// Layers recorded per submission within a pass, by default
@@ -174,16 +175,10 @@ impl<'a> GpuModel<'a> {
     /// between steps (0: upload each step's experts afresh).
     pub fn with_expert_budget(model: &'a Model, gpu: &'a Gpu, budget: u64) -> Result<GpuModel<'a>> {
         let cfg = &model.config;
-        if cfg.mla.is_some() {
-            return Err(Error::Gpu("latent attention (DeepSeek, Kimi) is not on the GPU backend yet".into()));
-        }
-        let k = Kernels { norm: RmsNorm::new(gpu, cfg.rms_eps), ew: Elementwise::new(gpu), rope: Rope::new(gpu), attn: GpuAttention::new(gpu), combine: MoeCombine::new(gpu) };
+        let k = Kernels { norm: RmsNorm::new(gpu, cfg.rms_eps), ew: Elementwise::new(gpu), rope: Rope::new(gpu), attn: AttentionKernel::new(gpu), combine: MoeCombine::new(gpu), copy: CopyRows::new(gpu) };
         let w = &model.weights;
         let mut layers = Vec::with_capacity(w.layers.len());
         for layer in &w.layers {
-            let Attention::Standard { wq, wk, wv, wo, bq, bk, bv, q_norm, k_norm } = &layer.attn else {
-                return Err(Error::Gpu("latent attention is not on the GPU backend yet".into()));
-            };
             let vector = |v: &Option<Vec<f32>>| v.as_deref().map(|v| Vector::new(gpu, v)).transpose();
             let ffn = match &layer.ffn {
                 Ffn::Dense(m) => GpuFfn::Dense(GpuMlp::new(gpu, &m.gate, &m.up, &m.down)?),
@@ -198,18 +193,12 @@ impl<'a> GpuModel<'a> {
             layers.push(GpuLayer {
                 attn_norm: Vector::new(gpu, &layer.attn_norm)?,
                 ffn_norm: Vector::new(gpu, &layer.ffn_norm)?,
-                wq: GpuMatrix::new(gpu, wq)?,
-                wk: GpuMatrix::new(gpu, wk)?,
-                wv: GpuMatrix::new(gpu, wv)?,
-                wo: GpuMatrix::new(gpu, wo)?,
-                biases: [vector(bq)?, vector(bk)?, vector(bv)?],
-                q_norm: vector(q_norm)?,
-                k_norm: vector(k_norm)?,
+                attn: LayerAttention::new(gpu, cfg, &layer.attn)?,
                 ffn,
             });
         }
         let experts = DeviceExperts::new(budget);
-        let mut g = GpuModel { model, gpu, k, layers, output_norm: Vector::new(gpu, &w.output_norm)?, output: GpuMatrix::new(gpu, &w.output)?, experts, ws: Default::default(), profiling: Default::default(), profile: Default::default(), layers_per_submit: SUBMIT_EVERY.into() };
+        let mut g = GpuModel { model, gpu, k, layers, output_norm: Vector::new(gpu, &w.output_norm)?, output: GpuMatrix::new(gpu, &w.output)?, experts, ws: Default::default(), profiling: Default::default(), profile: Default::default(), layers_per_submit: SUBMIT_EVERY.into(), head_product_tokens: attention::tokens_per_head_product(cfg).into() };
         if g.all_expert_bytes()? <= budget {
             g.upload_all_experts()?;
         }
@@ -222,11 +211,8 @@ impl<'a> GpuModel<'a> {
         let ws = self.ws.get_mut().unwrap_or_else(|p| p.into_inner());
         let pin_mlp = |m: &GpuMlp, ws: &mut Workspace| [&m.gate, &m.up, &m.down].into_iter().flat_map(|w| w.buffers()).for_each(|b| ws.pin(b));
         for l in &self.layers {
-            for v in [Some(&l.attn_norm), Some(&l.ffn_norm), l.q_norm.as_ref(), l.k_norm.as_ref()].into_iter().flatten().chain(l.biases.iter().flatten()) {
-                ws.pin(&v.buf);
-            }
-            for m in [&l.wq, &l.wk, &l.wv, &l.wo] {
-                m.buffers().iter().for_each(|b| ws.pin(b));
+            for b in [&l.attn_norm.buf, &l.ffn_norm.buf].into_iter().chain(l.attn.buffers()) {
+                ws.pin(b);
             }
             match &l.ffn {
                 GpuFfn::Dense(m) => pin_mlp(m, ws),
@@ -263,10 +249,24 @@ impl<'a> GpuModel<'a> {
         self.layers_per_submit.store(n.max(1), std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Latent attention's per-head products take at most `n` tokens each (at least 1; by
+    /// default as many as one dispatch allows, `65535 / n_head`): longer chunks go through
+    /// several. Results do not change.
+    pub fn set_head_product_tokens(&self, n: usize) {
+        let most = attention::tokens_per_head_product(&self.model.config);
+        self.head_product_tokens.store(n.clamp(1, most), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Bytes a device cache takes per position, over all layers (f32 keys and values, or
+    /// latent attention's compressed rows).
+    pub fn kv_bytes_per_position(&self) -> u64 {
+        let (kw, vw) = cache_widths(&self.model.config);
+        (self.layers.len() * (kw + vw) * 4) as u64
+    }
+
     /// An empty cache for one sequence of at most `max_len` positions.
     pub fn new_cache(&self, max_len: usize) -> GpuKvCache {
-        let cfg = &self.model.config;
-        let (kw, vw) = (cfg.n_head_kv * cfg.head_dim_k, cfg.n_head_kv * cfg.head_dim_v);
+        let (kw, vw) = cache_widths(&self.model.config);
         let n = self.layers.len();
         let room = max_len.clamp(1, FIRST_CACHE_ROOM);
         GpuKvCache {
@@ -407,13 +407,12 @@ impl<'a> GpuModel<'a> {
         if len <= cache.room {
             return false;
         }
-        let cfg = &self.model.config;
-        let (kw, vw) = (cfg.n_head_kv * cfg.head_dim_k, cfg.n_head_kv * cfg.head_dim_v);
+        let (kw, vw) = cache_widths(&self.model.config);
         let room = (2 * cache.room).max(len).min(cache.max_len.max(len));
         for (bufs, width, label) in [(&mut cache.k, kw, "k cache"), (&mut cache.v, vw, "v cache")] {
             for b in bufs.iter_mut() {
                 let grown = self.gpu.output(label, room * width);
-                if cache.len > 0 {
+                if cache.len * width > 0 {
                     rec.copy(b, 0, &grown, 0, (cache.len * width * 4) as u64);
                 }
                 *b = grown;
@@ -439,38 +438,24 @@ impl<'a> GpuModel<'a> {
         }
         let x = rec.upload("x", &xh)?;
         let cs = rec.upload("rope", &Rope::table(&rot))?;
-        let (nh, nkv, hd, hdv) = (cfg.n_head, cfg.n_head_kv, cfg.head_dim_k, cfg.head_dim_v);
+        let nh = cfg.n_head;
         // one scratch serves every sequence's attention in turn
         let scratch_len = seqs.iter().map(|(t, c, _)| t.len() * nh * (c.len + t.len()).next_multiple_of(256)).max().unwrap_or(0);
+        let scratch = rec.output("scores", scratch_len);
+        // latent attention's per-head products: row i uses head i mod n_head
+        let head_ids = match cfg.mla {
+            Some(_) => {
+                let rows = n.min(self.head_product_tokens.load(std::sync::atomic::Ordering::Relaxed)) * nh;
+                let ids: Vec<u32> = (0..rows).map(|i| (i % nh) as u32).collect();
+                Some(self.gpu.storage("head ids", bytemuck::cast_slice(&ids))?)
+            }
+            None => None,
+        };
+        let step = StepInputs { seqs, rot: &rot, cs: &cs, scratch: &scratch, head_ids: head_ids.as_ref() };
 
         for (l, layer) in self.layers.iter().enumerate() {
             let h = self.normed(rec, &x, &layer.attn_norm, n * d)?;
-            let [q, kb, vb] = self.matmuls(rec, [&layer.wq, &layer.wk, &layer.wv], &h, n, None)?;
-            for (buf, bias, width) in [(&q, &layer.biases[0], n * nh * hd), (&kb, &layer.biases[1], n * nkv * hd), (&vb, &layer.biases[2], n * nkv * hdv)] {
-                if let Some(b) = bias {
-                    self.k.ew.add_row(rec, buf, &b.buf, width, b.len)?;
-                }
-            }
-            if let Some(g) = &layer.q_norm {
-                self.norm(rec, &q, g, n * nh * hd)?;
-            }
-            if let Some(g) = &layer.k_norm {
-                self.norm(rec, &kb, g, n * nkv * hd)?;
-            }
-            self.k.rope.record_pair(rec, (&q, nh), (&kb, nkv), &cs, &rot, hd)?;
-            // each sequence's new keys and values join its cache, and its tokens attend
-            // over it
-            let (scratch, att) = (rec.output("scores", scratch_len), rec.output("attended", n * nh * hdv));
-            let mut row0 = 0;
-            for (tokens, cache, _) in seqs {
-                let (m, pos0) = (tokens.len(), cache.len);
-                rec.copy(&kb, (row0 * nkv * hd * 4) as u64, &cache.k[l], (pos0 * nkv * hd * 4) as u64, (m * nkv * hd * 4) as u64);
-                rec.copy(&vb, (row0 * nkv * hdv * 4) as u64, &cache.v[l], (pos0 * nkv * hdv * 4) as u64, (m * nkv * hdv * 4) as u64);
-                let shape = Shape { n: m, heads: nh, kv_heads: nkv, head_dim: hd, value_dim: hdv, pos0, scale: cfg.kq_scale, row0, value_stride: nkv * hdv };
-                self.k.attn.record(rec, shape, &q, &cache.k[l], &cache.v[l], &scratch, &att)?;
-                row0 += m;
-            }
-            layer.wo.record_add(rec, &att, &x, n)?;
+            self.record_attention(rec, l, &layer.attn, &h, &x, n, &step)?;
 
             let h = self.normed(rec, &x, &layer.ffn_norm, n * d)?;
             // the layer's output, unless it was added to the residual stream already
@@ -549,17 +534,15 @@ impl<'a> GpuModel<'a> {
     }
 }
 
-/// Why the GPU backend cannot run `model` (latent attention, or a block format without a
-/// kernel), or `None` when it can: `--backend auto` falls back to the CPU on `Some`.
+/// Why the GPU backend cannot run `model` (a block format without a kernel), or `None`
+/// when it can: `--backend auto` falls back to the CPU on `Some`.
 pub fn gpu_unsupported(model: &Model) -> Option<String> {
-    if model.config.mla.is_some() {
-        return Some("latent attention (DeepSeek, Kimi) is not on the GPU backend yet".into());
-    }
     use crate::compute::gpu::matrix::{has_gpu_kernel as has_kernel, GPU_FORMATS};
     let mut types = vec![model.weights.output.ty];
     for (l, layer) in model.weights.layers.iter().enumerate() {
-        if let Attention::Standard { wq, wk, wv, wo, .. } = &layer.attn {
-            types.extend([wq.ty, wk.ty, wv.ty, wo.ty]);
+        match &layer.attn {
+            Attention::Standard { wq, wk, wv, wo, .. } => types.extend([wq.ty, wk.ty, wv.ty, wo.ty]),
+            Attention::Mla { wq_a, wq, wkv_a, wk_b, wv_b, wo, .. } => types.extend(wq_a.iter().chain([wq, wkv_a, wk_b, wv_b, wo]).map(|w| w.ty)),
         }
         match &layer.ffn {
             Ffn::Dense(m) => types.extend([m.gate.ty, m.up.ty, m.down.ty]),
