@@ -191,3 +191,28 @@ fn a_gpu_batch_gives_each_sequence_what_it_gets_alone() {
     }
 }
 
+
+#[test]
+fn gpu_fetched_experts_prefetch_the_next_layers_and_keep_the_logits() {
+    use odmoe::experts::PagerOptions;
+    use odmoe::model::{ExpertMode, Prefetch};
+    let Some(gpu) = gpu_or_skip() else { return };
+    for name in ["mixtral.f32", "deepseek3.f32"] {
+        let path = common::fixture(&format!("models/{name}.gguf"));
+        let run = |prefetch: Prefetch| {
+            let mut m = Model::open_with(&path, &ExpertMode::Paged(PagerOptions { budget: u64::MAX, read_threads: 2, direct_io: false, ..Default::default() })).unwrap();
+            m.set_prefetch(prefetch);
+            // no device room for experts: every MoE layer routes on the CPU and fetches
+            let g = GpuModel::with_expert_budget(&m, &gpu, 0).unwrap();
+            let logits = g.forward(&TOKENS, &mut g.new_cache(TOKENS.len()), Logits::All).unwrap();
+            drop(g);
+            let s = m.pager().unwrap().stats();
+            (logits, s.prefetch_reads + s.prefetch_cancelled + s.prefetch_hits)
+        };
+        let (plain, none) = run(Prefetch::Off);
+        assert_eq!(none, 0, "{name}");
+        let (ahead, prefetches) = run(Prefetch::Gate { depth: 1 });
+        assert!(prefetches > 0, "{name}: no prefetch was issued");
+        assert_eq!(ahead, plain, "{name}: prefetching changed the logits");
+    }
+}

@@ -434,23 +434,7 @@ impl Model {
             add_assign(x, &attention::output(&layer.attn, &attended));
             let mut h = x.to_vec();
             rms_norm(&mut h, &layer.ffn_norm, cfg.rms_eps);
-            match (self.prefetch, &self.shadow) {
-                (Prefetch::Gate { depth }, _) => {
-                    // layer l+1 is asked for by every layer within reach, so its guess is
-                    // refined as the pass gets closer; the pager skips repeats
-                    for ahead in l + 1..=(l + depth.max(1)).min(self.weights.layers.len() - 1) {
-                        if let Some(ids) = ffn::router_choice(cfg, &self.weights.layers[ahead].ffn, &h) {
-                            self.experts.prefetch(ahead, &ids);
-                        }
-                    }
-                }
-                (Prefetch::Shadow { depth }, Some(s)) => {
-                    for (ahead, ids) in s.predict(l, &h, depth) {
-                        self.experts.prefetch(ahead, &ids);
-                    }
-                }
-                _ => {}
-            }
+            self.prefetch_ahead(l, &h);
             let mut routes = trace.as_ref().map(|_| Vec::new());
             let f = ffn::forward(cfg, l, &layer.ffn, self.experts.as_ref(), &h, routes.as_mut());
             if let (Some(t), Some(r)) = (trace.as_mut(), routes) {
@@ -458,10 +442,7 @@ impl Model {
                     t(l, &h, &r);
                 }
             }
-            if self.prefetch != Prefetch::Off {
-                // prefetches for this layer that never started are of no use now
-                self.experts.cancel_prefetches(Some(l));
-            }
+            self.layer_done(l);
             add_assign(x, &f?);
         }
         Ok(())
@@ -474,4 +455,38 @@ fn available_memory() -> Option<u64> {
     let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+impl Model {
+    /// With prefetch on, asks the expert source for the experts the layers after `l` are
+    /// expected to route to, from `h`, layer `l`'s normalized FFN input (`n × n_embd`):
+    /// each later layer's router applied to it (`gate`), or the shadow predictor's guess.
+    pub(crate) fn prefetch_ahead(&self, l: usize, h: &[f32]) {
+        let cfg = &self.config;
+        match (self.prefetch, &self.shadow) {
+            (Prefetch::Gate { depth }, _) => {
+                // layer l+1 is asked for by every layer within reach, so its guess is
+                // refined as the pass gets closer; the pager skips repeats
+                for ahead in l + 1..=(l + depth.max(1)).min(self.weights.layers.len() - 1) {
+                    if let Some(ids) = ffn::router_choice(cfg, &self.weights.layers[ahead].ffn, h) {
+                        self.experts.prefetch(ahead, &ids);
+                    }
+                }
+            }
+            (Prefetch::Shadow { depth }, Some(s)) => {
+                for (ahead, ids) in s.predict(l, h, depth) {
+                    self.experts.prefetch(ahead, &ids);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Layer `l`'s experts are fetched: its prefetches that never started are of no use
+    /// now.
+    pub(crate) fn layer_done(&self, l: usize) {
+        if self.prefetch != Prefetch::Off {
+            self.experts.cancel_prefetches(Some(l));
+        }
+    }
 }

@@ -139,16 +139,33 @@ impl<'a> GpuModel<'a> {
 
     /// The routed experts of MoE layer `l` when the device does not hold them all: the
     /// router logits come back, the CPU routes, and the chosen experts are fetched (those
-    /// not already on the device) and applied one by one.
+    /// not already on the device) and applied one by one. With the model's prefetch on,
+    /// the layer's input comes back too and the later layers' likely experts are asked
+    /// for first (as the CPU pass does).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn fetched_experts(&self, rec: &mut Recorder, l: usize, moe: &MoeConfig, lb: &wgpu::Buffer, h: &wgpu::Buffer, n: usize) -> Result<wgpu::Buffer> {
         let (gpu, d) = (self.gpu, self.model.config.n_embd);
         let Ffn::Moe { bias, .. } = &self.model.weights.layers[l].ffn else { unreachable!("the layers mirror the model's") };
-        let logits = self.read(rec, lb, n * moe.n_expert)?;
+        let routed = n * moe.n_expert;
+        let logits = if self.model.prefetch() == crate::model::Prefetch::Off {
+            self.read(rec, lb, routed)?
+        } else {
+            // the layer's input comes back with the logits (one wait), so the expert
+            // source reads the next layers' likely experts while this one runs
+            let both = rec.output("logits and input", routed + n * d);
+            rec.copy(lb, 0, &both, 0, (routed * 4) as u64);
+            rec.copy(h, 0, &both, (routed * 4) as u64, (n * d * 4) as u64);
+            let mut v = self.read(rec, &both, routed + n * d)?;
+            self.model.prefetch_ahead(l, &v[routed..]);
+            v.truncate(routed);
+            v
+        };
         // tokens by expert, each expert fetched once, as the CPU pass does
         let by_expert = group_by_expert(moe, &logits, bias.as_deref(), None);
         let ids: Vec<usize> = by_expert.keys().copied().collect();
-        let fetched = self.experts.get(gpu, l, &ids, |missing| self.model.experts.experts(l, missing))?;
+        let fetched = self.experts.get(gpu, l, &ids, |missing| self.model.experts.experts(l, missing));
+        self.model.layer_done(l);
+        let fetched = fetched?;
         let out = rec.output("ffn out", n * d);
         rec.clear(&out); // the experts add into it
         for (toks, w) in by_expert.values().zip(&fetched) {
