@@ -1,6 +1,4 @@
 // Combining expert outputs into a layer's output `out` (n × d), rows of `y` at a time:
-//   scatter_add: out[idx[i]] += wts[i] · y[i]   (routed experts: row i of y is the
-//                 expert's output for token idx[i], weighted by its routing weight)
 //   gated_add:   out[t] += sigmoid(wts[t]) · y[t]   (a shared expert behind a sigmoid gate)
 //   weighted_sum: out[t] (+)= Σ_s wts[t·k + s] · y[t·k + s]   (a token's k routed experts,
 //                 rows of y in the router's order, from one stacked-expert dispatch;
@@ -17,20 +15,8 @@ struct Dims {
 
 @group(0) @binding(0) var<storage, read_write> out: array<f32>;
 @group(0) @binding(1) var<storage, read> y: array<f32>;
-@group(0) @binding(2) var<storage, read> idx: array<u32>;
 @group(0) @binding(3) var<storage, read> wts: array<f32>;
 @group(0) @binding(4) var<uniform> dims: Dims;
-
-@compute @workgroup_size(256)
-fn scatter_add(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let id = gid.x + gid.y * dims.per_y;
-    if (id >= dims.rows * dims.d) {
-        return;
-    }
-    let i = id / dims.d;
-    let j = id % dims.d;
-    out[idx[i] * dims.d + j] += wts[i] * y[id];
-}
 
 @compute @workgroup_size(256)
 fn gated_add(@builtin(global_invocation_id) gid: vec3<u32>) {

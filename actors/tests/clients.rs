@@ -243,7 +243,8 @@ async fn on_the_gpu_backend_concurrent_streams_match_their_text_alone() {
             eprintln!("skipped: {log}");
             return;
         }
-        assert!(!log.contains("error:") && Instant::now() < deadline, "the server never became ready: {log}");
+        // (a Vulkan driver may print its own "error:" lines; the server's is this one)
+        assert!(!log.contains("error: cannot load") && Instant::now() < deadline, "the server never became ready: {log}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(srv.log.lock().unwrap().contains("compute: gpu: "), "{}", srv.log.lock().unwrap());

@@ -19,6 +19,8 @@ use super::gemv_q8_0::Q8_0Packed;
 /// A matrix (or a stack of equally shaped expert matrices) resident on the GPU with the
 /// kernel for its format.
 pub struct GpuMatrix {
+    /// Block format.
+    ty: GgmlType,
     /// Rows of one matrix (one expert's, for a stack).
     rows: usize,
     cols: usize,
@@ -144,33 +146,56 @@ impl GpuMatrix {
     /// [`GpuMatrix::record_quantized`] with [`Experts`] then picks one per output row group.
     pub fn stacked(gpu: &Gpu, ws: &[QMatrix]) -> Result<GpuMatrix> {
         let first = ws.first().ok_or_else(|| Error::Invalid("an empty stack of matrices".into()))?;
-        if let Some(w) = ws.iter().find(|w| (w.ty, w.rows, w.cols) != (first.ty, first.rows, first.cols)) {
-            return Err(Error::Invalid(format!("stacked matrices differ: {} {}x{} vs {} {}x{}", w.ty, w.rows, w.cols, first.ty, first.rows, first.cols)));
+        let m = Self::slab(gpu, first, ws.len())?;
+        for (i, w) in ws.iter().enumerate() {
+            m.write(gpu, i, w)?;
         }
-        let first_parts = packed(first)?; // refuses a format without a kernel
+        Ok(m)
+    }
+
+    /// A stack of `count` slots for matrices shaped like `like` (same format, rows and
+    /// columns), filled later by [`GpuMatrix::write`]: the device's slots for experts
+    /// fetched as routed.
+    pub fn slab(gpu: &Gpu, like: &QMatrix, count: usize) -> Result<GpuMatrix> {
+        let parts = packed(like)?; // refuses a format without a kernel
         // (kernel names by lanes, source, per row: columns or blocks, work items per block)
-        let (names, source, per_row, items, acts) = match first.ty {
-            GgmlType::F32 => (["gemv_f32_8", "gemv_f32_16", "gemv_f32"], include_str!("../../../shaders/gemv_f32.wgsl"), first.cols, 1, None),
-            GgmlType::F16 => (["gemv_f16_8", "gemv_f16_16", "gemv_f16"], include_str!("../../../shaders/gemv_f16.wgsl"), first.cols / 2, 1, None),
-            GgmlType::BF16 => (["gemv_bf16_8", "gemv_bf16_16", "gemv_bf16"], super::gemv_f16::bf16_source(), first.cols / 2, 1, None),
-            GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 => (["gemv_q8_0_8", "gemv_q8_0_16", "gemv_q8_0"], include_str!("../../../shaders/gemv_q8_0.wgsl"), first.cols / 32, 1, Some(ActFormat::Q8_0)),
-            GgmlType::Q2_K => (["gemv_q2_k_8", "gemv_q2_k_16", "gemv_q2_k"], include_str!("../../../shaders/gemv_q2_k.wgsl"), first.cols / 256, 16, Some(ActFormat::Q8_K)),
-            GgmlType::Q3_K => (["gemv_q3_k_8", "gemv_q3_k_16", "gemv_q3_k"], include_str!("../../../shaders/gemv_q3_k.wgsl"), first.cols / 256, 16, Some(ActFormat::Q8_K)),
-            GgmlType::Q4_K => (["gemv_q4_k_8", "gemv_q4_k_16", "gemv_q4_k"], include_str!("../../../shaders/gemv_q4_k.wgsl"), first.cols / 256, 4, Some(ActFormat::Q8_K)),
-            GgmlType::Q5_K => (["gemv_q5_k_8", "gemv_q5_k_16", "gemv_q5_k"], super::gemv_q5_k::source(), first.cols / 256, 4, Some(ActFormat::Q8_K)),
-            GgmlType::Q6_K => (["gemv_q6_k_8", "gemv_q6_k_16", "gemv_q6_k"], include_str!("../../../shaders/gemv_q6_k.wgsl"), first.cols / 256, 16, Some(ActFormat::Q8_K)),
+        let (names, source, per_row, items, acts) = match like.ty {
+            GgmlType::F32 => (["gemv_f32_8", "gemv_f32_16", "gemv_f32"], include_str!("../../../shaders/gemv_f32.wgsl"), like.cols, 1, None),
+            GgmlType::F16 => (["gemv_f16_8", "gemv_f16_16", "gemv_f16"], include_str!("../../../shaders/gemv_f16.wgsl"), like.cols / 2, 1, None),
+            GgmlType::BF16 => (["gemv_bf16_8", "gemv_bf16_16", "gemv_bf16"], super::gemv_f16::bf16_source(), like.cols / 2, 1, None),
+            GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 => (["gemv_q8_0_8", "gemv_q8_0_16", "gemv_q8_0"], include_str!("../../../shaders/gemv_q8_0.wgsl"), like.cols / 32, 1, Some(ActFormat::Q8_0)),
+            GgmlType::Q2_K => (["gemv_q2_k_8", "gemv_q2_k_16", "gemv_q2_k"], include_str!("../../../shaders/gemv_q2_k.wgsl"), like.cols / 256, 16, Some(ActFormat::Q8_K)),
+            GgmlType::Q3_K => (["gemv_q3_k_8", "gemv_q3_k_16", "gemv_q3_k"], include_str!("../../../shaders/gemv_q3_k.wgsl"), like.cols / 256, 16, Some(ActFormat::Q8_K)),
+            GgmlType::Q4_K => (["gemv_q4_k_8", "gemv_q4_k_16", "gemv_q4_k"], include_str!("../../../shaders/gemv_q4_k.wgsl"), like.cols / 256, 4, Some(ActFormat::Q8_K)),
+            GgmlType::Q5_K => (["gemv_q5_k_8", "gemv_q5_k_16", "gemv_q5_k"], super::gemv_q5_k::source(), like.cols / 256, 4, Some(ActFormat::Q8_K)),
+            GgmlType::Q6_K => (["gemv_q6_k_8", "gemv_q6_k_16", "gemv_q6_k"], include_str!("../../../shaders/gemv_q6_k.wgsl"), like.cols / 256, 16, Some(ActFormat::Q8_K)),
             ty => unreachable!("packed refuses {ty}"),
         };
-        // one buffer per part, each matrix's bytes at its index's offset
-        let weights: Vec<wgpu::Buffer> = first_parts.iter().map(|p| gpu.buffer(names[2], (p.len() * ws.len()) as u64)).collect::<Result<_>>()?;
-        for (i, parts) in std::iter::once(Ok(first_parts)).chain(ws[1..].iter().map(packed)).enumerate() {
-            for (buf, p) in weights.iter().zip(&parts?) {
-                gpu.queue.write_buffer(buf, (i * p.len()) as u64, p);
-            }
-        }
+        // one buffer per part, matrix i's bytes at i times the part's length
+        let weights: Vec<wgpu::Buffer> = parts.iter().map(|p| gpu.buffer(names[2], (p.len() * count.max(1)) as u64)).collect::<Result<_>>()?;
         let lanes = lanes_for(per_row * items);
         let kernel = lane_kernel(gpu, names, source, lanes);
-        Ok(GpuMatrix { rows: first.rows, cols: first.cols, count: ws.len(), per_row, weights, kernel, rows_per_group: GROUP / lanes, acts, sums: matches!(first.ty, GgmlType::Q4_K | GgmlType::Q5_K) })
+        Ok(GpuMatrix { ty: like.ty, rows: like.rows, cols: like.cols, count, per_row, weights, kernel, rows_per_group: GROUP / lanes, acts, sums: matches!(like.ty, GgmlType::Q4_K | GgmlType::Q5_K) })
+    }
+
+    /// Writes `w` into slot `i` of this stack (through the queue: in place before the
+    /// next submission's commands run).
+    pub fn write(&self, gpu: &Gpu, i: usize, w: &QMatrix) -> Result<()> {
+        if (w.ty, w.rows, w.cols) != (self.ty, self.rows, self.cols) {
+            return Err(Error::Invalid(format!("a {} {}x{} matrix for a stack of {} {}x{}", w.ty, w.rows, w.cols, self.ty, self.rows, self.cols)));
+        }
+        if i >= self.count {
+            return Err(Error::Invalid(format!("slot {i} of a stack of {}", self.count)));
+        }
+        for (buf, p) in self.weights.iter().zip(packed(w)?) {
+            gpu.queue.write_buffer(buf, (i * p.len()) as u64, &p);
+        }
+        Ok(())
+    }
+
+    /// Matrices (slots) in the stack.
+    pub fn count(&self) -> usize {
+        self.count
     }
 
     /// Input features.

@@ -1,7 +1,6 @@
 //! Adding expert outputs into a layer's output on the GPU (`shaders/moe_combine.wgsl`):
-//! routed experts' rows scattered to their tokens with their routing weights, and a
-//! shared expert behind a sigmoid gate. Tokens routed to one expert are distinct, so one
-//! dispatch never adds twice to the same value.
+//! each token's routed experts' rows mixed by their routing weights, and a shared expert
+//! behind a sigmoid gate.
 
 use super::recorder::Recorder;
 use super::kernel::{Kernel, MAX_GROUPS};
@@ -10,7 +9,6 @@ use crate::Result;
 
 /// The compiled combine kernels.
 pub struct MoeCombine {
-    scatter: Kernel,
     gated: Kernel,
     weighted: Kernel,
 }
@@ -25,15 +23,7 @@ impl MoeCombine {
     /// Compiles the kernels.
     pub fn new(gpu: &Gpu) -> MoeCombine {
         let src = include_str!("../../../shaders/moe_combine.wgsl");
-        MoeCombine { scatter: Kernel::new(gpu, "scatter_add", src, "scatter_add"), gated: Kernel::new(gpu, "gated_add", src, "gated_add"), weighted: Kernel::new(gpu, "weighted_sum", src, "weighted_sum") }
-    }
-
-    /// Records `out[idx[i]] += wts[i] · y[i]` for the `rows` rows of `y` (each `d` long);
-    /// `idx` holds u32 token indices, `wts` f32 weights.
-    #[allow(clippy::too_many_arguments)]
-    pub fn scatter_add(&self, rec: &mut Recorder, out: &wgpu::Buffer, y: &wgpu::Buffer, idx: &wgpu::Buffer, wts: &wgpu::Buffer, rows: usize, d: usize) -> Result<()> {
-        let (g, per) = grid(rows * d);
-        self.scatter.record(rec, &[out, y, idx, wts], &[rows as u32, d as u32, per], g)
+        MoeCombine { gated: Kernel::new(gpu, "gated_add", src, "gated_add"), weighted: Kernel::new(gpu, "weighted_sum", src, "weighted_sum") }
     }
 
     /// Records `out[t] += sigmoid(gate[t]) · y[t]` for `rows` rows of `d` values.
@@ -64,25 +54,6 @@ mod tests {
         let Some(gpu) = gpu_or_skip() else { return };
         let k = MoeCombine::new(&gpu);
         let (n, d) = (5, 70);
-        let out0 = values(n * d, 1);
-        let y = values(3 * d, 2);
-        let (idx, wts) = ([4u32, 0, 2], [0.5f32, 0.25, -1.5]);
-        let mut want = out0.clone();
-        for (i, (&t, &w)) in idx.iter().zip(&wts).enumerate() {
-            for j in 0..d {
-                want[t as usize * d + j] += w * y[i * d + j];
-            }
-        }
-        let out = gpu.upload("out", &out0).unwrap();
-        let (yb, ib, wb) = (gpu.upload("y", &y).unwrap(), gpu.storage("idx", bytemuck::cast_slice(&idx)).unwrap(), gpu.upload("w", &wts).unwrap());
-        let mut enc = Recorder::new(&gpu);
-        k.scatter_add(&mut enc, &out, &yb, &ib, &wb, 3, d).unwrap();
-        enc.submit();
-        // a device may fuse the multiply and add (one rounding instead of two)
-        for (i, (a, b)) in gpu.read_f32(&out, n * d).unwrap().iter().zip(&want).enumerate() {
-            assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "scatter [{i}]: gpu {a} vs cpu {b}");
-        }
-
         // weighted sum of k = 3 rows per token, overwriting
         let (k3, yk, wk) = (3, values(n * 3 * d, 5), values(n * 3, 6));
         let mut mixed = vec![0.0f32; n * d];
@@ -108,6 +79,10 @@ mod tests {
             assert!((a - 2.0 * b).abs() <= 2e-5 * b.abs().max(1.0), "weighted, added [{i}]: gpu {a} vs cpu {}", 2.0 * b);
         }
 
+        // a gated shared expert added to the layer's output
+        let out0 = values(n * d, 1);
+        let mut want = out0.clone();
+        let out = gpu.upload("out", &out0).unwrap();
         let (ys, gate) = (values(n * d, 3), values(n, 4));
         for t in 0..n {
             for j in 0..d {

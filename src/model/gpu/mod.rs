@@ -197,7 +197,8 @@ impl<'a> GpuModel<'a> {
                 ffn,
             });
         }
-        let experts = DeviceExperts::new(budget);
+        let moe_layers = w.layers.iter().filter(|l| matches!(l.ffn, Ffn::Moe { .. })).count();
+        let experts = DeviceExperts::new(budget, moe_layers);
         let mut g = GpuModel { model, gpu, k, layers, output_norm: Vector::new(gpu, &w.output_norm)?, output: GpuMatrix::new(gpu, &w.output)?, experts, ws: Default::default(), profiling: Default::default(), profile: Default::default(), layers_per_submit: SUBMIT_EVERY.into(), head_product_tokens: attention::tokens_per_head_product(cfg).into() };
         if g.all_expert_bytes()? <= budget {
             g.upload_all_experts()?;
@@ -468,7 +469,7 @@ impl<'a> GpuModel<'a> {
                     let direct = shared.is_none().then_some(&x);
                     let out = match resident {
                         Some(experts) if route::supported(moe) => self.resident_experts(rec, moe, experts, &lb, bias_v.as_ref(), &h, n, direct)?,
-                        _ => Some(self.fetched_experts(rec, l, moe, &lb, &h, n)?),
+                        _ => self.fetched_experts(rec, l, moe, &lb, &h, n, direct)?,
                     };
                     match (out, shared) {
                         (Some(out), Some(s)) => {
