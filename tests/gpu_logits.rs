@@ -226,3 +226,30 @@ fn gpu_fetched_experts_prefetch_the_next_layers_and_keep_the_logits() {
         assert_eq!(ahead, plain, "{name}: prefetching changed the logits");
     }
 }
+
+#[test]
+fn a_long_prompt_runs_in_chunks_with_the_logits_of_one_pass() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let m = Model::open(common::fixture("models/qwen3moe.f32.gguf")).unwrap();
+    let g = GpuModel::new(&m, &gpu).unwrap();
+    let tokens: Vec<u32> = (0..600u32).map(|i| (i * 7 + 3) % 500).collect();
+    let chunk = g.max_chunk(tokens.len());
+    assert!(chunk < tokens.len(), "{chunk}");
+    let mut cache = g.new_cache(tokens.len());
+    let whole = g.forward(&tokens, &mut cache, Logits::All).unwrap();
+    assert_eq!(cache.len(), tokens.len());
+    // the same as feeding the chunks by hand, bit for bit, and as the CPU's to rounding
+    let mut by_hand = Vec::new();
+    let mut c = g.new_cache(tokens.len());
+    for piece in tokens.chunks(chunk) {
+        by_hand.extend(g.forward_batch(&mut [odmoe::model::GpuSequence { tokens: piece, cache: &mut c, logits: Logits::All }]).unwrap().remove(0));
+    }
+    assert_eq!(whole, by_hand);
+    let want = m.forward(&tokens, &mut m.new_cache(tokens.len()), Logits::All).unwrap();
+    let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+    let worst = whole.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(worst <= 1e-3 * scale, "largest difference {worst} (logits up to {scale})");
+    // only the last position's logits when asked for them
+    let last = g.forward(&tokens, &mut g.new_cache(tokens.len()), Logits::Last).unwrap();
+    assert_eq!(last, whole[(tokens.len() - 1) * m.config().n_vocab..]);
+}

@@ -344,9 +344,40 @@ impl<'a> GpuModel<'a> {
 
     /// Runs `tokens` after the positions in `cache`, appends them to it, and returns
     /// logits as `which` asks (as [`Model::forward`] does on the CPU).
+    ///
+    /// A long input runs in chunks ([`GpuModel::max_chunk`]), so a prompt of any length
+    /// fits the device's dispatch and buffer limits; on error the cache is as it was.
     pub fn forward(&self, tokens: &[u32], cache: &mut GpuKvCache, which: Logits) -> Result<Vec<f32>> {
-        let mut out = self.forward_batch(&mut [GpuSequence { tokens, cache, logits: which }])?;
-        Ok(out.pop().expect("one sequence, one result"))
+        let len0 = cache.len;
+        let chunk = self.max_chunk(len0 + tokens.len());
+        let mut out = Vec::new();
+        let mut pieces = tokens.chunks(chunk).peekable();
+        while let Some(piece) = pieces.next() {
+            // every chunk's logits for `All`, only the last chunk's otherwise
+            let logits = if which == Logits::All || pieces.peek().is_none() { which } else { Logits::None };
+            match self.forward_batch(&mut [GpuSequence { tokens: piece, cache, logits }]) {
+                Ok(mut o) => out.extend(o.pop().expect("one sequence, one result")),
+                Err(e) => {
+                    // positions past len0 are simply overwritten later
+                    cache.len = len0;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The most tokens of one sequence a pass takes when the sequence ends at `len`
+    /// positions: at most 512, and within the device's limits on dispatches (a row
+    /// group per token and chosen expert) and on one buffer (the attention scores of
+    /// every token and head over `len` positions).
+    pub fn max_chunk(&self, len: usize) -> usize {
+        let cfg = &self.model.config;
+        let k = cfg.moe.as_ref().map_or(1, |m| m.n_expert_used.max(1));
+        let limits = self.gpu.device.limits();
+        let max_bytes = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size) as usize;
+        let scores_per_token = cfg.n_head.max(1) * len.next_multiple_of(256) * 4;
+        512.min(crate::compute::gpu::kernel::MAX_GROUPS as usize / k).min(max_bytes / scores_per_token).max(1)
     }
 
     /// One pass over several sequences at once (continuous batching, as
@@ -442,6 +473,11 @@ impl<'a> GpuModel<'a> {
         let nh = cfg.n_head;
         // one scratch serves every sequence's attention in turn
         let scratch_len = seqs.iter().map(|(t, c, _)| t.len() * nh * (c.len + t.len()).next_multiple_of(256)).max().unwrap_or(0);
+        let limits = self.gpu.device.limits();
+        let max_bytes = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
+        if scratch_len as u64 * 4 > max_bytes {
+            return Err(Error::Invalid(format!("attention scores of {} bytes for one sequence's chunk exceed the device's largest buffer ({max_bytes} bytes): feed fewer tokens per step", scratch_len * 4)));
+        }
         let scratch = rec.output("scores", scratch_len);
         // latent attention's per-head products: row i uses head i mod n_head
         let head_ids = match cfg.mla {
