@@ -26,11 +26,30 @@ struct Dims {
 }
 
 @group(0) @binding(0) var<storage, read> q: array<f32>;        // (row0 + n) × heads × head_dim
-@group(0) @binding(1) var<storage, read> k: array<f32>;        // len × kv_heads × head_dim
-@group(0) @binding(2) var<storage, read> v: array<f32>;        // len × v_stride
+// The cache holds f32 values, or (HALF) f16 pairs packed in words, first in the low half.
+const HALF: bool = false;
+alias Kv = f32;
+
+@group(0) @binding(1) var<storage, read> k: array<Kv>;         // len × kv_heads × head_dim
+@group(0) @binding(2) var<storage, read> v: array<Kv>;         // len × v_stride
 @group(0) @binding(3) var<storage, read_write> p: array<f32>;  // n × heads × len
 @group(0) @binding(4) var<storage, read_write> o: array<f32>;  // (row0 + n) × heads × value_dim
 @group(0) @binding(5) var<uniform> dims: Dims;
+
+// Cached key (value) number i.
+fn k_at(i: u32) -> f32 {
+    if (HALF) {
+        return unpack2x16float(bitcast<u32>(k[i >> 1u]))[i & 1u];
+    }
+    return bitcast<f32>(k[i]);
+}
+
+fn v_at(i: u32) -> f32 {
+    if (HALF) {
+        return unpack2x16float(bitcast<u32>(v[i >> 1u]))[i & 1u];
+    }
+    return bitcast<f32>(v[i]);
+}
 
 const WG: u32 = 256u;
 const LOWEST: f32 = -3.4028235e38;
@@ -75,10 +94,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         var a = vec4<f32>(0.0);
         var i = 0u;
         for (; i + 4u <= dims.head_dim; i += 4u) {
-            a += vec4<f32>(q[qo + i], q[qo + i + 1u], q[qo + i + 2u], q[qo + i + 3u]) * vec4<f32>(k[ko + i], k[ko + i + 1u], k[ko + i + 2u], k[ko + i + 3u]);
+            a += vec4<f32>(q[qo + i], q[qo + i + 1u], q[qo + i + 2u], q[qo + i + 3u]) * vec4<f32>(k_at(ko + i), k_at(ko + i + 1u), k_at(ko + i + 2u), k_at(ko + i + 3u));
         }
         for (; i < dims.head_dim; i++) {
-            a.x += q[qo + i] * k[ko + i];
+            a.x += q[qo + i] * k_at(ko + i);
         }
         let score = ((a.x + a.y) + (a.z + a.w)) * scale;
         p[base + s] = score;
@@ -104,10 +123,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             var s = 0u;
             for (; s + 4u <= end; s += 4u) {
                 a += vec4<f32>(p[base + s], p[base + s + 1u], p[base + s + 2u], p[base + s + 3u])
-                   * vec4<f32>(v[s * stride + vo], v[(s + 1u) * stride + vo], v[(s + 2u) * stride + vo], v[(s + 3u) * stride + vo]);
+                   * vec4<f32>(v_at(s * stride + vo), v_at((s + 1u) * stride + vo), v_at((s + 2u) * stride + vo), v_at((s + 3u) * stride + vo));
             }
             for (; s < end; s++) {
-                a.x += p[base + s] * v[s * stride + vo];
+                a.x += p[base + s] * v_at(s * stride + vo);
             }
             o[out_row * dims.value_dim + d] = ((a.x + a.y) + (a.z + a.w)) / total;
         }
@@ -128,11 +147,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         for (var c = g; c < runs; c += groups) {
             let s = 4u * c;
             a += vec4<f32>(p[base + s], p[base + s + 1u], p[base + s + 2u], p[base + s + 3u])
-               * vec4<f32>(v[s * stride + vo], v[(s + 1u) * stride + vo], v[(s + 2u) * stride + vo], v[(s + 3u) * stride + vo]);
+               * vec4<f32>(v_at(s * stride + vo), v_at((s + 1u) * stride + vo), v_at((s + 2u) * stride + vo), v_at((s + 3u) * stride + vo));
         }
         if (runs % groups == g) {
             for (var s = 4u * runs; s < end; s++) {
-                a.x += p[base + s] * v[s * stride + vo];
+                a.x += p[base + s] * v_at(s * stride + vo);
             }
         }
         part = (a.x + a.y) + (a.z + a.w);

@@ -253,3 +253,41 @@ fn a_long_prompt_runs_in_chunks_with_the_logits_of_one_pass() {
     let last = g.forward(&tokens, &mut g.new_cache(tokens.len()), Logits::Last).unwrap();
     assert_eq!(last, whole[(tokens.len() - 1) * m.config().n_vocab..]);
 }
+
+#[test]
+fn an_f16_cache_on_the_gpu_matches_the_cpu_f16_cache() {
+    use odmoe::model::KvType;
+    let Some(gpu) = gpu_or_skip() else { return };
+    for name in ["mixtral.f32", "qwen3moe.f32", "qwen2moe.f32", "mixtral_h256.Q8_0", "deepseek2.f32"] {
+        let mut m = Model::open(common::fixture(&format!("models/{name}.gguf"))).unwrap();
+        let f32_bytes = GpuModel::new(&m, &gpu).unwrap().kv_bytes_per_position();
+        let exact = m.forward(&TOKENS, &mut m.new_cache(TOKENS.len()), Logits::All).unwrap();
+        m.set_kv_type(KvType::F16);
+        // the CPU backend with its f16 cache: a prompt, then one token at a time
+        let mut c = m.new_cache(TOKENS.len());
+        let mut want = m.forward(&TOKENS[..3], &mut c, Logits::Last).unwrap();
+        for &t in &TOKENS[3..] {
+            want.extend(m.forward(&[t], &mut c, Logits::Last).unwrap());
+        }
+        let g = GpuModel::new(&m, &gpu).unwrap();
+        let mut cache = g.new_cache(TOKENS.len());
+        let mut got = g.forward(&TOKENS[..3], &mut cache, Logits::Last).unwrap();
+        for &t in &TOKENS[3..] {
+            got.extend(g.forward(&[t], &mut cache, Logits::Last).unwrap());
+        }
+        let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+        let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(worst <= 1e-3 * scale, "{name}: largest difference {worst} (logits up to {scale})");
+        // half the bytes, except latent attention's compressed rows (f32 on both backends)
+        if name.starts_with("deepseek") {
+            assert!(!g.half_cache() && g.kv_bytes_per_position() == f32_bytes, "{name}");
+        } else {
+            assert!(g.half_cache() && 2 * g.kv_bytes_per_position() == f32_bytes, "{name}");
+            // rounded keys and values move the logits away from the f32 cache's
+            let v = m.config().n_vocab;
+            let off = got.iter().zip(&exact[2 * v..]).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(off > worst, "{name}: the f16 cache gives the f32 cache's logits ({off} vs {worst})");
+        }
+        eprintln!("{name}: largest difference {worst:.2e} (logits up to {scale:.2})");
+    }
+}

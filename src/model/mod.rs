@@ -246,6 +246,11 @@ impl Model {
         self.kv_type = t;
     }
 
+    /// The element type of the caches [`Model::new_cache`] makes.
+    pub fn kv_type(&self) -> KvType {
+        self.kv_type
+    }
+
     /// The selection scores layer `layer`'s router gives each expert for the rows `x`
     /// (`n × n_embd`, normalized FFN inputs), or `None` for a dense layer.
     pub fn router_scores(&self, layer: usize, x: &[f32]) -> Option<Vec<f32>> {

@@ -61,12 +61,7 @@ pub fn run(model: &Path, a: Args) -> Result<(), Box<dyn std::error::Error>> {
     // a closed stdout (e.g. `| head`) ends generation quietly
     let on_text = |s: &str| out.write_all(s.as_bytes()).and_then(|_| out.flush()).is_ok();
     let g = match super::resolve_backend(a.backend, &m) {
-        super::Backend::Gpu => {
-            if a.kv_type != odmoe::model::KvType::F32 {
-                eprintln!("gpu: the key/value cache on the device stays f32 (--kv-type applies to the CPU backend)");
-            }
-            gpu_generate(&m, &tok, &ids, &opts, a.gpu_expert_budget, on_text)?
-        }
+        super::Backend::Gpu => gpu_generate(&m, &tok, &ids, &opts, a.gpu_expert_budget, on_text)?,
         _ => generate(&m, &tok, &ids, &opts, on_text)?,
     };
     writeln!(out).ok();

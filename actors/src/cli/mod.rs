@@ -105,7 +105,7 @@ enum Command {
         #[arg(long)]
         shadow: Option<PathBuf>,
         /// Element type of each session's key/value cache (f16: half the memory, keys
-        /// and values rounded; the CPU backend) [default: f32].
+        /// and values rounded; both backends) [default: f32].
         #[arg(long, value_enum)]
         kv_type: Option<KvTypeConfig>,
         /// Where the sessions' steps run (gpu: as for generate; auto: a hardware GPU that
@@ -179,7 +179,7 @@ enum Command {
         #[arg(long)]
         shadow: Option<PathBuf>,
         /// Element type of the key/value cache (f16: half the memory, keys and values
-        /// rounded; the CPU backend) [default: f32].
+        /// rounded; both backends) [default: f32].
         #[arg(long, value_enum)]
         kv_type: Option<KvTypeConfig>,
         /// TOML configuration file: its [cache], [prefetch], [threads] and [gpu] sections

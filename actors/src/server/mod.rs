@@ -181,7 +181,7 @@ async fn load(path: &Path, mode: &ExpertMode, config: &ServerConfig, metrics: Ar
         }
         let tokenizer = Tokenizer::from_gguf(model.metadata()).map_err(|e| e.to_string())?;
         let template = ChatTemplate::from_gguf(model.metadata()).ok();
-        let engine = engine_for(Arc::new(model), backend, gpu_budget, kv_type)?;
+        let engine = engine_for(Arc::new(model), backend, gpu_budget)?;
         eprintln!("compute: {}", engine.describe());
         Ok((engine, Arc::new(tokenizer), template))
     })
@@ -194,20 +194,17 @@ async fn load(path: &Path, mode: &ExpertMode, config: &ServerConfig, metrics: Ar
 }
 
 /// The engine `backend` means for `model` (`auto` resolved, saying why).
-fn engine_for(model: Arc<Model>, backend: crate::cli::Backend, gpu_budget: u64, kv_type: odmoe::model::KvType) -> Result<Engine, String> {
+fn engine_for(model: Arc<Model>, backend: crate::cli::Backend, gpu_budget: u64) -> Result<Engine, String> {
     match crate::cli::resolve_backend(backend, &model) {
-        crate::cli::Backend::Gpu => gpu_engine(model, gpu_budget, kv_type),
+        crate::cli::Backend::Gpu => gpu_engine(model, gpu_budget),
         _ => Ok(Engine::Cpu(model)),
     }
 }
 
 #[cfg(feature = "gpu")]
-fn gpu_engine(model: Arc<Model>, budget: u64, kv_type: odmoe::model::KvType) -> Result<Engine, String> {
+fn gpu_engine(model: Arc<Model>, budget: u64) -> Result<Engine, String> {
     if let Some(why) = odmoe::model::gpu_unsupported(&model) {
         return Err(format!("the GPU backend cannot run this model: {why}"));
-    }
-    if kv_type != odmoe::model::KvType::F32 {
-        eprintln!("gpu: the key/value caches on the device stay f32 (kv_type applies to the CPU backend)");
     }
     let gpu = crate::cli::logits::open_gpu().map_err(|e| e.to_string())?;
     let engine = crate::pipeline::engine::GpuEngine::new(model, gpu, budget).map_err(|e| e.to_string())?;
@@ -215,7 +212,7 @@ fn gpu_engine(model: Arc<Model>, budget: u64, kv_type: odmoe::model::KvType) -> 
 }
 
 #[cfg(not(feature = "gpu"))]
-fn gpu_engine(_: Arc<Model>, _: u64, _: odmoe::model::KvType) -> Result<Engine, String> {
+fn gpu_engine(_: Arc<Model>, _: u64) -> Result<Engine, String> {
     Err("this build has no GPU backend (built without the gpu feature); use --backend cpu".into())
 }
 

@@ -15,6 +15,7 @@ pub mod attention;
 pub mod copy_rows;
 pub mod elementwise;
 pub mod gemv_f16;
+pub mod half_rows;
 pub mod gemv_q2_k;
 pub mod gemv_q3_k;
 pub mod gemv_q4_k;

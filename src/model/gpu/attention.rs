@@ -157,9 +157,15 @@ impl<'a> GpuModel<'a> {
                 let mut row0 = 0;
                 for (tokens, cache, _) in step.seqs {
                     let (m, pos0) = (tokens.len(), cache.len);
-                    rec.copy(&kb, (row0 * nkv * hd * 4) as u64, &cache.k[l], (pos0 * nkv * hd * 4) as u64, (m * nkv * hd * 4) as u64);
-                    rec.copy(&vb, (row0 * nkv * hdv * 4) as u64, &cache.v[l], (pos0 * nkv * hdv * 4) as u64, (m * nkv * hdv * 4) as u64);
-                    let shape = Shape { n: m, heads: nh, kv_heads: nkv, head_dim: hd, value_dim: hdv, pos0, scale: cfg.kq_scale, row0, value_stride: nkv * hdv };
+                    if cache.half {
+                        // rounded to f16 as the CPU's f16 cache rounds them
+                        self.k.half.record(rec, &kb, row0 * nkv * hd, &cache.k[l], pos0 * nkv * hd / 2, m * nkv * hd)?;
+                        self.k.half.record(rec, &vb, row0 * nkv * hdv, &cache.v[l], pos0 * nkv * hdv / 2, m * nkv * hdv)?;
+                    } else {
+                        rec.copy(&kb, (row0 * nkv * hd * 4) as u64, &cache.k[l], (pos0 * nkv * hd * 4) as u64, (m * nkv * hd * 4) as u64);
+                        rec.copy(&vb, (row0 * nkv * hdv * 4) as u64, &cache.v[l], (pos0 * nkv * hdv * 4) as u64, (m * nkv * hdv * 4) as u64);
+                    }
+                    let shape = Shape { n: m, heads: nh, kv_heads: nkv, head_dim: hd, value_dim: hdv, pos0, scale: cfg.kq_scale, row0, value_stride: nkv * hdv, half: cache.half };
                     self.k.attn.record(rec, shape, &q, &cache.k[l], &cache.v[l], step.scratch, &att)?;
                     row0 += m;
                 }
@@ -208,7 +214,7 @@ impl<'a> GpuModel<'a> {
                 for (tokens, cache, _) in step.seqs {
                     let (m, pos0) = (tokens.len(), cache.len);
                     rec.copy(&c, (row0 * width * 4) as u64, &cache.k[l], (pos0 * width * 4) as u64, (m * width * 4) as u64);
-                    let shape = Shape { n: m, heads: nh, kv_heads: 1, head_dim: width, value_dim: lora, pos0, scale: cfg.kq_scale, row0, value_stride: width };
+                    let shape = Shape { n: m, heads: nh, kv_heads: 1, head_dim: width, value_dim: lora, pos0, scale: cfg.kq_scale, row0, value_stride: width, half: false };
                     self.k.attn.record(rec, shape, &ql, &cache.k[l], &cache.k[l], step.scratch, &att)?;
                     row0 += m;
                 }

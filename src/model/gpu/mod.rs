@@ -29,6 +29,7 @@ use super::weights::{Attention, Ffn};
 use super::{Logits, Model};
 use crate::compute::gpu::attention::Attention as AttentionKernel;
 use crate::compute::gpu::copy_rows::CopyRows;
+use crate::compute::gpu::half_rows::HalfRows;
 use attention::{cache_widths, LayerAttention, StepInputs};
 use crate::compute::gpu::elementwise::Elementwise;
 use crate::compute::gpu::matrix::{Experts, GpuMatrix};
@@ -50,6 +51,7 @@ struct Kernels {
     attn: AttentionKernel,
     combine: MoeCombine,
     copy: CopyRows,
+    half: HalfRows,
 }
 
 /// A weight vector on the device (norm gains, biases) with its length.
@@ -137,6 +139,17 @@ pub struct GpuKvCache {
     max_len: usize,
     /// Positions the buffers hold.
     room: usize,
+    /// Keys and values are f16, two to a word (else f32).
+    half: bool,
+}
+
+/// Words (f32 values, or f16 pairs) that hold `values` cached values.
+fn cache_words(values: usize, half: bool) -> usize {
+    if half {
+        values.div_ceil(2)
+    } else {
+        values
+    }
 }
 
 /// Positions a new [`GpuKvCache`] has room for (it grows from there).
@@ -175,7 +188,7 @@ impl<'a> GpuModel<'a> {
     /// between steps (0: upload each step's experts afresh).
     pub fn with_expert_budget(model: &'a Model, gpu: &'a Gpu, budget: u64) -> Result<GpuModel<'a>> {
         let cfg = &model.config;
-        let k = Kernels { norm: RmsNorm::new(gpu, cfg.rms_eps), ew: Elementwise::new(gpu), rope: Rope::new(gpu), attn: AttentionKernel::new(gpu), combine: MoeCombine::new(gpu), copy: CopyRows::new(gpu) };
+        let k = Kernels { norm: RmsNorm::new(gpu, cfg.rms_eps), ew: Elementwise::new(gpu), rope: Rope::new(gpu), attn: AttentionKernel::new(gpu), combine: MoeCombine::new(gpu), copy: CopyRows::new(gpu), half: HalfRows::new(gpu) };
         let w = &model.weights;
         let mut layers = Vec::with_capacity(w.layers.len());
         for layer in &w.layers {
@@ -258,11 +271,21 @@ impl<'a> GpuModel<'a> {
         self.head_product_tokens.store(n.clamp(1, most), std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Bytes a device cache takes per position, over all layers (f32 keys and values, or
-    /// latent attention's compressed rows).
+    /// Whether the caches hold f16 keys and values: when the model's key/value type says
+    /// so (`Model::set_kv_type`), as on the CPU, for grouped-query attention whose key and
+    /// value rows pair up into words (latent attention's compressed rows stay f32, as on
+    /// the CPU).
+    pub fn half_cache(&self) -> bool {
+        let (kw, vw) = cache_widths(&self.model.config);
+        self.model.kv_type() == super::KvType::F16 && self.model.config.mla.is_none() && kw % 2 == 0 && vw % 2 == 0
+    }
+
+    /// Bytes a device cache takes per position, over all layers (f32 or f16 keys and
+    /// values, or latent attention's compressed rows).
     pub fn kv_bytes_per_position(&self) -> u64 {
         let (kw, vw) = cache_widths(&self.model.config);
-        (self.layers.len() * (kw + vw) * 4) as u64
+        let bytes = if self.half_cache() { 2 } else { 4 };
+        (self.layers.len() * (kw + vw) * bytes) as u64
     }
 
     /// An empty cache for one sequence of at most `max_len` positions.
@@ -270,12 +293,14 @@ impl<'a> GpuModel<'a> {
         let (kw, vw) = cache_widths(&self.model.config);
         let n = self.layers.len();
         let room = max_len.clamp(1, FIRST_CACHE_ROOM);
+        let half = self.half_cache();
         GpuKvCache {
-            k: (0..n).map(|_| self.gpu.output("k cache", room * kw)).collect(),
-            v: (0..n).map(|_| self.gpu.output("v cache", room * vw)).collect(),
+            k: (0..n).map(|_| self.gpu.output("k cache", cache_words(room * kw, half))).collect(),
+            v: (0..n).map(|_| self.gpu.output("v cache", cache_words(room * vw, half))).collect(),
             len: 0,
             max_len,
             room,
+            half,
         }
     }
 
@@ -443,9 +468,10 @@ impl<'a> GpuModel<'a> {
         let room = (2 * cache.room).max(len).min(cache.max_len.max(len));
         for (bufs, width, label) in [(&mut cache.k, kw, "k cache"), (&mut cache.v, vw, "v cache")] {
             for b in bufs.iter_mut() {
-                let grown = self.gpu.output(label, room * width);
-                if cache.len * width > 0 {
-                    rec.copy(b, 0, &grown, 0, (cache.len * width * 4) as u64);
+                let grown = self.gpu.output(label, cache_words(room * width, cache.half));
+                let held = cache_words(cache.len * width, cache.half);
+                if held > 0 {
+                    rec.copy(b, 0, &grown, 0, (held * 4) as u64);
                 }
                 *b = grown;
             }
