@@ -248,6 +248,8 @@ async fn on_the_gpu_backend_concurrent_streams_match_their_text_alone() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(srv.log.lock().unwrap().contains("compute: gpu: "), "{}", srv.log.lock().unwrap());
+    let health: Value = serde_json::from_str(&c.get(srv.url("/health")).send().await.unwrap().text().await.unwrap()).unwrap();
+    assert!(health["backend"].as_str().is_some_and(|b| b.starts_with("gpu: ")), "{health}");
     let prompts: Vec<String> = (0..8).map(|i| format!("{}:\n{}", ["ROMEO", "JULIET", "MERCUTIO", "NURSE"][i % 4], ["O", "Good"][i / 4])).collect();
     let mut alone = Vec::new();
     for p in &prompts {

@@ -43,6 +43,7 @@ fn serves_openai_requests() {
         let (st, body) = request(a, "GET", "/health", "");
         if st == 200 {
             assert_eq!(json(&body)["status"], "ok");
+            assert_eq!(json(&body)["backend"], "cpu");
             break;
         }
         assert_eq!(st, 503, "{body}");

@@ -103,6 +103,8 @@ pub struct Loaded {
     pub pipeline: Pipeline,
     pub max_context: usize,
     pub model: Arc<Model>,
+    /// Where the steps run (`cpu`, or `gpu: ` and the adapter), for /health.
+    pub backend: String,
 }
 
 /// Opens the port, loads the model (answering 503 meanwhile) and serves until the process
@@ -187,10 +189,10 @@ async fn load(path: &Path, mode: &ExpertMode, config: &ServerConfig, metrics: Ar
     })
     .await
     .map_err(|e| format!("loading stopped: {e}"))??;
-    let model = engine.model().clone();
+    let (model, backend) = (engine.model().clone(), engine.describe());
     let max_context = model.config().n_ctx_train.min(config.max_context);
     let pipeline = Pipeline::start(engine, tokenizer, template, config.pipeline.clone(), metrics).await?;
-    Ok(Loaded { pipeline, max_context, model })
+    Ok(Loaded { pipeline, max_context, model, backend })
 }
 
 /// The engine `backend` means for `model` (`auto` resolved, saying why).

@@ -79,6 +79,7 @@ pub fn health(st: Arc<AppState>) -> Response {
     let status = if st.loaded.get().is_some() { "ok" } else { "loading" };
     let mut v = json!({ "status": status, "model": st.model_name, "uptime_seconds": st.started.elapsed().as_secs() });
     if let Some(l) = st.loaded.get() {
+        v["backend"] = json!(l.backend);
         v["sessions"] = json!({ "active": st.metrics.active.load(Ordering::Relaxed), "queued": st.metrics.queued.load(Ordering::Relaxed) });
         if let Some(p) = l.model.pager() {
             let s = p.stats();
