@@ -63,6 +63,39 @@ fn main() {
                 best
             };
             let (gpu_s, gpu_par_s, gpu_q_s) = (time(false, 1), time(false, ys.len()), time(true, 1));
+            if ty == GgmlType::Q8_0 {
+                // eight activation rows (eight sessions' tokens): one product, whose kernel
+                // reads each weight block once for all of them, against eight one-row products
+                let x8: Vec<f32> = (0..8 * cols).map(|i| (i % 23) as f32 / 23.0 - 0.5).collect();
+                let x8b = gpu.upload("x8", &x8).unwrap();
+                let y8 = gpu.output("y8", 8 * rows);
+                let mut enc = Recorder::new(&gpu);
+                let q8 = g.quantize(&mut enc, &x8b, 8).unwrap();
+                let rows1: Vec<_> = (0..8).map(|t| gpu.upload("x1", &x8[t * cols..(t + 1) * cols]).unwrap()).collect();
+                let q1: Vec<_> = rows1.iter().map(|xb| g.quantize(&mut enc, xb, 1).unwrap()).collect();
+                enc.submit();
+                let mut best = [f64::MAX; 2];
+                for _ in 0..3 {
+                    for (k, together) in [true, false].into_iter().enumerate() {
+                        let mut enc = Recorder::new(&gpu);
+                        for _ in 0..reps / 8 {
+                            if together {
+                                g.record_quantized(&mut enc, &x8b, q8.as_ref(), &y8, 8, None).unwrap();
+                            } else {
+                                for (xb, q) in rows1.iter().zip(&q1) {
+                                    g.record_quantized(&mut enc, xb, q.as_ref(), &ys[0], 1, None).unwrap();
+                                }
+                            }
+                        }
+                        let cmds = enc.finish();
+                        let t = Instant::now();
+                        gpu.queue.submit([cmds]);
+                        gpu.device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
+                        best[k] = best[k].min(t.elapsed().as_secs_f64() / (reps / 8) as f64);
+                    }
+                }
+                println!("{ty} {rows}x{cols}, 8 activation rows: one product {:.3} ms, eight one-row products {:.3} ms ({:.2}x)", best[0] * 1e3, best[1] * 1e3, best[1] / best[0]);
+            }
             cpu::matmul(&w, &x);
             let cpu_reps = 10;
             let t = Instant::now();

@@ -40,3 +40,39 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     }
     finish(lid, p, acc);
 }
+
+// Several activation rows per workgroup (dense matrices; `tokens` in one step): workgroup
+// z takes rows TOKENS·z.. and reads each weight block once for all of them, where `main`
+// reads the matrix once per activation row. Each row's sum is made in `main`'s order (the
+// same blocks per lane, the same tree), so its outputs are `main`'s bit for bit whatever
+// the number of rows.
+const TOKENS: u32 = 8u;
+
+@compute @workgroup_size(256)
+fn main_tokens(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row = (wg.x + wg.y * dims.groups_x) * ROWS_PER_GROUP + lid / LANES;
+    let lane = lid % LANES;
+    let t0 = wg.z * TOKENS;
+    let count = min(TOKENS, dims.n - t0);
+    var acc: array<f32, 8>;
+    if (row < dims.rows) {
+        for (var b = lane; b < dims.per_row; b += LANES) {
+            let wb = row * dims.per_row + b;
+            let w0 = quants[2u * wb];
+            let w1 = quants[2u * wb + 1u];
+            let s = scales[wb];
+            for (var j = 0u; j < count; j++) {
+                let xb = (t0 + j) * dims.per_row + b;
+                let isum = dot16(w0, xq[2u * xb]) + dot16(w1, xq[2u * xb + 1u]);
+                acc[j] += f32(isum) * (s * xs[xb]);
+            }
+        }
+    }
+    for (var j = 0u; j < TOKENS; j++) {
+        // every invocation sums (the tree has barriers); rows past the count are dropped
+        let total = row_sum(lid, acc[j]);
+        if (lane == 0u && row < dims.rows && j < count) {
+            store((t0 + j) * dims.rows + row, total);
+        }
+    }
+}

@@ -31,6 +31,9 @@ pub struct GpuMatrix {
     /// The weights as the kernel reads them (two buffers for Q8_0: quants, scales).
     weights: Vec<wgpu::Buffer>,
     kernel: Arc<Kernel>,
+    /// The kernel taking several activation rows per workgroup (reading the weights once
+    /// for all of them), where the format has one: used for plain matrices.
+    tokens_kernel: Option<Arc<Kernel>>,
     /// Rows each workgroup computes (256 invocations over 8, 16 or 32 lanes per row).
     rows_per_group: usize,
     /// How the kernel wants its activations quantized first (`None`: read as f32).
@@ -72,17 +75,30 @@ fn lane_kernel(gpu: &Gpu, names: [&'static str; 3], kernel_source: &'static str,
         16 => names[1],
         _ => names[2],
     };
-    gpu.kernel_with(
-        name,
-        || {
-            let lanes_src = include_str!("../../../shaders/gemv_lanes.wgsl");
-            let default = "const LANES: u32 = 32u;\nconst ROWS_PER_GROUP: u32 = 8u;";
-            assert!(lanes_src.contains(default), "gemv_lanes.wgsl declares LANES and ROWS_PER_GROUP together");
-            let sized = format!("const LANES: u32 = {lanes}u;\nconst ROWS_PER_GROUP: u32 = {}u;", GROUP / lanes);
-            lanes_src.replace(default, &sized) + kernel_source
-        },
-        "main",
-    )
+    gpu.kernel_with(name, || lane_source(kernel_source, lanes), "main")
+}
+
+/// `kernel_source` after `gemv_lanes.wgsl` sized for `lanes` lanes per row.
+fn lane_source(kernel_source: &str, lanes: usize) -> String {
+    let lanes_src = include_str!("../../../shaders/gemv_lanes.wgsl");
+    let default = "const LANES: u32 = 32u;\nconst ROWS_PER_GROUP: u32 = 8u;";
+    assert!(lanes_src.contains(default), "gemv_lanes.wgsl declares LANES and ROWS_PER_GROUP together");
+    let sized = format!("const LANES: u32 = {lanes}u;\nconst ROWS_PER_GROUP: u32 = {}u;", GROUP / lanes);
+    lanes_src.replace(default, &sized) + kernel_source
+}
+
+/// Activation rows one workgroup of a `main_tokens` kernel takes (`TOKENS` in the WGSL).
+const TOKENS_PER_GROUP: usize = 8;
+
+/// The `main_tokens` entry point of lane kernel `names` for `lanes` lanes per row.
+fn tokens_kernel(gpu: &Gpu, names: [&'static str; 3], kernel_source: &'static str, lanes: usize) -> Arc<Kernel> {
+    let name = match lanes {
+        8 => "gemv_q8_0_tokens_8",
+        16 => "gemv_q8_0_tokens_16",
+        _ => "gemv_q8_0_tokens",
+    };
+    debug_assert_eq!(names[2], "gemv_q8_0", "only Q8_0 has a several-row kernel");
+    gpu.kernel_with(name, || lane_source(kernel_source, lanes), "main_tokens")
 }
 
 /// `w`'s bytes as the kernel for its format reads them, one vector per buffer; an error
@@ -175,7 +191,8 @@ impl GpuMatrix {
         let weights: Vec<wgpu::Buffer> = parts.iter().map(|p| gpu.buffer(names[2], (p.len() * count.max(1)) as u64)).collect::<Result<_>>()?;
         let lanes = lanes_for(per_row * items);
         let kernel = lane_kernel(gpu, names, source, lanes);
-        Ok(GpuMatrix { ty: like.ty, rows: like.rows, cols: like.cols, count, per_row, weights, kernel, rows_per_group: GROUP / lanes, acts, sums: matches!(like.ty, GgmlType::Q4_K | GgmlType::Q5_K) })
+        let tokens_kernel = matches!(like.ty, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0).then(|| tokens_kernel(gpu, names, source, lanes));
+        Ok(GpuMatrix { tokens_kernel, ty: like.ty, rows: like.rows, cols: like.cols, count, per_row, weights, kernel, rows_per_group: GROUP / lanes, acts, sums: matches!(like.ty, GgmlType::Q4_K | GgmlType::Q5_K) })
     }
 
     /// Writes `w` into slot `i` of this stack (through the queue: in place before the
@@ -294,7 +311,16 @@ impl GpuMatrix {
         }
         let (gx, gy) = super::kernel::grid(self.rows.div_ceil(self.rows_per_group));
         let dims = [self.rows as u32, self.per_row as u32, out_rows as u32, gx as u32, indexed, act_div as u32, accumulate as u32];
-        self.kernel.record_bound(rec, &bound, bufs.len() as u32, &dims, [gx as u32, gy as u32, out_rows as u32])
+        match &self.tokens_kernel {
+            // several activation rows of a plain matrix: each weight block read once for
+            // up to eight of them (the same outputs, bit for bit)
+            Some(k) if indexed == 0 && out_rows > 1 => {
+                // (no expert ids: the kernel does not declare them)
+                bound.pop();
+                k.record_bound(rec, &bound, bufs.len() as u32, &dims, [gx as u32, gy as u32, out_rows.div_ceil(TOKENS_PER_GROUP) as u32])
+            }
+            _ => self.kernel.record_bound(rec, &bound, bufs.len() as u32, &dims, [gx as u32, gy as u32, out_rows as u32]),
+        }
     }
 }
 
