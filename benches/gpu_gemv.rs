@@ -63,7 +63,7 @@ fn main() {
                 best
             };
             let (gpu_s, gpu_par_s, gpu_q_s) = (time(false, 1), time(false, ys.len()), time(true, 1));
-            if ty == GgmlType::Q8_0 {
+            if matches!(ty, GgmlType::Q8_0 | GgmlType::Q4_K) {
                 // eight activation rows (eight sessions' tokens): one product, whose kernel
                 // reads each weight block once for all of them, against eight one-row products
                 let x8: Vec<f32> = (0..8 * cols).map(|i| (i % 23) as f32 / 23.0 - 0.5).collect();

@@ -48,11 +48,22 @@ fn dot_nibbles(q: vec4<u32>, shift: u32, hb: vec4<u32>, hshift: u32, a: vec4<u32
 
 // Work item `item` of weight row `wrow` times activation row `t`: groups 2k and 2k+1 of
 // block item / 4 (k = item % 4).
-fn item_sum(wrow: u32, t: u32, item: u32) -> f32 {
+// One work item's weights: block b's scales and mins (h), fifth bits, and the item's
+// quants (groups 2k and 2k+1).
+struct Item {
+    h: vec4<u32>,
+    hb0: vec4<u32>,
+    hb1: vec4<u32>,
+    q0: vec4<u32>,
+    q1: vec4<u32>,
+    b: u32,
+    k: u32,
+}
+
+fn load_item(wrow: u32, item: u32) -> Item {
     let b = item / 4u;
     let k = item % 4u;
     let blk = (wrow * dims.per_row + b) * select(9u, 11u, FIVE_BITS);  // in vec4s
-    let h = w[blk];
     var hb0 = vec4<u32>(0u);  // fifth bits of weights 0..15 of every group
     var hb1 = vec4<u32>(0u);  // and of weights 16..31
     if (FIVE_BITS) {
@@ -60,20 +71,28 @@ fn item_sum(wrow: u32, t: u32, item: u32) -> f32 {
         hb1 = w[blk + 2u];
     }
     let qs = blk + select(1u, 3u, FIVE_BITS);
-    let q0 = w[qs + 2u * k];
-    let q1 = w[qs + 1u + 2u * k];
-    let xb = t * dims.per_row + b;
+    return Item(w[blk], hb0, hb1, w[qs + 2u * k], w[qs + 1u + 2u * k], b, k);
+}
+
+// Work item `it` times activation row t.
+fn item_dot(it: Item, t: u32) -> f32 {
+    let k = it.k;
+    let xb = t * dims.per_row + it.b;
     let xv = xb * 16u + 4u * k;  // group 2k's activations: 2 vec4s, then group 2k+1's
-    let s0 = dot_nibbles(q0, 0u, hb0, 2u * k, xq[xv]) + dot_nibbles(q1, 0u, hb1, 2u * k, xq[xv + 1u]);
-    let s1 = dot_nibbles(q0, 4u, hb0, 2u * k + 1u, xq[xv + 2u]) + dot_nibbles(q1, 4u, hb1, 2u * k + 1u, xq[xv + 3u]);
-    let dm = unpack2x16float(h.x);
-    let m0 = scale_min(h, 2u * k);
-    let m1 = scale_min(h, 2u * k + 1u);
+    let s0 = dot_nibbles(it.q0, 0u, it.hb0, 2u * k, xq[xv]) + dot_nibbles(it.q1, 0u, it.hb1, 2u * k, xq[xv + 1u]);
+    let s1 = dot_nibbles(it.q0, 4u, it.hb0, 2u * k + 1u, xq[xv + 2u]) + dot_nibbles(it.q1, 4u, it.hb1, 2u * k + 1u, xq[xv + 3u]);
+    let dm = unpack2x16float(it.h.x);
+    let m0 = scale_min(it.h, 2u * k);
+    let m1 = scale_min(it.h, 2u * k + 1u);
     let yd = xd[xb];
     let bs0 = bsums[xb * 8u + 2u * k];
     let bs1 = bsums[xb * 8u + 2u * k + 1u];
     return yd * dm.x * f32(i32(m0.x) * s0) - yd * dm.y * f32(i32(m0.y) * bs0)
          + (yd * dm.x * f32(i32(m1.x) * s1) - yd * dm.y * f32(i32(m1.y) * bs1));
+}
+
+fn item_sum(wrow: u32, t: u32, item: u32) -> f32 {
+    return item_dot(load_item(wrow, item), t);
 }
 
 @compute @workgroup_size(256)
@@ -92,4 +111,43 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         }
     }
     finish(lid, p, acc);
+}
+
+// Several activation rows per workgroup (dense matrices; `tokens` in one step): workgroup
+// z takes rows TOKENS·z.. and loads each work item's weights once for all of them. Each
+// row's sum is made in `main`'s order (the same items per lane, paired alike, the same
+// tree), so its outputs are `main`'s bit for bit.
+const TOKENS: u32 = 8u;
+
+@compute @workgroup_size(256)
+fn main_tokens(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row = (wg.x + wg.y * dims.groups_x) * ROWS_PER_GROUP + lid / LANES;
+    let lane = lid % LANES;
+    let t0 = wg.z * TOKENS;
+    let count = min(TOKENS, dims.n - t0);
+    var acc: array<f32, 8>;
+    if (row < dims.rows) {
+        let items = dims.per_row * 4u;
+        var item = lane;
+        for (; item + LANES < items; item += 2u * LANES) {
+            let a = load_item(row, item);
+            let b = load_item(row, item + LANES);
+            for (var j = 0u; j < count; j++) {
+                acc[j] += item_dot(a, t0 + j) + item_dot(b, t0 + j);
+            }
+        }
+        if (item < items) {
+            let a = load_item(row, item);
+            for (var j = 0u; j < count; j++) {
+                acc[j] += item_dot(a, t0 + j);
+            }
+        }
+    }
+    for (var j = 0u; j < TOKENS; j++) {
+        // every invocation sums (the tree has barriers); rows past the count are dropped
+        let total = row_sum(lid, acc[j]);
+        if (lane == 0u && row < dims.rows && j < count) {
+            store((t0 + j) * dims.rows + row, total);
+        }
+    }
 }

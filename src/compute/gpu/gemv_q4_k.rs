@@ -6,7 +6,7 @@
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{gemv_matches_the_cpu_backend, gpu_or_skip};
+    use super::super::tests::{gemv_matches_the_cpu_backend, gpu_or_skip, several_rows_match_each_row_alone};
     use crate::quant::GgmlType;
 
     #[test]
@@ -17,6 +17,17 @@ mod tests {
         let shapes = [(3, 256, 1), (37, 768, 3), (70_001, 256, 1), (5, 2560, 2)];
         for ty in [GgmlType::Q4_K, GgmlType::Q5_K] {
             gemv_matches_the_cpu_backend(&gpu, ty, &shapes, &[(0, 2e-3), (2, 1e-3)]);
+        }
+    }
+
+    #[test]
+    fn several_activation_rows_give_each_row_what_it_gets_alone() {
+        let Some(gpu) = gpu_or_skip() else { return };
+        // 8 and 32 lanes per row, an odd item count (the unpaired last item), up to,
+        // exactly and past one workgroup's eight rows
+        let shapes = [(37, 768, 2), (37, 256, 8), (21, 2560, 9), (5, 1280, 17)];
+        for ty in [GgmlType::Q4_K, GgmlType::Q5_K] {
+            several_rows_match_each_row_alone(&gpu, ty, &shapes, &[(0, 2e-3), (2, 1e-3)]);
         }
     }
 }

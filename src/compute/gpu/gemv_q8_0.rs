@@ -163,13 +163,7 @@ mod tests {
     fn several_activation_rows_give_each_row_what_it_gets_alone() {
         let Some(gpu) = super::super::tests::gpu_or_skip() else { return };
         // up to, exactly and past one workgroup's eight rows, lane widths 8 and 32
-        for (rows, cols, n) in [(37, 224, 2), (37, 224, 8), (130, 2080, 9), (19, 64, 17)] {
-            let w = random_matrix(GgmlType::Q8_0, rows, cols, rows as u64 + 1, &[(0, 2e-4)]);
-            let x = super::super::tests::values(n * cols, 7);
-            let m = GpuMatrix::new(&gpu, &w).unwrap();
-            let together = m.run(&gpu, &x).unwrap();
-            let alone: Vec<f32> = x.chunks(cols).flat_map(|row| m.run(&gpu, row).unwrap()).collect();
-            assert_eq!(together, alone, "{rows}x{cols}, {n} rows");
-        }
+        let shapes = [(37, 224, 2), (37, 224, 8), (130, 2080, 9), (19, 64, 17)];
+        super::super::tests::several_rows_match_each_row_alone(&gpu, GgmlType::Q8_0, &shapes, &[(0, 2e-4)]);
     }
 }

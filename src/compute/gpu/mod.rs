@@ -240,6 +240,19 @@ pub(crate) mod tests {
         }
     }
 
+    /// The several-row kernel's outputs for `n` activation rows at once equal the
+    /// outputs of each row alone, bit for bit, for each `(rows, cols, n)`.
+    pub fn several_rows_match_each_row_alone(gpu: &Gpu, ty: crate::quant::GgmlType, shapes: &[(usize, usize, usize)], scales: &[(usize, f32)]) {
+        for &(rows, cols, n) in shapes {
+            let w = random_matrix(ty, rows, cols, rows as u64 + 1, scales);
+            let x = values(n * cols, 7);
+            let m = super::matrix::GpuMatrix::new(gpu, &w).unwrap();
+            let together = m.run(gpu, &x).unwrap();
+            let alone: Vec<f32> = x.chunks(cols).flat_map(|row| m.run(gpu, row).unwrap()).collect();
+            assert_eq!(together, alone, "{ty} {rows}x{cols}, {n} rows");
+        }
+    }
+
     /// `n` values in about -2..2, varied by `seed`.
     pub fn values(n: usize, seed: u64) -> Vec<f32> {
         (0..n).map(|i| (((i as u64 * 2654435761 + seed * 97) % 1000) as f32 - 500.0) / 250.0).collect()
