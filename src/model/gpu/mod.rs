@@ -21,6 +21,7 @@
 //! while the rest is recorded.
 
 mod attention;
+mod cache;
 mod experts;
 
 use super::config::Config;
@@ -30,7 +31,8 @@ use super::{Logits, Model};
 use crate::compute::gpu::attention::Attention as AttentionKernel;
 use crate::compute::gpu::copy_rows::CopyRows;
 use crate::compute::gpu::half_rows::HalfRows;
-use attention::{cache_widths, LayerAttention, StepInputs};
+use attention::{LayerAttention, StepInputs};
+pub use cache::GpuKvCache;
 use crate::compute::gpu::elementwise::Elementwise;
 use crate::compute::gpu::matrix::{Experts, GpuMatrix};
 use crate::compute::gpu::moe_combine::MoeCombine;
@@ -129,32 +131,6 @@ pub const SUBMIT_EVERY: usize = 4;
 /// Device memory for routed experts that [`GpuModel::new`] allows by default.
 pub const DEFAULT_DEVICE_EXPERT_BYTES: u64 = 1 << 30;
 
-/// One sequence's keys and values in device buffers, one pair per layer, for up to
-/// `max_len` positions; the buffers start small and double as the sequence grows, so a
-/// server's sessions hold device memory for what they use, not for their whole context.
-pub struct GpuKvCache {
-    k: Vec<wgpu::Buffer>,
-    v: Vec<wgpu::Buffer>,
-    len: usize,
-    max_len: usize,
-    /// Positions the buffers hold.
-    room: usize,
-    /// Keys and values are f16, two to a word (else f32).
-    half: bool,
-}
-
-/// Words (f32 values, or f16 pairs) that hold `values` cached values.
-fn cache_words(values: usize, half: bool) -> usize {
-    if half {
-        values.div_ceil(2)
-    } else {
-        values
-    }
-}
-
-/// Positions a new [`GpuKvCache`] has room for (it grows from there).
-const FIRST_CACHE_ROOM: usize = 256;
-
 /// One sequence's part of a batched step ([`GpuModel::forward_batch`]).
 pub struct GpuSequence<'a> {
     /// New tokens, after the positions already in `cache`.
@@ -163,18 +139,6 @@ pub struct GpuSequence<'a> {
     pub cache: &'a mut GpuKvCache,
     /// Which of its positions' logits to return.
     pub logits: Logits,
-}
-
-impl GpuKvCache {
-    /// Positions already processed.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether no position has been processed yet.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
 }
 
 impl<'a> GpuModel<'a> {
@@ -269,39 +233,6 @@ impl<'a> GpuModel<'a> {
     pub fn set_head_product_tokens(&self, n: usize) {
         let most = attention::tokens_per_head_product(&self.model.config);
         self.head_product_tokens.store(n.clamp(1, most), std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Whether the caches hold f16 keys and values: when the model's key/value type says
-    /// so (`Model::set_kv_type`), as on the CPU, for grouped-query attention whose key and
-    /// value rows pair up into words (latent attention's compressed rows stay f32, as on
-    /// the CPU).
-    pub fn half_cache(&self) -> bool {
-        let (kw, vw) = cache_widths(&self.model.config);
-        self.model.kv_type() == super::KvType::F16 && self.model.config.mla.is_none() && kw % 2 == 0 && vw % 2 == 0
-    }
-
-    /// Bytes a device cache takes per position, over all layers (f32 or f16 keys and
-    /// values, or latent attention's compressed rows).
-    pub fn kv_bytes_per_position(&self) -> u64 {
-        let (kw, vw) = cache_widths(&self.model.config);
-        let bytes = if self.half_cache() { 2 } else { 4 };
-        (self.layers.len() * (kw + vw) * bytes) as u64
-    }
-
-    /// An empty cache for one sequence of at most `max_len` positions.
-    pub fn new_cache(&self, max_len: usize) -> GpuKvCache {
-        let (kw, vw) = cache_widths(&self.model.config);
-        let n = self.layers.len();
-        let room = max_len.clamp(1, FIRST_CACHE_ROOM);
-        let half = self.half_cache();
-        GpuKvCache {
-            k: (0..n).map(|_| self.gpu.output("k cache", cache_words(room * kw, half))).collect(),
-            v: (0..n).map(|_| self.gpu.output("v cache", cache_words(room * vw, half))).collect(),
-            len: 0,
-            max_len,
-            room,
-            half,
-        }
     }
 
     fn matmul(&self, rec: &mut Recorder, w: &GpuMatrix, x: &wgpu::Buffer, n: usize) -> Result<wgpu::Buffer> {
@@ -455,29 +386,6 @@ impl<'a> GpuModel<'a> {
             s.cache.len += s.tokens.len();
         }
         Ok(result)
-    }
-
-    /// Makes `cache` hold at least `len` positions (up to its limit): new buffers of
-    /// twice the room (or `len`), the cached positions copied over by `rec`. Whether it
-    /// grew.
-    fn reserve(&self, rec: &mut Recorder, cache: &mut GpuKvCache, len: usize) -> bool {
-        if len <= cache.room {
-            return false;
-        }
-        let (kw, vw) = cache_widths(&self.model.config);
-        let room = (2 * cache.room).max(len).min(cache.max_len.max(len));
-        for (bufs, width, label) in [(&mut cache.k, kw, "k cache"), (&mut cache.v, vw, "v cache")] {
-            for b in bufs.iter_mut() {
-                let grown = self.gpu.output(label, cache_words(room * width, cache.half));
-                let held = cache_words(cache.len * width, cache.half);
-                if held > 0 {
-                    rec.copy(b, 0, &grown, 0, (held * 4) as u64);
-                }
-                *b = grown;
-            }
-        }
-        cache.room = room;
-        true
     }
 
     /// Records (and submits) the pass of [`GpuModel::forward_batch`] over `seqs` (tokens,
