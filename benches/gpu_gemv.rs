@@ -1,4 +1,4 @@
-//! GPU GEMV throughput: Q8_0, Q4_K, Q3_K and Q2_K 14336 × 4096 matrices (Mixtral's FFN shape) times
+//! GPU GEMV throughput: Q8_0, Q4_K, Q6_K, Q3_K and Q2_K 14336 × 4096 matrices (Mixtral's FFN shape) times
 //! one activation row, repeated, reported as GB/s of weights read (the kernel alone, and
 //! with the activation quantization before it) — next to the CPU backend's matmul of the
 //! same matrix in the same run. Timed from submission to completion, recording excluded. On lavapipe (Mesa's CPU Vulkan driver) the
@@ -23,7 +23,7 @@ fn main() {
     // gate/up (14336 rows of 4096) and down (4096 rows of 14336) of a Mixtral-sized FFN
     for (rows, cols) in [(14336usize, 4096usize), (4096, 14336)] {
         let x: Vec<f32> = (0..cols).map(|i| (i % 17) as f32 / 17.0 - 0.5).collect();
-        for ty in [GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q3_K, GgmlType::Q2_K] {
+        for ty in [GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q3_K, GgmlType::Q2_K] {
             let w = random_matrix(ty, rows, cols);
             let g = GpuMatrix::new(&gpu, &w).unwrap();
             g.run(&gpu, &x).unwrap(); // warm-up (pipeline compilation)
@@ -63,7 +63,7 @@ fn main() {
                 best
             };
             let (gpu_s, gpu_par_s, gpu_q_s) = (time(false, 1), time(false, ys.len()), time(true, 1));
-            if matches!(ty, GgmlType::Q8_0 | GgmlType::Q4_K) {
+            if matches!(ty, GgmlType::Q8_0 | GgmlType::Q4_K | GgmlType::Q6_K) {
                 // eight activation rows (eight sessions' tokens): one product, whose kernel
                 // reads each weight block once for all of them, against eight one-row products
                 let x8: Vec<f32> = (0..8 * cols).map(|i| (i % 23) as f32 / 23.0 - 0.5).collect();
@@ -138,6 +138,7 @@ fn random_matrix(ty: GgmlType, rows: usize, cols: usize) -> QMatrix {
         GgmlType::Q4_K => &[0, 2],
         GgmlType::Q2_K => &[80, 82],
         GgmlType::Q3_K => &[108],
+        GgmlType::Q6_K => &[208],
         _ => &[0],
     };
     for b in data.chunks_exact_mut(block) {

@@ -102,3 +102,31 @@ fn group16(p: Place, item: u32) -> Group16 {
     return Group16(b, g, half, quarter, l0, xb, xb * 64u + (half * 128u + 32u * quarter + l0) / 4u);
 }
 
+// The several-row kernels (`main_tokens`): workgroup z takes activation rows
+// TOKENS·z .. TOKENS·z + count of a plain matrix (no expert ids), each weight block
+// loaded once for all of them, each row's sum kept apart and made in `main`'s order.
+const TOKENS: u32 = 8u;
+
+struct TokensPlace {
+    row: u32,
+    lane: u32,
+    t0: u32,
+    count: u32,
+}
+
+fn place_tokens(wg: vec3<u32>, lid: u32) -> TokensPlace {
+    let t0 = wg.z * TOKENS;
+    return TokensPlace((wg.x + wg.y * dims.groups_x) * ROWS_PER_GROUP + lid / LANES, lid % LANES, t0, min(TOKENS, dims.n - t0));
+}
+
+// `finish` for each of the rows: every invocation must call it (the sums have barriers);
+// sums past the count are dropped.
+fn finish_tokens(lid: u32, p: TokensPlace, acc: array<f32, 8>) {
+    for (var j = 0u; j < TOKENS; j++) {
+        let total = row_sum(lid, acc[j]);
+        if (p.lane == 0u && p.row < dims.rows && j < p.count) {
+            store((p.t0 + j) * dims.rows + p.row, total);
+        }
+    }
+}
+

@@ -113,41 +113,29 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     finish(lid, p, acc);
 }
 
-// Several activation rows per workgroup (dense matrices; `tokens` in one step): workgroup
-// z takes rows TOKENS·z.. and loads each work item's weights once for all of them. Each
-// row's sum is made in `main`'s order (the same items per lane, paired alike, the same
-// tree), so its outputs are `main`'s bit for bit.
-const TOKENS: u32 = 8u;
-
+// Several activation rows per workgroup (see place_tokens): each work item's weights
+// loaded once for all of them, items paired as `main` pairs them, so each row's outputs
+// are `main`'s bit for bit.
 @compute @workgroup_size(256)
 fn main_tokens(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let row = (wg.x + wg.y * dims.groups_x) * ROWS_PER_GROUP + lid / LANES;
-    let lane = lid % LANES;
-    let t0 = wg.z * TOKENS;
-    let count = min(TOKENS, dims.n - t0);
+    let p = place_tokens(wg, lid);
     var acc: array<f32, 8>;
-    if (row < dims.rows) {
+    if (p.row < dims.rows) {
         let items = dims.per_row * 4u;
-        var item = lane;
+        var item = p.lane;
         for (; item + LANES < items; item += 2u * LANES) {
-            let a = load_item(row, item);
-            let b = load_item(row, item + LANES);
-            for (var j = 0u; j < count; j++) {
-                acc[j] += item_dot(a, t0 + j) + item_dot(b, t0 + j);
+            let a = load_item(p.row, item);
+            let b = load_item(p.row, item + LANES);
+            for (var j = 0u; j < p.count; j++) {
+                acc[j] += item_dot(a, p.t0 + j) + item_dot(b, p.t0 + j);
             }
         }
         if (item < items) {
-            let a = load_item(row, item);
-            for (var j = 0u; j < count; j++) {
-                acc[j] += item_dot(a, t0 + j);
+            let a = load_item(p.row, item);
+            for (var j = 0u; j < p.count; j++) {
+                acc[j] += item_dot(a, p.t0 + j);
             }
         }
     }
-    for (var j = 0u; j < TOKENS; j++) {
-        // every invocation sums (the tree has barriers); rows past the count are dropped
-        let total = row_sum(lid, acc[j]);
-        if (lane == 0u && row < dims.rows && j < count) {
-            store((t0 + j) * dims.rows + row, total);
-        }
-    }
+    finish_tokens(lid, p, acc);
 }

@@ -44,3 +44,43 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     }
     finish(lid, p, acc);
 }
+
+// Several activation rows per workgroup (see place_tokens): each item's weights unpacked
+// once for all of them, each row's sum in `main`'s order (integer sums are exact), so its
+// outputs are `main`'s bit for bit.
+@compute @workgroup_size(256)
+fn main_tokens(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let p = place_tokens(wg, lid);
+    var acc: array<f32, 8>;
+    if (p.row < dims.rows) {
+        for (var item = p.lane; item < dims.per_row * 16u; item += LANES) {
+            // the item's indices for activation row 0; row t's activations are t rows on
+            let it = group16(Place(p.row, p.lane, 0u, 0u, p.row), item);
+            let base = (p.row * dims.per_row + it.b) * 53u;
+            let sb = 192u + it.half * 8u + 2u * it.quarter + it.l0 / 16u;
+            let sc = bitcast<i32>((w[base + sb / 4u] >> (8u * (sb % 4u))) << 24u) >> 24u;
+            let d = unpack2x16float(w[base + 52u]).x;
+            let ql = base + (it.half * 64u + 32u * (it.quarter % 2u) + it.l0) / 4u;
+            let qh = base + (128u + it.half * 32u + it.l0) / 4u;
+            var q: array<u32, 4>;
+            for (var i = 0u; i < 4u; i++) {
+                q[i] = ((w[ql + i] >> (4u * (it.quarter / 2u))) & 0x0f0f0f0fu) | (((w[qh + i] >> (2u * it.quarter)) & 0x03030303u) << 4u);
+            }
+            for (var j = 0u; j < p.count; j++) {
+                let t = p.t0 + j;
+                let xb = it.xb + t * dims.per_row;
+                let xw = it.xw + t * dims.per_row * 64u;
+                var isum = 0i;
+                var xsum = 0i;
+                for (var i = 0u; i < 4u; i++) {
+                    let a = xq[xw + i];
+                    isum += dot4I8Packed(q[i], a);
+                    xsum += dot4I8Packed(0x01010101u, a);
+                }
+                acc[j] += d * xd[xb] * f32(sc * (isum - 32i * xsum));
+            }
+        }
+    }
+    finish_tokens(lid, p, acc);
+}
+

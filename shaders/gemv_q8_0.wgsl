@@ -41,38 +41,25 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     finish(lid, p, acc);
 }
 
-// Several activation rows per workgroup (dense matrices; `tokens` in one step): workgroup
-// z takes rows TOKENS·z.. and reads each weight block once for all of them, where `main`
-// reads the matrix once per activation row. Each row's sum is made in `main`'s order (the
-// same blocks per lane, the same tree), so its outputs are `main`'s bit for bit whatever
-// the number of rows.
-const TOKENS: u32 = 8u;
-
+// Several activation rows per workgroup (see place_tokens): each weight block read once
+// for all of them, where `main` reads the matrix once per activation row; each row's sum
+// in `main`'s order, so its outputs are `main`'s bit for bit.
 @compute @workgroup_size(256)
 fn main_tokens(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let row = (wg.x + wg.y * dims.groups_x) * ROWS_PER_GROUP + lid / LANES;
-    let lane = lid % LANES;
-    let t0 = wg.z * TOKENS;
-    let count = min(TOKENS, dims.n - t0);
+    let p = place_tokens(wg, lid);
     var acc: array<f32, 8>;
-    if (row < dims.rows) {
-        for (var b = lane; b < dims.per_row; b += LANES) {
-            let wb = row * dims.per_row + b;
+    if (p.row < dims.rows) {
+        for (var b = p.lane; b < dims.per_row; b += LANES) {
+            let wb = p.row * dims.per_row + b;
             let w0 = quants[2u * wb];
             let w1 = quants[2u * wb + 1u];
             let s = scales[wb];
-            for (var j = 0u; j < count; j++) {
-                let xb = (t0 + j) * dims.per_row + b;
+            for (var j = 0u; j < p.count; j++) {
+                let xb = (p.t0 + j) * dims.per_row + b;
                 let isum = dot16(w0, xq[2u * xb]) + dot16(w1, xq[2u * xb + 1u]);
                 acc[j] += f32(isum) * (s * xs[xb]);
             }
         }
     }
-    for (var j = 0u; j < TOKENS; j++) {
-        // every invocation sums (the tree has barriers); rows past the count are dropped
-        let total = row_sum(lid, acc[j]);
-        if (lane == 0u && row < dims.rows && j < count) {
-            store((t0 + j) * dims.rows + row, total);
-        }
-    }
+    finish_tokens(lid, p, acc);
 }

@@ -87,7 +87,8 @@ fn lane_source(kernel_source: &str, lanes: usize) -> String {
     lanes_src.replace(default, &sized) + kernel_source
 }
 
-/// Activation rows one workgroup of a `main_tokens` kernel takes (`TOKENS` in the WGSL).
+/// Activation rows one workgroup of a `main_tokens` kernel takes (`TOKENS` in
+/// `gemv_lanes.wgsl`).
 const TOKENS_PER_GROUP: usize = 8;
 
 /// The `main_tokens` entry point of lane kernel `names` for `lanes` lanes per row.
@@ -96,6 +97,7 @@ fn tokens_kernel(gpu: &Gpu, names: [&'static str; 3], kernel_source: &'static st
         "gemv_q8_0" => ["gemv_q8_0_tokens_8", "gemv_q8_0_tokens_16", "gemv_q8_0_tokens"],
         "gemv_q4_k" => ["gemv_q4_k_tokens_8", "gemv_q4_k_tokens_16", "gemv_q4_k_tokens"],
         "gemv_q5_k" => ["gemv_q5_k_tokens_8", "gemv_q5_k_tokens_16", "gemv_q5_k_tokens"],
+        "gemv_q6_k" => ["gemv_q6_k_tokens_8", "gemv_q6_k_tokens_16", "gemv_q6_k_tokens"],
         other => unreachable!("{other} has no several-row kernel"),
     };
     let name = match lanes {
@@ -196,7 +198,7 @@ impl GpuMatrix {
         let weights: Vec<wgpu::Buffer> = parts.iter().map(|p| gpu.buffer(names[2], (p.len() * count.max(1)) as u64)).collect::<Result<_>>()?;
         let lanes = lanes_for(per_row * items);
         let kernel = lane_kernel(gpu, names, source, lanes);
-        let tokens_kernel = matches!(like.ty, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q4_K | GgmlType::Q5_K).then(|| tokens_kernel(gpu, names, source, lanes));
+        let tokens_kernel = matches!(like.ty, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K).then(|| tokens_kernel(gpu, names, source, lanes));
         Ok(GpuMatrix { tokens_kernel, ty: like.ty, rows: like.rows, cols: like.cols, count, per_row, weights, kernel, rows_per_group: GROUP / lanes, acts, sums: matches!(like.ty, GgmlType::Q4_K | GgmlType::Q5_K) })
     }
 
