@@ -17,29 +17,50 @@
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 @group(0) @binding(4) var<uniform> dims: Dims;
 
+// One work item's weights, unpacked: its scale, d, and its sixteen 6-bit weights as
+// four words of bytes (0..63); `it` holds the item's indices for activation row 0.
+struct Item {
+    it: Group16,
+    sc: i32,
+    d: f32,
+    q: array<u32, 4>,
+}
+
+fn load_item(wrow: u32, item: u32) -> Item {
+    let it = group16(Place(wrow, 0u, 0u, 0u, wrow), item);
+    let base = (wrow * dims.per_row + it.b) * 53u;
+    let sb = 192u + it.half * 8u + 2u * it.quarter + it.l0 / 16u;
+    let sc = bitcast<i32>((w[base + sb / 4u] >> (8u * (sb % 4u))) << 24u) >> 24u;
+    let ql = base + (it.half * 64u + 32u * (it.quarter % 2u) + it.l0) / 4u;
+    let qh = base + (128u + it.half * 32u + it.l0) / 4u;
+    var q: array<u32, 4>;
+    for (var i = 0u; i < 4u; i++) {
+        q[i] = ((w[ql + i] >> (4u * (it.quarter / 2u))) & 0x0f0f0f0fu) | (((w[qh + i] >> (2u * it.quarter)) & 0x03030303u) << 4u);
+    }
+    return Item(it, sc, unpack2x16float(w[base + 52u]).x, q);
+}
+
+// Work item `m` times activation row t (row t's activations are t rows after row 0's).
+fn item_dot(m: Item, t: u32) -> f32 {
+    let xb = m.it.xb + t * dims.per_row;
+    let xw = m.it.xw + t * dims.per_row * 64u;
+    var isum = 0i;
+    var xsum = 0i;
+    for (var i = 0u; i < 4u; i++) {
+        let a = xq[xw + i];
+        isum += dot4I8Packed(m.q[i], a);
+        xsum += dot4I8Packed(0x01010101u, a);
+    }
+    return m.d * xd[xb] * f32(m.sc * (isum - 32i * xsum));
+}
+
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let p = place(wg, lid);
     var acc = 0.0;
     if (p.row < dims.rows) {
         for (var item = p.lane; item < dims.per_row * 16u; item += LANES) {
-            let it = group16(p, item);
-            let base = (p.wrow * dims.per_row + it.b) * 53u;
-            let sb = 192u + it.half * 8u + 2u * it.quarter + it.l0 / 16u;
-            let sc = bitcast<i32>((w[base + sb / 4u] >> (8u * (sb % 4u))) << 24u) >> 24u;
-            let d = unpack2x16float(w[base + 52u]).x;
-            let ql = base + (it.half * 64u + 32u * (it.quarter % 2u) + it.l0) / 4u;
-            let qh = base + (128u + it.half * 32u + it.l0) / 4u;
-            var isum = 0i;
-            var xsum = 0i;
-            for (var i = 0u; i < 4u; i++) {
-                let nib = (w[ql + i] >> (4u * (it.quarter / 2u))) & 0x0f0f0f0fu;
-                let hi = ((w[qh + i] >> (2u * it.quarter)) & 0x03030303u) << 4u;
-                let a = xq[it.xw + i];
-                isum += dot4I8Packed(nib | hi, a);
-                xsum += dot4I8Packed(0x01010101u, a);
-            }
-            acc += d * xd[it.xb] * f32(sc * (isum - 32i * xsum));
+            acc += item_dot(load_item(p.wrow, item), p.t);
         }
     }
     finish(lid, p, acc);
@@ -54,33 +75,11 @@ fn main_tokens(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
     var acc: array<f32, 8>;
     if (p.row < dims.rows) {
         for (var item = p.lane; item < dims.per_row * 16u; item += LANES) {
-            // the item's indices for activation row 0; row t's activations are t rows on
-            let it = group16(Place(p.row, p.lane, 0u, 0u, p.row), item);
-            let base = (p.row * dims.per_row + it.b) * 53u;
-            let sb = 192u + it.half * 8u + 2u * it.quarter + it.l0 / 16u;
-            let sc = bitcast<i32>((w[base + sb / 4u] >> (8u * (sb % 4u))) << 24u) >> 24u;
-            let d = unpack2x16float(w[base + 52u]).x;
-            let ql = base + (it.half * 64u + 32u * (it.quarter % 2u) + it.l0) / 4u;
-            let qh = base + (128u + it.half * 32u + it.l0) / 4u;
-            var q: array<u32, 4>;
-            for (var i = 0u; i < 4u; i++) {
-                q[i] = ((w[ql + i] >> (4u * (it.quarter / 2u))) & 0x0f0f0f0fu) | (((w[qh + i] >> (2u * it.quarter)) & 0x03030303u) << 4u);
-            }
+            let m = load_item(p.row, item);
             for (var j = 0u; j < p.count; j++) {
-                let t = p.t0 + j;
-                let xb = it.xb + t * dims.per_row;
-                let xw = it.xw + t * dims.per_row * 64u;
-                var isum = 0i;
-                var xsum = 0i;
-                for (var i = 0u; i < 4u; i++) {
-                    let a = xq[xw + i];
-                    isum += dot4I8Packed(q[i], a);
-                    xsum += dot4I8Packed(0x01010101u, a);
-                }
-                acc[j] += d * xd[xb] * f32(sc * (isum - 32i * xsum));
+                acc[j] += item_dot(m, p.t0 + j);
             }
         }
     }
     finish_tokens(lid, p, acc);
 }
-
