@@ -52,6 +52,8 @@ pub struct Gpu {
     /// Uniform buffers by content: a kernel's sizes repeat every step, so their buffers
     /// are made once.
     uniforms: std::sync::Mutex<std::collections::HashMap<Vec<u32>, wgpu::Buffer>>,
+    /// The largest buffer a kernel may bind as storage (the device's limits, read once).
+    max_storage_bytes: u64,
 }
 
 /// Distinct uniform contents kept at most (attention's change with the context length).
@@ -72,7 +74,9 @@ impl Gpu {
         let (device, queue) = pollster::block_on(adapter.request_device(&desc)).map_err(|e| Error::Gpu(format!("{}: cannot open the device: {e}", adapter.get_info().name)))?;
         let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
         let zero_word = device.create_buffer(&wgpu::BufferDescriptor { label: Some("zero word"), size: 4, usage, mapped_at_creation: false });
-        Ok(Some(Gpu { device, queue, info: adapter.get_info(), kernels: Default::default(), zero_word, uniforms: Default::default() }))
+        let limits = device.limits();
+        let max_storage_bytes = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
+        Ok(Some(Gpu { device, queue, info: adapter.get_info(), kernels: Default::default(), zero_word, uniforms: Default::default(), max_storage_bytes }))
     }
 
     /// The kernel `name` (entry point `entry` of `source`), compiled on first use and
@@ -110,11 +114,15 @@ impl Gpu {
         format!("{} ({:?}, {:?})", self.info.name, self.info.device_type, self.info.backend)
     }
 
+    /// Bytes of the largest buffer a kernel may bind as storage.
+    pub fn max_storage_bytes(&self) -> u64 {
+        self.max_storage_bytes
+    }
+
     /// A storage buffer holding `data`, checked against the device's limits.
     pub(crate) fn storage(&self, label: &str, data: &[u8]) -> Result<wgpu::Buffer> {
         use wgpu::util::DeviceExt;
-        let limits = self.device.limits();
-        let max = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
+        let max = self.max_storage_bytes;
         if data.len() as u64 > max {
             return Err(Error::Gpu(format!("{label}: {} bytes exceed the device's largest storage buffer ({max} bytes)", data.len())));
         }
@@ -127,8 +135,7 @@ impl Gpu {
     /// An empty storage buffer of `bytes` (filled with `queue.write_buffer`), checked
     /// against the device's limits.
     pub(crate) fn buffer(&self, label: &str, bytes: u64) -> Result<wgpu::Buffer> {
-        let limits = self.device.limits();
-        let max = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
+        let max = self.max_storage_bytes;
         if bytes > max {
             return Err(Error::Gpu(format!("{label}: {bytes} bytes exceed the device's largest storage buffer ({max} bytes)")));
         }

@@ -55,9 +55,8 @@ impl Workspace {
         // sizes go up to a power of two (where the device allows it), so steps of
         // different batch sizes share buffers (and bind groups) instead of each size
         // keeping a set of its own: at most twice the bytes, a few sizes in all
-        let limits = gpu.device.limits();
         let rounded = bytes.max(4).next_power_of_two();
-        let bytes = if rounded <= limits.max_storage_buffer_binding_size.min(limits.max_buffer_size) { rounded } else { bytes.max(4) };
+        let bytes = if rounded <= gpu.max_storage_bytes() { rounded } else { bytes.max(4) };
         let buf = match self.free.get_mut(&bytes).and_then(Vec::pop) {
             Some(b) => b,
             None => {

@@ -330,8 +330,7 @@ impl<'a> GpuModel<'a> {
     pub fn max_chunk(&self, len: usize) -> usize {
         let cfg = &self.model.config;
         let k = cfg.moe.as_ref().map_or(1, |m| m.n_expert_used.max(1));
-        let limits = self.gpu.device.limits();
-        let max_bytes = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size) as usize;
+        let max_bytes = self.gpu.max_storage_bytes() as usize;
         let scores_per_token = cfg.n_head.max(1) * len.next_multiple_of(256) * 4;
         512.min(crate::compute::gpu::kernel::MAX_GROUPS as usize / k).min(max_bytes / scores_per_token).max(1)
     }
@@ -407,8 +406,7 @@ impl<'a> GpuModel<'a> {
         let nh = cfg.n_head;
         // one scratch serves every sequence's attention in turn
         let scratch_len = seqs.iter().map(|(t, c, _)| t.len() * nh * (c.len + t.len()).next_multiple_of(256)).max().unwrap_or(0);
-        let limits = self.gpu.device.limits();
-        let max_bytes = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
+        let max_bytes = self.gpu.max_storage_bytes();
         if scratch_len as u64 * 4 > max_bytes {
             return Err(Error::Invalid(format!("attention scores of {} bytes for one sequence's chunk exceed the device's largest buffer ({max_bytes} bytes): feed fewer tokens per step", scratch_len * 4)));
         }
