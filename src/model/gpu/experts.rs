@@ -8,7 +8,7 @@ use crate::compute::gpu::matrix::{device_bytes, Experts, GpuMatrix};
 use crate::compute::gpu::recorder::Recorder;
 use crate::compute::gpu::{route, Gpu};
 use crate::model::config::MoeConfig;
-use crate::model::router::group_by_expert;
+use crate::model::router::route;
 use crate::model::weights::Ffn;
 use crate::{Error, Result};
 
@@ -270,9 +270,10 @@ impl<'a> GpuModel<'a> {
             v
         };
         // each token's route, as the CPU pass routes; each expert fetched once
-        let mut routes = Vec::with_capacity(n);
-        let by_expert = group_by_expert(moe, &logits, bias.as_deref(), Some(&mut routes));
-        let ids: Vec<usize> = by_expert.keys().copied().collect();
+        let routes: Vec<_> = logits.chunks_exact(moe.n_expert).map(|l| route(moe, l, bias.as_deref())).collect();
+        let mut ids: Vec<usize> = routes.iter().flat_map(|r| r.ids.iter().copied()).collect();
+        ids.sort_unstable();
+        ids.dedup();
         let fetched = self.experts.get(gpu, l, &ids, |missing| self.model.experts.experts(l, missing));
         self.model.layer_done(l);
         let (slab, slots) = fetched?;
