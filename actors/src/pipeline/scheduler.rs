@@ -170,8 +170,6 @@ impl SchedulerState {
             if !self.in_flight {
                 self.start_step(myself);
             }
-            // only the gap between a step's result and the next step counts as overhead
-            self.step_returned = None;
             // events go out while the step computes
             for s in self.sessions.iter_mut() {
                 let connected = s.flush();
@@ -182,6 +180,15 @@ impl SchedulerState {
                     wake_when_read(myself, s);
                 }
             }
+            // a session left out of the step above for want of room in its channel may have
+            // had its events taken by its client at once (between the send and the look at
+            // the channel): it is ready, and no wake is coming for it, so with no step in
+            // flight the step starts now rather than never
+            if !self.in_flight {
+                self.start_step(myself);
+            }
+            // only the gap between a step's result and the next step counts as overhead
+            self.step_returned = None;
             let running = self.sessions.len();
             self.drop_ended();
             // sessions whose last events just went out free their places (and memory) for
