@@ -102,31 +102,67 @@ fn group16(p: Place, item: u32) -> Group16 {
     return Group16(b, g, half, quarter, l0, xb, xb * 64u + (half * 128u + 32u * quarter + l0) / 4u);
 }
 
-// The several-row kernels (`main_tokens`): workgroup z takes activation rows
-// TOKENS·z .. TOKENS·z + count of a plain matrix (no expert ids), each weight block
-// loaded once for all of them, each row's sum kept apart and made in `main`'s order.
+// The several-row kernels (`main_tokens`): each workgroup takes up to TOKENS activation
+// rows, each weight block loaded once for all of them, each row's sum kept apart and made
+// in `main`'s order. Plain matrix (`dims.indexed == 0`): workgroup z takes activation rows
+// TOKENS·z .. TOKENS·z + count, output row groups the same. Stacked experts (grouped
+// mode): workgroup z takes tile z of `ids` as expert_tiles.wgsl lays it out — an expert
+// and up to TOKENS output row groups using it, each reading activation row
+// (group / act_div) — so an expert's weights are read once per tile, not once per pair.
 const TOKENS: u32 = 8u;
+const TILE_WORDS: u32 = 10u;
 
 struct TokensPlace {
     row: u32,
     lane: u32,
-    t0: u32,
-    count: u32,
+    wrow: u32,               // the weight row
+    act: array<u32, 8>,      // activation row of each of the rows taken
+    out: array<u32, 8>,      // output row group of each
 }
+
+var<workgroup> tokens_taken: u32;
 
 fn place_tokens(wg: vec3<u32>, lid: u32) -> TokensPlace {
-    let t0 = wg.z * TOKENS;
-    return TokensPlace((wg.x + wg.y * dims.groups_x) * ROWS_PER_GROUP + lid / LANES, lid % LANES, t0, min(TOKENS, dims.n - t0));
+    var p: TokensPlace;
+    p.row = (wg.x + wg.y * dims.groups_x) * ROWS_PER_GROUP + lid / LANES;
+    p.lane = lid % LANES;
+    if (dims.indexed != 0u) {
+        let base = wg.z * TILE_WORDS;
+        p.wrow = ids[base] * dims.rows + p.row;
+        for (var j = 0u; j < TOKENS; j++) {
+            p.out[j] = ids[base + 2u + j];
+            p.act[j] = p.out[j] / dims.act_div;
+        }
+    } else {
+        p.wrow = p.row;
+        for (var j = 0u; j < TOKENS; j++) {
+            p.out[j] = wg.z * TOKENS + j;
+            p.act[j] = p.out[j];
+        }
+    }
+    return p;
 }
 
-// `finish` for each of the rows: every invocation must call it (the sums have barriers);
-// sums past the count are dropped.
-fn finish_tokens(lid: u32, p: TokensPlace, acc: array<f32, 8>) {
-    for (var j = 0u; j < TOKENS; j++) {
+// The number of rows the workgroup takes, the same in all its invocations (so loops over
+// it may hold barriers); every invocation must call it.
+fn tokens_count(wg: vec3<u32>, lid: u32) -> u32 {
+    if (lid == 0u) {
+        if (dims.indexed != 0u) {
+            tokens_taken = ids[wg.z * TILE_WORDS + 1u];
+        } else {
+            tokens_taken = min(TOKENS, dims.n - wg.z * TOKENS);
+        }
+    }
+    return workgroupUniformLoad(&tokens_taken);
+}
+
+// `finish` for each of the `count` rows taken (`count` from tokens_count); every
+// invocation must call it (the sums have barriers).
+fn finish_tokens(lid: u32, p: TokensPlace, count: u32, acc: array<f32, 8>) {
+    for (var j = 0u; j < count; j++) {
         let total = row_sum(lid, acc[j]);
-        if (p.lane == 0u && p.row < dims.rows && j < p.count) {
-            store((p.t0 + j) * dims.rows + p.row, total);
+        if (p.lane == 0u && p.row < dims.rows) {
+            store(p.out[j] * dims.rows + p.row, total);
         }
     }
 }
-

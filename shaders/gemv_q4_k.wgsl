@@ -113,29 +113,30 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     finish(lid, p, acc);
 }
 
-// Several activation rows per workgroup (see place_tokens): each work item's weights
-// loaded once for all of them, items paired as `main` pairs them, so each row's outputs
-// are `main`'s bit for bit.
+// Several activation rows per workgroup (see place_tokens; a plain matrix, or tiles of
+// stacked experts): each work item's weights loaded once for all of them, items paired
+// as `main` pairs them, so each row's outputs are `main`'s bit for bit.
 @compute @workgroup_size(256)
 fn main_tokens(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let p = place_tokens(wg, lid);
+    let count = tokens_count(wg, lid);
     var acc: array<f32, 8>;
-    if (p.row < dims.rows) {
+    if (p.row < dims.rows && count > 0u) {
         let items = dims.per_row * 4u;
         var item = p.lane;
         for (; item + LANES < items; item += 2u * LANES) {
-            let a = load_item(p.row, item);
-            let b = load_item(p.row, item + LANES);
-            for (var j = 0u; j < p.count; j++) {
-                acc[j] += item_dot(a, p.t0 + j) + item_dot(b, p.t0 + j);
+            let a = load_item(p.wrow, item);
+            let b = load_item(p.wrow, item + LANES);
+            for (var j = 0u; j < count; j++) {
+                acc[j] += item_dot(a, p.act[j]) + item_dot(b, p.act[j]);
             }
         }
         if (item < items) {
-            let a = load_item(p.row, item);
-            for (var j = 0u; j < p.count; j++) {
-                acc[j] += item_dot(a, p.t0 + j);
+            let a = load_item(p.wrow, item);
+            for (var j = 0u; j < count; j++) {
+                acc[j] += item_dot(a, p.act[j]);
             }
         }
     }
-    finish_tokens(lid, p, acc);
+    finish_tokens(lid, p, count, acc);
 }

@@ -66,20 +66,21 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     finish(lid, p, acc);
 }
 
-// Several activation rows per workgroup (see place_tokens): each item's weights unpacked
-// once for all of them, each row's sum in `main`'s order (integer sums are exact), so its
-// outputs are `main`'s bit for bit.
+// Several activation rows per workgroup (see place_tokens; a plain matrix, or tiles of
+// stacked experts): each item's weights unpacked once for all of them, each row's sum
+// in `main`'s order (integer sums are exact), so its outputs are `main`'s bit for bit.
 @compute @workgroup_size(256)
 fn main_tokens(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let p = place_tokens(wg, lid);
+    let count = tokens_count(wg, lid);
     var acc: array<f32, 8>;
-    if (p.row < dims.rows) {
+    if (p.row < dims.rows && count > 0u) {
         for (var item = p.lane; item < dims.per_row * 16u; item += LANES) {
-            let m = load_item(p.row, item);
-            for (var j = 0u; j < p.count; j++) {
-                acc[j] += item_dot(m, p.t0 + j);
+            let m = load_item(p.wrow, item);
+            for (var j = 0u; j < count; j++) {
+                acc[j] += item_dot(m, p.act[j]);
             }
         }
     }
-    finish_tokens(lid, p, acc);
+    finish_tokens(lid, p, count, acc);
 }

@@ -41,25 +41,27 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     finish(lid, p, acc);
 }
 
-// Several activation rows per workgroup (see place_tokens): each weight block read once
-// for all of them, where `main` reads the matrix once per activation row; each row's sum
-// in `main`'s order, so its outputs are `main`'s bit for bit.
+// Several activation rows per workgroup (see place_tokens; a plain matrix, or tiles of
+// stacked experts): each weight block read once for all of them, where `main` reads the
+// weights once per activation row; each row's sum in `main`'s order, so its outputs are
+// `main`'s bit for bit.
 @compute @workgroup_size(256)
 fn main_tokens(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let p = place_tokens(wg, lid);
+    let count = tokens_count(wg, lid);
     var acc: array<f32, 8>;
-    if (p.row < dims.rows) {
+    if (p.row < dims.rows && count > 0u) {
         for (var b = p.lane; b < dims.per_row; b += LANES) {
-            let wb = p.row * dims.per_row + b;
+            let wb = p.wrow * dims.per_row + b;
             let w0 = quants[2u * wb];
             let w1 = quants[2u * wb + 1u];
             let s = scales[wb];
-            for (var j = 0u; j < p.count; j++) {
-                let xb = (p.t0 + j) * dims.per_row + b;
+            for (var j = 0u; j < count; j++) {
+                let xb = p.act[j] * dims.per_row + b;
                 let isum = dot16(w0, xq[2u * xb]) + dot16(w1, xq[2u * xb + 1u]);
                 acc[j] += f32(isum) * (s * xs[xb]);
             }
         }
     }
-    finish_tokens(lid, p, acc);
+    finish_tokens(lid, p, count, acc);
 }

@@ -121,8 +121,10 @@ fn a_gpu_batch_gives_each_sequence_what_it_gets_alone() {
     let Some(gpu) = gpu_or_skip() else { return };
     // three sequences: a long one (its cache grows past its first room while batched), a
     // prompt fed in two chunks, a one-token prompt; all experts resident, then fetched;
-    // grouped-query and latent attention
-    for (name, resident) in [("mixtral_h256.Q8_0", true), ("qwen3moe.f32", true), ("qwen2moe.f32", false), ("deepseek3.f32", true)] {
+    // grouped-query and latent attention; experts of a quantized format run over pairs
+    // grouped by expert when a step has several tokens (resident: grouped on the device;
+    // fetched: on the host), one pair at a time for one token
+    for (name, resident) in [("mixtral_h256.Q8_0", true), ("qwen3moe.f32", true), ("qwen2moe.f32", false), ("qwen3moe_h256.Q4_K_M", false), ("deepseek3.f32", true)] {
         let m = Model::open(common::fixture(&format!("models/{name}.gguf"))).unwrap();
         let long: Vec<u32> = (0..300u32).map(|i| (i * 37 + 11) % 500).collect();
         let prompts: [&[u32]; 3] = [&long, &TOKENS, &[5]];

@@ -14,6 +14,7 @@ use crate::quant::GgmlType;
 use crate::{Error, Result};
 use std::sync::Arc;
 
+use super::expert_tiles::Tiles;
 use super::gemv_q8_0::Q8_0Packed;
 
 /// A matrix (or a stack of equally shaped expert matrices) resident on the GPU with the
@@ -52,6 +53,10 @@ pub struct Experts<'a> {
     pub ids: &'a wgpu::Buffer,
     /// Output row groups per activation row.
     pub act_div: usize,
+    /// The same pairs grouped by expert ([`super::expert_tiles`]): where the format has a
+    /// several-row kernel, it then reads each expert once per tile instead of once per
+    /// output row group (the same outputs, bit for bit).
+    pub tiles: Option<&'a Tiles>,
 }
 
 /// Invocations per workgroup of the lane kernels (`shaders/gemv_lanes.wgsl`).
@@ -238,6 +243,12 @@ impl GpuMatrix {
         self.acts
     }
 
+    /// Whether a product over stacked experts can take [`Experts::tiles`] (the format has
+    /// a several-row kernel).
+    pub fn takes_tiles(&self) -> bool {
+        self.tokens_kernel.is_some()
+    }
+
     /// The device buffers holding the weights.
     pub fn buffers(&self) -> &[wgpu::Buffer] {
         &self.weights
@@ -291,6 +302,12 @@ impl GpuMatrix {
         self.record_inner(rec, x, q, y, out_rows, experts, false)
     }
 
+    /// [`GpuMatrix::record_quantized`] adding to `y` instead of overwriting it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_quantized_add(&self, rec: &mut Recorder, x: &wgpu::Buffer, q: Option<&QuantizedRows>, y: &wgpu::Buffer, out_rows: usize, experts: Option<Experts>) -> Result<()> {
+        self.record_inner(rec, x, q, y, out_rows, experts, true)
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn record_inner(&self, rec: &mut Recorder, x: &wgpu::Buffer, q: Option<&QuantizedRows>, y: &wgpu::Buffer, out_rows: usize, experts: Option<Experts>, accumulate: bool) -> Result<()> {
         let mut bufs: Vec<&wgpu::Buffer> = self.weights.iter().collect();
@@ -318,14 +335,20 @@ impl GpuMatrix {
         }
         let (gx, gy) = super::kernel::grid(self.rows.div_ceil(self.rows_per_group));
         let dims = [self.rows as u32, self.per_row as u32, out_rows as u32, gx as u32, indexed, act_div as u32, accumulate as u32];
-        match &self.tokens_kernel {
+        match (&self.tokens_kernel, experts.and_then(|e| e.tiles)) {
+            // stacked experts grouped into tiles: each expert's weights read once for up to
+            // eight of the pairs using it (the same outputs, bit for bit)
+            (Some(k), Some(tiles)) => {
+                if tiles.count > max {
+                    return Err(Error::Invalid(format!("matrix product: {} expert tiles (at most {max} per dispatch)", tiles.count)));
+                }
+                bound.pop();
+                bound.push((8, &tiles.buf));
+                k.record_bound(rec, &bound, bufs.len() as u32, &dims, [gx as u32, gy as u32, tiles.count as u32])
+            }
             // several activation rows of a plain matrix: each weight block read once for
             // up to eight of them (the same outputs, bit for bit)
-            Some(k) if indexed == 0 && out_rows > 1 => {
-                // (no expert ids: the kernel does not declare them)
-                bound.pop();
-                k.record_bound(rec, &bound, bufs.len() as u32, &dims, [gx as u32, gy as u32, out_rows.div_ceil(TOKENS_PER_GROUP) as u32])
-            }
+            (Some(k), None) if indexed == 0 && out_rows > 1 => k.record_bound(rec, &bound, bufs.len() as u32, &dims, [gx as u32, gy as u32, out_rows.div_ceil(TOKENS_PER_GROUP) as u32]),
             _ => self.kernel.record_bound(rec, &bound, bufs.len() as u32, &dims, [gx as u32, gy as u32, out_rows as u32]),
         }
     }

@@ -14,6 +14,7 @@
 pub mod attention;
 pub mod copy_rows;
 pub mod elementwise;
+pub mod expert_tiles;
 pub mod gemv_f16;
 pub mod half_rows;
 pub mod gemv_q2_k;

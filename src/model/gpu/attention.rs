@@ -232,7 +232,7 @@ impl<'a> GpuModel<'a> {
         let nh = self.model.config.n_head;
         let (cols, rows) = (w.cols(), w.rows());
         let per = self.head_product_tokens.load(std::sync::atomic::Ordering::Relaxed);
-        let heads = Some(Experts { ids, act_div: 1 });
+        let heads = Some(Experts { ids, act_div: 1, tiles: None });
         if n <= per {
             let [y] = self.matmuls(rec, [w], x, n * nh, heads)?;
             return Ok(y);
@@ -242,7 +242,7 @@ impl<'a> GpuModel<'a> {
             let m = per.min(n - t0);
             let xs = rec.output("per head in", m * nh * cols);
             rec.copy(x, (t0 * nh * cols * 4) as u64, &xs, 0, (m * nh * cols * 4) as u64);
-            let [ys] = self.matmuls(rec, [w], &xs, m * nh, Some(Experts { ids, act_div: 1 }))?;
+            let [ys] = self.matmuls(rec, [w], &xs, m * nh, Some(Experts { ids, act_div: 1, tiles: None }))?;
             rec.copy(&ys, 0, &y, (t0 * nh * rows * 4) as u64, (m * nh * rows * 4) as u64);
         }
         Ok(y)

@@ -4,6 +4,7 @@
 //! ([`DeviceExperts`]).
 
 use super::{GpuFfn, GpuMlp, GpuModel, Vector};
+use crate::compute::gpu::expert_tiles::{expert_tiles, Tiles, MAX_EXPERTS, TILE_WORDS};
 use crate::compute::gpu::matrix::{device_bytes, Experts, GpuMatrix};
 use crate::compute::gpu::recorder::Recorder;
 use crate::compute::gpu::{route, Gpu};
@@ -223,19 +224,22 @@ impl<'a> GpuModel<'a> {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn resident_experts(&self, rec: &mut Recorder, moe: &MoeConfig, experts: &GpuMlp, logits: &wgpu::Buffer, bias: Option<&Vector>, h: &wgpu::Buffer, n: usize, residual: Option<&wgpu::Buffer>) -> Result<Option<wgpu::Buffer>> {
         let routes = route::record(rec, moe, logits, bias.map(|b| &b.buf), n)?;
-        self.routed_experts(rec, experts, &routes, moe.n_expert_used, h, n, residual)
+        let k = moe.n_expert_used;
+        let count = experts.gate.count();
+        let tiles = if groups_pairs(experts, n) && count <= MAX_EXPERTS { Some(self.k.tiles.record(rec, &routes.ids, n * k, count)?) } else { None };
+        self.routed_experts(rec, experts, &routes, tiles.as_ref(), k, h, n, residual)
     }
 
     /// Each projection of the stack `experts` once over every (token, chosen expert)
     /// pair of `routes` (`k` per token: slot ids and weights), then each token's outputs
     /// mixed by their weights, into a new buffer or added to `residual`.
     #[allow(clippy::too_many_arguments)]
-    fn routed_experts(&self, rec: &mut Recorder, experts: &GpuMlp, routes: &route::Routes, k: usize, h: &wgpu::Buffer, n: usize, residual: Option<&wgpu::Buffer>) -> Result<Option<wgpu::Buffer>> {
+    fn routed_experts(&self, rec: &mut Recorder, experts: &GpuMlp, routes: &route::Routes, tiles: Option<&Tiles>, k: usize, h: &wgpu::Buffer, n: usize, residual: Option<&wgpu::Buffer>) -> Result<Option<wgpu::Buffer>> {
         let (nk, d) = (n * k, self.model.config.n_embd);
-        let [g, u] = self.matmuls(rec, [&experts.gate, &experts.up], h, n, Some(Experts { ids: &routes.ids, act_div: k }))?;
+        let [g, u] = self.matmuls(rec, [&experts.gate, &experts.up], h, n, Some(Experts { ids: &routes.ids, act_div: k, tiles }))?;
         let qd = self.swiglu_for(rec, &experts.down, &g, &u, nk)?;
         let o = rec.output("expert out", nk * d);
-        experts.down.record_quantized(rec, &g, qd.as_ref(), &o, nk, Some(Experts { ids: &routes.ids, act_div: 1 }))?;
+        experts.down.record_quantized(rec, &g, qd.as_ref(), &o, nk, Some(Experts { ids: &routes.ids, act_div: 1, tiles }))?;
         if let Some(x) = residual {
             self.k.combine.weighted_sum(rec, x, &o, &routes.weights, n, k, d, true)?;
             return Ok(None);
@@ -288,6 +292,20 @@ impl<'a> GpuModel<'a> {
         }
         // the slot ids go up as f32 bits (the workspace's buffers are f32)
         let routes = route::Routes { ids: rec.upload("expert slots", bytemuck::cast_slice(&pair_slots))?, weights: rec.upload("expert weights", &weights)? };
-        self.routed_experts(rec, &slab, &routes, k, h, n, residual)
+        // the pairs grouped by slot here, where the routes are
+        let tiles = if groups_pairs(&slab, n) {
+            let tiles = expert_tiles(&pair_slots);
+            Some(Tiles { count: tiles.len() / TILE_WORDS, buf: rec.upload("expert tiles", bytemuck::cast_slice(&tiles))? })
+        } else {
+            None
+        };
+        self.routed_experts(rec, &slab, &routes, tiles.as_ref(), k, h, n, residual)
     }
+}
+
+/// Whether a step of `n` tokens runs `experts` over pairs grouped by expert: with several
+/// tokens (one token's pairs are distinct experts) and a several-row kernel for one of
+/// the projections at least.
+fn groups_pairs(experts: &GpuMlp, n: usize) -> bool {
+    n > 1 && [&experts.gate, &experts.up, &experts.down].iter().any(|m| m.takes_tiles())
 }

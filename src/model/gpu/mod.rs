@@ -34,6 +34,7 @@ use crate::compute::gpu::half_rows::HalfRows;
 use attention::{LayerAttention, StepInputs};
 pub use cache::GpuKvCache;
 use crate::compute::gpu::elementwise::Elementwise;
+use crate::compute::gpu::expert_tiles::ExpertTiles;
 use crate::compute::gpu::matrix::{Experts, GpuMatrix};
 use crate::compute::gpu::moe_combine::MoeCombine;
 use crate::compute::gpu::quantize::{ActFormat, QuantizedRows};
@@ -52,6 +53,7 @@ struct Kernels {
     rope: Rope,
     attn: AttentionKernel,
     combine: MoeCombine,
+    tiles: ExpertTiles,
     copy: CopyRows,
     half: HalfRows,
 }
@@ -152,7 +154,7 @@ impl<'a> GpuModel<'a> {
     /// between steps (0: upload each step's experts afresh).
     pub fn with_expert_budget(model: &'a Model, gpu: &'a Gpu, budget: u64) -> Result<GpuModel<'a>> {
         let cfg = &model.config;
-        let k = Kernels { norm: RmsNorm::new(gpu, cfg.rms_eps), ew: Elementwise::new(gpu), rope: Rope::new(gpu), attn: AttentionKernel::new(gpu), combine: MoeCombine::new(gpu), copy: CopyRows::new(gpu), half: HalfRows::new(gpu) };
+        let k = Kernels { norm: RmsNorm::new(gpu, cfg.rms_eps), ew: Elementwise::new(gpu), rope: Rope::new(gpu), attn: AttentionKernel::new(gpu), combine: MoeCombine::new(gpu), tiles: ExpertTiles::new(gpu), copy: CopyRows::new(gpu), half: HalfRows::new(gpu) };
         let w = &model.weights;
         let mut layers = Vec::with_capacity(w.layers.len());
         for layer in &w.layers {
