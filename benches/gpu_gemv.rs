@@ -3,7 +3,9 @@
 //! with the activation quantization before it) — next to the CPU backend's matmul of the
 //! same matrix in the same run. Timed from submission to completion, recording excluded. On lavapipe (Mesa's CPU Vulkan driver) the
 //! GPU figure only shows the kernel runs; on a real GPU compare it to the card's memory
-//! bandwidth. `cargo bench --bench gpu_gemv`.
+//! bandwidth. Then stacked expert products over a batched step's (token, expert) pairs,
+//! one pair at a time against pairs grouped by expert (`ODMOE_BENCH_EXPERTS_ONLY=1` runs
+//! only those). `cargo bench --bench gpu_gemv`.
 
 use std::time::Instant;
 
@@ -20,6 +22,14 @@ fn main() {
     };
     println!("adapter: {}", gpu.describe());
     let reps: usize = std::env::var("ODMOE_BENCH_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    let experts_only = std::env::var_os("ODMOE_BENCH_EXPERTS_ONLY").is_some();
+    if !experts_only {
+        plain_matrices(&gpu, reps);
+    }
+    expert_products(&gpu, reps);
+}
+
+fn plain_matrices(gpu: &Gpu, reps: usize) {
     // gate/up (14336 rows of 4096) and down (4096 rows of 14336) of a Mixtral-sized FFN
     for (rows, cols) in [(14336usize, 4096usize), (4096, 14336)] {
         let x: Vec<f32> = (0..cols).map(|i| (i % 17) as f32 / 17.0 - 0.5).collect();
@@ -114,6 +124,80 @@ fn main() {
                 bytes / gpu_q_s / 1e9,
                 cpu_s * 1e3,
                 bytes / cpu_s / 1e9
+            );
+        }
+    }
+}
+
+/// Stacked experts times a batched step's (token, expert) pairs: each pair's product on
+/// its own (the expert's weights read once per pair) against the pairs grouped by expert
+/// into tiles (read once per tile; the grouping kernel included in the time), for a
+/// Mixtral-shaped layer (8 experts of 14336 × 4096, two per token; fewer rows where the
+/// stack would not fit one storage buffer) and a Qwen3-30B-A3B-shaped one (128 experts
+/// of 768 × 2048, eight per token).
+fn expert_products(gpu: &Gpu, reps: usize) {
+    use odmoe::compute::gpu::expert_tiles::ExpertTiles;
+    use odmoe::compute::gpu::matrix::Experts;
+    let grouping = ExpertTiles::new(gpu);
+    let reps = (reps / 20).max(2);
+    for (ty, experts, rows, cols, per) in [(GgmlType::Q8_0, 8usize, 14336usize, 4096usize, 2usize), (GgmlType::Q4_K, 8, 14336, 4096, 2), (GgmlType::Q4_K, 128, 768, 2048, 8)] {
+        // a stack must fit one storage buffer (lavapipe's hold 128 MiB): fewer rows if not
+        let mut rows = rows;
+        while experts as u64 * odmoe::compute::gpu::matrix::device_bytes(&random_matrix(ty, 16, cols)) * (rows / 16) as u64 > gpu.max_storage_bytes() {
+            rows /= 2;
+        }
+        let ws: Vec<QMatrix> = (0..experts).map(|_| random_matrix(ty, rows, cols)).collect();
+        let m = GpuMatrix::stacked(gpu, &ws).unwrap();
+        drop(ws);
+        for tokens in [4usize, 16, 64] {
+            // each token's `per` distinct experts, spread as a router might
+            let mut s = 0x2545_F491_4F6C_DD1Du64 ^ tokens as u64;
+            let mut ids: Vec<u32> = Vec::with_capacity(tokens * per);
+            for _ in 0..tokens {
+                let mut mine: Vec<u32> = Vec::new();
+                while mine.len() < per {
+                    s ^= s << 13;
+                    s ^= s >> 7;
+                    s ^= s << 17;
+                    let e = (s % experts as u64) as u32;
+                    if !mine.contains(&e) {
+                        mine.push(e);
+                    }
+                }
+                ids.extend(mine);
+            }
+            let pairs = ids.len();
+            let x: Vec<f32> = (0..tokens * cols).map(|i| (i % 29) as f32 / 29.0 - 0.5).collect();
+            let mut enc = Recorder::new(gpu);
+            let xb = enc.upload("x", &x).unwrap();
+            let ib = enc.upload("ids", bytemuck::cast_slice(&ids)).unwrap();
+            let q = m.quantize(&mut enc, &xb, tokens).unwrap();
+            let y = enc.output("y", pairs * rows);
+            enc.submit();
+            let mut best = [f64::MAX; 2];
+            for _ in 0..3 {
+                for (k, tiled) in [false, true].into_iter().enumerate() {
+                    let mut enc = Recorder::new(gpu);
+                    for _ in 0..reps {
+                        let tiles = if tiled { Some(grouping.record(&mut enc, &ib, pairs, experts).unwrap()) } else { None };
+                        m.record_quantized(&mut enc, &xb, q.as_ref(), &y, pairs, Some(Experts { ids: &ib, act_div: per, tiles: tiles.as_ref() })).unwrap();
+                    }
+                    let cmds = enc.finish();
+                    let t = Instant::now();
+                    gpu.queue.submit([cmds]);
+                    gpu.device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
+                    best[k] = best[k].min(t.elapsed().as_secs_f64() / reps as f64);
+                }
+            }
+            let mut used = ids.clone();
+            used.sort_unstable();
+            used.dedup();
+            println!(
+                "{ty} {experts} experts of {rows}x{cols}, {tokens} tokens x {per} ({pairs} pairs, {} experts used): pair by pair {:.3} ms, grouped {:.3} ms ({:.2}x)",
+                used.len(),
+                best[0] * 1e3,
+                best[1] * 1e3,
+                best[0] / best[1]
             );
         }
     }

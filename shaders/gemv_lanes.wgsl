@@ -109,42 +109,50 @@ fn group16(p: Place, item: u32) -> Group16 {
 // mode): workgroup z takes tile z of `ids` as expert_tiles.wgsl lays it out — an expert
 // and up to TOKENS output row groups using it, each reading activation row
 // (group / act_div) — so an expert's weights are read once per tile, not once per pair.
+// The kernels loop over the rows with a constant trip count (`j < TOKENS`, the rows past
+// `count` skipped) so that a GPU compiler unrolls it and keeps the eight sums in
+// registers; a loop to `count` indexes the sums by a variable, which puts them in
+// memory.
 const TOKENS: u32 = 8u;
 const TILE_WORDS: u32 = 10u;
 
 struct TokensPlace {
     row: u32,
     lane: u32,
-    wrow: u32,               // the weight row
-    act: array<u32, 8>,      // activation row of each of the rows taken
-    out: array<u32, 8>,      // output row group of each
+    wrow: u32,   // the weight row
+    first: u32,  // plain: the first activation row; grouped: the tile's first pair word
+}
+
+fn place_tokens(wg: vec3<u32>, lid: u32) -> TokensPlace {
+    let row = (wg.x + wg.y * dims.groups_x) * ROWS_PER_GROUP + lid / LANES;
+    if (dims.indexed != 0u) {
+        let base = wg.z * TILE_WORDS;
+        return TokensPlace(row, lid % LANES, ids[base] * dims.rows + row, base + 2u);
+    }
+    return TokensPlace(row, lid % LANES, row, wg.z * TOKENS);
+}
+
+// The output row group of the j-th row the workgroup takes.
+fn out_group(p: TokensPlace, j: u32) -> u32 {
+    if (dims.indexed != 0u) {
+        return ids[p.first + j];
+    }
+    return p.first + j;
+}
+
+// The activation row of the j-th row the workgroup takes.
+fn act_row(p: TokensPlace, j: u32) -> u32 {
+    if (dims.indexed != 0u) {
+        return ids[p.first + j] / dims.act_div;
+    }
+    return p.first + j;
 }
 
 var<workgroup> tokens_taken: u32;
 
-fn place_tokens(wg: vec3<u32>, lid: u32) -> TokensPlace {
-    var p: TokensPlace;
-    p.row = (wg.x + wg.y * dims.groups_x) * ROWS_PER_GROUP + lid / LANES;
-    p.lane = lid % LANES;
-    if (dims.indexed != 0u) {
-        let base = wg.z * TILE_WORDS;
-        p.wrow = ids[base] * dims.rows + p.row;
-        for (var j = 0u; j < TOKENS; j++) {
-            p.out[j] = ids[base + 2u + j];
-            p.act[j] = p.out[j] / dims.act_div;
-        }
-    } else {
-        p.wrow = p.row;
-        for (var j = 0u; j < TOKENS; j++) {
-            p.out[j] = wg.z * TOKENS + j;
-            p.act[j] = p.out[j];
-        }
-    }
-    return p;
-}
-
 // The number of rows the workgroup takes, the same in all its invocations (so loops over
-// it may hold barriers); every invocation must call it.
+// it may hold barriers, and a workgroup with none may leave at once); every invocation
+// must call it.
 fn tokens_count(wg: vec3<u32>, lid: u32) -> u32 {
     if (lid == 0u) {
         if (dims.indexed != 0u) {
@@ -162,7 +170,7 @@ fn finish_tokens(lid: u32, p: TokensPlace, count: u32, acc: array<f32, 8>) {
     for (var j = 0u; j < count; j++) {
         let total = row_sum(lid, acc[j]);
         if (p.lane == 0u && p.row < dims.rows) {
-            store(p.out[j] * dims.rows + p.row, total);
+            store(out_group(p, j) * dims.rows + p.row, total);
         }
     }
 }

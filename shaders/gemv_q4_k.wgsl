@@ -118,23 +118,30 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
 // as `main` pairs them, so each row's outputs are `main`'s bit for bit.
 @compute @workgroup_size(256)
 fn main_tokens(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let p = place_tokens(wg, lid);
     let count = tokens_count(wg, lid);
+    if (count == 0u) {
+        return;
+    }
+    let p = place_tokens(wg, lid);
     var acc: array<f32, 8>;
-    if (p.row < dims.rows && count > 0u) {
+    if (p.row < dims.rows) {
         let items = dims.per_row * 4u;
         var item = p.lane;
         for (; item + LANES < items; item += 2u * LANES) {
             let a = load_item(p.wrow, item);
             let b = load_item(p.wrow, item + LANES);
-            for (var j = 0u; j < count; j++) {
-                acc[j] += item_dot(a, p.act[j]) + item_dot(b, p.act[j]);
+            for (var j = 0u; j < TOKENS; j++) {
+                if (j < count) {
+                    acc[j] += item_dot(a, act_row(p, j)) + item_dot(b, act_row(p, j));
+                }
             }
         }
         if (item < items) {
             let a = load_item(p.wrow, item);
-            for (var j = 0u; j < count; j++) {
-                acc[j] += item_dot(a, p.act[j]);
+            for (var j = 0u; j < TOKENS; j++) {
+                if (j < count) {
+                    acc[j] += item_dot(a, act_row(p, j));
+                }
             }
         }
     }

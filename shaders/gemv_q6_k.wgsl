@@ -71,14 +71,19 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
 // in `main`'s order (integer sums are exact), so its outputs are `main`'s bit for bit.
 @compute @workgroup_size(256)
 fn main_tokens(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let p = place_tokens(wg, lid);
     let count = tokens_count(wg, lid);
+    if (count == 0u) {
+        return;
+    }
+    let p = place_tokens(wg, lid);
     var acc: array<f32, 8>;
-    if (p.row < dims.rows && count > 0u) {
+    if (p.row < dims.rows) {
         for (var item = p.lane; item < dims.per_row * 16u; item += LANES) {
             let m = load_item(p.wrow, item);
-            for (var j = 0u; j < count; j++) {
-                acc[j] += item_dot(m, p.act[j]);
+            for (var j = 0u; j < TOKENS; j++) {
+                if (j < count) {
+                    acc[j] += item_dot(m, act_row(p, j));
+                }
             }
         }
     }

@@ -47,19 +47,24 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
 // `main`'s bit for bit.
 @compute @workgroup_size(256)
 fn main_tokens(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let p = place_tokens(wg, lid);
     let count = tokens_count(wg, lid);
+    if (count == 0u) {
+        return;
+    }
+    let p = place_tokens(wg, lid);
     var acc: array<f32, 8>;
-    if (p.row < dims.rows && count > 0u) {
+    if (p.row < dims.rows) {
         for (var b = p.lane; b < dims.per_row; b += LANES) {
             let wb = p.wrow * dims.per_row + b;
             let w0 = quants[2u * wb];
             let w1 = quants[2u * wb + 1u];
             let s = scales[wb];
-            for (var j = 0u; j < count; j++) {
-                let xb = p.act[j] * dims.per_row + b;
-                let isum = dot16(w0, xq[2u * xb]) + dot16(w1, xq[2u * xb + 1u]);
-                acc[j] += f32(isum) * (s * xs[xb]);
+            for (var j = 0u; j < TOKENS; j++) {
+                if (j < count) {
+                    let xb = act_row(p, j) * dims.per_row + b;
+                    let isum = dot16(w0, xq[2u * xb]) + dot16(w1, xq[2u * xb + 1u]);
+                    acc[j] += f32(isum) * (s * xs[xb]);
+                }
             }
         }
     }

@@ -4,7 +4,8 @@
 //!
 //! Kernels: activation quantization ([`quantize`]) and quantized matrix products, plain
 //! or over a stack of experts picked by id ([`matrix`], [`gemv_f16`], [`gemv_q8_0`], [`gemv_q2_k`],
-//! [`gemv_q3_k`], [`gemv_q4_k`], [`gemv_q5_k`], [`gemv_q6_k`]), RMS norm ([`rms_norm`]), rope from host-computed angles ([`rope`]),
+//! [`gemv_q3_k`], [`gemv_q4_k`], [`gemv_q5_k`], [`gemv_q6_k`]; the pairs of a batched step
+//! grouped by expert for them, [`expert_tiles`]), RMS norm ([`rms_norm`]), rope from host-computed angles ([`rope`]),
 //! causal grouped-query attention over a KV cache ([`attention`]), routing ([`route`]),
 //! residual add and SwiGLU ([`elementwise`]) and the MoE combine ([`moe_combine`]).
 //! Commands are recorded through a [`recorder::Recorder`]. The forward pass that uses
