@@ -25,7 +25,8 @@
 //!   prompt delays running streams by one chunk's compute at most.
 //! - **compute** ([`compute`]): the only owner of the engine ([`engine::Engine`]: the
 //!   model on the CPU, or its copy on a GPU with the device and its queue). `Step` runs
-//!   one batched forward pass ([`odmoe::model::Model::forward_batch`], or
+//!   one batched forward pass (handed straight to the pool thread that ran the last
+//!   step while it waits for the next, else sent to the actor) ([`odmoe::model::Model::forward_batch`], or
 //!   [`odmoe::model::GpuModel::forward_batch`]) on the compute pool and sends `StepDone`
 //!   back. Inside the pass, each layer routes its tokens, asks the expert pager
 //!   for the chosen experts (one read serves every token of the step routed to an expert;
@@ -147,7 +148,7 @@ impl Pipeline {
     pub async fn start(engine: engine::Engine, tok: Arc<Tokenizer>, template: Option<ChatTemplate>, limits: Limits, metrics: Arc<Metrics>) -> Result<Pipeline, String> {
         let spawn_err = |what: &str, e: ractor::SpawnErr| format!("cannot start the {what} actor: {e}");
         let (tokenizer, _) = Actor::spawn(None, tokenizer::TokenizerActor, (tok.clone(), template)).await.map_err(|e| spawn_err("tokenizer", e))?;
-        let (compute, _) = Actor::spawn(None, compute::ComputeActor, engine.clone()).await.map_err(|e| spawn_err("compute", e))?;
+        let compute = compute::Compute::start(engine.clone()).await.map_err(|e| spawn_err("compute", e))?;
         let args = scheduler::SchedulerArgs { engine, tokenizer: tok, compute, limits: limits.clone(), metrics };
         let (scheduler, _) = Actor::spawn(None, scheduler::SchedulerActor, args).await.map_err(|e| spawn_err("scheduler", e))?;
         Ok(Pipeline {

@@ -25,7 +25,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use rayon::prelude::*;
 use tokio::sync::mpsc::error::TrySendError;
 
-use super::compute::{ComputeMsg, StepItem, StepOutput};
+use super::compute::{Compute, StepItem, StepOutput};
 use super::{Event, Limits, Refused, Request};
 use crate::server::metrics::Metrics;
 
@@ -43,7 +43,7 @@ pub enum SchedulerMsg {
 pub struct SchedulerArgs {
     pub engine: Engine,
     pub tokenizer: Arc<Tokenizer>,
-    pub compute: ActorRef<ComputeMsg>,
+    pub compute: Compute,
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
 }
@@ -291,8 +291,8 @@ impl SchedulerState {
         self.step_sent = Some(now);
         let me = myself.clone();
         let done = Box::new(move |out| drop(me.cast(SchedulerMsg::StepDone(out))));
-        if let Err(e) = self.args.compute.cast(ComputeMsg::Step(items, done)) {
-            // the message (and with it the items' caches) came back with the error
+        if let Err(e) = self.args.compute.step(items, done) {
+            // the step (and with it the items' caches) is lost with the actor
             let _ = myself.cast(SchedulerMsg::StepDone(Err(format!("the compute actor stopped: {e}"))));
         }
     }
