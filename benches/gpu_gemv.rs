@@ -35,13 +35,13 @@ fn plain_matrices(gpu: &Gpu, reps: usize) {
         let x: Vec<f32> = (0..cols).map(|i| (i % 17) as f32 / 17.0 - 0.5).collect();
         for ty in [GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q3_K, GgmlType::Q2_K] {
             let w = random_matrix(ty, rows, cols);
-            let g = GpuMatrix::new(&gpu, &w).unwrap();
-            g.run(&gpu, &x).unwrap(); // warm-up (pipeline compilation)
+            let g = GpuMatrix::new(gpu, &w).unwrap();
+            g.run(gpu, &x).unwrap(); // warm-up (pipeline compilation)
             let xb = gpu.upload("x", &x).unwrap();
             // four outputs: products writing different ones need no barrier between them
             let ys: Vec<_> = (0..4).map(|_| gpu.output("y", rows)).collect();
             // the activation row quantized once (as q, k and v share one quantization)
-            let mut enc = Recorder::new(&gpu);
+            let mut enc = Recorder::new(gpu);
             let q = g.quantize(&mut enc, &xb, 1).unwrap();
             enc.submit();
             // fastest of three rounds of `reps` products recorded into one submission,
@@ -55,7 +55,7 @@ fn plain_matrices(gpu: &Gpu, reps: usize) {
                 for _ in 0..3 {
                     // as in a forward pass: the workspace's buffers, reused each round
                     ws.recycle();
-                    let mut enc = Recorder::with_workspace(&gpu, &mut ws);
+                    let mut enc = Recorder::with_workspace(gpu, &mut ws);
                     for i in 0..reps {
                         let y = &ys[i % outputs];
                         if with_quantize {
@@ -79,7 +79,7 @@ fn plain_matrices(gpu: &Gpu, reps: usize) {
                 let x8: Vec<f32> = (0..8 * cols).map(|i| (i % 23) as f32 / 23.0 - 0.5).collect();
                 let x8b = gpu.upload("x8", &x8).unwrap();
                 let y8 = gpu.output("y8", 8 * rows);
-                let mut enc = Recorder::new(&gpu);
+                let mut enc = Recorder::new(gpu);
                 let q8 = g.quantize(&mut enc, &x8b, 8).unwrap();
                 let rows1: Vec<_> = (0..8).map(|t| gpu.upload("x1", &x8[t * cols..(t + 1) * cols]).unwrap()).collect();
                 let q1: Vec<_> = rows1.iter().map(|xb| g.quantize(&mut enc, xb, 1).unwrap()).collect();
@@ -87,7 +87,7 @@ fn plain_matrices(gpu: &Gpu, reps: usize) {
                 let mut best = [f64::MAX; 2];
                 for _ in 0..3 {
                     for (k, together) in [true, false].into_iter().enumerate() {
-                        let mut enc = Recorder::new(&gpu);
+                        let mut enc = Recorder::new(gpu);
                         for _ in 0..reps / 8 {
                             if together {
                                 g.record_quantized(&mut enc, &x8b, q8.as_ref(), &y8, 8, None).unwrap();

@@ -28,3 +28,27 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let c = i % dims.width;
     dst[dims.dst_off + r * dims.dst_stride + c] = src[dims.src_off + r * dims.src_stride + c];
 }
+
+// Scattered rows (entry `scatter`): row r of `src` (`width` values at src_off + r · width)
+// to row idx[r] of `dst` (at idx[r] · width): a batch's new keys and values into the
+// cache rows their positions' pages name.
+struct ScatterDims {
+    rows: u32,
+    width: u32,
+    src_off: u32,
+    groups_per_y: u32,
+}
+
+@group(0) @binding(3) var<storage, read> idx: array<u32>;
+@group(0) @binding(4) var<uniform> sdims: ScatterDims;
+
+@compute @workgroup_size(256)
+fn scatter(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = (wg.x + wg.y * sdims.groups_per_y) * 256u + lid;
+    if (i >= sdims.rows * sdims.width) {
+        return;
+    }
+    let r = i / sdims.width;
+    let c = i % sdims.width;
+    dst[idx[r] * sdims.width + c] = src[sdims.src_off + r * sdims.width + c];
+}

@@ -42,3 +42,29 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let s = dims.src_off + 2u * i;
     dst[dims.dst_off + i] = pack2x16float(vec2<f32>(round_f16(src[s]), round_f16(src[s + 1u])));
 }
+
+// Scattered rows (entry `scatter`): row r of `src` (`width` values at src_off + r · width)
+// rounded and packed into row idx[r] of `dst` (width / 2 words at idx[r] · width / 2): a
+// batch's new keys and values into the f16 cache rows their positions' pages name.
+struct ScatterDims {
+    rows: u32,
+    width: u32,  // values, even
+    src_off: u32,
+    groups_per_y: u32,
+}
+
+@group(0) @binding(3) var<storage, read> idx: array<u32>;
+@group(0) @binding(4) var<uniform> sdims: ScatterDims;
+
+@compute @workgroup_size(256)
+fn scatter(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let words = sdims.width / 2u;
+    let i = (wg.x + wg.y * sdims.groups_per_y) * 256u + lid;
+    if (i >= sdims.rows * words) {
+        return;
+    }
+    let r = i / words;
+    let c = i % words;
+    let s = sdims.src_off + r * sdims.width + 2u * c;
+    dst[idx[r] * words + c] = pack2x16float(vec2<f32>(round_f16(src[s]), round_f16(src[s + 1u])));
+}

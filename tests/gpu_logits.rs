@@ -293,3 +293,41 @@ fn an_f16_cache_on_the_gpu_matches_the_cpu_f16_cache() {
         eprintln!("{name}: largest difference {worst:.2e} (logits up to {scale:.2})");
     }
 }
+
+/// The device's key/value pool starts with room for 1024 positions and doubles when the
+/// sequences holding pages need more; a sequence whose positions moved with the pool gets
+/// the logits it gets alone, and a dropped cache's pages serve the next ones.
+#[test]
+fn the_device_cache_pool_grows_under_held_sequences_and_takes_pages_back() {
+    use odmoe::model::GpuSequence;
+    let Some(gpu) = gpu_or_skip() else { return };
+    let m = Model::open(common::fixture("models/mixtral.f32.gguf")).unwrap();
+    let g = GpuModel::new(&m, &gpu).unwrap();
+    let prompt = |i: u32| -> Vec<u32> { (0..250u32).map(|j| (j * 31 + i * 7 + 1) % 500).collect() };
+    // each alone, its cache dropped before the next
+    let alone: Vec<Vec<f32>> = (0..5)
+        .map(|i| {
+            let mut c = g.new_cache(300);
+            g.forward(&prompt(i), &mut c, Logits::None).unwrap();
+            g.forward(&[3], &mut c, Logits::Last).unwrap()
+        })
+        .collect();
+    let one = g.kv_device_bytes();
+    // five held at once: 5 × 16 pages of 16 positions, past the first 64 pages
+    let mut caches: Vec<_> = (0..5).map(|_| g.new_cache(300)).collect();
+    for (i, c) in caches.iter_mut().enumerate() {
+        g.forward(&prompt(i as u32), c, Logits::None).unwrap();
+    }
+    let grown = g.kv_device_bytes();
+    assert!(grown > one, "the pool grew ({one} -> {grown} bytes)");
+    let mut seqs: Vec<GpuSequence> = caches.iter_mut().map(|c| GpuSequence { tokens: &[3], cache: c, logits: Logits::Last }).collect();
+    assert_eq!(g.forward_batch(&mut seqs).unwrap(), alone);
+    drop(seqs);
+    drop(caches);
+    // the pages came back: the same sequences again take no more device memory
+    let mut caches: Vec<_> = (0..5).map(|_| g.new_cache(300)).collect();
+    for (i, c) in caches.iter_mut().enumerate() {
+        g.forward(&prompt(i as u32), c, Logits::None).unwrap();
+    }
+    assert_eq!(g.kv_device_bytes(), grown);
+}

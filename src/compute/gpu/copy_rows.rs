@@ -26,15 +26,17 @@ impl Rows {
     }
 }
 
-/// The compiled kernel.
+/// The compiled kernels.
 pub struct CopyRows {
     kernel: Kernel,
+    scatter: Kernel,
 }
 
 impl CopyRows {
     /// Compiles the kernel.
     pub fn new(gpu: &Gpu) -> CopyRows {
-        CopyRows { kernel: Kernel::new(gpu, "copy_rows", include_str!("../../../shaders/copy_rows.wgsl"), "main") }
+        let src = include_str!("../../../shaders/copy_rows.wgsl");
+        CopyRows { kernel: Kernel::new(gpu, "copy_rows", src, "main"), scatter: Kernel::new(gpu, "scatter_rows", src, "scatter") }
     }
 
     /// Records copying `width` values of each of `rows` rows from `src` (laid out as
@@ -52,6 +54,33 @@ impl CopyRows {
         let per_y = groups.min(MAX_GROUPS as usize);
         let dims = [rows as u32, width as u32, from.stride as u32, from.off as u32, to.stride as u32, to.off as u32, per_y as u32];
         self.kernel.record(rec, &[src, dst], &dims, [per_y as u32, groups.div_ceil(per_y) as u32, 1])
+    }
+}
+
+impl CopyRows {
+    /// Records copying `rows` rows of `width` values, row r from value `src_off + r ·
+    /// width` of `src`, to row `idx[r]` of `dst` (`idx`: u32 row numbers).
+    #[allow(clippy::too_many_arguments)]
+    pub fn scatter(&self, rec: &mut Recorder, src: &wgpu::Buffer, src_off: usize, dst: &wgpu::Buffer, idx: &wgpu::Buffer, rows: usize, width: usize) -> Result<()> {
+        let total = rows * width;
+        if total == 0 {
+            return Ok(());
+        }
+        if src_off + total > u32::MAX as usize {
+            return Err(Error::Invalid(format!("row scatter of {rows} × {width} values past 2^32 values")));
+        }
+        let groups = total.div_ceil(256);
+        let per_y = groups.min(MAX_GROUPS as usize);
+        let dims = [rows as u32, width as u32, src_off as u32, per_y as u32];
+        self.scatter.record_bound(rec, &[(0, src), (1, dst), (3, idx)], 4, &dims, [per_y as u32, groups.div_ceil(per_y) as u32, 1])
+    }
+}
+
+/// The CPU reference of [`CopyRows::scatter`].
+pub fn scatter_rows(src: &[f32], src_off: usize, dst: &mut [f32], idx: &[u32], width: usize) {
+    for (r, &i) in idx.iter().enumerate() {
+        let (s, d) = (src_off + r * width, i as usize * width);
+        dst[d..d + width].copy_from_slice(&src[s..s + width]);
     }
 }
 
@@ -85,6 +114,26 @@ mod tests {
             rec.submit();
             // values outside the copied parts keep theirs
             assert_eq!(gpu.read_f32(&db, want.len()).unwrap(), want, "{rows} × {width} from {from:?} to {to:?}");
+        }
+    }
+
+    #[test]
+    fn gpu_row_scatters_match_the_cpu_reference() {
+        let Some(gpu) = gpu_or_skip() else { return };
+        let k = CopyRows::new(&gpu);
+        for (rows, width, src_off, dst_rows) in [(1, 3, 0, 4), (5, 7, 14, 9), (300, 130, 5, 1000)] {
+            let src = values(src_off + rows * width, 4);
+            let idx: Vec<u32> = (0..rows as u32).map(|r| (r * 7 + 3) % dst_rows as u32).collect();
+            // distinct destinations (rows < dst_rows and 7 is prime to each dst_rows here)
+            let before = values(dst_rows * width, 5);
+            let mut want = before.clone();
+            scatter_rows(&src, src_off, &mut want, &idx, width);
+            let (sb, db) = (gpu.upload("src", &src).unwrap(), gpu.upload("dst", &before).unwrap());
+            let ib = gpu.storage("idx", bytemuck::cast_slice(&idx)).unwrap();
+            let mut rec = Recorder::new(&gpu);
+            k.scatter(&mut rec, &sb, src_off, &db, &ib, rows, width).unwrap();
+            rec.submit();
+            assert_eq!(gpu.read_f32(&db, want.len()).unwrap(), want, "{rows} rows of {width}");
         }
     }
 }

@@ -90,7 +90,7 @@ mod tests {
             .map(|_| {
                 s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 let r = (s >> 33) as usize;
-                (if skew && r % 4 != 0 { r % 3.min(experts) } else { r % experts }) as u32
+                (if skew && !r.is_multiple_of(4) { r % 3.min(experts) } else { r % experts }) as u32
             })
             .collect()
     }

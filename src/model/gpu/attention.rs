@@ -1,6 +1,7 @@
 //! The attention block of a layer on the GPU backend: grouped-query attention (Mixtral,
-//! Qwen, OLMoE) or latent attention (DeepSeek, Kimi), each sequence of a batch over its
-//! own cache, the output projection added to the residual stream.
+//! Qwen, OLMoE) or latent attention (DeepSeek, Kimi), every token of a batch over its own
+//! sequence's pages of the key/value pool in one dispatch, the output projection added to
+//! the residual stream.
 //!
 //! Latent attention follows the CPU backend's absorbed form
 //! ([`crate::model::attention`]): each position caches one row of `kv_lora + rope` values
@@ -11,8 +12,9 @@
 //! its slice of `wv_b`. The per-head products are stacks of `n_head` matrices run as one
 //! indexed product (as routed experts are), the head ids in a buffer made once per step.
 
+use super::cache::{KvPool, PAGE};
 use super::{GpuKvCache, GpuModel, Vector};
-use crate::compute::gpu::attention::Shape;
+use crate::compute::gpu::attention::{PageTables, Paging, Shape};
 use crate::compute::gpu::copy_rows::Rows;
 use crate::compute::gpu::kernel::MAX_GROUPS;
 use crate::compute::gpu::matrix::{Experts, GpuMatrix};
@@ -21,7 +23,7 @@ use crate::compute::gpu::Gpu;
 use crate::model::config::Config;
 use crate::model::rope::Rotation;
 use crate::model::weights::Attention;
-use crate::Result;
+use crate::{Error, Result};
 
 /// A layer's attention weights on the device.
 pub(super) enum LayerAttention {
@@ -109,16 +111,70 @@ pub(super) fn cache_widths(cfg: &Config) -> (usize, usize) {
 }
 
 /// What a layer's attention needs of the step beside its weights.
-pub(super) struct StepInputs<'s, 'c> {
-    /// Each sequence's new tokens and cache.
-    pub seqs: &'s [(&'s [u32], &'c GpuKvCache, crate::model::Logits)],
+pub(super) struct StepInputs<'s> {
     /// Every row's rotation, and their table on the device.
     pub rot: &'s [Rotation],
     pub cs: &'s wgpu::Buffer,
-    /// Attention scores' scratch, large enough for any one sequence.
+    /// Attention scores' scratch, large enough for any one of `batches`.
     pub scratch: &'s wgpu::Buffer,
     /// For latent attention: `i % n_head` for each (token, head) row of one product.
     pub head_ids: Option<&'s wgpu::Buffer>,
+    /// The key/value pool.
+    pub kv: &'s KvPool,
+    /// The step's sequences in groups whose attention runs as one dispatch.
+    pub batches: &'s [AttentionBatch],
+    /// Each new token's cache row (u32), where its keys and values go.
+    pub cache_rows: &'s wgpu::Buffer,
+}
+
+/// Consecutive sequences of a step whose tokens attend in one dispatch: their page tables
+/// and rows on the device ([`Paging`]).
+pub(super) struct AttentionBatch {
+    rows: wgpu::Buffer,
+    pages: wgpu::Buffer,
+    row0: usize,
+    n: usize,
+    /// Scratch floats the batch's scores take.
+    pub scores: usize,
+}
+
+impl AttentionBatch {
+    fn paging(&self) -> Paging<'_> {
+        Paging { rows: &self.rows, pages: &self.pages, n: self.n, row0: self.row0, scores: self.scores, page: PAGE }
+    }
+}
+
+/// The step's sequences (tokens, cache with its pages for the new positions) in as few
+/// attention batches as keep each batch's scores (`heads` rows per token over the
+/// positions it sees) within the device's largest buffer, `max_bytes`.
+pub(super) fn attention_batches(rec: &mut Recorder, seqs: &[(&[u32], &GpuKvCache, crate::model::Logits)], heads: usize, max_bytes: u64) -> Result<Vec<AttentionBatch>> {
+    let scores_of = |t: usize, len: usize| heads * (len * t + t * (t + 1) / 2);
+    let mut out = Vec::new();
+    let (mut first, mut row0, mut rows, mut scores) = (0, 0, 0, 0);
+    let mut flush = |upto: usize, first: usize, row0: usize, rows: usize, scores: usize| -> Result<()> {
+        if upto == first {
+            return Ok(());
+        }
+        let tables: Vec<(&[u32], usize, usize)> = seqs[first..upto].iter().map(|(t, c, _)| (&c.pages[..], c.len, t.len())).collect();
+        let pt = PageTables::new(&tables, heads);
+        debug_assert_eq!(pt.scores, scores);
+        out.push(AttentionBatch { rows: rec.gpu().storage("attention rows", bytemuck::cast_slice(&pt.rows))?, pages: rec.gpu().storage("page tables", bytemuck::cast_slice(&pt.pages))?, row0, n: rows, scores });
+        Ok(())
+    };
+    for (i, (t, c, _)) in seqs.iter().enumerate() {
+        let s = scores_of(t.len(), c.len);
+        if s as u64 * 4 > max_bytes {
+            return Err(Error::Invalid(format!("attention scores of {} bytes for one sequence's chunk exceed the device's largest buffer ({max_bytes} bytes): feed fewer tokens per step", s * 4)));
+        }
+        if (scores + s) as u64 * 4 > max_bytes {
+            flush(i, first, row0, rows, scores)?;
+            (first, row0, rows, scores) = (i, row0 + rows, 0, 0);
+        }
+        rows += t.len();
+        scores += s;
+    }
+    flush(seqs.len(), first, row0, rows, scores)?;
+    Ok(out)
 }
 
 /// Tokens per indexed per-head product (its output row groups are one dispatch
@@ -132,7 +188,7 @@ impl<'a> GpuModel<'a> {
     /// one after another), appending each sequence's keys and values to its cache, and
     /// adds the output projection into the residual stream `x`.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn record_attention(&self, rec: &mut Recorder, l: usize, attn: &LayerAttention, h: &wgpu::Buffer, x: &wgpu::Buffer, n: usize, step: &StepInputs) -> Result<()> {
+    pub(super) fn record_attention(&self, rec: &mut Recorder, l: usize, attn: &LayerAttention, h: &wgpu::Buffer, x: &wgpu::Buffer, n: usize, step: &StepInputs<'_>) -> Result<()> {
         let cfg: &Config = &self.model.config;
         let nh = cfg.n_head;
         match attn {
@@ -151,23 +207,21 @@ impl<'a> GpuModel<'a> {
                     self.norm(rec, &kb, g, n * nkv * hd)?;
                 }
                 self.k.rope.record_pair(rec, (&q, nh), (&kb, nkv), step.cs, step.rot, hd)?;
-                // each sequence's new keys and values join its cache, and its tokens
-                // attend over it
+                // the new keys and values join their sequences' pages, and every token
+                // attends over its own sequence's positions
+                let (kc, vc) = (&step.kv.k[l], &step.kv.v[l]);
+                if step.kv.half {
+                    // rounded to f16 as the CPU's f16 cache rounds them
+                    self.k.half.scatter(rec, &kb, 0, kc, step.cache_rows, n, nkv * hd)?;
+                    self.k.half.scatter(rec, &vb, 0, vc, step.cache_rows, n, nkv * hdv)?;
+                } else {
+                    self.k.copy.scatter(rec, &kb, 0, kc, step.cache_rows, n, nkv * hd)?;
+                    self.k.copy.scatter(rec, &vb, 0, vc, step.cache_rows, n, nkv * hdv)?;
+                }
                 let att = rec.output("attended", n * nh * hdv);
-                let mut row0 = 0;
-                for (tokens, cache, _) in step.seqs {
-                    let (m, pos0) = (tokens.len(), cache.len);
-                    if cache.half {
-                        // rounded to f16 as the CPU's f16 cache rounds them
-                        self.k.half.record(rec, &kb, row0 * nkv * hd, &cache.k[l], pos0 * nkv * hd / 2, m * nkv * hd)?;
-                        self.k.half.record(rec, &vb, row0 * nkv * hdv, &cache.v[l], pos0 * nkv * hdv / 2, m * nkv * hdv)?;
-                    } else {
-                        rec.copy(&kb, (row0 * nkv * hd * 4) as u64, &cache.k[l], (pos0 * nkv * hd * 4) as u64, (m * nkv * hd * 4) as u64);
-                        rec.copy(&vb, (row0 * nkv * hdv * 4) as u64, &cache.v[l], (pos0 * nkv * hdv * 4) as u64, (m * nkv * hdv * 4) as u64);
-                    }
-                    let shape = Shape { n: m, heads: nh, kv_heads: nkv, head_dim: hd, value_dim: hdv, pos0, scale: cfg.kq_scale, row0, value_stride: nkv * hdv, half: cache.half };
-                    self.k.attn.record(rec, shape, &q, &cache.k[l], &cache.v[l], step.scratch, &att)?;
-                    row0 += m;
+                let shape = Shape { heads: nh, kv_heads: nkv, head_dim: hd, value_dim: hdv, scale: cfg.kq_scale, value_stride: nkv * hdv, half: step.kv.half };
+                for b in step.batches {
+                    self.k.attn.record(rec, shape, &b.paging(), &q, kc, vc, step.scratch, &att)?;
                 }
                 wo.record_add(rec, &att, x, n)
             }
@@ -207,16 +261,14 @@ impl<'a> GpuModel<'a> {
                 let ql = rec.output("latent queries", n * nh * width);
                 copy.record(rec, &absorbed, Rows::new(0, lora), &ql, Rows::new(0, width), n * nh, lora)?;
                 copy.record(rec, &qpe, Rows::new(0, rope), &ql, Rows::new(lora, width), n * nh, rope)?;
-                // each sequence's rows join its cache; its tokens attend over the cached
-                // rows, keys and (their first kv_lora values) values alike
+                // the rows join their sequences' pages; every token attends over its own
+                // sequence's cached rows, keys and (their first kv_lora values) values alike
+                let kc = &step.kv.k[l];
+                copy.scatter(rec, &c, 0, kc, step.cache_rows, n, width)?;
                 let att = rec.output("attended", n * nh * lora);
-                let mut row0 = 0;
-                for (tokens, cache, _) in step.seqs {
-                    let (m, pos0) = (tokens.len(), cache.len);
-                    rec.copy(&c, (row0 * width * 4) as u64, &cache.k[l], (pos0 * width * 4) as u64, (m * width * 4) as u64);
-                    let shape = Shape { n: m, heads: nh, kv_heads: 1, head_dim: width, value_dim: lora, pos0, scale: cfg.kq_scale, row0, value_stride: width, half: false };
-                    self.k.attn.record(rec, shape, &ql, &cache.k[l], &cache.k[l], step.scratch, &att)?;
-                    row0 += m;
+                let shape = Shape { heads: nh, kv_heads: 1, head_dim: width, value_dim: lora, scale: cfg.kq_scale, value_stride: width, half: false };
+                for b in step.batches {
+                    self.k.attn.record(rec, shape, &b.paging(), &ql, kc, kc, step.scratch, &att)?;
                 }
                 // out of the compressed space, head by head: n × heads × v_dim
                 let o = self.per_head(rec, wv_b, &att, n, ids)?;

@@ -1,23 +1,73 @@
-//! Each sequence's keys and values on the device ([`GpuKvCache`]): one pair of buffers
-//! per layer (latent attention: one compressed row per position, no values), f32 or
-//! packed f16, starting small and doubling as the sequence grows.
+//! Keys and values on the device: one pool per model ([`KvPool`]), a pair of buffers per
+//! layer (latent attention: one compressed row per position, no values) in pages of
+//! [`PAGE`] positions, f32 or packed f16; each sequence's cache ([`GpuKvCache`]) is a list
+//! of pages. With every sequence's positions in the same buffers, one attention dispatch
+//! per layer serves a whole batch of sessions (and one scatter per layer writes their new
+//! keys and values), where a buffer per sequence needed a dispatch per sequence and layer.
+//! The pool doubles when it runs out of pages; pages come back when a cache is dropped.
+
+use std::sync::{Arc, Mutex};
 
 use super::attention::cache_widths;
 use super::GpuModel;
 use crate::compute::gpu::recorder::Recorder;
+use crate::compute::gpu::Gpu;
+use crate::{Error, Result};
 
-/// One sequence's keys and values in device buffers, one pair per layer, for up to
-/// `max_len` positions; the buffers start small and double as the sequence grows, so a
+/// Positions per page.
+pub(super) const PAGE: usize = 16;
+
+/// Pages a new pool starts with (it doubles from there).
+const FIRST_PAGES: usize = 64;
+
+/// Free pages, shared by the pool and the caches that return pages to it.
+type FreePages = Arc<Mutex<Vec<u32>>>;
+
+/// One sequence's keys and values: the pool pages holding its positions in order, for up
+/// to `max_len` positions. Its pages go back to the pool when it is dropped, so a
 /// server's sessions hold device memory for what they use, not for their whole context.
 pub struct GpuKvCache {
-    pub(super) k: Vec<wgpu::Buffer>,
-    pub(super) v: Vec<wgpu::Buffer>,
+    pub(super) pages: Vec<u32>,
     pub(super) len: usize,
     pub(super) max_len: usize,
-    /// Positions the buffers hold.
-    room: usize,
+    free: FreePages,
+}
+
+impl GpuKvCache {
+    /// Positions already processed.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no position has been processed yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The cache row of position `s` in the pool's buffers.
+    pub(super) fn row(&self, s: usize) -> u32 {
+        self.pages[s / PAGE] * PAGE as u32 + (s % PAGE) as u32
+    }
+}
+
+impl Drop for GpuKvCache {
+    fn drop(&mut self) {
+        self.free.lock().unwrap_or_else(|p| p.into_inner()).append(&mut self.pages);
+    }
+}
+
+/// The device buffers every [`GpuKvCache`] of a model lives in.
+pub(super) struct KvPool {
+    /// Per layer: `pages × PAGE` rows of keys (and of values), f32 or packed f16 pairs.
+    pub(super) k: Vec<wgpu::Buffer>,
+    pub(super) v: Vec<wgpu::Buffer>,
+    /// Pages the buffers hold.
+    pages: usize,
+    free: FreePages,
     /// Keys and values are f16, two to a word (else f32).
     pub(super) half: bool,
+    /// Values per row: keys, values.
+    widths: (usize, usize),
 }
 
 /// Words (f32 values, or f16 pairs) that hold `values` cached values.
@@ -29,18 +79,66 @@ fn cache_words(values: usize, half: bool) -> usize {
     }
 }
 
-/// Positions a new [`GpuKvCache`] has room for (it grows from there).
-const FIRST_CACHE_ROOM: usize = 256;
-
-impl GpuKvCache {
-    /// Positions already processed.
-    pub fn len(&self) -> usize {
-        self.len
+impl KvPool {
+    /// An empty pool for `layers` layers of rows `widths` values wide.
+    pub(super) fn new(gpu: &Gpu, layers: usize, widths: (usize, usize), half: bool) -> KvPool {
+        let mut pool = KvPool { k: Vec::new(), v: Vec::new(), pages: 0, free: Arc::default(), half, widths };
+        pool.k = (0..layers).map(|_| gpu.output("k cache", 1)).collect();
+        pool.v = (0..layers).map(|_| gpu.output("v cache", 1)).collect();
+        pool
     }
 
-    /// Whether no position has been processed yet.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
+    /// Makes at least `need` pages free: new buffers of twice the pages (or more), the
+    /// pages held copied over by `rec`. Whether it grew.
+    fn reserve(&mut self, gpu: &Gpu, rec: &mut Recorder, need: usize) -> Result<bool> {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        if free.len() >= need {
+            return Ok(false);
+        }
+        let pages = (2 * self.pages).max(FIRST_PAGES).max(self.pages + need - free.len());
+        let (kw, vw) = self.widths;
+        let bytes = (cache_words(pages * PAGE * kw.max(vw), self.half) * 4) as u64;
+        if bytes > gpu.max_storage_bytes() {
+            return Err(Error::Invalid(format!(
+                "the device key/value cache would need {bytes} bytes per layer for {} positions, more than the device's largest buffer ({} bytes): fewer sessions or shorter contexts",
+                pages * PAGE,
+                gpu.max_storage_bytes()
+            )));
+        }
+        for (bufs, width, label) in [(&mut self.k, kw, "k cache"), (&mut self.v, vw, "v cache")] {
+            for b in bufs.iter_mut() {
+                let grown = gpu.output(label, cache_words(pages * PAGE * width, self.half));
+                let held = cache_words(self.pages * PAGE * width, self.half);
+                if held > 0 {
+                    rec.copy(b, 0, &grown, 0, (held * 4) as u64);
+                }
+                *b = grown;
+            }
+        }
+        free.extend((self.pages as u32..pages as u32).rev());
+        self.pages = pages;
+        Ok(true)
+    }
+
+    /// Gives each cache the pages its next positions need (`(cache, new positions)`),
+    /// growing the pool first if it must (its copy recorded in `rec`). Whether it grew.
+    pub(super) fn allocate(&mut self, gpu: &Gpu, rec: &mut Recorder, caches: &mut [(&mut GpuKvCache, usize)]) -> Result<bool> {
+        let want = |c: &GpuKvCache, n: usize| (c.len + n).div_ceil(PAGE).saturating_sub(c.pages.len());
+        let need: usize = caches.iter().map(|(c, n)| want(c, *n)).sum();
+        let grew = self.reserve(gpu, rec, need)?;
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        for (c, n) in caches.iter_mut() {
+            let k = want(c, *n);
+            let at = free.len() - k;
+            c.pages.extend(free.drain(at..).rev());
+        }
+        Ok(grew)
+    }
+
+    /// Bytes the pool's buffers take on the device.
+    pub(super) fn device_bytes(&self) -> u64 {
+        let (kw, vw) = self.widths;
+        (self.k.len() * cache_words(self.pages * PAGE * kw, self.half) * 4 + self.v.len() * cache_words(self.pages * PAGE * vw, self.half) * 4) as u64
     }
 }
 
@@ -62,43 +160,16 @@ impl<'a> GpuModel<'a> {
         (self.layers.len() * (kw + vw) * bytes) as u64
     }
 
-    /// An empty cache for one sequence of at most `max_len` positions.
+    /// Bytes of device memory the key/value pool holds now (every cache's pages, used or
+    /// free).
+    pub fn kv_device_bytes(&self) -> u64 {
+        self.kv.lock().unwrap_or_else(|p| p.into_inner()).device_bytes()
+    }
+
+    /// An empty cache for one sequence of at most `max_len` positions (pages are taken
+    /// from the model's pool as it grows).
     pub fn new_cache(&self, max_len: usize) -> GpuKvCache {
-        let (kw, vw) = cache_widths(&self.model.config);
-        let n = self.layers.len();
-        let room = max_len.clamp(1, FIRST_CACHE_ROOM);
-        let half = self.half_cache();
-        GpuKvCache {
-            k: (0..n).map(|_| self.gpu.output("k cache", cache_words(room * kw, half))).collect(),
-            v: (0..n).map(|_| self.gpu.output("v cache", cache_words(room * vw, half))).collect(),
-            len: 0,
-            max_len,
-            room,
-            half,
-        }
+        let free = self.kv.lock().unwrap_or_else(|p| p.into_inner()).free.clone();
+        GpuKvCache { pages: Vec::new(), len: 0, max_len, free }
     }
-
-    /// Makes `cache` hold at least `len` positions (up to its limit): new buffers of
-    /// twice the room (or `len`), the cached positions copied over by `rec`. Whether it
-    /// grew.
-    pub(super) fn reserve(&self, rec: &mut Recorder, cache: &mut GpuKvCache, len: usize) -> bool {
-        if len <= cache.room {
-            return false;
-        }
-        let (kw, vw) = cache_widths(&self.model.config);
-        let room = (2 * cache.room).max(len).min(cache.max_len.max(len));
-        for (bufs, width, label) in [(&mut cache.k, kw, "k cache"), (&mut cache.v, vw, "v cache")] {
-            for b in bufs.iter_mut() {
-                let grown = self.gpu.output(label, cache_words(room * width, cache.half));
-                let held = cache_words(cache.len * width, cache.half);
-                if held > 0 {
-                    rec.copy(b, 0, &grown, 0, (held * 4) as u64);
-                }
-                *b = grown;
-            }
-        }
-        cache.room = room;
-        true
-    }
-
 }

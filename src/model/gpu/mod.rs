@@ -1,5 +1,5 @@
 //! The forward pass on the GPU backend: the model's non-expert weights resident on the
-//! device ([`GpuModel`]), a KV cache per sequence in device buffers ([`GpuKvCache`]), and
+//! device ([`GpuModel`]), a KV cache per sequence in pages of a device pool ([`GpuKvCache`]), and
 //! a pass that appends tokens to one or several sequences' caches and returns logits — for
 //! `odmoe logits --backend gpu` (every position of one prompt), `odmoe generate --backend
 //! gpu` (prefill, then one token at a time) and the server's batched steps
@@ -124,6 +124,8 @@ pub struct GpuModel<'a> {
     layers_per_submit: std::sync::atomic::AtomicUsize,
     /// Tokens per indexed per-head product of latent attention.
     head_product_tokens: std::sync::atomic::AtomicUsize,
+    /// Every sequence's keys and values, in pages.
+    kv: std::sync::Mutex<cache::KvPool>,
 }
 
 /// Layers recorded per submission within a pass, by default
@@ -178,7 +180,10 @@ impl<'a> GpuModel<'a> {
         }
         let moe_layers = w.layers.iter().filter(|l| matches!(l.ffn, Ffn::Moe { .. })).count();
         let experts = DeviceExperts::new(budget, moe_layers);
-        let mut g = GpuModel { model, gpu, k, layers, output_norm: Vector::new(gpu, &w.output_norm)?, output: GpuMatrix::new(gpu, &w.output)?, experts, ws: Default::default(), profiling: Default::default(), profile: Default::default(), layers_per_submit: SUBMIT_EVERY.into(), head_product_tokens: attention::tokens_per_head_product(cfg).into() };
+        let (kw, vw) = attention::cache_widths(cfg);
+        let half = model.kv_type() == crate::model::KvType::F16 && cfg.mla.is_none() && kw % 2 == 0 && vw % 2 == 0;
+        let kv = cache::KvPool::new(gpu, layers.len(), (kw, vw), half).into();
+        let mut g = GpuModel { model, gpu, k, layers, output_norm: Vector::new(gpu, &w.output_norm)?, output: GpuMatrix::new(gpu, &w.output)?, experts, ws: Default::default(), profiling: Default::default(), profile: Default::default(), layers_per_submit: SUBMIT_EVERY.into(), head_product_tokens: attention::tokens_per_head_product(cfg).into(), kv };
         if g.all_expert_bytes()? <= budget {
             g.upload_all_experts()?;
         }
@@ -339,7 +344,7 @@ impl<'a> GpuModel<'a> {
 
     /// One pass over several sequences at once (continuous batching, as
     /// [`Model::forward_batch`] on the CPU): every sequence's new tokens are rows of the
-    /// same matrix products, attention runs per sequence over its own cache, and each
+    /// same matrix products, attention runs each token over its own sequence's cache, and each
     /// sequence gets the logits it asks for. A sequence's results do not depend on the
     /// others in the batch. On error no cache has changed.
     pub fn forward_batch(&self, seqs: &mut [GpuSequence<'_>]) -> Result<Vec<Vec<f32>>> {
@@ -361,18 +366,25 @@ impl<'a> GpuModel<'a> {
         }
         let mut ws = self.ws.lock().unwrap_or_else(|p| p.into_inner());
         let mut rec = Recorder::with_workspace(gpu, &mut ws);
-        // room for the new positions first: a cache that grows is copied into its new
+        // pages for the new positions first: a pool that grows is copied into its new
         // buffers, submitted at once so that a pass failing later loses nothing
-        let mut grew = false;
-        for s in seqs.iter_mut() {
-            grew |= self.reserve(&mut rec, s.cache, s.cache.len + s.tokens.len());
-        }
-        if grew {
-            rec.submit();
+        let mut kv = self.kv.lock().unwrap_or_else(|p| p.into_inner());
+        let mut wanted: Vec<(&mut GpuKvCache, usize)> = seqs.iter_mut().map(|s| (&mut *s.cache, s.tokens.len())).collect();
+        let grew = kv.allocate(gpu, &mut rec, &mut wanted);
+        drop(wanted);
+        match grew {
+            Ok(true) => rec.submit(),
+            Ok(false) => {}
+            Err(e) => {
+                drop((kv, rec));
+                ws.recycle();
+                return Err(e);
+            }
         }
         let profiling = self.profiling.load(std::sync::atomic::Ordering::Relaxed) && rec.start_profile();
         let parts: Vec<(&[u32], &GpuKvCache, Logits)> = seqs.iter().map(|s| (s.tokens, &*s.cache, s.logits)).collect();
-        let mut result = self.record_batch(&mut rec, &parts);
+        let mut result = self.record_batch(&mut rec, &kv, &parts);
+        drop(kv);
         if profiling && result.is_ok() {
             match rec.finish_profile() {
                 Ok(report) => *self.profile.lock().unwrap_or_else(|p| p.into_inner()) = report,
@@ -391,7 +403,7 @@ impl<'a> GpuModel<'a> {
 
     /// Records (and submits) the pass of [`GpuModel::forward_batch`] over `seqs` (tokens,
     /// cache, logits wanted), leaving the caches' lengths alone.
-    fn record_batch(&self, rec: &mut Recorder, seqs: &[(&[u32], &GpuKvCache, Logits)]) -> Result<Vec<Vec<f32>>> {
+    fn record_batch(&self, rec: &mut Recorder, kv: &cache::KvPool, seqs: &[(&[u32], &GpuKvCache, Logits)]) -> Result<Vec<Vec<f32>>> {
         let cfg: &Config = &self.model.config;
         let d = cfg.n_embd;
         let n: usize = seqs.iter().map(|s| s.0.len()).sum();
@@ -406,13 +418,12 @@ impl<'a> GpuModel<'a> {
         let x = rec.upload("x", &xh)?;
         let cs = rec.upload("rope", &Rope::table(&rot))?;
         let nh = cfg.n_head;
-        // one scratch serves every sequence's attention in turn
-        let scratch_len = seqs.iter().map(|(t, c, _)| t.len() * nh * (c.len + t.len()).next_multiple_of(256)).max().unwrap_or(0);
-        let max_bytes = self.gpu.max_storage_bytes();
-        if scratch_len as u64 * 4 > max_bytes {
-            return Err(Error::Invalid(format!("attention scores of {} bytes for one sequence's chunk exceed the device's largest buffer ({max_bytes} bytes): feed fewer tokens per step", scratch_len * 4)));
-        }
-        let scratch = rec.output("scores", scratch_len);
+        let batches = attention::attention_batches(rec, seqs, nh, self.gpu.max_storage_bytes())?;
+        // one scratch serves every attention batch in turn
+        let scratch = rec.output("scores", batches.iter().map(|b| b.scores).max().unwrap_or(0));
+        // each new position's cache row, for the scatter of its keys and values
+        let rows: Vec<u32> = seqs.iter().flat_map(|(t, c, _)| (c.len..c.len + t.len()).map(|s| c.row(s))).collect();
+        let cache_rows = self.gpu.storage("cache rows", bytemuck::cast_slice(&rows))?;
         // latent attention's per-head products: row i uses head i mod n_head
         let head_ids = match cfg.mla {
             Some(_) => {
@@ -422,7 +433,7 @@ impl<'a> GpuModel<'a> {
             }
             None => None,
         };
-        let step = StepInputs { seqs, rot: &rot, cs: &cs, scratch: &scratch, head_ids: head_ids.as_ref() };
+        let step = StepInputs { rot: &rot, cs: &cs, scratch: &scratch, head_ids: head_ids.as_ref(), kv, batches: &batches, cache_rows: &cache_rows };
 
         for (l, layer) in self.layers.iter().enumerate() {
             let h = self.normed(rec, &x, &layer.attn_norm, n * d)?;
