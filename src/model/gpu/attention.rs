@@ -158,7 +158,9 @@ pub(super) fn attention_batches(rec: &mut Recorder, seqs: &[(&[u32], &GpuKvCache
         let tables: Vec<(&[u32], usize, usize)> = seqs[first..upto].iter().map(|(t, c, _)| (&c.pages[..], c.len, t.len())).collect();
         let pt = PageTables::new(&tables, heads);
         debug_assert_eq!(pt.scores, scores);
-        out.push(AttentionBatch { rows: rec.gpu().storage("attention rows", bytemuck::cast_slice(&pt.rows))?, pages: rec.gpu().storage("page tables", bytemuck::cast_slice(&pt.pages))?, row0, n: rows, scores });
+        // (u32 words, uploaded as f32 bits into the workspace's buffers)
+        let (rows_buf, pages) = (rec.upload("attention rows", bytemuck::cast_slice(&pt.rows))?, rec.upload("page tables", bytemuck::cast_slice(&pt.pages))?);
+        out.push(AttentionBatch { rows: rows_buf, pages, row0, n: rows, scores });
         Ok(())
     };
     for (i, (t, c, _)) in seqs.iter().enumerate() {

@@ -423,7 +423,7 @@ impl<'a> GpuModel<'a> {
         let scratch = rec.output("scores", batches.iter().map(|b| b.scores).max().unwrap_or(0));
         // each new position's cache row, for the scatter of its keys and values
         let rows: Vec<u32> = seqs.iter().flat_map(|(t, c, _)| (c.len..c.len + t.len()).map(|s| c.row(s))).collect();
-        let cache_rows = self.gpu.storage("cache rows", bytemuck::cast_slice(&rows))?;
+        let cache_rows = rec.upload("cache rows", bytemuck::cast_slice(&rows))?;
         // latent attention's per-head products: row i uses head i mod n_head
         let head_ids = match cfg.mla {
             Some(_) => {
