@@ -7,7 +7,9 @@
 //! fastest round: on a shared machine the slow rounds measure the neighbours.
 //! `ODMOE_BENCH_LEVELS=16` (comma-separated) runs only the levels named, for profiling;
 //! `ODMOE_BENCH_MODEL=PATH` runs another model, `ODMOE_BENCH_STEPS` sets the steps per
-//! round (256), `ODMOE_BENCH_KV=f16` keeps the caches in f16.
+//! round (256), `ODMOE_BENCH_KV=f16` keeps the caches in f16. `ODMOE_BENCH_BACKEND=gpu`
+//! runs the GPU backend's batched pass instead (`GpuModel::forward_batch`, every expert
+//! resident where the device holds them; on lavapipe the figures only show it runs).
 
 use odmoe::model::{Logits, Model, Sequence};
 
@@ -24,20 +26,26 @@ fn main() {
         Ok(v) => v.split(',').map(|l| l.trim().parse().expect("ODMOE_BENCH_LEVELS: numbers")).collect(),
         Err(_) => vec![1, 4, 16, 64],
     };
+    let vocab = m.config().n_vocab;
+    let token = move |s: usize, i: usize| [((s * 7 + i * 13) % 4000 % vocab) as u32];
     let mut best = vec![f64::INFINITY; levels.len()];
-    for _ in 0..reps {
-        for (li, &n) in levels.iter().enumerate() {
-            let mut caches: Vec<_> = (0..n).map(|_| m.new_cache(steps + 2)).collect();
-            for (i, c) in caches.iter_mut().enumerate() {
-                m.forward(&[1, 10 + i as u32], c, Logits::Last).unwrap();
+    if std::env::var("ODMOE_BENCH_BACKEND").is_ok_and(|v| v == "gpu") {
+        gpu_levels(&m, &levels, steps, reps, &token, &mut best);
+    } else {
+        for _ in 0..reps {
+            for (li, &n) in levels.iter().enumerate() {
+                let mut caches: Vec<_> = (0..n).map(|_| m.new_cache(steps + 2)).collect();
+                for (i, c) in caches.iter_mut().enumerate() {
+                    m.forward(&[1, (10 + i) as u32 % vocab as u32], c, Logits::Last).unwrap();
+                }
+                let t = std::time::Instant::now();
+                for s in 0..steps {
+                    let toks: Vec<[u32; 1]> = (0..n).map(|i| token(s, i)).collect();
+                    let mut seqs: Vec<Sequence> = caches.iter_mut().zip(&toks).map(|(c, t)| Sequence { tokens: t, cache: c, logits: Logits::Last }).collect();
+                    m.forward_batch(&mut seqs).unwrap();
+                }
+                best[li] = best[li].min(t.elapsed().as_secs_f64() / steps as f64);
             }
-            let t = std::time::Instant::now();
-            for s in 0..steps {
-                let toks: Vec<[u32; 1]> = (0..n).map(|i| [((s * 7 + i * 13) % 4000) as u32]).collect();
-                let mut seqs: Vec<Sequence> = caches.iter_mut().zip(&toks).map(|(c, t)| Sequence { tokens: t, cache: c, logits: Logits::Last }).collect();
-                m.forward_batch(&mut seqs).unwrap();
-            }
-            best[li] = best[li].min(t.elapsed().as_secs_f64() / steps as f64);
         }
     }
     for (li, &n) in levels.iter().enumerate() {
@@ -45,4 +53,35 @@ fn main() {
         let vs = if levels[0] == 1 { format!(", {:.2}x one sequence", rate * best[0]) } else { String::new() };
         println!("{n:>3} sequences: {:.3} ms/step, {rate:.0} tokens/s{vs}", best[li] * 1e3);
     }
+}
+
+/// The levels on the GPU backend, every expert resident if the device takes them.
+#[cfg(feature = "gpu")]
+fn gpu_levels(m: &Model, levels: &[usize], steps: usize, reps: usize, token: &dyn Fn(usize, usize) -> [u32; 1], best: &mut [f64]) {
+    use odmoe::model::{GpuModel, GpuSequence};
+    let gpu = odmoe::compute::gpu::Gpu::open().expect("opening the GPU").expect("no GPU adapter");
+    println!("adapter: {}", gpu.describe());
+    let g = GpuModel::with_expert_budget(m, &gpu, u64::MAX).unwrap();
+    println!("experts resident: {}", g.experts_resident());
+    let vocab = m.config().n_vocab as u32;
+    for _ in 0..reps {
+        for (li, &n) in levels.iter().enumerate() {
+            let mut caches: Vec<_> = (0..n).map(|_| g.new_cache(steps + 2)).collect();
+            for (i, c) in caches.iter_mut().enumerate() {
+                g.forward(&[1, (10 + i as u32) % vocab], c, Logits::Last).unwrap();
+            }
+            let t = std::time::Instant::now();
+            for s in 0..steps {
+                let toks: Vec<[u32; 1]> = (0..n).map(|i| token(s, i)).collect();
+                let mut seqs: Vec<GpuSequence> = caches.iter_mut().zip(&toks).map(|(c, t)| GpuSequence { tokens: t, cache: c, logits: Logits::Last }).collect();
+                g.forward_batch(&mut seqs).unwrap();
+            }
+            best[li] = best[li].min(t.elapsed().as_secs_f64() / steps as f64);
+        }
+    }
+}
+
+#[cfg(not(feature = "gpu"))]
+fn gpu_levels(_: &Model, _: &[usize], _: usize, _: usize, _: &dyn Fn(usize, usize) -> [u32; 1], _: &mut [f64]) {
+    panic!("built without the gpu feature");
 }

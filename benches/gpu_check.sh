@@ -1,15 +1,16 @@
 #!/bin/bash
 # GPU check for a machine with a real GPU and a Vulkan driver: the GPU unit and
 # integration tests, the GEMV bandwidth bench, the demo model on `--backend auto` against
-# the CPU, and the synthetic Qwen3-30B-A3B-shaped decode with every expert resident.
+# the CPU, the synthetic Qwen3-30B-A3B-shaped decode with every expert resident, and
+# batched decode steps of that model on the device.
 #
 # It runs prebuilt, stripped binaries from BIN (default .gl/bin, gzipped), so the GPU
 # machine needs no toolchain. Prepare them here with
 #   cargo build --release && cargo test --release --no-run && \
-#   cargo bench --no-run --bench gpu_gemv --bench overbudget
+#   cargo bench --no-run --bench gpu_gemv --bench overbudget --bench batch_step
 # then strip the odmoe binary, the library's unit-test binary (target/release/deps/odmoe-*
 # holding the compute::gpu tests), tests gpu_logits, gpu_matrices, actors' gpu_generate and
-# the benches gpu_gemv and overbudget into BIN as NAME.gz (gpu_generate expects odmoe at
+# the benches gpu_gemv, overbudget and batch_step into BIN as NAME.gz (gpu_generate expects odmoe at
 # target/release/odmoe, which this script puts there). Results go to OUT (default /tmp/out).
 # The synthetic model needs ~17 GB of disk and as much GPU memory.
 set -u
@@ -29,7 +30,7 @@ echo "lib gpu tests: $(grep -c 'rc=0' "$OUT"/libtests.txt) passed of $(wc -l < "
 for t in gpu_matrices gpu_logits gpu_generate; do
   timeout 60 /tmp/b/$t > "$OUT/$t.txt" 2>&1; echo "$t rc=$?"; grep -h "panicked\|test result" -A1 "$OUT/$t.txt" | cut -c1-200
 done
-timeout 90 /tmp/b/gpu_gemv > "$OUT"/gemv.txt 2>&1; cat "$OUT"/gemv.txt
+timeout 150 /tmp/b/gpu_gemv > "$OUT"/gemv.txt 2>&1; cat "$OUT"/gemv.txt
 for be in auto cpu; do
   timeout 60 /tmp/b/odmoe generate --backend $be --max-tokens 256 --temperature 0 --prompt "ROMEO:" > "$OUT/generate_$be.txt" 2> "$OUT/generate_$be.err"
   grep "backend:\|generated" "$OUT/generate_$be.err"
@@ -37,3 +38,6 @@ done
 cmp "$OUT"/generate_auto.txt "$OUT"/generate_cpu.txt && echo "demo: same text on both backends"
 wait $gen
 timeout 150 /tmp/b/overbudget gpu /tmp/m.gguf 256 > "$OUT"/decode.txt 2>&1; cat "$OUT"/decode.txt
+# batched decode steps of 1, 16 and 64 sequences on the device (grouped expert products,
+# one attention dispatch per layer for all sequences)
+timeout 150 env ODMOE_BENCH_BACKEND=gpu ODMOE_BENCH_MODEL=/tmp/m.gguf ODMOE_BENCH_LEVELS=1,16,64 ODMOE_BENCH_STEPS=16 ODMOE_BENCH_REPS=1 /tmp/b/batch_step > "$OUT"/batch_gpu.txt 2>&1; cat "$OUT"/batch_gpu.txt
