@@ -16,6 +16,7 @@ use super::cache::{KvPool, PAGE};
 use super::{GpuKvCache, GpuModel, Vector};
 use crate::compute::gpu::attention::{PageTables, Paging, Shape};
 use crate::compute::gpu::copy_rows::Rows;
+use crate::compute::gpu::expert_tiles::{Tiles, TILE, TILE_WORDS};
 use crate::compute::gpu::kernel::MAX_GROUPS;
 use crate::compute::gpu::matrix::{Experts, GpuMatrix};
 use crate::compute::gpu::recorder::Recorder;
@@ -119,6 +120,9 @@ pub(super) struct StepInputs<'s> {
     pub scratch: &'s wgpu::Buffer,
     /// For latent attention: `i % n_head` for each (token, head) row of one product.
     pub head_ids: Option<&'s wgpu::Buffer>,
+    /// Those rows grouped by head ([`head_tiles`]), when the step's products run in one
+    /// piece and have several tokens.
+    pub head_tiles: Option<&'s Tiles>,
     /// The key/value pool.
     pub kv: &'s KvPool,
     /// The step's sequences in groups whose attention runs as one dispatch.
@@ -177,6 +181,26 @@ pub(super) fn attention_batches(rec: &mut Recorder, seqs: &[(&[u32], &GpuKvCache
     }
     flush(seqs.len(), first, row0, rows, scores)?;
     Ok(out)
+}
+
+/// The (token, head) rows `t · heads + h` of `n` tokens grouped by head in tiles of up to
+/// eight (the layout of [`crate::compute::gpu::expert_tiles::expert_tiles`] for ids `i %
+/// heads`, made directly).
+pub(super) fn head_tiles(n: usize, heads: usize) -> Vec<u32> {
+    let mut words = Vec::with_capacity(heads * n.div_ceil(TILE) * TILE_WORDS);
+    for h in 0..heads {
+        for t0 in (0..n).step_by(TILE) {
+            let count = TILE.min(n - t0);
+            let mut tile = [0u32; TILE_WORDS];
+            tile[0] = h as u32;
+            tile[1] = count as u32;
+            for j in 0..count {
+                tile[2 + j] = ((t0 + j) * heads + h) as u32;
+            }
+            words.extend(tile);
+        }
+    }
+    words
 }
 
 /// Tokens per indexed per-head product (its output row groups are one dispatch
@@ -259,7 +283,7 @@ impl<'a> GpuModel<'a> {
                 let qpe = rec.output("query rope", n * nh * rope);
                 copy.record(rec, &q, Rows::new(nope, qw), &qpe, Rows::new(0, rope), n * nh, rope)?;
                 self.k.rope.record(rec, &qpe, step.cs, step.rot, nh, rope)?;
-                let absorbed = self.per_head(rec, wk_b, &qn, n, ids)?;
+                let absorbed = self.per_head(rec, wk_b, &qn, n, ids, step.head_tiles)?;
                 let ql = rec.output("latent queries", n * nh * width);
                 copy.record(rec, &absorbed, Rows::new(0, lora), &ql, Rows::new(0, width), n * nh, lora)?;
                 copy.record(rec, &qpe, Rows::new(0, rope), &ql, Rows::new(lora, width), n * nh, rope)?;
@@ -273,7 +297,7 @@ impl<'a> GpuModel<'a> {
                     self.k.attn.record(rec, shape, &b.paging(), &ql, kc, kc, step.scratch, &att)?;
                 }
                 // out of the compressed space, head by head: n × heads × v_dim
-                let o = self.per_head(rec, wv_b, &att, n, ids)?;
+                let o = self.per_head(rec, wv_b, &att, n, ids, step.head_tiles)?;
                 wo.record_add(rec, &o, x, n)
             }
         }
@@ -282,13 +306,12 @@ impl<'a> GpuModel<'a> {
     /// Head h's matrix of the stack `w` times row (t, h) of `x` (`n` tokens × heads rows),
     /// for every token and head: `n × heads × w.rows()` values. A product takes at most
     /// [`GpuModel::set_head_product_tokens`] tokens; more go through several.
-    fn per_head(&self, rec: &mut Recorder, w: &GpuMatrix, x: &wgpu::Buffer, n: usize, ids: &wgpu::Buffer) -> Result<wgpu::Buffer> {
+    fn per_head(&self, rec: &mut Recorder, w: &GpuMatrix, x: &wgpu::Buffer, n: usize, ids: &wgpu::Buffer, tiles: Option<&Tiles>) -> Result<wgpu::Buffer> {
         let nh = self.model.config.n_head;
         let (cols, rows) = (w.cols(), w.rows());
         let per = self.head_product_tokens.load(std::sync::atomic::Ordering::Relaxed);
-        let heads = Some(Experts { ids, act_div: 1, tiles: None });
         if n <= per {
-            let [y] = self.matmuls(rec, [w], x, n * nh, heads)?;
+            let [y] = self.matmuls(rec, [w], x, n * nh, Some(Experts { ids, act_div: 1, tiles }))?;
             return Ok(y);
         }
         let y = rec.output("per head", n * nh * rows);
@@ -300,5 +323,18 @@ impl<'a> GpuModel<'a> {
             rec.copy(&ys, 0, &y, (t0 * nh * rows * 4) as u64, (m * nh * rows * 4) as u64);
         }
         Ok(y)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_tiles_are_the_grouping_of_the_head_ids() {
+        for (n, heads) in [(2, 3), (9, 4), (17, 1), (8, 128)] {
+            let ids: Vec<u32> = (0..n * heads).map(|i| (i % heads) as u32).collect();
+            assert_eq!(head_tiles(n, heads), crate::compute::gpu::expert_tiles::expert_tiles(&ids), "{n} tokens, {heads} heads");
+        }
     }
 }

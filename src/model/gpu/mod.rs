@@ -34,7 +34,7 @@ use crate::compute::gpu::half_rows::HalfRows;
 use attention::{LayerAttention, StepInputs};
 pub use cache::GpuKvCache;
 use crate::compute::gpu::elementwise::Elementwise;
-use crate::compute::gpu::expert_tiles::ExpertTiles;
+use crate::compute::gpu::expert_tiles::{ExpertTiles, Tiles, TILE_WORDS};
 use crate::compute::gpu::matrix::{Experts, GpuMatrix};
 use crate::compute::gpu::moe_combine::MoeCombine;
 use crate::compute::gpu::quantize::{ActFormat, QuantizedRows};
@@ -425,15 +425,25 @@ impl<'a> GpuModel<'a> {
         let rows: Vec<u32> = seqs.iter().flat_map(|(t, c, _)| (c.len..c.len + t.len()).map(|s| c.row(s))).collect();
         let cache_rows = rec.upload("cache rows", bytemuck::cast_slice(&rows))?;
         // latent attention's per-head products: row i uses head i mod n_head
+        let per = self.head_product_tokens.load(std::sync::atomic::Ordering::Relaxed);
         let head_ids = match cfg.mla {
             Some(_) => {
-                let rows = n.min(self.head_product_tokens.load(std::sync::atomic::Ordering::Relaxed)) * nh;
+                let rows = n.min(per) * nh;
                 let ids: Vec<u32> = (0..rows).map(|i| (i % nh) as u32).collect();
                 Some(self.gpu.storage("head ids", bytemuck::cast_slice(&ids))?)
             }
             None => None,
         };
-        let step = StepInputs { rot: &rot, cs: &cs, scratch: &scratch, head_ids: head_ids.as_ref(), kv, batches: &batches, cache_rows: &cache_rows };
+        // and those rows grouped by head, so a head's matrix is read once for up to eight
+        // tokens (where the products run in one piece)
+        let head_tiles = match cfg.mla {
+            Some(_) if n > 1 && n <= per => {
+                let words = attention::head_tiles(n, nh);
+                Some(Tiles { count: words.len() / TILE_WORDS, buf: rec.upload("head tiles", bytemuck::cast_slice(&words))? })
+            }
+            _ => None,
+        };
+        let step = StepInputs { rot: &rot, cs: &cs, scratch: &scratch, head_ids: head_ids.as_ref(), head_tiles: head_tiles.as_ref(), kv, batches: &batches, cache_rows: &cache_rows };
 
         for (l, layer) in self.layers.iter().enumerate() {
             let h = self.normed(rec, &x, &layer.attn_norm, n * d)?;
