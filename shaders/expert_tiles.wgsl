@@ -41,6 +41,11 @@ fn load_chunk(c0: u32, lid: u32) {
     workgroupBarrier();
 }
 
+// Whether pair id `e` is an expert invocation `lid` owns.
+fn owns(lid: u32, e: u32) -> bool {
+    return e % 256u == lid && e < dims.experts;
+}
+
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32) {
     // pairs per owned expert
@@ -49,9 +54,8 @@ fn main(@builtin(local_invocation_index) lid: u32) {
         load_chunk(c0, lid);
         let m = min(256u, dims.pairs - c0);
         for (var j = 0u; j < m; j++) {
-            let e = chunk[j];
-            if (e % 256u == lid && e < dims.experts) {
-                count[e / 256u] += 1u;
+            if (owns(lid, chunk[j])) {
+                count[chunk[j] / 256u] += 1u;
             }
         }
         workgroupBarrier();
@@ -78,7 +82,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
         let m = min(256u, dims.pairs - c0);
         for (var j = 0u; j < m; j++) {
             let e = chunk[j];
-            if (e % 256u == lid && e < dims.experts) {
+            if (owns(lid, e)) {
                 let i = e / 256u;
                 let k = placed[i];
                 let base = (first_tile[e] + k / TILE) * TILE_WORDS;
