@@ -4,7 +4,8 @@
 //! of pages. With every sequence's positions in the same buffers, one attention dispatch
 //! per layer serves a whole batch of sessions (and one scatter per layer writes their new
 //! keys and values), where a buffer per sequence needed a dispatch per sequence and layer.
-//! The pool doubles when it runs out of pages; pages come back when a cache is dropped.
+//! The pool doubles when it runs out of pages and never shrinks (a server's pool settles
+//! at the size its busiest moment needed); pages come back when a cache is dropped.
 
 use std::sync::{Arc, Mutex};
 
