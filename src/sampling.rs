@@ -173,27 +173,57 @@ impl Sampler {
     }
 }
 
-/// The `k` best finite logits, best first (higher logit, then lower id): one pass that
-/// keeps them sorted, most logits rejected by one comparison with the current k-th.
-/// Returns fewer when fewer are finite.
+/// The `k` best finite logits, best first (higher logit, then lower id). Returns fewer
+/// when fewer are finite.
+///
+/// The finite maxima of `k` or more blocks of the logits are as many distinct logits, so
+/// the `k`-th largest of them is at most the `k`-th best logit: only blocks whose maximum
+/// reaches it can hold one of the best, and in them only logits that reach it. Those few
+/// candidates are sorted. (Keeping the best `k` in order in one pass took about 14 µs for
+/// 4096 logits, most of it shifting the list on inserts; sampling 64 sessions' tokens
+/// takes that 64 times between two steps.)
 fn top_k(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
-    use std::cmp::Ordering;
-    let mut best: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
-    for (i, &l) in logits.iter().enumerate() {
-        if !l.is_finite() {
+    const LANES: usize = 8;
+    if k == 0 || logits.is_empty() {
+        return Vec::new();
+    }
+    let finite = |l: f32| if l.is_finite() { l } else { f32::NEG_INFINITY };
+    let size = logits.len().div_ceil((4 * k).min(logits.len())).next_multiple_of(LANES);
+    // each block's largest finite logit (-inf where none), eight lanes at a time
+    let maxima: Vec<f32> = logits
+        .chunks(size)
+        .map(|block| {
+            let mut lanes = [f32::NEG_INFINITY; LANES];
+            let mut rows = block.chunks_exact(LANES);
+            for row in &mut rows {
+                for (m, &l) in lanes.iter_mut().zip(row) {
+                    let v = finite(l);
+                    *m = if v > *m { v } else { *m };
+                }
+            }
+            rows.remainder().iter().chain(&lanes).fold(f32::NEG_INFINITY, |m, &l| if finite(l) > m { finite(l) } else { m })
+        })
+        .collect();
+    let mut floor = f32::NEG_INFINITY;
+    if maxima.iter().filter(|m| m.is_finite()).count() >= k {
+        let mut m = maxima.clone();
+        let (_, kth, _) = m.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+        floor = *kth;
+    }
+    let mut cand: Vec<(u32, f32)> = Vec::new();
+    for (b, block) in logits.chunks(size).enumerate() {
+        if maxima[b] < floor || maxima[b] == f32::NEG_INFINITY {
             continue;
         }
-        if best.len() == k {
-            // ids only grow, so an equal logit loses to the one already kept
-            if l.total_cmp(&best[k - 1].1) != Ordering::Greater {
-                continue;
+        for (j, &l) in block.iter().enumerate() {
+            if l >= floor && l.is_finite() {
+                cand.push(((b * size + j) as u32, l));
             }
-            best.pop();
         }
-        let at = best.partition_point(|b| b.1.total_cmp(&l) != Ordering::Less);
-        best.insert(at, (i as u32, l));
     }
-    best
+    cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    cand.truncate(k);
+    cand
 }
 
 #[cfg(test)]
@@ -244,7 +274,7 @@ mod tests {
     }
 
     #[test]
-    fn one_pass_top_k_equals_sorting_everything() {
+    fn top_k_equals_sorting_everything() {
         // ties, signed zeros, infinities and NaN among ordinary values
         let mut logits: Vec<f32> = (0..3000).map(|i| ((i * 7919 % 1009) as f32 * 0.01).sin() * 5.0).collect();
         for (i, v) in [(5, 0.0), (6, -0.0), (7, f32::INFINITY), (8, f32::NAN), (9, f32::NEG_INFINITY), (10, 4.99), (11, 4.99)] {
@@ -259,6 +289,32 @@ mod tests {
             assert_eq!(got, want, "k = {k}");
         }
         assert_eq!(top_k(&logits, all.len() + 5).len(), all.len());
+        // short and odd lengths, runs of equal values, blocks of non-finite values, k past
+        // the number of blocks
+        let mut x = 12345u64;
+        for n in [1usize, 7, 9, 100, 4096, 4099] {
+            let mut logits: Vec<f32> = (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    ((x % 64) as f32 - 32.0) / 4.0
+                })
+                .collect();
+            for v in logits.iter_mut().skip(3).step_by(11).take(20) {
+                *v = f32::NAN;
+            }
+            for v in logits.iter_mut().take(n / 3).skip(n / 4) {
+                *v = f32::NEG_INFINITY;
+            }
+            let mut all: Vec<(u32, f32)> = logits.iter().enumerate().filter(|(_, l)| l.is_finite()).map(|(i, &l)| (i as u32, l)).collect();
+            all.sort_by(order);
+            for k in [1, 3, 40, 200, n] {
+                let got: Vec<(u32, u32)> = top_k(&logits, k).iter().map(|&(i, l)| (i, l.to_bits())).collect();
+                let want: Vec<(u32, u32)> = all[..k.min(all.len())].iter().map(|&(i, l)| (i, l.to_bits())).collect();
+                assert_eq!(got, want, "n = {n}, k = {k}");
+            }
+        }
     }
 
     #[test]
