@@ -164,13 +164,33 @@ fn tokens_count(wg: vec3<u32>, lid: u32) -> u32 {
     return workgroupUniformLoad(&tokens_taken);
 }
 
-// `finish` for each of the `count` rows taken (`count` from tokens_count); every
-// invocation must call it (the sums have barriers).
+var<workgroup> token_sums: array<f32, 2048>;  // TOKENS × 256
+
+// `finish` for each of the `count` rows taken (`count` from tokens_count): every row's
+// lane sums in one tree (row_sum's, so the same sums), one barrier per level for all the
+// rows rather than per row; every invocation must call it.
 fn finish_tokens(lid: u32, p: TokensPlace, count: u32, acc: array<f32, 8>) {
-    for (var j = 0u; j < count; j++) {
-        let total = row_sum(lid, acc[j]);
-        if (p.lane == 0u && p.row < dims.rows) {
-            store(out_group(p, j) * dims.rows + p.row, total);
+    for (var j = 0u; j < TOKENS; j++) {
+        if (j < count) {
+            token_sums[j * 256u + lid] = acc[j];
+        }
+    }
+    workgroupBarrier();
+    for (var s = LANES / 2u; s > 0u; s = s / 2u) {
+        if (lid % LANES < s) {
+            for (var j = 0u; j < TOKENS; j++) {
+                if (j < count) {
+                    token_sums[j * 256u + lid] += token_sums[j * 256u + lid + s];
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    if (p.lane == 0u && p.row < dims.rows) {
+        for (var j = 0u; j < TOKENS; j++) {
+            if (j < count) {
+                store(out_group(p, j) * dims.rows + p.row, token_sums[j * 256u + lid]);
+            }
         }
     }
 }
