@@ -22,7 +22,7 @@ pub(super) const PAGE: usize = 16;
 const FIRST_PAGES: usize = 64;
 
 /// Free pages, shared by the pool and the caches that return pages to it.
-type FreePages = Arc<Mutex<Vec<u32>>>;
+pub(super) type FreePages = Arc<Mutex<Vec<u32>>>;
 
 /// One sequence's keys and values: the pool pages holding its positions in order, for up
 /// to `max_len` positions. Its pages go back to the pool when it is dropped, so a
@@ -81,6 +81,12 @@ fn cache_words(values: usize, half: bool) -> usize {
 }
 
 impl KvPool {
+    /// The free pages, which caches take their pages from and return them to (without
+    /// waiting for the pool, which a step holds while it is recorded).
+    pub(super) fn free_pages(&self) -> FreePages {
+        self.free.clone()
+    }
+
     /// An empty pool for `layers` layers of rows `widths` values wide.
     pub(super) fn new(gpu: &Gpu, layers: usize, widths: (usize, usize), half: bool) -> KvPool {
         let mut pool = KvPool { k: Vec::new(), v: Vec::new(), pages: 0, free: Arc::default(), half, widths };
@@ -143,14 +149,20 @@ impl KvPool {
     }
 }
 
+/// Whether `model`'s device caches hold f16 keys and values (see
+/// [`GpuModel::half_cache`]).
+pub(super) fn half_kv(model: &crate::model::Model) -> bool {
+    let (kw, vw) = cache_widths(&model.config);
+    model.kv_type() == crate::model::KvType::F16 && model.config.mla.is_none() && kw % 2 == 0 && vw % 2 == 0
+}
+
 impl<'a> GpuModel<'a> {
     /// Whether the caches hold f16 keys and values: when the model's key/value type says
     /// so (`Model::set_kv_type`), as on the CPU, for grouped-query attention whose key and
     /// value rows pair up into words (latent attention's compressed rows stay f32, as on
     /// the CPU).
     pub fn half_cache(&self) -> bool {
-        let (kw, vw) = cache_widths(&self.model.config);
-        self.model.kv_type() == crate::model::KvType::F16 && self.model.config.mla.is_none() && kw % 2 == 0 && vw % 2 == 0
+        half_kv(self.model)
     }
 
     /// Bytes a device cache takes per position, over all layers (f32 or f16 keys and
@@ -170,7 +182,6 @@ impl<'a> GpuModel<'a> {
     /// An empty cache for one sequence of at most `max_len` positions (pages are taken
     /// from the model's pool as it grows).
     pub fn new_cache(&self, max_len: usize) -> GpuKvCache {
-        let free = self.kv.lock().unwrap_or_else(|p| p.into_inner()).free.clone();
-        GpuKvCache { pages: Vec::new(), len: 0, max_len, free }
+        GpuKvCache { pages: Vec::new(), len: 0, max_len, free: self.kv_free.clone() }
     }
 }

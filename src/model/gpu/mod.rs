@@ -126,6 +126,8 @@ pub struct GpuModel<'a> {
     head_product_tokens: std::sync::atomic::AtomicUsize,
     /// Every sequence's keys and values, in pages.
     kv: std::sync::Mutex<cache::KvPool>,
+    /// The pool's free pages (new caches need no lock on the pool).
+    kv_free: cache::FreePages,
 }
 
 /// Layers recorded per submission within a pass, by default
@@ -180,10 +182,10 @@ impl<'a> GpuModel<'a> {
         }
         let moe_layers = w.layers.iter().filter(|l| matches!(l.ffn, Ffn::Moe { .. })).count();
         let experts = DeviceExperts::new(budget, moe_layers);
-        let (kw, vw) = attention::cache_widths(cfg);
-        let half = model.kv_type() == crate::model::KvType::F16 && cfg.mla.is_none() && kw % 2 == 0 && vw % 2 == 0;
-        let kv = cache::KvPool::new(gpu, layers.len(), (kw, vw), half).into();
-        let mut g = GpuModel { model, gpu, k, layers, output_norm: Vector::new(gpu, &w.output_norm)?, output: GpuMatrix::new(gpu, &w.output)?, experts, ws: Default::default(), profiling: Default::default(), profile: Default::default(), layers_per_submit: SUBMIT_EVERY.into(), head_product_tokens: attention::tokens_per_head_product(cfg).into(), kv };
+        let kv = cache::KvPool::new(gpu, layers.len(), attention::cache_widths(cfg), cache::half_kv(model));
+        let kv_free = kv.free_pages();
+        let kv = kv.into();
+        let mut g = GpuModel { model, gpu, k, layers, output_norm: Vector::new(gpu, &w.output_norm)?, output: GpuMatrix::new(gpu, &w.output)?, experts, ws: Default::default(), profiling: Default::default(), profile: Default::default(), layers_per_submit: SUBMIT_EVERY.into(), head_product_tokens: attention::tokens_per_head_product(cfg).into(), kv, kv_free };
         if g.all_expert_bytes()? <= budget {
             g.upload_all_experts()?;
         }
