@@ -25,10 +25,10 @@
 //!   prompt delays running streams by one chunk's compute at most.
 //! - **compute** ([`compute`]): the only owner of the engine ([`engine::Engine`]: the
 //!   model on the CPU, or its copy on a GPU with the device and its queue). `Step` runs
-//!   one batched forward pass (handed straight to the pool thread that ran the last
-//!   step while it waits for the next, else sent to the actor) ([`odmoe::model::Model::forward_batch`], or
+//!   one batched forward pass ([`odmoe::model::Model::forward_batch`], or
 //!   [`odmoe::model::GpuModel::forward_batch`]) on the compute pool and sends `StepDone`
-//!   back. Inside the pass, each layer routes its tokens, asks the expert pager
+//!   back; a step goes straight to the pool thread that ran the last one while it waits
+//!   for the next ([`compute::Compute::step`]), and to the actor's mailbox otherwise. Inside the pass, each layer routes its tokens, asks the expert pager
 //!   for the chosen experts (one read serves every token of the step routed to an expert;
 //!   the pager's reader threads and queues are its own), and — with prefetch on — applies
 //!   the next layers' routers (`gate`) or the trained shadow predictor loaded from
