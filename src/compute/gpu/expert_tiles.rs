@@ -33,6 +33,14 @@ pub struct Tiles {
     pub count: usize,
 }
 
+impl Tiles {
+    /// Tiles made on the host ([`expert_tiles`]'s layout) put in a buffer of `rec`'s.
+    pub fn upload(rec: &mut Recorder, words: &[u32]) -> Result<Tiles> {
+        // (u32 words, uploaded as f32 bits into the recorder's buffers)
+        Ok(Tiles { count: words.len() / TILE_WORDS, buf: rec.upload("expert tiles", bytemuck::cast_slice(words))? })
+    }
+}
+
 /// The compiled kernel.
 pub struct ExpertTiles {
     kernel: Kernel,
@@ -177,7 +185,7 @@ mod tests {
                         let ib = rec.upload("ids", bytemuck::cast_slice(&ids)).unwrap();
                         let q = m.quantize(&mut rec, &xb, acts).unwrap();
                         let host = expert_tiles(&ids);
-                        let tiles = [k.record(&mut rec, &ib, ids.len(), experts).unwrap(), Tiles { count: host.len() / TILE_WORDS, buf: rec.upload("tiles", bytemuck::cast_slice(&host)).unwrap() }];
+                        let tiles = [k.record(&mut rec, &ib, ids.len(), experts).unwrap(), Tiles::upload(&mut rec, &host).unwrap()];
                         let start = values(ids.len() * rows, 9);
                         let outs: Vec<wgpu::Buffer> = (0..3).map(|_| rec.upload("y", &start).unwrap()).collect();
                         for (y, t) in outs.iter().zip([None, Some(&tiles[0]), Some(&tiles[1])]) {

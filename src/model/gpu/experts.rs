@@ -4,7 +4,7 @@
 //! ([`DeviceExperts`]).
 
 use super::{GpuFfn, GpuMlp, GpuModel, Vector};
-use crate::compute::gpu::expert_tiles::{expert_tiles, Tiles, MAX_EXPERTS, TILE_WORDS};
+use crate::compute::gpu::expert_tiles::{expert_tiles, Tiles, MAX_EXPERTS};
 use crate::compute::gpu::matrix::{device_bytes, Experts, GpuMatrix};
 use crate::compute::gpu::recorder::Recorder;
 use crate::compute::gpu::{route, Gpu};
@@ -293,12 +293,7 @@ impl<'a> GpuModel<'a> {
         // the slot ids go up as f32 bits (the workspace's buffers are f32)
         let routes = route::Routes { ids: rec.upload("expert slots", bytemuck::cast_slice(&pair_slots))?, weights: rec.upload("expert weights", &weights)? };
         // the pairs grouped by slot here, where the routes are
-        let tiles = if groups_pairs(&slab, n) {
-            let tiles = expert_tiles(&pair_slots);
-            Some(Tiles { count: tiles.len() / TILE_WORDS, buf: rec.upload("expert tiles", bytemuck::cast_slice(&tiles))? })
-        } else {
-            None
-        };
+        let tiles = if groups_pairs(&slab, n) { Some(Tiles::upload(rec, &expert_tiles(&pair_slots))?) } else { None };
         self.routed_experts(rec, &slab, &routes, tiles.as_ref(), k, h, n, residual)
     }
 }

@@ -34,7 +34,7 @@ use crate::compute::gpu::half_rows::HalfRows;
 use attention::{LayerAttention, StepInputs};
 pub use cache::GpuKvCache;
 use crate::compute::gpu::elementwise::Elementwise;
-use crate::compute::gpu::expert_tiles::{ExpertTiles, Tiles, TILE_WORDS};
+use crate::compute::gpu::expert_tiles::{ExpertTiles, Tiles};
 use crate::compute::gpu::matrix::{Experts, GpuMatrix};
 use crate::compute::gpu::moe_combine::MoeCombine;
 use crate::compute::gpu::quantize::{ActFormat, QuantizedRows};
@@ -439,10 +439,7 @@ impl<'a> GpuModel<'a> {
         // and those rows grouped by head, so a head's matrix is read once for up to eight
         // tokens (where the products run in one piece)
         let head_tiles = match cfg.mla {
-            Some(_) if n > 1 && n <= per => {
-                let words = attention::head_tiles(n, nh);
-                Some(Tiles { count: words.len() / TILE_WORDS, buf: rec.upload("head tiles", bytemuck::cast_slice(&words))? })
-            }
+            Some(_) if n > 1 && n <= per => Some(Tiles::upload(rec, &attention::head_tiles(n, nh))?),
             _ => None,
         };
         let step = StepInputs { rot: &rot, cs: &cs, scratch: &scratch, head_ids: head_ids.as_ref(), head_tiles: head_tiles.as_ref(), kv, batches: &batches, cache_rows: &cache_rows };
