@@ -4,7 +4,7 @@
 //! joins them again; a buffer-to-buffer copy per row would be thousands of commands a
 //! layer. The CPU reference is [`copy_rows`].
 
-use super::kernel::{Kernel, MAX_GROUPS};
+use super::kernel::{grid, Kernel};
 use super::recorder::Recorder;
 use super::Gpu;
 use crate::{Error, Result};
@@ -51,9 +51,9 @@ impl CopyRows {
             return Err(Error::Invalid(format!("row copy of {rows} × {width} values past 2^32 values")));
         }
         let groups = total.div_ceil(256);
-        let per_y = groups.min(MAX_GROUPS as usize);
+        let (per_y, gy) = grid(groups);
         let dims = [rows as u32, width as u32, from.stride as u32, from.off as u32, to.stride as u32, to.off as u32, per_y as u32];
-        self.kernel.record(rec, &[src, dst], &dims, [per_y as u32, groups.div_ceil(per_y) as u32, 1])
+        self.kernel.record(rec, &[src, dst], &dims, [per_y as u32, gy as u32, 1])
     }
 }
 
@@ -70,9 +70,9 @@ impl CopyRows {
             return Err(Error::Invalid(format!("row scatter of {rows} × {width} values past 2^32 values")));
         }
         let groups = total.div_ceil(256);
-        let per_y = groups.min(MAX_GROUPS as usize);
+        let (per_y, gy) = grid(groups);
         let dims = [rows as u32, width as u32, src_off as u32, per_y as u32];
-        self.scatter.record_bound(rec, &[(0, src), (1, dst), (3, idx)], 4, &dims, [per_y as u32, groups.div_ceil(per_y) as u32, 1])
+        self.scatter.record_bound(rec, &[(0, src), (1, dst), (3, idx)], 4, &dims, [per_y as u32, gy as u32, 1])
     }
 }
 

@@ -3,7 +3,7 @@
 //! and [`crate::compute::cpu::swiglu`].
 
 use super::recorder::Recorder;
-use super::kernel::{Kernel, MAX_GROUPS};
+use super::kernel::{grid, Kernel};
 use super::Gpu;
 use crate::Result;
 
@@ -23,8 +23,8 @@ impl Elementwise {
 
     fn record(k: &Kernel, rec: &mut Recorder, a: &wgpu::Buffer, b: &wgpu::Buffer, len: usize, b_len: usize) -> Result<()> {
         let groups = len.div_ceil(256).max(1);
-        let per_y = groups.min(MAX_GROUPS as usize);
-        k.record(rec, &[a, b], &[len as u32, per_y as u32, b_len.max(1) as u32], [per_y as u32, groups.div_ceil(per_y) as u32, 1])
+        let (per_y, gy) = grid(groups);
+        k.record(rec, &[a, b], &[len as u32, per_y as u32, b_len.max(1) as u32], [per_y as u32, gy as u32, 1])
     }
 
     /// Records `a += b` over `len` values.

@@ -3,7 +3,7 @@
 //! (to nearest, ties to even), so both backends cache the same values; the CPU
 //! reference is [`to_half_words`].
 
-use super::kernel::{Kernel, MAX_GROUPS};
+use super::kernel::{grid, Kernel};
 use super::recorder::Recorder;
 use super::Gpu;
 use crate::{Error, Result};
@@ -32,9 +32,9 @@ impl HalfRows {
             return Ok(());
         }
         let groups = words.div_ceil(256);
-        let per_y = groups.min(MAX_GROUPS as usize);
+        let (per_y, gy) = grid(groups);
         let dims = [words as u32, src_off as u32, dst_off as u32, per_y as u32];
-        self.kernel.record(rec, &[src, dst], &dims, [per_y as u32, groups.div_ceil(per_y) as u32, 1])
+        self.kernel.record(rec, &[src, dst], &dims, [per_y as u32, gy as u32, 1])
     }
 }
 
@@ -52,9 +52,9 @@ impl HalfRows {
             return Ok(());
         }
         let groups = words.div_ceil(256);
-        let per_y = groups.min(MAX_GROUPS as usize);
+        let (per_y, gy) = grid(groups);
         let dims = [rows as u32, width as u32, src_off as u32, per_y as u32];
-        self.scatter.record_bound(rec, &[(0, src), (1, dst), (3, idx)], 4, &dims, [per_y as u32, groups.div_ceil(per_y) as u32, 1])
+        self.scatter.record_bound(rec, &[(0, src), (1, dst), (3, idx)], 4, &dims, [per_y as u32, gy as u32, 1])
     }
 }
 
