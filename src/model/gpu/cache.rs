@@ -89,10 +89,8 @@ impl KvPool {
 
     /// An empty pool for `layers` layers of rows `widths` values wide.
     pub(super) fn new(gpu: &Gpu, layers: usize, widths: (usize, usize), half: bool) -> KvPool {
-        let mut pool = KvPool { k: Vec::new(), v: Vec::new(), pages: 0, free: Arc::default(), half, widths };
-        pool.k = (0..layers).map(|_| gpu.output("k cache", 1)).collect();
-        pool.v = (0..layers).map(|_| gpu.output("v cache", 1)).collect();
-        pool
+        let empty = |label| (0..layers).map(|_| gpu.output(label, 1)).collect();
+        KvPool { k: empty("k cache"), v: empty("v cache"), pages: 0, free: Arc::default(), half, widths }
     }
 
     /// Makes at least `need` pages free: new buffers of twice the pages (or more), the
