@@ -35,8 +35,15 @@ fn weight_row(row: u32, z: u32) -> u32 {
     return row;
 }
 
+// The layout (rewritten per compiled variant, see matrix.rs `LaneLayout`): lanes per row,
+// rows per workgroup's lane sets, rows each invocation computes (Q8_0 and Q4_K/Q5_K
+// `main`: rows p.row + r · ROWS_PER_GROUP, each activation load shared by them), and
+// whether those kernels load twice the work items per loop turn (more loads in flight;
+// each row's additions keep their order, so the bits do not change).
 const LANES: u32 = 32u;
 const ROWS_PER_GROUP: u32 = 8u;
+const ROWS_PER_LANE: u32 = 1u;
+const WIDE_TURNS: bool = false;
 var<workgroup> lane_sums: array<f32, 256>;
 
 // Sums each row's 32 lane values (tree, in shared memory); every invocation must call
@@ -53,8 +60,9 @@ fn row_sum(lid: u32, v: f32) -> f32 {
     return lane_sums[lid];
 }
 
-// Where an invocation works: its output row, its lane among the row's, the output row
-// group z (grid z), the activation row t it reads and the weight row.
+// Where an invocation works: its output row (the first of its ROWS_PER_LANE rows), its
+// lane among the row's, the output row group z (grid z), the activation row t it reads
+// and the weight row.
 struct Place {
     row: u32,
     lane: u32,
@@ -64,9 +72,43 @@ struct Place {
 }
 
 fn place(wg: vec3<u32>, lid: u32) -> Place {
-    let row = (wg.x + wg.y * dims.groups_x) * ROWS_PER_GROUP + lid / LANES;
+    let row = (wg.x + wg.y * dims.groups_x) * ROWS_PER_GROUP * ROWS_PER_LANE + lid / LANES;
     let z = wg.z;
     return Place(row, lid % LANES, z, z / dims.act_div, weight_row(row, z));
+}
+
+// The row the r-th of an invocation's ROWS_PER_LANE rows reads (the last row stands in
+// for rows past the end, whose sums are never stored, so loads need no guard).
+fn lane_row(p: Place, r: u32) -> u32 {
+    return weight_row(min(p.row + r * ROWS_PER_GROUP, dims.rows - 1u), p.z);
+}
+
+var<workgroup> lane_rows: array<f32, 256 * ROWS_PER_LANE>;
+
+// `finish` for an invocation's ROWS_PER_LANE rows: each row's lane parts summed in
+// row_sum's tree (the same sums), one barrier per level for all of them; every
+// invocation must call it.
+fn finish_rows(lid: u32, p: Place, acc: array<f32, ROWS_PER_LANE>) {
+    for (var r = 0u; r < ROWS_PER_LANE; r++) {
+        lane_rows[r * 256u + lid] = acc[r];
+    }
+    workgroupBarrier();
+    for (var s = LANES / 2u; s > 0u; s = s / 2u) {
+        if (lid % LANES < s) {
+            for (var r = 0u; r < ROWS_PER_LANE; r++) {
+                lane_rows[r * 256u + lid] += lane_rows[r * 256u + lid + s];
+            }
+        }
+        workgroupBarrier();
+    }
+    if (p.lane == 0u) {
+        for (var r = 0u; r < ROWS_PER_LANE; r++) {
+            let row = p.row + r * ROWS_PER_GROUP;
+            if (row < dims.rows) {
+                store(p.z * dims.rows + row, lane_rows[r * 256u + lid]);
+            }
+        }
+    }
 }
 
 // Sums the lanes' parts `acc` of each row and writes the row's output; every invocation

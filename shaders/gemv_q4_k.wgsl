@@ -46,8 +46,6 @@ fn dot_nibbles(q: vec4<u32>, shift: u32, hb: vec4<u32>, hshift: u32, a: vec4<u32
     return dot4I8Packed(v.x, a.x) + dot4I8Packed(v.y, a.y) + dot4I8Packed(v.z, a.z) + dot4I8Packed(v.w, a.w);
 }
 
-// Work item `item` of weight row `wrow` times activation row `t`: groups 2k and 2k+1 of
-// block item / 4 (k = item % 4).
 // One work item's weights: block b's scales and mins (h), fifth bits, and the item's
 // quants (groups 2k and 2k+1).
 struct Item {
@@ -74,43 +72,77 @@ fn load_item(wrow: u32, item: u32) -> Item {
     return Item(w[blk], hb0, hb1, w[qs + 2u * k], w[qs + 1u + 2u * k], b, k);
 }
 
-// Work item `it` times activation row t.
-fn item_dot(it: Item, t: u32) -> f32 {
+// A work item's activations in row t: the 64 bytes of groups 2k and 2k+1 of block b (two
+// vec4s each), the block's scale and the two groups' sums.
+struct ItemActs {
+    x0: vec4<u32>,
+    x1: vec4<u32>,
+    x2: vec4<u32>,
+    x3: vec4<u32>,
+    yd: f32,
+    bs0: i32,
+    bs1: i32,
+}
+
+fn load_acts(t: u32, item: u32) -> ItemActs {
+    let b = item / 4u;
+    let k = item % 4u;
+    let xb = t * dims.per_row + b;
+    let xv = xb * 16u + 4u * k;
+    return ItemActs(xq[xv], xq[xv + 1u], xq[xv + 2u], xq[xv + 3u], xd[xb], bsums[xb * 8u + 2u * k], bsums[xb * 8u + 2u * k + 1u]);
+}
+
+// Work item `it` times its activations `x`.
+fn item_dot(it: Item, x: ItemActs) -> f32 {
     let k = it.k;
-    let xb = t * dims.per_row + it.b;
-    let xv = xb * 16u + 4u * k;  // group 2k's activations: 2 vec4s, then group 2k+1's
-    let s0 = dot_nibbles(it.q0, 0u, it.hb0, 2u * k, xq[xv]) + dot_nibbles(it.q1, 0u, it.hb1, 2u * k, xq[xv + 1u]);
-    let s1 = dot_nibbles(it.q0, 4u, it.hb0, 2u * k + 1u, xq[xv + 2u]) + dot_nibbles(it.q1, 4u, it.hb1, 2u * k + 1u, xq[xv + 3u]);
+    let s0 = dot_nibbles(it.q0, 0u, it.hb0, 2u * k, x.x0) + dot_nibbles(it.q1, 0u, it.hb1, 2u * k, x.x1);
+    let s1 = dot_nibbles(it.q0, 4u, it.hb0, 2u * k + 1u, x.x2) + dot_nibbles(it.q1, 4u, it.hb1, 2u * k + 1u, x.x3);
     let dm = unpack2x16float(it.h.x);
     let m0 = scale_min(it.h, 2u * k);
     let m1 = scale_min(it.h, 2u * k + 1u);
-    let yd = xd[xb];
-    let bs0 = bsums[xb * 8u + 2u * k];
-    let bs1 = bsums[xb * 8u + 2u * k + 1u];
-    return yd * dm.x * f32(i32(m0.x) * s0) - yd * dm.y * f32(i32(m0.y) * bs0)
-         + (yd * dm.x * f32(i32(m1.x) * s1) - yd * dm.y * f32(i32(m1.y) * bs1));
-}
-
-fn item_sum(wrow: u32, t: u32, item: u32) -> f32 {
-    return item_dot(load_item(wrow, item), t);
+    let yd = x.yd;
+    return yd * dm.x * f32(i32(m0.x) * s0) - yd * dm.y * f32(i32(m0.y) * x.bs0)
+         + (yd * dm.x * f32(i32(m1.x) * s1) - yd * dm.y * f32(i32(m1.y) * x.bs1));
 }
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let p = place(wg, lid);
-    var acc = 0.0;
-    if (p.row < dims.rows) {
-        // two items per turn: their loads are independent, so both are in flight at once
-        let items = dims.per_row * 4u;
-        var item = p.lane;
-        for (; item + LANES < items; item += 2u * LANES) {
-            acc += item_sum(p.wrow, p.t, item) + item_sum(p.wrow, p.t, item + LANES);
-        }
-        if (item < items) {
-            acc += item_sum(p.wrow, p.t, item);
+    var acc: array<f32, ROWS_PER_LANE>;
+    // two items per turn: their loads are independent, so both are in flight at once
+    // (four with WIDE_TURNS, added as two turns add them)
+    let items = dims.per_row * 4u;
+    var item = p.lane;
+    if (WIDE_TURNS) {
+        for (; item + 3u * LANES < items; item += 4u * LANES) {
+            let xa = load_acts(p.t, item);
+            let xb = load_acts(p.t, item + LANES);
+            let xc = load_acts(p.t, item + 2u * LANES);
+            let xe = load_acts(p.t, item + 3u * LANES);
+            for (var r = 0u; r < ROWS_PER_LANE; r++) {
+                let wrow = lane_row(p, r);
+                let ab = item_dot(load_item(wrow, item), xa) + item_dot(load_item(wrow, item + LANES), xb);
+                let ce = item_dot(load_item(wrow, item + 2u * LANES), xc) + item_dot(load_item(wrow, item + 3u * LANES), xe);
+                acc[r] += ab;
+                acc[r] += ce;
+            }
         }
     }
-    finish(lid, p, acc);
+    for (; item + LANES < items; item += 2u * LANES) {
+        let xa = load_acts(p.t, item);
+        let xb = load_acts(p.t, item + LANES);
+        for (var r = 0u; r < ROWS_PER_LANE; r++) {
+            let wrow = lane_row(p, r);
+            acc[r] += item_dot(load_item(wrow, item), xa) + item_dot(load_item(wrow, item + LANES), xb);
+        }
+    }
+    if (item < items) {
+        let xa = load_acts(p.t, item);
+        for (var r = 0u; r < ROWS_PER_LANE; r++) {
+            acc[r] += item_dot(load_item(lane_row(p, r), item), xa);
+        }
+    }
+    finish_rows(lid, p, acc);
 }
 
 // Several activation rows per workgroup (see place_tokens; a plain matrix, or tiles of
@@ -132,7 +164,7 @@ fn main_tokens(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
             let b = load_item(p.wrow, item + LANES);
             for (var j = 0u; j < TOKENS; j++) {
                 if (j < count) {
-                    acc[j] += item_dot(a, act_row(p, j)) + item_dot(b, act_row(p, j));
+                    acc[j] += item_dot(a, load_acts(act_row(p, j), item)) + item_dot(b, load_acts(act_row(p, j), item + LANES));
                 }
             }
         }
@@ -140,7 +172,7 @@ fn main_tokens(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
             let a = load_item(p.wrow, item);
             for (var j = 0u; j < TOKENS; j++) {
                 if (j < count) {
-                    acc[j] += item_dot(a, act_row(p, j));
+                    acc[j] += item_dot(a, load_acts(act_row(p, j), item));
                 }
             }
         }

@@ -35,8 +35,8 @@ pub struct GpuMatrix {
     /// The kernel taking several activation rows per workgroup (reading the weights once
     /// for all of them), where the format has one: used for plain matrices.
     tokens_kernel: Option<Arc<Kernel>>,
-    /// Rows each workgroup computes (256 invocations over 8, 16 or 32 lanes per row).
-    rows_per_group: usize,
+    /// How the kernels spread rows over a workgroup's invocations.
+    layout: LaneLayout,
     /// How the kernel wants its activations quantized first (`None`: read as f32).
     acts: Option<ActFormat>,
     /// Whether the kernel also reads the activations' sums per 32 (Q4_K's and Q5_K's minimums).
@@ -62,55 +62,95 @@ pub struct Experts<'a> {
 /// Invocations per workgroup of the lane kernels (`shaders/gemv_lanes.wgsl`).
 const GROUP: usize = 256;
 
-/// Lanes per row for rows of `items` work items (blocks, or groups within blocks): 32,
-/// or 16 or 8 for short rows (an expert's down projection has a dozen Q4_K items), so
-/// fewer lanes idle and a workgroup covers more rows.
-fn lanes_for(items: usize) -> usize {
-    match items {
-        0..=8 => 8,
-        9..=16 => 16,
-        _ => 32,
+/// How a lane kernel (`shaders/gemv_lanes.wgsl`) spreads a matrix over a workgroup's 256
+/// invocations. Products use [`LaneLayout::for_items`]; the others are there to be
+/// measured against it (`benches/gpu_gemv`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LaneLayout {
+    /// Invocations sharing a row (8 to 128, a power of two), their parts summed in a tree.
+    pub lanes: usize,
+    /// Rows each invocation computes, each activation load serving all of them (1, 2, 4
+    /// or 8; above 1 only for [`LaneLayout::takes_rows`] formats).
+    pub rows_per_lane: usize,
+    /// Twice the work items per loop turn, so more loads are in flight (the same
+    /// formats; each row's sums keep their order, so the outputs keep their bits).
+    pub wide_turns: bool,
+}
+
+impl LaneLayout {
+    /// The layout for rows of `items` work items (blocks, or groups within blocks): 32
+    /// lanes, or 16 or 8 for short rows (an expert's down projection has a dozen Q4_K
+    /// items), so fewer lanes idle and a workgroup covers more rows.
+    pub fn for_items(items: usize) -> LaneLayout {
+        let lanes = match items {
+            0..=8 => 8,
+            9..=16 => 16,
+            _ => 32,
+        };
+        LaneLayout { lanes, rows_per_lane: 1, wide_turns: false }
+    }
+
+    /// Whether kernels for `ty` take several rows per invocation and wide turns (the
+    /// Q8_0 kernel, which Q4_0 and Q5_0 use too, and the Q4_K/Q5_K kernel).
+    pub fn takes_rows(ty: GgmlType) -> bool {
+        matches!(ty, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q4_K | GgmlType::Q5_K)
+    }
+
+    fn check(&self, ty: GgmlType) -> Result<()> {
+        let lanes_ok = self.lanes.is_power_of_two() && (8..=128).contains(&self.lanes);
+        let rows_ok = self.rows_per_lane.is_power_of_two() && self.rows_per_lane <= 8;
+        let extras = self.rows_per_lane > 1 || self.wide_turns;
+        if !lanes_ok || !rows_ok || (extras && !Self::takes_rows(ty)) {
+            return Err(Error::Invalid(format!("no {ty} kernel for the lane layout {self:?}")));
+        }
+        Ok(())
+    }
+
+    /// Rows a workgroup of the `main` kernel computes.
+    fn rows_per_group(&self) -> usize {
+        GROUP / self.lanes * self.rows_per_lane
+    }
+
+    /// The name of kernel `base` in this layout (the default layouts keep the plain names
+    /// profiles show).
+    fn kernel_name(&self, base: &str) -> String {
+        let mut name = base.to_string();
+        if self.lanes != 32 {
+            name += &format!("_{}", self.lanes);
+        }
+        if self.rows_per_lane != 1 {
+            name += &format!("_r{}", self.rows_per_lane);
+        }
+        if self.wide_turns {
+            name += "_wide";
+        }
+        name
+    }
+
+    /// `kernel_source` after `gemv_lanes.wgsl` in this layout.
+    fn source(&self, kernel_source: &str) -> String {
+        let lanes_src = include_str!("../../../shaders/gemv_lanes.wgsl");
+        let default = "const LANES: u32 = 32u;\nconst ROWS_PER_GROUP: u32 = 8u;\nconst ROWS_PER_LANE: u32 = 1u;\nconst WIDE_TURNS: bool = false;";
+        assert!(lanes_src.contains(default), "gemv_lanes.wgsl declares its layout constants together");
+        let sized = format!("const LANES: u32 = {}u;\nconst ROWS_PER_GROUP: u32 = {}u;\nconst ROWS_PER_LANE: u32 = {}u;\nconst WIDE_TURNS: bool = {};", self.lanes, GROUP / self.lanes, self.rows_per_lane, self.wide_turns);
+        lanes_src.replace(default, &sized) + kernel_source
     }
 }
 
-/// The lane kernel `name` compiled for `lanes` lanes per row.
-fn lane_kernel(gpu: &Gpu, names: [&'static str; 3], kernel_source: &'static str, lanes: usize) -> Arc<Kernel> {
-    let name = match lanes {
-        8 => names[0],
-        16 => names[1],
-        _ => names[2],
-    };
-    gpu.kernel_with(name, || lane_source(kernel_source, lanes), "main")
-}
-
-/// `kernel_source` after `gemv_lanes.wgsl` sized for `lanes` lanes per row.
-fn lane_source(kernel_source: &str, lanes: usize) -> String {
-    let lanes_src = include_str!("../../../shaders/gemv_lanes.wgsl");
-    let default = "const LANES: u32 = 32u;\nconst ROWS_PER_GROUP: u32 = 8u;";
-    assert!(lanes_src.contains(default), "gemv_lanes.wgsl declares LANES and ROWS_PER_GROUP together");
-    let sized = format!("const LANES: u32 = {lanes}u;\nconst ROWS_PER_GROUP: u32 = {}u;", GROUP / lanes);
-    lanes_src.replace(default, &sized) + kernel_source
+/// The `main` entry point of lane kernel `base` in `layout`.
+fn lane_kernel(gpu: &Gpu, base: &str, kernel_source: &'static str, layout: LaneLayout) -> Arc<Kernel> {
+    gpu.kernel_with(&layout.kernel_name(base), || layout.source(kernel_source), "main")
 }
 
 /// Activation rows one workgroup of a `main_tokens` kernel takes (`TOKENS` in
 /// `gemv_lanes.wgsl`).
 const TOKENS_PER_GROUP: usize = 8;
 
-/// The `main_tokens` entry point of lane kernel `names` for `lanes` lanes per row.
-fn tokens_kernel(gpu: &Gpu, names: [&'static str; 3], kernel_source: &'static str, lanes: usize) -> Arc<Kernel> {
-    let by_lanes = match names[2] {
-        "gemv_q8_0" => ["gemv_q8_0_tokens_8", "gemv_q8_0_tokens_16", "gemv_q8_0_tokens"],
-        "gemv_q4_k" => ["gemv_q4_k_tokens_8", "gemv_q4_k_tokens_16", "gemv_q4_k_tokens"],
-        "gemv_q5_k" => ["gemv_q5_k_tokens_8", "gemv_q5_k_tokens_16", "gemv_q5_k_tokens"],
-        "gemv_q6_k" => ["gemv_q6_k_tokens_8", "gemv_q6_k_tokens_16", "gemv_q6_k_tokens"],
-        other => unreachable!("{other} has no several-row kernel"),
-    };
-    let name = match lanes {
-        8 => by_lanes[0],
-        16 => by_lanes[1],
-        _ => by_lanes[2],
-    };
-    gpu.kernel_with(name, || lane_source(kernel_source, lanes), "main_tokens")
+/// The `main_tokens` entry point of lane kernel `base` with `layout`'s lanes (and so
+/// `main`'s order of additions); it takes one row per invocation.
+fn tokens_kernel(gpu: &Gpu, base: &str, kernel_source: &'static str, layout: LaneLayout) -> Arc<Kernel> {
+    let one_row = LaneLayout { lanes: layout.lanes, rows_per_lane: 1, wide_turns: false };
+    gpu.kernel_with(&one_row.kernel_name(&format!("{base}_tokens")), || one_row.source(kernel_source), "main_tokens")
 }
 
 /// `w`'s bytes as the kernel for its format reads them, one vector per buffer; an error
@@ -173,8 +213,18 @@ impl GpuMatrix {
     /// Uploads equally shaped matrices (a layer's experts) into one stack, in order;
     /// [`GpuMatrix::record_quantized`] with [`Experts`] then picks one per output row group.
     pub fn stacked(gpu: &Gpu, ws: &[QMatrix]) -> Result<GpuMatrix> {
+        Self::stacked_with(gpu, ws, None)
+    }
+
+    /// [`GpuMatrix::new`] with the kernel in `layout` rather than the default: for
+    /// measuring layouts against each other.
+    pub fn with_layout(gpu: &Gpu, w: &QMatrix, layout: LaneLayout) -> Result<GpuMatrix> {
+        Self::stacked_with(gpu, std::slice::from_ref(w), Some(layout))
+    }
+
+    fn stacked_with(gpu: &Gpu, ws: &[QMatrix], layout: Option<LaneLayout>) -> Result<GpuMatrix> {
         let first = ws.first().ok_or_else(|| Error::Invalid("an empty stack of matrices".into()))?;
-        let m = Self::slab(gpu, first, ws.len())?;
+        let m = Self::slab_with(gpu, first, ws.len(), layout)?;
         for (i, w) in ws.iter().enumerate() {
             m.write(gpu, i, w)?;
         }
@@ -185,26 +235,31 @@ impl GpuMatrix {
     /// columns), filled later by [`GpuMatrix::write`]: the device's slots for experts
     /// fetched as routed.
     pub fn slab(gpu: &Gpu, like: &QMatrix, count: usize) -> Result<GpuMatrix> {
+        Self::slab_with(gpu, like, count, None)
+    }
+
+    fn slab_with(gpu: &Gpu, like: &QMatrix, count: usize, layout: Option<LaneLayout>) -> Result<GpuMatrix> {
         let parts = packed(like)?; // refuses a format without a kernel
-        // (kernel names by lanes, source, per row: columns or blocks, work items per block)
-        let (names, source, per_row, items, acts) = match like.ty {
-            GgmlType::F32 => (["gemv_f32_8", "gemv_f32_16", "gemv_f32"], include_str!("../../../shaders/gemv_f32.wgsl"), like.cols, 1, None),
-            GgmlType::F16 => (["gemv_f16_8", "gemv_f16_16", "gemv_f16"], include_str!("../../../shaders/gemv_f16.wgsl"), like.cols / 2, 1, None),
-            GgmlType::BF16 => (["gemv_bf16_8", "gemv_bf16_16", "gemv_bf16"], super::gemv_f16::bf16_source(), like.cols / 2, 1, None),
-            GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 => (["gemv_q8_0_8", "gemv_q8_0_16", "gemv_q8_0"], include_str!("../../../shaders/gemv_q8_0.wgsl"), like.cols / 32, 1, Some(ActFormat::Q8_0)),
-            GgmlType::Q2_K => (["gemv_q2_k_8", "gemv_q2_k_16", "gemv_q2_k"], include_str!("../../../shaders/gemv_q2_k.wgsl"), like.cols / 256, 16, Some(ActFormat::Q8_K)),
-            GgmlType::Q3_K => (["gemv_q3_k_8", "gemv_q3_k_16", "gemv_q3_k"], include_str!("../../../shaders/gemv_q3_k.wgsl"), like.cols / 256, 16, Some(ActFormat::Q8_K)),
-            GgmlType::Q4_K => (["gemv_q4_k_8", "gemv_q4_k_16", "gemv_q4_k"], include_str!("../../../shaders/gemv_q4_k.wgsl"), like.cols / 256, 4, Some(ActFormat::Q8_K)),
-            GgmlType::Q5_K => (["gemv_q5_k_8", "gemv_q5_k_16", "gemv_q5_k"], super::gemv_q5_k::source(), like.cols / 256, 4, Some(ActFormat::Q8_K)),
-            GgmlType::Q6_K => (["gemv_q6_k_8", "gemv_q6_k_16", "gemv_q6_k"], include_str!("../../../shaders/gemv_q6_k.wgsl"), like.cols / 256, 16, Some(ActFormat::Q8_K)),
+        // (kernel base name, source, per row: columns or blocks, work items per block)
+        let (base, source, per_row, items, acts) = match like.ty {
+            GgmlType::F32 => ("gemv_f32", include_str!("../../../shaders/gemv_f32.wgsl"), like.cols, 1, None),
+            GgmlType::F16 => ("gemv_f16", include_str!("../../../shaders/gemv_f16.wgsl"), like.cols / 2, 1, None),
+            GgmlType::BF16 => ("gemv_bf16", super::gemv_f16::bf16_source(), like.cols / 2, 1, None),
+            GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 => ("gemv_q8_0", include_str!("../../../shaders/gemv_q8_0.wgsl"), like.cols / 32, 1, Some(ActFormat::Q8_0)),
+            GgmlType::Q2_K => ("gemv_q2_k", include_str!("../../../shaders/gemv_q2_k.wgsl"), like.cols / 256, 16, Some(ActFormat::Q8_K)),
+            GgmlType::Q3_K => ("gemv_q3_k", include_str!("../../../shaders/gemv_q3_k.wgsl"), like.cols / 256, 16, Some(ActFormat::Q8_K)),
+            GgmlType::Q4_K => ("gemv_q4_k", include_str!("../../../shaders/gemv_q4_k.wgsl"), like.cols / 256, 4, Some(ActFormat::Q8_K)),
+            GgmlType::Q5_K => ("gemv_q5_k", super::gemv_q5_k::source(), like.cols / 256, 4, Some(ActFormat::Q8_K)),
+            GgmlType::Q6_K => ("gemv_q6_k", include_str!("../../../shaders/gemv_q6_k.wgsl"), like.cols / 256, 16, Some(ActFormat::Q8_K)),
             ty => unreachable!("packed refuses {ty}"),
         };
+        let layout = layout.unwrap_or_else(|| LaneLayout::for_items(per_row * items));
+        layout.check(like.ty)?;
         // one buffer per part, matrix i's bytes at i times the part's length
-        let weights: Vec<wgpu::Buffer> = parts.iter().map(|p| gpu.buffer(names[2], (p.len() * count.max(1)) as u64)).collect::<Result<_>>()?;
-        let lanes = lanes_for(per_row * items);
-        let kernel = lane_kernel(gpu, names, source, lanes);
-        let tokens_kernel = matches!(like.ty, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K).then(|| tokens_kernel(gpu, names, source, lanes));
-        Ok(GpuMatrix { tokens_kernel, ty: like.ty, rows: like.rows, cols: like.cols, count, per_row, weights, kernel, rows_per_group: GROUP / lanes, acts, sums: matches!(like.ty, GgmlType::Q4_K | GgmlType::Q5_K) })
+        let weights: Vec<wgpu::Buffer> = parts.iter().map(|p| gpu.buffer(base, (p.len() * count.max(1)) as u64)).collect::<Result<_>>()?;
+        let kernel = lane_kernel(gpu, base, source, layout);
+        let tokens_kernel = matches!(like.ty, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K).then(|| tokens_kernel(gpu, base, source, layout));
+        Ok(GpuMatrix { tokens_kernel, ty: like.ty, rows: like.rows, cols: like.cols, count, per_row, weights, kernel, layout, acts, sums: matches!(like.ty, GgmlType::Q4_K | GgmlType::Q5_K) })
     }
 
     /// Writes `w` into slot `i` of this stack (through the queue: in place before the
@@ -220,6 +275,11 @@ impl GpuMatrix {
             gpu.queue.write_buffer(buf, (i * p.len()) as u64, &p);
         }
         Ok(())
+    }
+
+    /// How the kernels spread the rows over a workgroup.
+    pub fn layout(&self) -> LaneLayout {
+        self.layout
     }
 
     /// Matrices (slots) in the stack.
@@ -333,8 +393,12 @@ impl GpuMatrix {
         if out_rows == 0 || out_rows > max {
             return Err(Error::Invalid(format!("matrix product: {out_rows} output row groups (1..={max} per dispatch)")));
         }
-        let (gx, gy) = super::kernel::grid(self.rows.div_ceil(self.rows_per_group));
-        let dims = [self.rows as u32, self.per_row as u32, out_rows as u32, gx as u32, indexed, act_div as u32, accumulate as u32];
+        let dims = |rows_per_group: usize| {
+            let (gx, gy) = super::kernel::grid(self.rows.div_ceil(rows_per_group));
+            ([self.rows as u32, self.per_row as u32, out_rows as u32, gx as u32, indexed, act_div as u32, accumulate as u32], gx as u32, gy as u32)
+        };
+        // the several-row kernels take one row per invocation
+        let (tokens_dims, tx, ty) = dims(GROUP / self.layout.lanes);
         match (&self.tokens_kernel, experts.and_then(|e| e.tiles)) {
             // stacked experts grouped into tiles: each expert's weights read once for up to
             // eight of the pairs using it (the same outputs, bit for bit)
@@ -344,12 +408,15 @@ impl GpuMatrix {
                 }
                 bound.pop();
                 bound.push((8, &tiles.buf));
-                k.record_bound(rec, &bound, bufs.len() as u32, &dims, [gx as u32, gy as u32, tiles.count as u32])
+                k.record_bound(rec, &bound, bufs.len() as u32, &tokens_dims, [tx, ty, tiles.count as u32])
             }
             // several activation rows of a plain matrix: each weight block read once for
             // up to eight of them (the same outputs, bit for bit)
-            (Some(k), None) if indexed == 0 && out_rows > 1 => k.record_bound(rec, &bound, bufs.len() as u32, &dims, [gx as u32, gy as u32, out_rows.div_ceil(TOKENS_PER_GROUP) as u32]),
-            _ => self.kernel.record_bound(rec, &bound, bufs.len() as u32, &dims, [gx as u32, gy as u32, out_rows as u32]),
+            (Some(k), None) if indexed == 0 && out_rows > 1 => k.record_bound(rec, &bound, bufs.len() as u32, &tokens_dims, [tx, ty, out_rows.div_ceil(TOKENS_PER_GROUP) as u32]),
+            _ => {
+                let (dims, gx, gy) = dims(self.layout.rows_per_group());
+                self.kernel.record_bound(rec, &bound, bufs.len() as u32, &dims, [gx, gy, out_rows as u32])
+            }
         }
     }
 }
@@ -381,6 +448,44 @@ mod tests {
         // a format without a kernel is refused by name
         let q4_1 = QMatrix::new(GgmlType::Q4_1, 1, 32, vec![0u8; 20].into());
         assert!(GpuMatrix::new(&gpu, &q4_1).err().unwrap().to_string().contains("Q4_1"));
+    }
+
+    #[test]
+    fn every_lane_layout_matches_the_cpu_backend_and_keeps_its_lanes_bits() {
+        let Some(gpu) = gpu_or_skip() else { return };
+        // row counts that leave the last workgroup part empty; 80 Q8_0 blocks or 40 Q4_K
+        // items per row (an odd number of turns for most lane counts), 3 items for 768
+        for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_K, GgmlType::Q5_K] {
+            for (rows, cols, n) in [(37, 2560, 2), (70, 768, 1)] {
+                let w = super::super::tests::random_matrix(ty, rows, cols, rows as u64 + 3, &[(0, 2e-3), (2, 1e-3)]);
+                let x = values(n * cols, cols as u64 + 1);
+                let cpu = cpu::matmul(&w, &x);
+                let mut row = vec![0.0f32; cols];
+                let mags: Vec<f64> = (0..n * rows)
+                    .map(|i| {
+                        let (t, r) = (i / rows, i % rows);
+                        crate::quant::dequantize(ty, &w.data[r * w.row_bytes()..(r + 1) * w.row_bytes()], &mut row);
+                        row.iter().zip(&x[t * cols..(t + 1) * cols]).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum()
+                    })
+                    .collect();
+                for lanes in [8, 32, 128] {
+                    let plain = LaneLayout { lanes, rows_per_lane: 1, wide_turns: false };
+                    let want = GpuMatrix::with_layout(&gpu, &w, plain).unwrap().run(&gpu, &x).unwrap();
+                    for (i, (g, c)) in want.iter().zip(&cpu).enumerate() {
+                        assert!((*g as f64 - *c as f64).abs() <= 1e-5 * mags[i] + 1e-6, "{ty} {rows}x{cols} {plain:?} [{i}]: gpu {g} vs cpu {c}");
+                    }
+                    // more rows per invocation and wider turns add in the same order
+                    for (rows_per_lane, wide_turns) in [(1, true), (2, false), (4, true), (8, false)] {
+                        let layout = LaneLayout { lanes, rows_per_lane, wide_turns };
+                        let got = GpuMatrix::with_layout(&gpu, &w, layout).unwrap().run(&gpu, &x).unwrap();
+                        assert_eq!(got, want, "{ty} {rows}x{cols} {layout:?}");
+                    }
+                }
+            }
+        }
+        // formats whose kernels take one row per invocation refuse more
+        let q6 = super::super::tests::random_matrix(GgmlType::Q6_K, 2, 256, 1, &[(0, 1e-3)]);
+        assert!(GpuMatrix::with_layout(&gpu, &q6, LaneLayout { lanes: 32, rows_per_lane: 2, wide_turns: false }).is_err());
     }
 
     #[test]

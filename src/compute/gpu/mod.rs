@@ -47,7 +47,7 @@ pub struct Gpu {
     /// Adapter name, backend and type, for logs.
     pub info: wgpu::AdapterInfo,
     /// Compiled kernels by name: every matrix of a format shares one pipeline.
-    kernels: std::sync::Mutex<std::collections::HashMap<&'static str, std::sync::Arc<kernel::Kernel>>>,
+    kernels: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<kernel::Kernel>>>,
     /// A one-word buffer for bindings a dispatch does not use (the expert ids of a plain
     /// matrix product).
     pub(crate) zero_word: wgpu::Buffer,
@@ -88,10 +88,16 @@ impl Gpu {
         self.kernel_with(name, || source.into(), entry)
     }
 
-    /// [`Gpu::kernel`] for a source made on first use (a variant of a shared source).
-    pub(crate) fn kernel_with(&self, name: &'static str, source: impl FnOnce() -> String, entry: &'static str) -> std::sync::Arc<kernel::Kernel> {
+    /// [`Gpu::kernel`] for a source made on first use (a variant of a shared source,
+    /// named by its variant: a name made once per variant is kept for good, so the set of
+    /// variants must be small).
+    pub(crate) fn kernel_with(&self, name: &str, source: impl FnOnce() -> String, entry: &'static str) -> std::sync::Arc<kernel::Kernel> {
         let mut kernels = self.kernels.lock().unwrap_or_else(|p| p.into_inner());
-        kernels.entry(name).or_insert_with(|| std::sync::Arc::new(kernel::Kernel::new(self, name, &source(), entry))).clone()
+        if let Some(k) = kernels.get(name) {
+            return k.clone();
+        }
+        let label: &'static str = Box::leak(name.to_string().into_boxed_str());
+        kernels.entry(name.to_string()).or_insert_with(|| std::sync::Arc::new(kernel::Kernel::new(self, label, &source(), entry))).clone()
     }
 
     /// A uniform buffer holding `dims`, zero-padded to whole 16-byte rows and at least
