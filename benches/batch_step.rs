@@ -9,7 +9,8 @@
 //! `ODMOE_BENCH_MODEL=PATH` runs another model, `ODMOE_BENCH_STEPS` sets the steps per
 //! round (256), `ODMOE_BENCH_KV=f16` keeps the caches in f16. `ODMOE_BENCH_BACKEND=gpu`
 //! runs the GPU backend's batched pass instead (`GpuModel::forward_batch`, every expert
-//! resident where the device holds them; on lavapipe the figures only show it runs).
+//! resident where the device holds them; on lavapipe the figures only show it runs), with
+//! each level also run with the expert pairs taken one by one instead of grouped.
 
 use odmoe::model::{Logits, Model, Sequence};
 
@@ -64,19 +65,34 @@ fn gpu_levels(m: &Model, levels: &[usize], steps: usize, reps: usize, token: &dy
     let g = GpuModel::with_expert_budget(m, &gpu, u64::MAX).unwrap();
     println!("experts resident: {}", g.experts_resident());
     let vocab = m.config().n_vocab as u32;
+    // the same steps with the expert pairs taken one by one, for comparison
+    let mut ungrouped = vec![f64::INFINITY; levels.len()];
     for _ in 0..reps {
         for (li, &n) in levels.iter().enumerate() {
-            let mut caches: Vec<_> = (0..n).map(|_| g.new_cache(steps + 2)).collect();
-            for (i, c) in caches.iter_mut().enumerate() {
-                g.forward(&[1, (10 + i as u32) % vocab], c, Logits::Last).unwrap();
+            for grouping in [true, false] {
+                if !grouping && n == 1 {
+                    continue; // one token's pairs are never grouped
+                }
+                g.set_expert_grouping(grouping);
+                let mut caches: Vec<_> = (0..n).map(|_| g.new_cache(steps + 2)).collect();
+                for (i, c) in caches.iter_mut().enumerate() {
+                    g.forward(&[1, (10 + i as u32) % vocab], c, Logits::Last).unwrap();
+                }
+                let t = std::time::Instant::now();
+                for s in 0..steps {
+                    let toks: Vec<[u32; 1]> = (0..n).map(|i| token(s, i)).collect();
+                    let mut seqs: Vec<GpuSequence> = caches.iter_mut().zip(&toks).map(|(c, t)| GpuSequence { tokens: t, cache: c, logits: Logits::Last }).collect();
+                    g.forward_batch(&mut seqs).unwrap();
+                }
+                let per_step = t.elapsed().as_secs_f64() / steps as f64;
+                let slot = if grouping { &mut best[li] } else { &mut ungrouped[li] };
+                *slot = slot.min(per_step);
             }
-            let t = std::time::Instant::now();
-            for s in 0..steps {
-                let toks: Vec<[u32; 1]> = (0..n).map(|i| token(s, i)).collect();
-                let mut seqs: Vec<GpuSequence> = caches.iter_mut().zip(&toks).map(|(c, t)| GpuSequence { tokens: t, cache: c, logits: Logits::Last }).collect();
-                g.forward_batch(&mut seqs).unwrap();
-            }
-            best[li] = best[li].min(t.elapsed().as_secs_f64() / steps as f64);
+        }
+    }
+    for (li, &n) in levels.iter().enumerate() {
+        if n > 1 {
+            println!("{n:>3} sequences, expert pairs one by one: {:.3} ms/step (grouped by expert {:.2}x faster)", ungrouped[li] * 1e3, ungrouped[li] / best[li]);
         }
     }
 }

@@ -20,13 +20,82 @@ fn main() {
         println!("no GPU adapter: nothing to measure");
         return;
     };
-    println!("adapter: {}", gpu.describe());
+    println!("adapter: {}, subgroups: {:?}", gpu.describe(), gpu.subgroup_size());
     let reps: usize = std::env::var("ODMOE_BENCH_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    if std::env::var_os("ODMOE_BENCH_LAYOUTS").is_some() {
+        lane_layouts(&gpu, reps);
+        return;
+    }
     let experts_only = std::env::var_os("ODMOE_BENCH_EXPERTS_ONLY").is_some();
     if !experts_only {
         plain_matrices(&gpu, reps);
     }
     expert_products(&gpu, reps);
+}
+
+/// Seconds per product of `g` (one activation row, quantized in `q`), fastest of three
+/// rounds of `reps` products recorded into one submission and timed from the submission
+/// (recording excluded) to completion, each product waiting for the one before.
+fn time_products(gpu: &Gpu, g: &GpuMatrix, xb: &wgpu::Buffer, q: Option<&odmoe::compute::gpu::quantize::QuantizedRows>, y: &wgpu::Buffer, reps: usize) -> f64 {
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let mut enc = Recorder::new(gpu);
+        for _ in 0..reps {
+            g.record_quantized(&mut enc, xb, q, y, 1, None).unwrap();
+        }
+        let cmds = enc.finish();
+        let t = Instant::now();
+        gpu.queue.submit([cmds]);
+        gpu.device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
+        best = best.min(t.elapsed().as_secs_f64() / reps as f64);
+    }
+    best
+}
+
+/// `ODMOE_BENCH_LAYOUTS=1`: the Q8_0 and Q4_K kernels in every lane layout (lanes per
+/// row, rows per invocation, wide turns) on both FFN shapes, GB/s of weights read, the
+/// default layout marked: which layout the products should use.
+fn lane_layouts(gpu: &Gpu, reps: usize) {
+    use odmoe::compute::gpu::matrix::LaneLayout;
+    for (rows, cols) in [(14336usize, 4096usize), (4096, 14336), (768, 2048), (2048, 768)] {
+        let x: Vec<f32> = (0..cols).map(|i| (i % 17) as f32 / 17.0 - 0.5).collect();
+        for ty in [GgmlType::Q8_0, GgmlType::Q4_K] {
+            let w = random_matrix(ty, rows, cols);
+            let xb = gpu.upload("x", &x).unwrap();
+            let y = gpu.output("y", rows);
+            let default = GpuMatrix::new(gpu, &w).unwrap();
+            let mut enc = Recorder::new(gpu);
+            let q = default.quantize(&mut enc, &xb, 1).unwrap();
+            enc.submit();
+            let bytes = w.data.len() as f64;
+            let mut results = Vec::new();
+            for lanes in [8, 16, 32, 64, 128] {
+                for rows_per_lane in [1, 2, 4] {
+                    for wide_turns in [false, true] {
+                        for subgroup_sums in [false, true] {
+                            if subgroup_sums && gpu.subgroup_size().is_none() {
+                                continue;
+                            }
+                            let layout = LaneLayout { lanes, rows_per_lane, wide_turns, subgroup_sums };
+                            let g = GpuMatrix::with_layout(gpu, &w, layout).unwrap();
+                            g.record_quantized(&mut Recorder::new(gpu), &xb, q.as_ref(), &y, 1, None).unwrap(); // compiled
+                            let s = time_products(gpu, &g, &xb, q.as_ref(), &y, reps);
+                            results.push((bytes / s / 1e9, layout));
+                        }
+                    }
+                }
+            }
+            results.sort_by(|a, b| b.0.total_cmp(&a.0));
+            let name = |l: &LaneLayout| format!("{}/{}{}{}", l.lanes, l.rows_per_lane, if l.wide_turns { "w" } else { "" }, if l.subgroup_sums { "s" } else { "" });
+            let line: Vec<String> = results.iter().take(8).map(|(gbs, l)| format!("{} {gbs:.0}", name(l))).collect();
+            let dflt = results.iter().find(|r| r.1 == default.layout()).unwrap();
+            let worst = results.last().unwrap();
+            println!("{ty} {rows}x{cols} ({:.1} MB) GB/s, lanes/rows[w: wide turns][s: subgroup sums]: best {} | default {} {:.0} | worst {} {:.0}", bytes / 1e6, line.join(", "), name(&dflt.1), dflt.0, name(&worst.1), worst.0);
+            // every layout, for a closer look
+            let all: Vec<String> = results.iter().map(|(gbs, l)| format!("{} {gbs:.0}", name(l))).collect();
+            println!("  all: {}", all.join(", "));
+        }
+    }
 }
 
 fn plain_matrices(gpu: &Gpu, reps: usize) {

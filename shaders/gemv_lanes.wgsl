@@ -37,13 +37,15 @@ fn weight_row(row: u32, z: u32) -> u32 {
 
 // The layout (rewritten per compiled variant, see matrix.rs `LaneLayout`): lanes per row,
 // rows per workgroup's lane sets, rows each invocation computes (Q8_0 and Q4_K/Q5_K
-// `main`: rows p.row + r · ROWS_PER_GROUP, each activation load shared by them), and
-// whether those kernels load twice the work items per loop turn (more loads in flight;
-// each row's additions keep their order, so the bits do not change).
+// `main`: rows p.row + r · ROWS_PER_GROUP, each activation load shared by them), whether
+// those kernels load twice the work items per loop turn (more loads in flight), and the
+// subgroup size below which their row sums use subgroup shuffles (0: none). None of
+// these changes the order of a row's additions, so none changes the bits.
 const LANES: u32 = 32u;
 const ROWS_PER_GROUP: u32 = 8u;
 const ROWS_PER_LANE: u32 = 1u;
 const WIDE_TURNS: bool = false;
+const SUBGROUP: u32 = 0u;
 var<workgroup> lane_sums: array<f32, 256>;
 
 // Sums each row's 32 lane values (tree, in shared memory); every invocation must call
@@ -85,27 +87,43 @@ fn lane_row(p: Place, r: u32) -> u32 {
 
 var<workgroup> lane_rows: array<f32, 256 * ROWS_PER_LANE>;
 
+// The last levels of a row's sum, those below SUBGROUP: none here (SUBGROUP is 0);
+// layouts with subgroup sums put gemv_subgroup_sums.wgsl's shuffles in its place.
+fn lower_levels(v: f32) -> f32 {
+    return v;
+}
+
 // `finish` for an invocation's ROWS_PER_LANE rows: each row's lane parts summed in
-// row_sum's tree (the same sums), one barrier per level for all of them; every
-// invocation must call it.
+// row_sum's tree (the same additions in the same order), one barrier per level for all
+// of them, and with subgroup sums the levels within a subgroup by shuffles instead;
+// every invocation must call it.
 fn finish_rows(lid: u32, p: Place, acc: array<f32, ROWS_PER_LANE>) {
-    for (var r = 0u; r < ROWS_PER_LANE; r++) {
-        lane_rows[r * 256u + lid] = acc[r];
-    }
-    workgroupBarrier();
-    for (var s = LANES / 2u; s > 0u; s = s / 2u) {
-        if (lid % LANES < s) {
-            for (var r = 0u; r < ROWS_PER_LANE; r++) {
-                lane_rows[r * 256u + lid] += lane_rows[r * 256u + lid + s];
-            }
+    var sums = acc;
+    if (LANES > SUBGROUP) {
+        for (var r = 0u; r < ROWS_PER_LANE; r++) {
+            lane_rows[r * 256u + lid] = acc[r];
         }
         workgroupBarrier();
+        for (var s = LANES / 2u; s > 0u && s >= SUBGROUP; s = s / 2u) {
+            if (lid % LANES < s) {
+                for (var r = 0u; r < ROWS_PER_LANE; r++) {
+                    lane_rows[r * 256u + lid] += lane_rows[r * 256u + lid + s];
+                }
+            }
+            workgroupBarrier();
+        }
+        for (var r = 0u; r < ROWS_PER_LANE; r++) {
+            sums[r] = lane_rows[r * 256u + lid];
+        }
+    }
+    for (var r = 0u; r < ROWS_PER_LANE; r++) {
+        sums[r] = lower_levels(sums[r]);
     }
     if (p.lane == 0u) {
         for (var r = 0u; r < ROWS_PER_LANE; r++) {
             let row = p.row + r * ROWS_PER_GROUP;
             if (row < dims.rows) {
-                store(p.z * dims.rows + row, lane_rows[r * 256u + lid]);
+                store(p.z * dims.rows + row, sums[r]);
             }
         }
     }

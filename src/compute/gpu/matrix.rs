@@ -75,6 +75,9 @@ pub struct LaneLayout {
     /// Twice the work items per loop turn, so more loads are in flight (the same
     /// formats; each row's sums keep their order, so the outputs keep their bits).
     pub wide_turns: bool,
+    /// The last levels of the row sums by subgroup shuffles instead of shared memory and
+    /// barriers (the same formats, on devices with subgroup operations; the same bits).
+    pub subgroup_sums: bool,
 }
 
 impl LaneLayout {
@@ -87,7 +90,7 @@ impl LaneLayout {
             9..=16 => 16,
             _ => 32,
         };
-        LaneLayout { lanes, rows_per_lane: 1, wide_turns: false }
+        LaneLayout { lanes, rows_per_lane: 1, wide_turns: false, subgroup_sums: false }
     }
 
     /// Whether kernels for `ty` take several rows per invocation and wide turns (the
@@ -96,11 +99,11 @@ impl LaneLayout {
         matches!(ty, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q4_K | GgmlType::Q5_K)
     }
 
-    fn check(&self, ty: GgmlType) -> Result<()> {
+    fn check(&self, gpu: &Gpu, ty: GgmlType) -> Result<()> {
         let lanes_ok = self.lanes.is_power_of_two() && (8..=128).contains(&self.lanes);
         let rows_ok = self.rows_per_lane.is_power_of_two() && self.rows_per_lane <= 8;
-        let extras = self.rows_per_lane > 1 || self.wide_turns;
-        if !lanes_ok || !rows_ok || (extras && !Self::takes_rows(ty)) {
+        let extras = self.rows_per_lane > 1 || self.wide_turns || self.subgroup_sums;
+        if !lanes_ok || !rows_ok || (extras && !Self::takes_rows(ty)) || (self.subgroup_sums && gpu.subgroup_size().is_none()) {
             return Err(Error::Invalid(format!("no {ty} kernel for the lane layout {self:?}")));
         }
         Ok(())
@@ -124,22 +127,35 @@ impl LaneLayout {
         if self.wide_turns {
             name += "_wide";
         }
+        if self.subgroup_sums {
+            name += "_sg";
+        }
         name
     }
 
-    /// `kernel_source` after `gemv_lanes.wgsl` in this layout.
-    fn source(&self, kernel_source: &str) -> String {
+    /// `kernel_source` after `gemv_lanes.wgsl` in this layout (`subgroup`: the device's
+    /// smallest subgroup size, for subgroup sums).
+    fn source(&self, kernel_source: &str, subgroup: u32) -> String {
         let lanes_src = include_str!("../../../shaders/gemv_lanes.wgsl");
-        let default = "const LANES: u32 = 32u;\nconst ROWS_PER_GROUP: u32 = 8u;\nconst ROWS_PER_LANE: u32 = 1u;\nconst WIDE_TURNS: bool = false;";
+        let default = "const LANES: u32 = 32u;\nconst ROWS_PER_GROUP: u32 = 8u;\nconst ROWS_PER_LANE: u32 = 1u;\nconst WIDE_TURNS: bool = false;\nconst SUBGROUP: u32 = 0u;";
         assert!(lanes_src.contains(default), "gemv_lanes.wgsl declares its layout constants together");
-        let sized = format!("const LANES: u32 = {}u;\nconst ROWS_PER_GROUP: u32 = {}u;\nconst ROWS_PER_LANE: u32 = {}u;\nconst WIDE_TURNS: bool = {};", self.lanes, GROUP / self.lanes, self.rows_per_lane, self.wide_turns);
-        lanes_src.replace(default, &sized) + kernel_source
+        let subgroup = if self.subgroup_sums { subgroup } else { 0 };
+        let sized = format!("const LANES: u32 = {}u;\nconst ROWS_PER_GROUP: u32 = {}u;\nconst ROWS_PER_LANE: u32 = {}u;\nconst WIDE_TURNS: bool = {};\nconst SUBGROUP: u32 = {subgroup}u;", self.lanes, GROUP / self.lanes, self.rows_per_lane, self.wide_turns);
+        let mut source = lanes_src.replace(default, &sized);
+        if self.subgroup_sums {
+            let plain = "fn lower_levels(v: f32) -> f32 {\n    return v;\n}\n";
+            assert!(source.contains(plain), "gemv_lanes.wgsl has the plain lower_levels");
+            let shuffles = include_str!("../../../shaders/gemv_subgroup_sums.wgsl");
+            let body = &shuffles[shuffles.find("fn lower_levels").expect("gemv_subgroup_sums.wgsl defines lower_levels")..];
+            source = source.replace(plain, body);
+        }
+        source + kernel_source
     }
 }
 
 /// The `main` entry point of lane kernel `base` in `layout`.
 fn lane_kernel(gpu: &Gpu, base: &str, kernel_source: &'static str, layout: LaneLayout) -> Arc<Kernel> {
-    gpu.kernel_with(&layout.kernel_name(base), || layout.source(kernel_source), "main")
+    gpu.kernel_with(&layout.kernel_name(base), || layout.source(kernel_source, gpu.subgroup_size().unwrap_or(0)), "main")
 }
 
 /// Activation rows one workgroup of a `main_tokens` kernel takes (`TOKENS` in
@@ -149,8 +165,8 @@ const TOKENS_PER_GROUP: usize = 8;
 /// The `main_tokens` entry point of lane kernel `base` with `layout`'s lanes (and so
 /// `main`'s order of additions); it takes one row per invocation.
 fn tokens_kernel(gpu: &Gpu, base: &str, kernel_source: &'static str, layout: LaneLayout) -> Arc<Kernel> {
-    let one_row = LaneLayout { lanes: layout.lanes, rows_per_lane: 1, wide_turns: false };
-    gpu.kernel_with(&one_row.kernel_name(&format!("{base}_tokens")), || one_row.source(kernel_source), "main_tokens")
+    let one_row = LaneLayout { lanes: layout.lanes, ..LaneLayout::for_items(0) };
+    gpu.kernel_with(&one_row.kernel_name(&format!("{base}_tokens")), || one_row.source(kernel_source, 0), "main_tokens")
 }
 
 /// `w`'s bytes as the kernel for its format reads them, one vector per buffer; an error
@@ -254,7 +270,7 @@ impl GpuMatrix {
             ty => unreachable!("packed refuses {ty}"),
         };
         let layout = layout.unwrap_or_else(|| LaneLayout::for_items(per_row * items));
-        layout.check(like.ty)?;
+        layout.check(gpu, like.ty)?;
         // one buffer per part, matrix i's bytes at i times the part's length
         let weights: Vec<wgpu::Buffer> = parts.iter().map(|p| gpu.buffer(base, (p.len() * count.max(1)) as u64)).collect::<Result<_>>()?;
         let kernel = lane_kernel(gpu, base, source, layout);
@@ -469,14 +485,16 @@ mod tests {
                     })
                     .collect();
                 for lanes in [8, 32, 128] {
-                    let plain = LaneLayout { lanes, rows_per_lane: 1, wide_turns: false };
+                    let plain = LaneLayout { lanes, ..LaneLayout::for_items(0) };
                     let want = GpuMatrix::with_layout(&gpu, &w, plain).unwrap().run(&gpu, &x).unwrap();
                     for (i, (g, c)) in want.iter().zip(&cpu).enumerate() {
                         assert!((*g as f64 - *c as f64).abs() <= 1e-5 * mags[i] + 1e-6, "{ty} {rows}x{cols} {plain:?} [{i}]: gpu {g} vs cpu {c}");
                     }
-                    // more rows per invocation and wider turns add in the same order
-                    for (rows_per_lane, wide_turns) in [(1, true), (2, false), (4, true), (8, false)] {
-                        let layout = LaneLayout { lanes, rows_per_lane, wide_turns };
+                    // more rows per invocation, wider turns and subgroup sums (where the
+                    // device has them) add in the same order
+                    let subgroups = gpu.subgroup_size().is_some();
+                    for (rows_per_lane, wide_turns, subgroup_sums) in [(1, true, false), (2, false, subgroups), (4, true, false), (8, false, false), (1, false, subgroups), (4, true, subgroups)] {
+                        let layout = LaneLayout { lanes, rows_per_lane, wide_turns, subgroup_sums };
                         let got = GpuMatrix::with_layout(&gpu, &w, layout).unwrap().run(&gpu, &x).unwrap();
                         assert_eq!(got, want, "{ty} {rows}x{cols} {layout:?}");
                     }
@@ -485,7 +503,7 @@ mod tests {
         }
         // formats whose kernels take one row per invocation refuse more
         let q6 = super::super::tests::random_matrix(GgmlType::Q6_K, 2, 256, 1, &[(0, 1e-3)]);
-        assert!(GpuMatrix::with_layout(&gpu, &q6, LaneLayout { lanes: 32, rows_per_lane: 2, wide_turns: false }).is_err());
+        assert!(GpuMatrix::with_layout(&gpu, &q6, LaneLayout { rows_per_lane: 2, ..LaneLayout::for_items(32) }).is_err());
     }
 
     #[test]

@@ -56,6 +56,9 @@ pub struct Gpu {
     uniforms: std::sync::Mutex<std::collections::HashMap<Vec<u32>, wgpu::Buffer>>,
     /// The largest buffer a kernel may bind as storage (the device's limits, read once).
     max_storage_bytes: u64,
+    /// The smallest subgroup the adapter runs, where kernels may use subgroup
+    /// operations; 0 where they may not.
+    subgroup_size: u32,
 }
 
 /// Distinct uniform contents kept at most (attention's change with the context length).
@@ -70,15 +73,18 @@ impl Gpu {
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let options = wgpu::RequestAdapterOptions { power_preference: wgpu::PowerPreference::HighPerformance, ..Default::default() };
         let Ok(adapter) = pollster::block_on(instance.request_adapter(&options)) else { return Ok(None) };
-        // timestamps (for profiling passes) where the adapter has them; nothing else optional
-        let required_features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
+        // timestamps (for profiling passes) and subgroup operations (row sums without
+        // barriers) where the adapter has them; nothing else optional
+        let required_features = adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP);
         let desc = wgpu::DeviceDescriptor { label: Some("odmoe"), required_limits: adapter.limits(), required_features, ..Default::default() };
         let (device, queue) = pollster::block_on(adapter.request_device(&desc)).map_err(|e| Error::Gpu(format!("{}: cannot open the device: {e}", adapter.get_info().name)))?;
         let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
         let zero_word = device.create_buffer(&wgpu::BufferDescriptor { label: Some("zero word"), size: 4, usage, mapped_at_creation: false });
         let limits = device.limits();
         let max_storage_bytes = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
-        Ok(Some(Gpu { device, queue, info: adapter.get_info(), kernels: Default::default(), zero_word, uniforms: Default::default(), max_storage_bytes }))
+        let info = adapter.get_info();
+        let subgroup_size = if required_features.contains(wgpu::Features::SUBGROUP) { info.subgroup_min_size } else { 0 };
+        Ok(Some(Gpu { device, queue, info, kernels: Default::default(), zero_word, uniforms: Default::default(), max_storage_bytes, subgroup_size }))
     }
 
     /// The kernel `name` (entry point `entry` of `source`), compiled on first use and
@@ -117,7 +123,13 @@ impl Gpu {
             .clone()
     }
 
-    /// One line naming the adapter: name, type and backend.
+    /// The smallest subgroup size of the adapter when kernels may use subgroup
+    /// operations (the device has the feature), else `None`.
+    pub fn subgroup_size(&self) -> Option<u32> {
+        (self.subgroup_size > 0).then_some(self.subgroup_size)
+    }
+
+    /// Adapter name, device type and backend, for logs.
     pub fn describe(&self) -> String {
         format!("{} ({:?}, {:?})", self.info.name, self.info.device_type, self.info.backend)
     }

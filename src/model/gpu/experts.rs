@@ -226,7 +226,7 @@ impl<'a> GpuModel<'a> {
         let routes = route::record(rec, moe, logits, bias.map(|b| &b.buf), n)?;
         let k = moe.n_expert_used;
         let count = experts.gate.count();
-        let tiles = if groups_pairs(experts, n) && count <= MAX_EXPERTS { Some(self.k.tiles.record(rec, &routes.ids, n * k, count)?) } else { None };
+        let tiles = if self.groups_pairs(experts, n) && count <= MAX_EXPERTS { Some(self.k.tiles.record(rec, &routes.ids, n * k, count)?) } else { None };
         self.routed_experts(rec, experts, &routes, tiles.as_ref(), k, h, n, residual)
     }
 
@@ -293,14 +293,14 @@ impl<'a> GpuModel<'a> {
         // the slot ids go up as f32 bits (the workspace's buffers are f32)
         let routes = route::Routes { ids: rec.upload("expert slots", bytemuck::cast_slice(&pair_slots))?, weights: rec.upload("expert weights", &weights)? };
         // the pairs grouped by slot here, where the routes are
-        let tiles = if groups_pairs(&slab, n) { Some(Tiles::upload(rec, &expert_tiles(&pair_slots))?) } else { None };
+        let tiles = if self.groups_pairs(&slab, n) { Some(Tiles::upload(rec, &expert_tiles(&pair_slots))?) } else { None };
         self.routed_experts(rec, &slab, &routes, tiles.as_ref(), k, h, n, residual)
     }
-}
 
-/// Whether a step of `n` tokens runs `experts` over pairs grouped by expert: with several
-/// tokens (one token's pairs are distinct experts) and a several-row kernel for one of
-/// the projections at least.
-fn groups_pairs(experts: &GpuMlp, n: usize) -> bool {
-    n > 1 && [&experts.gate, &experts.up, &experts.down].iter().any(|m| m.takes_tiles())
+    /// Whether a step of `n` tokens runs `experts` over pairs grouped by expert: with
+    /// grouping on, several tokens (one token's pairs are distinct experts) and a
+    /// several-row kernel for one of the projections at least.
+    fn groups_pairs(&self, experts: &GpuMlp, n: usize) -> bool {
+        n > 1 && self.expert_grouping.load(std::sync::atomic::Ordering::Relaxed) && [&experts.gate, &experts.up, &experts.down].iter().any(|m| m.takes_tiles())
+    }
 }
