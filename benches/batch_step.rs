@@ -10,7 +10,8 @@
 //! round (256), `ODMOE_BENCH_KV=f16` keeps the caches in f16. `ODMOE_BENCH_BACKEND=gpu`
 //! runs the GPU backend's batched pass instead (`GpuModel::forward_batch`, every expert
 //! resident where the device holds them; on lavapipe the figures only show it runs), with
-//! each level also run with the expert pairs taken one by one instead of grouped.
+//! each level also run with the expert pairs taken one by one instead of grouped
+//! (`ODMOE_BENCH_PROFILE=1`: then one step per level profiled, per kernel).
 
 use odmoe::model::{Logits, Model, Sequence};
 
@@ -94,6 +95,36 @@ fn gpu_levels(m: &Model, levels: &[usize], steps: usize, reps: usize, token: &dy
         if n > 1 {
             println!("{n:>3} sequences, expert pairs one by one: {:.3} ms/step (grouped by expert {:.2}x faster)", ungrouped[li] * 1e3, ungrouped[li] / best[li]);
         }
+    }
+    if std::env::var_os("ODMOE_BENCH_PROFILE").is_none() {
+        return;
+    }
+    // `ODMOE_BENCH_PROFILE=1`: where one step's time goes at each level: this thread's
+    // time on a CPU (recording, submitting, waiting) and the device time per kernel (one
+    // pass per dispatch, so small kernels look slower than they are)
+    let on_cpu = || std::fs::read_to_string("/proc/thread-self/schedstat").ok().and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok()).unwrap_or(0);
+    for &n in levels {
+        let mut caches: Vec<_> = (0..n).map(|_| g.new_cache(steps + 2)).collect();
+        for (i, c) in caches.iter_mut().enumerate() {
+            g.forward(&[1, (10 + i as u32) % vocab], c, Logits::Last).unwrap();
+        }
+        let mut step = |s: usize| {
+            let toks: Vec<[u32; 1]> = (0..n).map(|i| token(s, i)).collect();
+            let mut seqs: Vec<GpuSequence> = caches.iter_mut().zip(&toks).map(|(c, t)| GpuSequence { tokens: t, cache: c, logits: Logits::Last }).collect();
+            g.forward_batch(&mut seqs).unwrap();
+        };
+        step(0);
+        let (t, cpu0) = (std::time::Instant::now(), on_cpu());
+        step(1);
+        let (wall, cpu) = (t.elapsed().as_secs_f64() * 1e3, (on_cpu() - cpu0) as f64 / 1e6);
+        g.set_profiling(true);
+        step(2);
+        let mut report = g.take_profile().unwrap_or_default();
+        g.set_profiling(false);
+        report.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let device: f64 = report.iter().map(|e| e.1).sum::<f64>() / 1e6;
+        let top: Vec<String> = report.iter().take(10).map(|(k, ns, c)| format!("{k} {:.2} ms/{c}", ns / 1e6)).collect();
+        println!("{n:>3} sequences, one step: {wall:.2} ms, {cpu:.2} ms of it on this thread's CPU; profiled device time {device:.2} ms: {}", top.join(", "));
     }
 }
 

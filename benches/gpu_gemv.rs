@@ -33,30 +33,32 @@ fn main() {
     expert_products(&gpu, reps);
 }
 
-/// Seconds per product of `g` (one activation row, quantized in `q`), fastest of three
-/// rounds of `reps` products recorded into one submission and timed from the submission
-/// (recording excluded) to completion, each product waiting for the one before.
-fn time_products(gpu: &Gpu, g: &GpuMatrix, xb: &wgpu::Buffer, q: Option<&odmoe::compute::gpu::quantize::QuantizedRows>, y: &wgpu::Buffer, reps: usize) -> f64 {
-    let mut best = f64::MAX;
-    for _ in 0..3 {
-        let mut enc = Recorder::new(gpu);
-        for _ in 0..reps {
-            g.record_quantized(&mut enc, xb, q, y, 1, None).unwrap();
-        }
-        let cmds = enc.finish();
-        let t = Instant::now();
-        gpu.queue.submit([cmds]);
-        gpu.device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
-        best = best.min(t.elapsed().as_secs_f64() / reps as f64);
+/// Seconds per product of `g` (one activation row, quantized in `q`) over one round of
+/// `reps` products recorded into one submission (through a workspace, as a forward pass
+/// records), timed from the submission (recording excluded) to completion, each product
+/// waiting for the one before.
+fn time_products(gpu: &Gpu, ws: &mut Workspace, g: &GpuMatrix, xb: &wgpu::Buffer, q: Option<&odmoe::compute::gpu::quantize::QuantizedRows>, y: &wgpu::Buffer, reps: usize) -> f64 {
+    ws.recycle();
+    let mut enc = Recorder::with_workspace(gpu, ws);
+    for _ in 0..reps {
+        g.record_quantized(&mut enc, xb, q, y, 1, None).unwrap();
     }
-    best
+    let cmds = enc.finish();
+    let t = Instant::now();
+    gpu.queue.submit([cmds]);
+    gpu.device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
+    t.elapsed().as_secs_f64() / reps as f64
 }
 
 /// `ODMOE_BENCH_LAYOUTS=1`: the Q8_0 and Q4_K kernels in every lane layout (lanes per
-/// row, rows per invocation, wide turns) on both FFN shapes, GB/s of weights read, the
-/// default layout marked: which layout the products should use.
+/// row, rows per invocation, wide turns, subgroup sums) on both FFN shapes and an expert's,
+/// all reading the same uploaded weights. Each layout's round is timed right after a
+/// round of the default layout, three times over; reported: GB/s of weights read (best
+/// round) and the median ratio to the default round before it, so a device whose speed
+/// drifts does not favour the layouts timed first.
 fn lane_layouts(gpu: &Gpu, reps: usize) {
     use odmoe::compute::gpu::matrix::LaneLayout;
+    let mut ws = Workspace::new();
     for (rows, cols) in [(14336usize, 4096usize), (4096, 14336), (768, 2048), (2048, 768)] {
         let x: Vec<f32> = (0..cols).map(|i| (i % 17) as f32 / 17.0 - 0.5).collect();
         for ty in [GgmlType::Q8_0, GgmlType::Q4_K] {
@@ -68,32 +70,46 @@ fn lane_layouts(gpu: &Gpu, reps: usize) {
             let q = default.quantize(&mut enc, &xb, 1).unwrap();
             enc.submit();
             let bytes = w.data.len() as f64;
-            let mut results = Vec::new();
+            let mut layouts = Vec::new();
             for lanes in [8, 16, 32, 64, 128] {
                 for rows_per_lane in [1, 2, 4] {
                     for wide_turns in [false, true] {
                         for subgroup_sums in [false, true] {
-                            if subgroup_sums && gpu.subgroup_size().is_none() {
-                                continue;
+                            if !(subgroup_sums && gpu.subgroup_size().is_none()) {
+                                layouts.push(LaneLayout { lanes, rows_per_lane, wide_turns, subgroup_sums });
                             }
-                            let layout = LaneLayout { lanes, rows_per_lane, wide_turns, subgroup_sums };
-                            let g = GpuMatrix::with_layout(gpu, &w, layout).unwrap();
-                            g.record_quantized(&mut Recorder::new(gpu), &xb, q.as_ref(), &y, 1, None).unwrap(); // compiled
-                            let s = time_products(gpu, &g, &xb, q.as_ref(), &y, reps);
-                            results.push((bytes / s / 1e9, layout));
                         }
                     }
                 }
             }
+            let variants: Vec<GpuMatrix> = layouts.iter().map(|l| default.with_layout(gpu, *l).unwrap()).collect();
+            for g in &variants {
+                time_products(gpu, &mut ws, g, &xb, q.as_ref(), &y, 1); // compiled and warm
+            }
+            let mut best = vec![f64::MAX; layouts.len()];
+            let mut ratios = vec![Vec::new(); layouts.len()];
+            let mut default_best = f64::MAX;
+            for _ in 0..3 {
+                for (i, g) in variants.iter().enumerate() {
+                    let base = time_products(gpu, &mut ws, &default, &xb, q.as_ref(), &y, reps);
+                    let t = time_products(gpu, &mut ws, g, &xb, q.as_ref(), &y, reps);
+                    default_best = default_best.min(base);
+                    best[i] = best[i].min(t);
+                    ratios[i].push(base / t);
+                }
+            }
+            let mut results: Vec<(f64, f64, LaneLayout)> = (0..layouts.len())
+                .map(|i| {
+                    let r = &mut ratios[i];
+                    r.sort_by(f64::total_cmp);
+                    (r[r.len() / 2], bytes / best[i] / 1e9, layouts[i])
+                })
+                .collect();
             results.sort_by(|a, b| b.0.total_cmp(&a.0));
             let name = |l: &LaneLayout| format!("{}/{}{}{}", l.lanes, l.rows_per_lane, if l.wide_turns { "w" } else { "" }, if l.subgroup_sums { "s" } else { "" });
-            let line: Vec<String> = results.iter().take(8).map(|(gbs, l)| format!("{} {gbs:.0}", name(l))).collect();
-            let dflt = results.iter().find(|r| r.1 == default.layout()).unwrap();
-            let worst = results.last().unwrap();
-            println!("{ty} {rows}x{cols} ({:.1} MB) GB/s, lanes/rows[w: wide turns][s: subgroup sums]: best {} | default {} {:.0} | worst {} {:.0}", bytes / 1e6, line.join(", "), name(&dflt.1), dflt.0, name(&worst.1), worst.0);
-            // every layout, for a closer look
-            let all: Vec<String> = results.iter().map(|(gbs, l)| format!("{} {gbs:.0}", name(l))).collect();
-            println!("  all: {}", all.join(", "));
+            let show = |r: &[(f64, f64, LaneLayout)]| r.iter().map(|(ratio, gbs, l)| format!("{} {gbs:.0} ({ratio:.2}x)", name(l))).collect::<Vec<_>>().join(", ");
+            println!("{ty} {rows}x{cols} ({:.1} MB), default {} {:.0} GB/s; lanes/rows[w: wide turns][s: subgroup sums] GB/s (x default): best {}", bytes / 1e6, name(&default.layout()), bytes / default_best / 1e9, show(&results[..8]));
+            println!("  all: {}", show(&results));
         }
     }
 }

@@ -220,6 +220,24 @@ fn packed(w: &QMatrix) -> Result<Vec<Vec<u8>>> {
     })
 }
 
+/// The lane kernel of a format with a kernel: its base name, its source, the values per
+/// unit its rows are walked in (a column, a pair of halves, a block), work items per unit,
+/// and how it wants the activations quantized (`None`: read as f32).
+fn format_kernel(ty: GgmlType) -> (&'static str, &'static str, usize, usize, Option<ActFormat>) {
+    match ty {
+        GgmlType::F32 => ("gemv_f32", include_str!("../../../shaders/gemv_f32.wgsl"), 1, 1, None),
+        GgmlType::F16 => ("gemv_f16", include_str!("../../../shaders/gemv_f16.wgsl"), 2, 1, None),
+        GgmlType::BF16 => ("gemv_bf16", super::gemv_f16::bf16_source(), 2, 1, None),
+        GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 => ("gemv_q8_0", include_str!("../../../shaders/gemv_q8_0.wgsl"), 32, 1, Some(ActFormat::Q8_0)),
+        GgmlType::Q2_K => ("gemv_q2_k", include_str!("../../../shaders/gemv_q2_k.wgsl"), 256, 16, Some(ActFormat::Q8_K)),
+        GgmlType::Q3_K => ("gemv_q3_k", include_str!("../../../shaders/gemv_q3_k.wgsl"), 256, 16, Some(ActFormat::Q8_K)),
+        GgmlType::Q4_K => ("gemv_q4_k", include_str!("../../../shaders/gemv_q4_k.wgsl"), 256, 4, Some(ActFormat::Q8_K)),
+        GgmlType::Q5_K => ("gemv_q5_k", super::gemv_q5_k::source(), 256, 4, Some(ActFormat::Q8_K)),
+        GgmlType::Q6_K => ("gemv_q6_k", include_str!("../../../shaders/gemv_q6_k.wgsl"), 256, 16, Some(ActFormat::Q8_K)),
+        ty => unreachable!("packed refuses {ty}"),
+    }
+}
+
 impl GpuMatrix {
     /// Uploads `w`; formats without a GPU kernel yet are an error naming the format.
     pub fn new(gpu: &Gpu, w: &QMatrix) -> Result<GpuMatrix> {
@@ -232,10 +250,14 @@ impl GpuMatrix {
         Self::stacked_with(gpu, ws, None)
     }
 
-    /// [`GpuMatrix::new`] with the kernel in `layout` rather than the default: for
-    /// measuring layouts against each other.
-    pub fn with_layout(gpu: &Gpu, w: &QMatrix, layout: LaneLayout) -> Result<GpuMatrix> {
-        Self::stacked_with(gpu, std::slice::from_ref(w), Some(layout))
+    /// This matrix (the same device buffers) with its kernels in `layout` rather than
+    /// its own: for measuring layouts against each other.
+    pub fn with_layout(&self, gpu: &Gpu, layout: LaneLayout) -> Result<GpuMatrix> {
+        layout.check(gpu, self.ty)?;
+        let (base, source, ..) = format_kernel(self.ty);
+        let kernel = lane_kernel(gpu, base, source, layout);
+        let tokens_kernel = self.tokens_kernel.as_ref().map(|_| tokens_kernel(gpu, base, source, layout));
+        Ok(GpuMatrix { kernel, tokens_kernel, layout, weights: self.weights.clone(), ..*self })
     }
 
     fn stacked_with(gpu: &Gpu, ws: &[QMatrix], layout: Option<LaneLayout>) -> Result<GpuMatrix> {
@@ -256,19 +278,8 @@ impl GpuMatrix {
 
     fn slab_with(gpu: &Gpu, like: &QMatrix, count: usize, layout: Option<LaneLayout>) -> Result<GpuMatrix> {
         let parts = packed(like)?; // refuses a format without a kernel
-        // (kernel base name, source, per row: columns or blocks, work items per block)
-        let (base, source, per_row, items, acts) = match like.ty {
-            GgmlType::F32 => ("gemv_f32", include_str!("../../../shaders/gemv_f32.wgsl"), like.cols, 1, None),
-            GgmlType::F16 => ("gemv_f16", include_str!("../../../shaders/gemv_f16.wgsl"), like.cols / 2, 1, None),
-            GgmlType::BF16 => ("gemv_bf16", super::gemv_f16::bf16_source(), like.cols / 2, 1, None),
-            GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 => ("gemv_q8_0", include_str!("../../../shaders/gemv_q8_0.wgsl"), like.cols / 32, 1, Some(ActFormat::Q8_0)),
-            GgmlType::Q2_K => ("gemv_q2_k", include_str!("../../../shaders/gemv_q2_k.wgsl"), like.cols / 256, 16, Some(ActFormat::Q8_K)),
-            GgmlType::Q3_K => ("gemv_q3_k", include_str!("../../../shaders/gemv_q3_k.wgsl"), like.cols / 256, 16, Some(ActFormat::Q8_K)),
-            GgmlType::Q4_K => ("gemv_q4_k", include_str!("../../../shaders/gemv_q4_k.wgsl"), like.cols / 256, 4, Some(ActFormat::Q8_K)),
-            GgmlType::Q5_K => ("gemv_q5_k", super::gemv_q5_k::source(), like.cols / 256, 4, Some(ActFormat::Q8_K)),
-            GgmlType::Q6_K => ("gemv_q6_k", include_str!("../../../shaders/gemv_q6_k.wgsl"), like.cols / 256, 16, Some(ActFormat::Q8_K)),
-            ty => unreachable!("packed refuses {ty}"),
-        };
+        let (base, source, per_unit, items, acts) = format_kernel(like.ty);
+        let per_row = like.cols / per_unit;
         let layout = layout.unwrap_or_else(|| LaneLayout::for_items(per_row * items));
         layout.check(gpu, like.ty)?;
         // one buffer per part, matrix i's bytes at i times the part's length
@@ -484,9 +495,10 @@ mod tests {
                         row.iter().zip(&x[t * cols..(t + 1) * cols]).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum()
                     })
                     .collect();
+                let uploaded = GpuMatrix::new(&gpu, &w).unwrap();
                 for lanes in [8, 32, 128] {
                     let plain = LaneLayout { lanes, ..LaneLayout::for_items(0) };
-                    let want = GpuMatrix::with_layout(&gpu, &w, plain).unwrap().run(&gpu, &x).unwrap();
+                    let want = uploaded.with_layout(&gpu, plain).unwrap().run(&gpu, &x).unwrap();
                     for (i, (g, c)) in want.iter().zip(&cpu).enumerate() {
                         assert!((*g as f64 - *c as f64).abs() <= 1e-5 * mags[i] + 1e-6, "{ty} {rows}x{cols} {plain:?} [{i}]: gpu {g} vs cpu {c}");
                     }
@@ -495,7 +507,7 @@ mod tests {
                     let subgroups = gpu.subgroup_size().is_some();
                     for (rows_per_lane, wide_turns, subgroup_sums) in [(1, true, false), (2, false, subgroups), (4, true, false), (8, false, false), (1, false, subgroups), (4, true, subgroups)] {
                         let layout = LaneLayout { lanes, rows_per_lane, wide_turns, subgroup_sums };
-                        let got = GpuMatrix::with_layout(&gpu, &w, layout).unwrap().run(&gpu, &x).unwrap();
+                        let got = uploaded.with_layout(&gpu, layout).unwrap().run(&gpu, &x).unwrap();
                         assert_eq!(got, want, "{ty} {rows}x{cols} {layout:?}");
                     }
                 }
@@ -503,7 +515,7 @@ mod tests {
         }
         // formats whose kernels take one row per invocation refuse more
         let q6 = super::super::tests::random_matrix(GgmlType::Q6_K, 2, 256, 1, &[(0, 1e-3)]);
-        assert!(GpuMatrix::with_layout(&gpu, &q6, LaneLayout { rows_per_lane: 2, ..LaneLayout::for_items(32) }).is_err());
+        assert!(GpuMatrix::new(&gpu, &q6).unwrap().with_layout(&gpu, LaneLayout { rows_per_lane: 2, ..LaneLayout::for_items(32) }).is_err());
     }
 
     #[test]
