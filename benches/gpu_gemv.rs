@@ -23,6 +23,7 @@ fn main() {
     println!("adapter: {}, subgroups: {:?}", gpu.describe(), gpu.subgroup_size());
     let reps: usize = std::env::var("ODMOE_BENCH_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
     if std::env::var_os("ODMOE_BENCH_LAYOUTS").is_some() {
+        sizes(&gpu, reps);
         lane_layouts(&gpu, reps);
         return;
     }
@@ -48,6 +49,38 @@ fn time_products(gpu: &Gpu, ws: &mut Workspace, g: &GpuMatrix, xb: &wgpu::Buffer
     gpu.queue.submit([cmds]);
     gpu.device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
     t.elapsed().as_secs_f64() / reps as f64
+}
+
+/// GB/s of the default kernels by matrix size (4096 columns): where a product is too
+/// small for the device to reach its bandwidth (launch and drain), with F32 as the
+/// simplest kernel of all.
+fn sizes(gpu: &Gpu, reps: usize) {
+    let mut ws = Workspace::new();
+    let cols = 4096usize;
+    let x: Vec<f32> = (0..cols).map(|i| (i % 17) as f32 / 17.0 - 0.5).collect();
+    let xb = gpu.upload("x", &x).unwrap();
+    for ty in [GgmlType::F32, GgmlType::Q8_0, GgmlType::Q4_K] {
+        let mut line = Vec::new();
+        for mb in [16usize, 33, 66, 132, 264] {
+            let rows = (mb << 20) / ty.row_bytes(cols as u64).unwrap() as usize / 256 * 256;
+            if odmoe::compute::gpu::matrix::device_bytes(&random_matrix(ty, 1, cols)) * rows as u64 > gpu.max_storage_bytes() {
+                continue; // past what one storage buffer holds here
+            }
+            let w = match ty {
+                GgmlType::F32 => QMatrix::new(ty, rows, cols, (0..rows * cols).flat_map(|i| ((i % 13) as f32 * 0.01).to_le_bytes()).collect::<Vec<u8>>().into()),
+                _ => random_matrix(ty, rows, cols),
+            };
+            let g = GpuMatrix::new(gpu, &w).unwrap();
+            let y = gpu.output("y", rows);
+            let mut enc = Recorder::new(gpu);
+            let q = g.quantize(&mut enc, &xb, 1).unwrap();
+            enc.submit();
+            time_products(gpu, &mut ws, &g, &xb, q.as_ref(), &y, 1);
+            let best = (0..3).map(|_| time_products(gpu, &mut ws, &g, &xb, q.as_ref(), &y, reps)).fold(f64::MAX, f64::min);
+            line.push(format!("{:.0} MB {:.0}", w.data.len() as f64 / 1e6, w.data.len() as f64 / best / 1e9));
+        }
+        println!("{ty} x {cols} columns, GB/s by size: {}", line.join(", "));
+    }
 }
 
 /// `ODMOE_BENCH_LAYOUTS=1`: the Q8_0 and Q4_K kernels in every lane layout (lanes per
