@@ -51,6 +51,15 @@ fn time_products(gpu: &Gpu, ws: &mut Workspace, g: &GpuMatrix, xb: &wgpu::Buffer
     t.elapsed().as_secs_f64() / reps as f64
 }
 
+/// Products of `g` for a tenth of a second: a GPU left idle while the host prepares the
+/// next matrix lowers its clocks, and timings right after would measure that.
+fn warm_up(gpu: &Gpu, ws: &mut Workspace, g: &GpuMatrix, xb: &wgpu::Buffer, q: Option<&odmoe::compute::gpu::quantize::QuantizedRows>, y: &wgpu::Buffer) {
+    let t = Instant::now();
+    while t.elapsed().as_secs_f64() < 0.1 {
+        time_products(gpu, ws, g, xb, q, y, 50);
+    }
+}
+
 /// GB/s of the default kernels by matrix size (4096 columns): where a product is too
 /// small for the device to reach its bandwidth (launch and drain), with F32 as the
 /// simplest kernel of all.
@@ -75,7 +84,7 @@ fn sizes(gpu: &Gpu, reps: usize) {
             let mut enc = Recorder::new(gpu);
             let q = g.quantize(&mut enc, &xb, 1).unwrap();
             enc.submit();
-            time_products(gpu, &mut ws, &g, &xb, q.as_ref(), &y, 1);
+            warm_up(gpu, &mut ws, &g, &xb, q.as_ref(), &y);
             let best = (0..3).map(|_| time_products(gpu, &mut ws, &g, &xb, q.as_ref(), &y, reps)).fold(f64::MAX, f64::min);
             line.push(format!("{:.0} MB {:.0}", w.data.len() as f64 / 1e6, w.data.len() as f64 / best / 1e9));
         }
@@ -84,11 +93,12 @@ fn sizes(gpu: &Gpu, reps: usize) {
 }
 
 /// `ODMOE_BENCH_LAYOUTS=1`: the Q8_0 and Q4_K kernels in every lane layout (lanes per
-/// row, rows per invocation, wide turns, subgroup sums) on both FFN shapes and an expert's,
+/// row, rows per invocation, subgroup sums) on both FFN shapes and an expert's,
 /// all reading the same uploaded weights. Each layout's round is timed right after a
-/// round of the default layout, three times over; reported: GB/s of weights read (best
-/// round) and the median ratio to the default round before it, so a device whose speed
-/// drifts does not favour the layouts timed first.
+/// round of the plain layout (one row per invocation, no subgroup sums), three times over;
+/// reported: GB/s of weights read (best round) and the median ratio to the plain round
+/// before it, so a device whose speed drifts does not favour the layouts timed first; the
+/// layout products use by default is named.
 fn lane_layouts(gpu: &Gpu, reps: usize) {
     use odmoe::compute::gpu::matrix::LaneLayout;
     let mut ws = Workspace::new();
@@ -99,6 +109,9 @@ fn lane_layouts(gpu: &Gpu, reps: usize) {
             let xb = gpu.upload("x", &x).unwrap();
             let y = gpu.output("y", rows);
             let default = GpuMatrix::new(gpu, &w).unwrap();
+            let items = if ty == GgmlType::Q8_0 { cols / 32 } else { cols / 64 };
+            // the baseline: one row per invocation, no subgroup sums (the layout of old)
+            let plain = default.with_layout(gpu, LaneLayout::for_items(items)).unwrap();
             let mut enc = Recorder::new(gpu);
             let q = default.quantize(&mut enc, &xb, 1).unwrap();
             enc.submit();
@@ -106,25 +119,25 @@ fn lane_layouts(gpu: &Gpu, reps: usize) {
             let mut layouts = Vec::new();
             for lanes in [8, 16, 32, 64, 128] {
                 for rows_per_lane in [1, 2, 4] {
-                    for wide_turns in [false, true] {
-                        for subgroup_sums in [false, true] {
-                            if !(subgroup_sums && gpu.subgroup_size().is_none()) {
-                                layouts.push(LaneLayout { lanes, rows_per_lane, wide_turns, subgroup_sums });
-                            }
+                    for subgroup_sums in [false, true] {
+                        let layout = LaneLayout { lanes, rows_per_lane, subgroup_sums };
+                        if default.with_layout(gpu, layout).is_ok() {
+                            layouts.push(layout);
                         }
                     }
                 }
             }
             let variants: Vec<GpuMatrix> = layouts.iter().map(|l| default.with_layout(gpu, *l).unwrap()).collect();
             for g in &variants {
-                time_products(gpu, &mut ws, g, &xb, q.as_ref(), &y, 1); // compiled and warm
+                time_products(gpu, &mut ws, g, &xb, q.as_ref(), &y, 1); // compiled
             }
+            warm_up(gpu, &mut ws, &plain, &xb, q.as_ref(), &y);
             let mut best = vec![f64::MAX; layouts.len()];
             let mut ratios = vec![Vec::new(); layouts.len()];
             let mut default_best = f64::MAX;
             for _ in 0..3 {
                 for (i, g) in variants.iter().enumerate() {
-                    let base = time_products(gpu, &mut ws, &default, &xb, q.as_ref(), &y, reps);
+                    let base = time_products(gpu, &mut ws, &plain, &xb, q.as_ref(), &y, reps);
                     let t = time_products(gpu, &mut ws, g, &xb, q.as_ref(), &y, reps);
                     default_best = default_best.min(base);
                     best[i] = best[i].min(t);
@@ -139,9 +152,10 @@ fn lane_layouts(gpu: &Gpu, reps: usize) {
                 })
                 .collect();
             results.sort_by(|a, b| b.0.total_cmp(&a.0));
-            let name = |l: &LaneLayout| format!("{}/{}{}{}", l.lanes, l.rows_per_lane, if l.wide_turns { "w" } else { "" }, if l.subgroup_sums { "s" } else { "" });
+            let name = |l: &LaneLayout| format!("{}/{}{}", l.lanes, l.rows_per_lane, if l.subgroup_sums { "s" } else { "" });
             let show = |r: &[(f64, f64, LaneLayout)]| r.iter().map(|(ratio, gbs, l)| format!("{} {gbs:.0} ({ratio:.2}x)", name(l))).collect::<Vec<_>>().join(", ");
-            println!("{ty} {rows}x{cols} ({:.1} MB), default {} {:.0} GB/s; lanes/rows[w: wide turns][s: subgroup sums] GB/s (x default): best {}", bytes / 1e6, name(&default.layout()), bytes / default_best / 1e9, show(&results[..8]));
+            let chosen = results.iter().find(|r| r.2 == default.layout()).map_or(String::new(), |r| show(std::slice::from_ref(r)));
+            println!("{ty} {rows}x{cols} ({:.1} MB), plain {} {:.0} GB/s; lanes/rows[s: subgroup sums] GB/s (x plain): default {chosen}; best {}", bytes / 1e6, name(&plain.layout()), bytes / default_best / 1e9, show(&results[..8]));
             println!("  all: {}", show(&results));
         }
     }
@@ -162,6 +176,7 @@ fn plain_matrices(gpu: &Gpu, reps: usize) {
             let mut enc = Recorder::new(gpu);
             let q = g.quantize(&mut enc, &xb, 1).unwrap();
             enc.submit();
+            warm_up(gpu, &mut Workspace::new(), &g, &xb, q.as_ref(), &ys[0]);
             // fastest of three rounds of `reps` products recorded into one submission,
             // timed from the submission (recording excluded) to completion: the kernel
             // alone, each product waiting for the one before (one output) or not (outputs

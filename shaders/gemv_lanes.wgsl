@@ -35,31 +35,40 @@ fn weight_row(row: u32, z: u32) -> u32 {
     return row;
 }
 
-// The layout (rewritten per compiled variant, see matrix.rs `LaneLayout`): lanes per row,
-// rows per workgroup's lane sets, rows each invocation computes (Q8_0 and Q4_K/Q5_K
-// `main`: rows p.row + r · ROWS_PER_GROUP, each activation load shared by them), whether
-// those kernels load twice the work items per loop turn (more loads in flight), and the
-// subgroup size below which their row sums use subgroup shuffles (0: none). None of
-// these changes the order of a row's additions, so none changes the bits.
+// The layout (rewritten per compiled variant, see matrix.rs `LaneLayout`): lanes per
+// row, rows per workgroup's lane sets, rows each invocation computes (the Q4_K/Q5_K
+// kernel's `main_rows`: rows p.row + r · ROWS_PER_GROUP, each activation load shared by
+// them; 1, 2 or 4), and the subgroup size below which row sums use subgroup shuffles
+// (0: none; the Q8_0 and Q4_K/Q5_K kernels). Neither rows per invocation nor shuffles
+// change the order of a row's additions, so neither changes the bits.
 const LANES: u32 = 32u;
 const ROWS_PER_GROUP: u32 = 8u;
 const ROWS_PER_LANE: u32 = 1u;
-const WIDE_TURNS: bool = false;
 const SUBGROUP: u32 = 0u;
 var<workgroup> lane_sums: array<f32, 256>;
 
-// Sums each row's 32 lane values (tree, in shared memory); every invocation must call
-// it, and lane 0 of each row gets its row's sum.
+// The last levels of a row's sum, those below SUBGROUP: none here (SUBGROUP is 0);
+// layouts with subgroup sums put gemv_subgroup_sums.wgsl's shuffles in its place.
+fn lower_levels(v: f32) -> f32 {
+    return v;
+}
+
+// Sums each row's LANES lane values (a tree: at level s lane i adds lane i + s, in
+// shared memory, the levels below SUBGROUP by shuffles); every invocation must call it,
+// and lane 0 of each row gets its row's sum.
 fn row_sum(lid: u32, v: f32) -> f32 {
+    if (LANES <= SUBGROUP) {
+        return lower_levels(v);
+    }
     lane_sums[lid] = v;
     workgroupBarrier();
-    for (var s = LANES / 2u; s > 0u; s = s / 2u) {
+    for (var s = LANES / 2u; s > 0u && s >= SUBGROUP; s = s / 2u) {
         if (lid % LANES < s) {
             lane_sums[lid] += lane_sums[lid + s];
         }
         workgroupBarrier();
     }
-    return lane_sums[lid];
+    return lower_levels(lane_sums[lid]);
 }
 
 // Where an invocation works: its output row (the first of its ROWS_PER_LANE rows), its
@@ -79,41 +88,39 @@ fn place(wg: vec3<u32>, lid: u32) -> Place {
     return Place(row, lid % LANES, z, z / dims.act_div, weight_row(row, z));
 }
 
-// The row the r-th of an invocation's ROWS_PER_LANE rows reads (the last row stands in
-// for rows past the end, whose sums are never stored, so loads need no guard).
-fn lane_row(p: Place, r: u32) -> u32 {
-    return weight_row(min(p.row + r * ROWS_PER_GROUP, dims.rows - 1u), p.z);
+// The weight rows of an invocation's ROWS_PER_LANE rows (p.row + r · ROWS_PER_GROUP),
+// the last row standing in for rows past the end (whose sums are never stored), so loads
+// need no guard.
+fn lane_rows(p: Place) -> vec4<u32> {
+    var rows: vec4<u32>;
+    for (var r = 0u; r < ROWS_PER_LANE; r++) {
+        rows[r] = weight_row(min(p.row + r * ROWS_PER_GROUP, dims.rows - 1u), p.z);
+    }
+    return rows;
 }
 
-var<workgroup> lane_rows: array<f32, 256 * ROWS_PER_LANE>;
+var<workgroup> rows_sums: array<f32, 256 * ROWS_PER_LANE>;
 
-// The last levels of a row's sum, those below SUBGROUP: none here (SUBGROUP is 0);
-// layouts with subgroup sums put gemv_subgroup_sums.wgsl's shuffles in its place.
-fn lower_levels(v: f32) -> f32 {
-    return v;
-}
-
-// `finish` for an invocation's ROWS_PER_LANE rows: each row's lane parts summed in
-// row_sum's tree (the same additions in the same order), one barrier per level for all
-// of them, and with subgroup sums the levels within a subgroup by shuffles instead;
+// `finish` for an invocation's ROWS_PER_LANE rows (their parts in `acc`'s first
+// components): each row's sum in row_sum's tree, one barrier per level for all of them;
 // every invocation must call it.
-fn finish_rows(lid: u32, p: Place, acc: array<f32, ROWS_PER_LANE>) {
+fn finish_rows(lid: u32, p: Place, acc: vec4<f32>) {
     var sums = acc;
     if (LANES > SUBGROUP) {
         for (var r = 0u; r < ROWS_PER_LANE; r++) {
-            lane_rows[r * 256u + lid] = acc[r];
+            rows_sums[r * 256u + lid] = acc[r];
         }
         workgroupBarrier();
         for (var s = LANES / 2u; s > 0u && s >= SUBGROUP; s = s / 2u) {
             if (lid % LANES < s) {
                 for (var r = 0u; r < ROWS_PER_LANE; r++) {
-                    lane_rows[r * 256u + lid] += lane_rows[r * 256u + lid + s];
+                    rows_sums[r * 256u + lid] += rows_sums[r * 256u + lid + s];
                 }
             }
             workgroupBarrier();
         }
         for (var r = 0u; r < ROWS_PER_LANE; r++) {
-            sums[r] = lane_rows[r * 256u + lid];
+            sums[r] = rows_sums[r * 256u + lid];
         }
     }
     for (var r = 0u; r < ROWS_PER_LANE; r++) {

@@ -105,41 +105,63 @@ fn item_dot(it: Item, x: ItemActs) -> f32 {
          + (yd * dm.x * f32(i32(m1.x) * s1) - yd * dm.y * f32(i32(m1.y) * x.bs1));
 }
 
+// Work item `item` of weight row `wrow` times activation row `t`.
+fn item_sum(wrow: u32, t: u32, item: u32) -> f32 {
+    return item_dot(load_item(wrow, item), load_acts(t, item));
+}
+
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let p = place(wg, lid);
-    var acc: array<f32, ROWS_PER_LANE>;
-    // two items per turn: their loads are independent, so both are in flight at once
-    // (four with WIDE_TURNS, added as two turns add them)
-    let items = dims.per_row * 4u;
-    var item = p.lane;
-    if (WIDE_TURNS) {
-        for (; item + 3u * LANES < items; item += 4u * LANES) {
-            let xa = load_acts(p.t, item);
-            let xb = load_acts(p.t, item + LANES);
-            let xc = load_acts(p.t, item + 2u * LANES);
-            let xe = load_acts(p.t, item + 3u * LANES);
-            for (var r = 0u; r < ROWS_PER_LANE; r++) {
-                let wrow = lane_row(p, r);
-                let ab = item_dot(load_item(wrow, item), xa) + item_dot(load_item(wrow, item + LANES), xb);
-                let ce = item_dot(load_item(wrow, item + 2u * LANES), xc) + item_dot(load_item(wrow, item + 3u * LANES), xe);
-                acc[r] += ab;
-                acc[r] += ce;
-            }
+    var acc = 0.0;
+    if (p.row < dims.rows) {
+        // two items per turn: their loads are independent, so both are in flight at once
+        let items = dims.per_row * 4u;
+        var item = p.lane;
+        for (; item + LANES < items; item += 2u * LANES) {
+            acc += item_sum(p.wrow, p.t, item) + item_sum(p.wrow, p.t, item + LANES);
+        }
+        if (item < items) {
+            acc += item_sum(p.wrow, p.t, item);
         }
     }
+    finish(lid, p, acc);
+}
+
+// A turn of `main` (items `item` and `item` + LANES) for weight row `wrow`, the items'
+// activations loaded already.
+fn turn_sum(wrow: u32, item: u32, xa: ItemActs, xb: ItemActs) -> f32 {
+    return item_dot(load_item(wrow, item), xa) + item_dot(load_item(wrow, item + LANES), xb);
+}
+
+// `main` for ROWS_PER_LANE (2 or 4) rows per invocation: each turn's activations loaded
+// once for all of them, each row's additions in `main`'s order (so `main`'s bits). The
+// rows are written out one by one rather than looped over, so that the sums stay in
+// registers whatever the compiler makes of loops.
+@compute @workgroup_size(256)
+fn main_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let p = place(wg, lid);
+    let wr = lane_rows(p);
+    var acc = vec4<f32>(0.0);
+    let items = dims.per_row * 4u;
+    var item = p.lane;
     for (; item + LANES < items; item += 2u * LANES) {
         let xa = load_acts(p.t, item);
         let xb = load_acts(p.t, item + LANES);
-        for (var r = 0u; r < ROWS_PER_LANE; r++) {
-            let wrow = lane_row(p, r);
-            acc[r] += item_dot(load_item(wrow, item), xa) + item_dot(load_item(wrow, item + LANES), xb);
+        acc.x += turn_sum(wr.x, item, xa, xb);
+        acc.y += turn_sum(wr.y, item, xa, xb);
+        if (ROWS_PER_LANE > 2u) {
+            acc.z += turn_sum(wr.z, item, xa, xb);
+            acc.w += turn_sum(wr.w, item, xa, xb);
         }
     }
     if (item < items) {
         let xa = load_acts(p.t, item);
-        for (var r = 0u; r < ROWS_PER_LANE; r++) {
-            acc[r] += item_dot(load_item(lane_row(p, r), item), xa);
+        acc.x += item_dot(load_item(wr.x, item), xa);
+        acc.y += item_dot(load_item(wr.y, item), xa);
+        if (ROWS_PER_LANE > 2u) {
+            acc.z += item_dot(load_item(wr.z, item), xa);
+            acc.w += item_dot(load_item(wr.w, item), xa);
         }
     }
     finish_rows(lid, p, acc);

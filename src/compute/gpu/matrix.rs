@@ -63,50 +63,75 @@ pub struct Experts<'a> {
 const GROUP: usize = 256;
 
 /// How a lane kernel (`shaders/gemv_lanes.wgsl`) spreads a matrix over a workgroup's 256
-/// invocations. Products use [`LaneLayout::for_items`]; the others are there to be
-/// measured against it (`benches/gpu_gemv`).
+/// invocations. Products use [`LaneLayout::for_matrix`]; [`GpuMatrix::with_layout`]
+/// builds others to be measured against it (`benches/gpu_gemv`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LaneLayout {
     /// Invocations sharing a row (8 to 128, a power of two), their parts summed in a tree.
     pub lanes: usize,
-    /// Rows each invocation computes, each activation load serving all of them (1, 2, 4
-    /// or 8; above 1 only for [`LaneLayout::takes_rows`] formats).
+    /// Rows each invocation computes, each activation load serving all of them (1, 2 or
+    /// 4; above 1 only for Q4_K and Q5_K).
     pub rows_per_lane: usize,
-    /// Twice the work items per loop turn, so more loads are in flight (the same
-    /// formats; each row's sums keep their order, so the outputs keep their bits).
-    pub wide_turns: bool,
     /// The last levels of the row sums by subgroup shuffles instead of shared memory and
-    /// barriers (the same formats, on devices with subgroup operations; the same bits).
+    /// barriers (Q8_0, Q4_0, Q5_0, Q4_K and Q5_K, on devices with subgroup operations;
+    /// the same bits).
     pub subgroup_sums: bool,
 }
 
+/// Invocations per matrix product below which the layouts keep one row per invocation:
+/// a product needs this many to keep an H200's memory busy (see `for_matrix`).
+const MIN_INVOCATIONS: usize = 48 * 1024;
+
 impl LaneLayout {
-    /// The layout for rows of `items` work items (blocks, or groups within blocks): 32
-    /// lanes, or 16 or 8 for short rows (an expert's down projection has a dozen Q4_K
-    /// items), so fewer lanes idle and a workgroup covers more rows.
+    /// One row per invocation, no subgroup sums: 32 lanes, or 16 or 8 for rows of few work
+    /// items (blocks, or groups within blocks; an expert's down projection has a dozen
+    /// Q4_K items), so fewer lanes idle and a workgroup covers more rows.
     pub fn for_items(items: usize) -> LaneLayout {
         let lanes = match items {
             0..=8 => 8,
             9..=16 => 16,
             _ => 32,
         };
-        LaneLayout { lanes, rows_per_lane: 1, wide_turns: false, subgroup_sums: false }
+        LaneLayout { lanes, rows_per_lane: 1, subgroup_sums: false }
     }
 
-    /// Whether kernels for `ty` take several rows per invocation and wide turns (the
-    /// Q8_0 kernel, which Q4_0 and Q5_0 use too, and the Q4_K/Q5_K kernel).
-    pub fn takes_rows(ty: GgmlType) -> bool {
+    /// The layout products of `rows` rows of `items` work items in format `ty` use.
+    /// Measured on an H200 (`benches/gpu_gemv`, every layout against the plain one):
+    /// subgroup sums were 2–17% faster wherever they apply, and Q4_K was fastest with
+    /// about sixteen work items per invocation while 48k or more invocations remain (14336
+    /// rows of 4096 columns: 16 lanes and 4 rows each, 1.6× the plain layout; 4096 rows of
+    /// 14336: 32 lanes and 2 rows, 1.45×); see [`k_quant_rows`]. Small matrices (an
+    /// expert's) keep [`LaneLayout::for_items`].
+    pub fn for_matrix(gpu: &Gpu, ty: GgmlType, rows: usize, items: usize) -> LaneLayout {
+        let subgroup_sums = Self::takes_subgroup_sums(ty) && gpu.subgroup_size().is_some();
+        match k_quant_rows(rows, items) {
+            Some((lanes, rows_per_lane)) if matches!(ty, GgmlType::Q4_K | GgmlType::Q5_K) => LaneLayout { lanes, rows_per_lane, subgroup_sums },
+            _ => LaneLayout { subgroup_sums, ..Self::for_items(items) },
+        }
+    }
+
+    /// Whether `ty`'s kernel can take its row sums' last levels by subgroup shuffles.
+    fn takes_subgroup_sums(ty: GgmlType) -> bool {
         matches!(ty, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q4_K | GgmlType::Q5_K)
     }
 
     fn check(&self, gpu: &Gpu, ty: GgmlType) -> Result<()> {
         let lanes_ok = self.lanes.is_power_of_two() && (8..=128).contains(&self.lanes);
-        let rows_ok = self.rows_per_lane.is_power_of_two() && self.rows_per_lane <= 8;
-        let extras = self.rows_per_lane > 1 || self.wide_turns || self.subgroup_sums;
-        if !lanes_ok || !rows_ok || (extras && !Self::takes_rows(ty)) || (self.subgroup_sums && gpu.subgroup_size().is_none()) {
+        let rows_ok = matches!(self.rows_per_lane, 1 | 2 | 4) && (self.rows_per_lane == 1 || matches!(ty, GgmlType::Q4_K | GgmlType::Q5_K));
+        let sums_ok = !self.subgroup_sums || (Self::takes_subgroup_sums(ty) && gpu.subgroup_size().is_some());
+        if !lanes_ok || !rows_ok || !sums_ok {
             return Err(Error::Invalid(format!("no {ty} kernel for the lane layout {self:?}")));
         }
         Ok(())
+    }
+
+    /// The kernel's entry point in this layout.
+    fn entry(&self) -> &'static str {
+        if self.rows_per_lane > 1 {
+            "main_rows"
+        } else {
+            "main"
+        }
     }
 
     /// Rows a workgroup of the `main` kernel computes.
@@ -124,9 +149,6 @@ impl LaneLayout {
         if self.rows_per_lane != 1 {
             name += &format!("_r{}", self.rows_per_lane);
         }
-        if self.wide_turns {
-            name += "_wide";
-        }
         if self.subgroup_sums {
             name += "_sg";
         }
@@ -137,10 +159,10 @@ impl LaneLayout {
     /// smallest subgroup size, for subgroup sums).
     fn source(&self, kernel_source: &str, subgroup: u32) -> String {
         let lanes_src = include_str!("../../../shaders/gemv_lanes.wgsl");
-        let default = "const LANES: u32 = 32u;\nconst ROWS_PER_GROUP: u32 = 8u;\nconst ROWS_PER_LANE: u32 = 1u;\nconst WIDE_TURNS: bool = false;\nconst SUBGROUP: u32 = 0u;";
+        let default = "const LANES: u32 = 32u;\nconst ROWS_PER_GROUP: u32 = 8u;\nconst ROWS_PER_LANE: u32 = 1u;\nconst SUBGROUP: u32 = 0u;";
         assert!(lanes_src.contains(default), "gemv_lanes.wgsl declares its layout constants together");
         let subgroup = if self.subgroup_sums { subgroup } else { 0 };
-        let sized = format!("const LANES: u32 = {}u;\nconst ROWS_PER_GROUP: u32 = {}u;\nconst ROWS_PER_LANE: u32 = {}u;\nconst WIDE_TURNS: bool = {};\nconst SUBGROUP: u32 = {subgroup}u;", self.lanes, GROUP / self.lanes, self.rows_per_lane, self.wide_turns);
+        let sized = format!("const LANES: u32 = {}u;\nconst ROWS_PER_GROUP: u32 = {}u;\nconst ROWS_PER_LANE: u32 = {}u;\nconst SUBGROUP: u32 = {subgroup}u;", self.lanes, GROUP / self.lanes, self.rows_per_lane);
         let mut source = lanes_src.replace(default, &sized);
         if self.subgroup_sums {
             let plain = "fn lower_levels(v: f32) -> f32 {\n    return v;\n}\n";
@@ -153,9 +175,30 @@ impl LaneLayout {
     }
 }
 
+/// Lanes per row and rows per invocation for a Q4_K (or Q5_K) matrix of `rows` rows of
+/// `items` work items: the most items per invocation up to sixteen with at least
+/// [`MIN_INVOCATIONS`] invocations and no more lanes than items, then lanes nearest 32,
+/// then more rows per invocation; `None` when no layout keeps that many invocations.
+fn k_quant_rows(rows: usize, items: usize) -> Option<(usize, usize)> {
+    let mut best: Option<((usize, u32, usize), (usize, usize))> = None;
+    for lanes in [8usize, 16, 32, 64] {
+        for rows_per_lane in [1usize, 2, 4] {
+            let per = (items * rows_per_lane).div_ceil(lanes);
+            if lanes > items || per > 16 || rows * lanes / rows_per_lane < MIN_INVOCATIONS {
+                continue;
+            }
+            let key = (per, 5 - lanes.trailing_zeros().abs_diff(5), rows_per_lane);
+            if best.is_none_or(|(k, _)| k < key) {
+                best = Some((key, (lanes, rows_per_lane)));
+            }
+        }
+    }
+    best.map(|(_, layout)| layout)
+}
+
 /// The `main` entry point of lane kernel `base` in `layout`.
 fn lane_kernel(gpu: &Gpu, base: &str, kernel_source: &'static str, layout: LaneLayout) -> Arc<Kernel> {
-    gpu.kernel_with(&layout.kernel_name(base), || layout.source(kernel_source, gpu.subgroup_size().unwrap_or(0)), "main")
+    gpu.kernel_with(&layout.kernel_name(base), || layout.source(kernel_source, gpu.subgroup_size().unwrap_or(0)), layout.entry())
 }
 
 /// Activation rows one workgroup of a `main_tokens` kernel takes (`TOKENS` in
@@ -280,7 +323,7 @@ impl GpuMatrix {
         let parts = packed(like)?; // refuses a format without a kernel
         let (base, source, per_unit, items, acts) = format_kernel(like.ty);
         let per_row = like.cols / per_unit;
-        let layout = layout.unwrap_or_else(|| LaneLayout::for_items(per_row * items));
+        let layout = layout.unwrap_or_else(|| LaneLayout::for_matrix(gpu, like.ty, like.rows, per_row * items));
         layout.check(gpu, like.ty)?;
         // one buffer per part, matrix i's bytes at i times the part's length
         let weights: Vec<wgpu::Buffer> = parts.iter().map(|p| gpu.buffer(base, (p.len() * count.max(1)) as u64)).collect::<Result<_>>()?;
@@ -478,6 +521,16 @@ mod tests {
     }
 
     #[test]
+    fn q4_k_layouts_are_the_fastest_measured() {
+        // the H200's fastest layouts for the shapes measured (gate/up and down of a
+        // Mixtral-sized FFN); an expert's small matrices keep one row per invocation
+        assert_eq!(k_quant_rows(14336, 64), Some((16, 4)));
+        assert_eq!(k_quant_rows(4096, 224), Some((32, 2)));
+        assert_eq!(k_quant_rows(768, 32), None);
+        assert_eq!(k_quant_rows(2048, 12), None);
+    }
+
+    #[test]
     fn every_lane_layout_matches_the_cpu_backend_and_keeps_its_lanes_bits() {
         let Some(gpu) = gpu_or_skip() else { return };
         // row counts that leave the last workgroup part empty; 80 Q8_0 blocks or 40 Q4_K
@@ -502,11 +555,15 @@ mod tests {
                     for (i, (g, c)) in want.iter().zip(&cpu).enumerate() {
                         assert!((*g as f64 - *c as f64).abs() <= 1e-5 * mags[i] + 1e-6, "{ty} {rows}x{cols} {plain:?} [{i}]: gpu {g} vs cpu {c}");
                     }
-                    // more rows per invocation, wider turns and subgroup sums (where the
-                    // device has them) add in the same order
+                    // more rows per invocation and subgroup sums (where the device has
+                    // them) add in the same order
                     let subgroups = gpu.subgroup_size().is_some();
-                    for (rows_per_lane, wide_turns, subgroup_sums) in [(1, true, false), (2, false, subgroups), (4, true, false), (8, false, false), (1, false, subgroups), (4, true, subgroups)] {
-                        let layout = LaneLayout { lanes, rows_per_lane, wide_turns, subgroup_sums };
+                    let k_quant = matches!(ty, GgmlType::Q4_K | GgmlType::Q5_K);
+                    for (rows_per_lane, subgroup_sums) in [(1, subgroups), (2, false), (4, false), (2, subgroups), (4, subgroups)] {
+                        if rows_per_lane > 1 && !k_quant {
+                            continue;
+                        }
+                        let layout = LaneLayout { lanes, rows_per_lane, subgroup_sums };
                         let got = uploaded.with_layout(&gpu, layout).unwrap().run(&gpu, &x).unwrap();
                         assert_eq!(got, want, "{ty} {rows}x{cols} {layout:?}");
                     }
