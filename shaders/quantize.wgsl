@@ -38,49 +38,6 @@ fn round_away(v: f32) -> i32 {
     return i32(r);
 }
 
-// a / b correctly rounded (to nearest, ties to even), as the CPU divides: Vulkan lets `/`
-// be off by 2.5 ulp (NVIDIA's is) and lets `fma` round twice (lavapipe's does), and one
-// ulp of a scale moves values across rounding ties, which activations of a quantized
-// embedding sit on by the hundred. So the quotient of the significands is made one bit
-// at a time in integers. Zero, subnormal, infinite and NaN operands (not met here) take
-// the driver's division.
-fn div_exact(a: f32, b: f32) -> f32 {
-    let ua = bitcast<u32>(a);
-    let ub = bitcast<u32>(b);
-    let ea = (ua >> 23u) & 0xffu;
-    let eb = (ub >> 23u) & 0xffu;
-    if (a == 0.0 || ea == 0u || eb == 0u || ea == 255u || eb == 255u) {
-        return a / b;
-    }
-    let ma = (ua & 0x7fffffu) | 0x800000u;
-    let mb = (ub & 0x7fffffu) | 0x800000u;
-    // q = floor(ma · 2^31 / mb), in [2^30, 2^32); r the remainder
-    var q = 0u;
-    var r = ma;
-    if (r >= mb) {
-        q = 1u;
-        r -= mb;
-    }
-    for (var i = 0u; i < 31u; i++) {
-        r = r << 1u;
-        q = q << 1u;
-        if (r >= mb) {
-            q |= 1u;
-            r -= mb;
-        }
-    }
-    // keep 24 significant bits, rounding the dropped ones (and the remainder) to nearest even
-    let shift = firstLeadingBit(q) - 23u;
-    var m = q >> shift;
-    let rest = q & ((1u << shift) - 1u);
-    let half = 1u << (shift - 1u);
-    if (rest > half || (rest == half && (r != 0u || (m & 1u) == 1u))) {
-        m += 1u;
-    }
-    let mag = ldexp(f32(m), i32(ea) - i32(eb) + i32(shift) - 31);
-    return select(mag, -mag, ((ua ^ ub) & 0x80000000u) != 0u);
-}
-
 // v rounded to the nearest f16 value, ties to even, as a widened f32 (the CPU's
 // f16::from_f32): pack2x16float's rounding is up to the driver. v ≥ 0 here.
 fn round_f16(v: f32) -> f32 {

@@ -16,20 +16,37 @@ struct Dims {
 
 const WG: u32 = 64u;
 var<workgroup> partial: array<f32, WG>;
+// squares of a stretch of the row, eight per invocation
+const STRETCH: u32 = 512u;
+var<workgroup> squares: array<f32, STRETCH>;
 
-// The scale of row `row` (1/rms(x)), computed by the whole workgroup.
+// The scale of row `row` (1/rms(x)), computed by the whole workgroup, with the CPU
+// backend's bits: when the next matrix quantizes the result, values of a quantized
+// embedding sit exactly on rounding ties and one bit decides. So the sum of squares is
+// made in the CPU's order (its `dot`: eight running sums over strided elements, added in
+// lane order, then the tail one by one), each square rounded before it is added (the
+// squares go through workgroup memory, so that no compiler fuses a square and its
+// addition into one multiply-add, which would not round the square), and the mean, root
+// and reciprocal are correctly rounded (exact.wgsl).
 fn row_scale(lid: u32, base: u32) -> f32 {
-    // the sum of squares in the CPU backend's order (its `dot`: eight running sums over
-    // strided elements, added in lane order, then the tail one by one), so the scale has
-    // the same bits on both backends where sqrt and division are correctly rounded: when
-    // the next matrix quantizes the result, values of a quantized embedding sit exactly
-    // on rounding ties and one bit decides
-    let main = dims.d / 8u * 8u;
-    if (lid < 8u) {
-        var acc = 0.0;
-        for (var i = lid; i < main; i += 8u) {
-            acc += x[base + i] * x[base + i];
+    let d = dims.d;
+    let main = d / 8u * 8u;
+    var acc = 0.0;
+    var start = 0u;
+    for (; start < d; start += STRETCH) {
+        for (var i = lid; i < STRETCH && start + i < d; i += WG) {
+            let v = x[base + start + i];
+            squares[i] = v * v;
         }
+        workgroupBarrier();
+        if (lid < 8u) {
+            for (var i = lid; i < STRETCH && start + i < main; i += 8u) {
+                acc += squares[i];
+            }
+        }
+        workgroupBarrier();
+    }
+    if (lid < 8u) {
         partial[lid] = acc;
     }
     workgroupBarrier();
@@ -38,13 +55,15 @@ fn row_scale(lid: u32, base: u32) -> f32 {
         for (var k = 0u; k < 8u; k++) {
             ss += partial[k];
         }
-        for (var i = main; i < dims.d; i++) {
-            ss += x[base + i] * x[base + i];
+        // the tail (fewer than eight) lies in the last stretch, still in `squares`
+        let last = start - STRETCH;
+        for (var i = main; i < d; i++) {
+            ss += squares[i - last];
         }
         partial[0] = ss;
     }
     workgroupBarrier();
-    return 1.0 / sqrt(partial[0] / f32(dims.d) + bitcast<f32>(dims.eps_bits));
+    return div_exact(1.0, sqrt_exact(div_exact(partial[0], f32(d)) + bitcast<f32>(dims.eps_bits)));
 }
 
 // x normalized in place.

@@ -74,8 +74,13 @@ impl Gpu {
         let options = wgpu::RequestAdapterOptions { power_preference: wgpu::PowerPreference::HighPerformance, ..Default::default() };
         let Ok(adapter) = pollster::block_on(instance.request_adapter(&options)) else { return Ok(None) };
         // timestamps (for profiling passes) and subgroup operations (row sums without
-        // barriers) where the adapter has them; nothing else optional
-        let required_features = adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP);
+        // barriers) where the adapter has them, the latter unless ODMOE_GPU_SUBGROUPS=off
+        // (for a driver whose subgroups misbehave); nothing else optional
+        let mut wanted = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP;
+        if std::env::var("ODMOE_GPU_SUBGROUPS").is_ok_and(|v| v == "off" || v == "0") {
+            wanted.remove(wgpu::Features::SUBGROUP);
+        }
+        let required_features = adapter.features() & wanted;
         let desc = wgpu::DeviceDescriptor { label: Some("odmoe"), required_limits: adapter.limits(), required_features, ..Default::default() };
         let (device, queue) = pollster::block_on(adapter.request_device(&desc)).map_err(|e| Error::Gpu(format!("{}: cannot open the device: {e}", adapter.get_info().name)))?;
         let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;

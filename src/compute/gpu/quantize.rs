@@ -38,7 +38,7 @@ pub struct QuantizedRows {
     pub bsums: wgpu::Buffer,
 }
 
-const SOURCE: &str = include_str!("../../../shaders/quantize.wgsl");
+const SOURCE: &str = concat!(include_str!("../../../shaders/exact.wgsl"), include_str!("../../../shaders/quantize.wgsl"));
 
 /// Records the quantization of `len` values of `x` (whole rows whose length is a
 /// multiple of the format's block) into new buffers.

@@ -16,7 +16,7 @@ pub struct RmsNorm {
 impl RmsNorm {
     /// Compiles the kernel.
     pub fn new(gpu: &Gpu, eps: f32) -> RmsNorm {
-        let src = include_str!("../../../shaders/rms_norm.wgsl");
+        let src = concat!(include_str!("../../../shaders/exact.wgsl"), include_str!("../../../shaders/rms_norm.wgsl"));
         RmsNorm { kernel: Kernel::new(gpu, "rms_norm", src, "main"), into: Kernel::new(gpu, "rms_norm_into", src, "into"), eps }
     }
 
@@ -45,8 +45,10 @@ mod tests {
     fn gpu_rms_norm_matches_the_cpu_backend() {
         let Some(gpu) = gpu_or_skip() else { return };
         let k = RmsNorm::new(&gpu, 1e-6);
-        for (rows, d) in [(1, 1), (3, 100), (5, 2048), (2, 7168)] {
-            let x = values(rows * d, d as u64);
+        // rows of many magnitudes (the mean, root and reciprocal across exponents), sizes
+        // with and without a tail, past one stretch of squares
+        for (rows, d) in [(1, 1), (3, 100), (5, 2048), (2, 7168), (40, 515)] {
+            let x: Vec<f32> = values(rows * d, d as u64).iter().enumerate().map(|(i, v)| v * 1.37f32.powi((i / d) as i32 * 3 - 50)).collect();
             let g = values(d, 7);
             let mut want = x.clone();
             cpu::rms_norm(&mut want, &g, 1e-6);
@@ -62,8 +64,9 @@ mod tests {
             enc.submit();
             let got = gpu.read_f32(&xb, rows * d).unwrap();
             assert_eq!(into, got, "{rows}x{d}: the same values either way");
+            // the same bits as the CPU backend
             for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-                assert!((a - b).abs() <= 1e-5 * b.abs().max(1e-3), "{rows}x{d} [{i}]: gpu {a} vs cpu {b}");
+                assert_eq!(a.to_bits(), b.to_bits(), "{rows}x{d} [{i}]: gpu {a} vs cpu {b}");
             }
         }
     }
