@@ -121,9 +121,10 @@ fn a_gpu_batch_gives_each_sequence_what_it_gets_alone() {
     let Some(gpu) = gpu_or_skip() else { return };
     // three sequences: a long one (its cache grows past its first room while batched), a
     // prompt fed in two chunks, a one-token prompt; all experts resident, then fetched;
-    // grouped-query and latent attention; experts of a quantized format run over pairs
-    // grouped by expert when a step has several tokens (resident: grouped on the device;
-    // fetched: on the host), one pair at a time for one token
+    // grouped-query and latent attention; alone, experts run pair by pair (these experts
+    // are too small for grouping to pay); together, experts of a quantized format run
+    // over pairs grouped by expert when a step has several tokens (resident: grouped on
+    // the device; fetched: on the host), one pair at a time for one token
     for (name, resident) in [("mixtral_h256.Q8_0", true), ("qwen3moe.f32", true), ("qwen2moe.f32", false), ("qwen3moe_h256.Q4_K_M", false), ("deepseek3.f32", true)] {
         let m = Model::open(common::fixture(&format!("models/{name}.gguf"))).unwrap();
         let long: Vec<u32> = (0..300u32).map(|i| (i * 37 + 11) % 500).collect();
@@ -150,6 +151,7 @@ fn a_gpu_batch_gives_each_sequence_what_it_gets_alone() {
         // together: the first 250 long tokens alone, then its last 50 (past the cache's
         // first room), the two short prompts and every decode token as batches
         let g = open();
+        g.set_expert_grouping(odmoe::model::ExpertGrouping::Always);
         let mut caches: Vec<GpuKvCache> = prompts.iter().map(|_| g.new_cache(320)).collect();
         g.forward(&long[..200], &mut caches[0], Logits::None).unwrap();
         g.forward(&long[200..250], &mut caches[0], Logits::None).unwrap();

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 pub use attention::{KvRows, KvType, LayerCache};
 #[cfg(feature = "gpu")]
-pub use gpu::{gpu_unsupported, GpuKvCache, GpuModel, GpuSequence, DEFAULT_DEVICE_EXPERT_BYTES, SUBMIT_EVERY};
+pub use gpu::{gpu_unsupported, ExpertGrouping, GpuKvCache, GpuModel, GpuSequence, DEFAULT_DEVICE_EXPERT_BYTES, SUBMIT_EVERY};
 pub use config::{Arch, Config};
 
 

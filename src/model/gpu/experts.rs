@@ -3,7 +3,7 @@
 //! else those routed lately, fetched through the expert source as the CPU routes
 //! ([`DeviceExperts`]).
 
-use super::{GpuFfn, GpuMlp, GpuModel, Vector};
+use super::{ExpertGrouping, GpuFfn, GpuMlp, GpuModel, Vector};
 use crate::compute::gpu::expert_tiles::{expert_tiles, Tiles, MAX_EXPERTS};
 use crate::compute::gpu::matrix::{device_bytes, Experts, GpuMatrix};
 use crate::compute::gpu::recorder::Recorder;
@@ -12,6 +12,10 @@ use crate::model::config::MoeConfig;
 use crate::model::router::route;
 use crate::model::weights::Ffn;
 use crate::{Error, Result};
+
+/// Weights of one expert projection from which grouping pairs by expert can pay (see
+/// `GpuModel::groups_pairs`): Mixtral's 58M did, Qwen3-30B-A3B's 1.5M did not.
+const GROUPED_EXPERT_WEIGHTS: usize = 16 << 20;
 
 /// Routed experts kept on the device between steps, in slabs: one stack of equal slots
 /// per projection for each shape and format of expert (usually one for the whole model;
@@ -226,7 +230,7 @@ impl<'a> GpuModel<'a> {
         let routes = route::record(rec, moe, logits, bias.map(|b| &b.buf), n)?;
         let k = moe.n_expert_used;
         let count = experts.gate.count();
-        let tiles = if self.groups_pairs(experts, n * k, count) && count <= MAX_EXPERTS { Some(self.k.tiles.record(rec, &routes.ids, n * k, count)?) } else { None };
+        let tiles = if self.groups_pairs(experts, n, n * k, count) && count <= MAX_EXPERTS { Some(self.k.tiles.record(rec, &routes.ids, n * k, count)?) } else { None };
         self.routed_experts(rec, experts, &routes, tiles.as_ref(), k, h, n, residual)
     }
 
@@ -293,19 +297,24 @@ impl<'a> GpuModel<'a> {
         // the slot ids go up as f32 bits (the workspace's buffers are f32)
         let routes = route::Routes { ids: rec.upload("expert slots", bytemuck::cast_slice(&pair_slots))?, weights: rec.upload("expert weights", &weights)? };
         // the pairs grouped by slot here, where the routes are
-        let tiles = if self.groups_pairs(&slab, n * k, ids.len()) { Some(Tiles::upload(rec, &expert_tiles(&pair_slots))?) } else { None };
+        let tiles = if self.groups_pairs(&slab, n, n * k, ids.len()) { Some(Tiles::upload(rec, &expert_tiles(&pair_slots))?) } else { None };
         self.routed_experts(rec, &slab, &routes, tiles.as_ref(), k, h, n, residual)
     }
 
-    /// Whether `pairs` (token, expert) pairs over `used` experts (at most) run `experts`
-    /// grouped by expert: with grouping on, a several-row kernel for one of the
-    /// projections at least, and two pairs or more per expert on average. Measured on an
-    /// H200: grouping won from about two pairs per expert up (Mixtral-shaped experts, 16
-    /// tokens: 4 per expert, 1.1–1.4× faster; 64 tokens 1.6–1.9×) and lost below (4
-    /// tokens, 1.6 per used expert: 0.65–0.96×; Qwen3-30B-A3B-shaped, 16 tokens over 128
-    /// experts: a whole step 0.87×), where the grouping kernel and the several-row
-    /// kernel's extra work cost more than the repeated reads save.
-    fn groups_pairs(&self, experts: &GpuMlp, pairs: usize, used: usize) -> bool {
-        pairs >= 2 * used && self.expert_grouping.load(std::sync::atomic::Ordering::Relaxed) && [&experts.gate, &experts.up, &experts.down].iter().any(|m| m.takes_tiles())
+    /// Whether the `pairs` (token, expert) pairs of `tokens` tokens over `used` experts (at
+    /// most) run `experts` grouped by expert: several tokens, a several-row kernel for one
+    /// of the projections at least, and by default ([`ExpertGrouping::WhenItPays`]) large
+    /// experts and eight pairs or more per expert on average. Measured on an H200 with the
+    /// one-row kernels' fastest layouts (`benches/gpu_gemv`, grouped ÷ pair by pair):
+    /// Mixtral-sized experts (14336 × 4096) at 4, 16 and 64 tokens, 1.6, 4 and 16 pairs
+    /// per expert: Q8_0 0.42×, 0.70×, 1.39×; Q4_K 0.85×, 1.07×, 1.12×; Qwen3-30B-A3B-sized
+    /// ones (768 × 2048, 128 experts, top-8) 0.36×, 0.35×, 0.50× (a whole 64-sequence step
+    /// of that model: 0.84×). Below that the grouping kernel and the several-row kernel's
+    /// extra work cost more than the repeated reads save.
+    fn groups_pairs(&self, experts: &GpuMlp, tokens: usize, pairs: usize, used: usize) -> bool {
+        let kernel = [&experts.gate, &experts.up, &experts.down].iter().any(|m| m.takes_tiles());
+        let pays = experts.gate.rows() * experts.gate.cols() >= GROUPED_EXPERT_WEIGHTS && pairs >= 8 * used;
+        let when = self.expert_grouping.load(std::sync::atomic::Ordering::Relaxed);
+        kernel && tokens > 1 && (when == ExpertGrouping::Always as u8 || (when == ExpertGrouping::WhenItPays as u8 && pays))
     }
 }

@@ -124,12 +124,25 @@ pub struct GpuModel<'a> {
     layers_per_submit: std::sync::atomic::AtomicUsize,
     /// Tokens per indexed per-head product of latent attention.
     head_product_tokens: std::sync::atomic::AtomicUsize,
-    /// Whether batched steps group (token, expert) pairs by expert ([`GpuModel::set_expert_grouping`]).
-    expert_grouping: std::sync::atomic::AtomicBool,
+    /// When batched steps group (token, expert) pairs by expert ([`ExpertGrouping`] as a u8).
+    expert_grouping: std::sync::atomic::AtomicU8,
     /// Every sequence's keys and values, in pages.
     kv: std::sync::Mutex<cache::KvPool>,
     /// The pool's free pages (new caches need no lock on the pool).
     kv_free: cache::FreePages,
+}
+
+/// When batched steps run routed experts over (token, expert) pairs grouped by expert
+/// ([`GpuModel::set_expert_grouping`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExpertGrouping {
+    /// Pair by pair, always.
+    Never = 0,
+    /// Where it was measured to pay (the default): large experts, many pairs per expert.
+    WhenItPays = 1,
+    /// Whenever a step has several tokens and the format a several-row kernel (tests of
+    /// the grouped path use it).
+    Always = 2,
 }
 
 /// Layers recorded per submission within a pass, by default
@@ -187,7 +200,7 @@ impl<'a> GpuModel<'a> {
         let kv = cache::KvPool::new(gpu, layers.len(), attention::cache_widths(cfg), cache::half_kv(model));
         let kv_free = kv.free_pages();
         let kv = kv.into();
-        let mut g = GpuModel { model, gpu, k, layers, output_norm: Vector::new(gpu, &w.output_norm)?, output: GpuMatrix::new(gpu, &w.output)?, experts, ws: Default::default(), profiling: Default::default(), profile: Default::default(), layers_per_submit: SUBMIT_EVERY.into(), head_product_tokens: attention::tokens_per_head_product(cfg).into(), expert_grouping: true.into(), kv, kv_free };
+        let mut g = GpuModel { model, gpu, k, layers, output_norm: Vector::new(gpu, &w.output_norm)?, output: GpuMatrix::new(gpu, &w.output)?, experts, ws: Default::default(), profiling: Default::default(), profile: Default::default(), layers_per_submit: SUBMIT_EVERY.into(), head_product_tokens: attention::tokens_per_head_product(cfg).into(), expert_grouping: (ExpertGrouping::WhenItPays as u8).into(), kv, kv_free };
         if g.all_expert_bytes()? <= budget {
             g.upload_all_experts()?;
         }
@@ -238,11 +251,11 @@ impl<'a> GpuModel<'a> {
         self.layers_per_submit.store(n.max(1), std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Whether a step of several tokens runs the routed experts over (token, expert)
-    /// pairs grouped by expert, reading each expert once per tile of pairs (the default),
-    /// or pair by pair; the outputs are the same bit for bit, only the speed differs.
-    pub fn set_expert_grouping(&self, on: bool) {
-        self.expert_grouping.store(on, std::sync::atomic::Ordering::Relaxed);
+    /// When a step of several tokens runs the routed experts over (token, expert) pairs
+    /// grouped by expert (each expert read once per tile of pairs) rather than pair by
+    /// pair; the outputs are the same bit for bit, only the speed differs.
+    pub fn set_expert_grouping(&self, when: ExpertGrouping) {
+        self.expert_grouping.store(when as u8, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Latent attention's per-head products take at most `n` tokens each (at least 1; by
