@@ -31,6 +31,8 @@ for t in gpu_matrices gpu_logits gpu_generate; do
   timeout 60 /tmp/b/$t > "$OUT/$t.txt" 2>&1; echo "$t rc=$?"; grep -h "panicked\|test result" -A1 "$OUT/$t.txt" | cut -c1-200
 done
 timeout 150 /tmp/b/gpu_gemv > "$OUT"/gemv.txt 2>&1; cat "$OUT"/gemv.txt
+# every lane layout against the plain one (which layouts products should use)
+timeout 200 env ODMOE_BENCH_LAYOUTS=1 ODMOE_BENCH_REPS=200 /tmp/b/gpu_gemv > "$OUT"/layouts.txt 2>&1; grep -v "^  all" "$OUT"/layouts.txt
 for be in auto cpu; do
   timeout 60 /tmp/b/odmoe generate --backend $be --max-tokens 256 --temperature 0 --prompt "ROMEO:" > "$OUT/generate_$be.txt" 2> "$OUT/generate_$be.err"
   grep "backend:\|generated" "$OUT/generate_$be.err"
@@ -38,6 +40,6 @@ done
 cmp "$OUT"/generate_auto.txt "$OUT"/generate_cpu.txt && echo "demo: same text on both backends"
 wait $gen
 timeout 150 /tmp/b/overbudget gpu /tmp/m.gguf 256 > "$OUT"/decode.txt 2>&1; cat "$OUT"/decode.txt
-# batched decode steps of 1, 16 and 64 sequences on the device (grouped expert products,
-# one attention dispatch per layer for all sequences)
+# batched decode steps of 1, 16 and 64 sequences on the device (expert pairs grouped or
+# not, one attention dispatch per layer for all sequences)
 timeout 150 env ODMOE_BENCH_BACKEND=gpu ODMOE_BENCH_MODEL=/tmp/m.gguf ODMOE_BENCH_LEVELS=1,16,64 ODMOE_BENCH_STEPS=16 ODMOE_BENCH_REPS=1 /tmp/b/batch_step > "$OUT"/batch_gpu.txt 2>&1; cat "$OUT"/batch_gpu.txt

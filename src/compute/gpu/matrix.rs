@@ -180,20 +180,12 @@ impl LaneLayout {
 /// [`MIN_INVOCATIONS`] invocations and no more lanes than items, then lanes nearest 32,
 /// then more rows per invocation; `None` when no layout keeps that many invocations.
 fn k_quant_rows(rows: usize, items: usize) -> Option<(usize, usize)> {
-    let mut best: Option<((usize, u32, usize), (usize, usize))> = None;
-    for lanes in [8usize, 16, 32, 64] {
-        for rows_per_lane in [1usize, 2, 4] {
-            let per = (items * rows_per_lane).div_ceil(lanes);
-            if lanes > items || per > 16 || rows * lanes / rows_per_lane < MIN_INVOCATIONS {
-                continue;
-            }
-            let key = (per, 5 - lanes.trailing_zeros().abs_diff(5), rows_per_lane);
-            if best.is_none_or(|(k, _)| k < key) {
-                best = Some((key, (lanes, rows_per_lane)));
-            }
-        }
-    }
-    best.map(|(_, layout)| layout)
+    let per_invocation = |lanes: usize, rows_per_lane: usize| (items * rows_per_lane).div_ceil(lanes);
+    [8usize, 16, 32, 64]
+        .into_iter()
+        .flat_map(|lanes| [1usize, 2, 4].map(|r| (lanes, r)))
+        .filter(|&(lanes, r)| lanes <= items && per_invocation(lanes, r) <= 16 && rows * lanes / r >= MIN_INVOCATIONS)
+        .max_by_key(|&(lanes, r)| (per_invocation(lanes, r), 5 - lanes.trailing_zeros().abs_diff(5), r))
 }
 
 /// The `main` entry point of lane kernel `base` in `layout`.
