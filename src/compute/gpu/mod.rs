@@ -88,8 +88,23 @@ impl Gpu {
         let limits = device.limits();
         let max_storage_bytes = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
         let info = adapter.get_info();
-        let subgroup_size = if required_features.contains(wgpu::Features::SUBGROUP) { info.subgroup_min_size } else { 0 };
-        Ok(Some(Gpu { device, queue, info, kernels: Default::default(), zero_word, uniforms: Default::default(), max_storage_bytes, subgroup_size }))
+        let mut gpu = Gpu { device, queue, info, kernels: Default::default(), zero_word, uniforms: Default::default(), max_storage_bytes, subgroup_size: 0 };
+        if required_features.contains(wgpu::Features::SUBGROUP) && gpu.subgroups_as_assumed()? {
+            gpu.subgroup_size = gpu.info.subgroup_min_size;
+        }
+        Ok(Some(gpu))
+    }
+
+    /// Whether the device's subgroups are laid out as the matrix kernels' subgroup sums
+    /// assume (`shaders/subgroup_probe.wgsl`); where they are not, the kernels sum in
+    /// shared memory only, which gives the same results.
+    fn subgroups_as_assumed(&self) -> Result<bool> {
+        let probe = kernel::Kernel::new(self, "subgroup_probe", include_str!("../../../shaders/subgroup_probe.wgsl"), "main");
+        let bad = self.storage("subgroup probe", &[0u8; 4])?;
+        let mut rec = recorder::Recorder::new(self);
+        probe.record(&mut rec, &[&bad], &[self.info.subgroup_min_size], [4, 1, 1])?;
+        rec.submit();
+        Ok(self.read_f32(&bad, 1)?[0].to_bits() == 0)
     }
 
     /// The kernel `name` (entry point `entry` of `source`), compiled on first use and
