@@ -100,7 +100,7 @@ fn sizes(gpu: &Gpu, reps: usize) {
 /// before it, so a device whose speed drifts does not favour the layouts timed first; the
 /// layout products use by default is named.
 fn lane_layouts(gpu: &Gpu, reps: usize) {
-    use odmoe::compute::gpu::matrix::LaneLayout;
+    use odmoe::compute::gpu::lane_layout::LaneLayout;
     let mut ws = Workspace::new();
     for (rows, cols) in [(14336usize, 4096usize), (4096, 14336), (768, 2048), (2048, 768)] {
         let x: Vec<f32> = (0..cols).map(|i| (i % 17) as f32 / 17.0 - 0.5).collect();

@@ -15,6 +15,7 @@ use crate::{Error, Result};
 use std::sync::Arc;
 
 use super::expert_tiles::Tiles;
+use super::lane_layout::{lane_kernel, tokens_kernel, LaneLayout, GROUP};
 use super::gemv_q8_0::Q8_0Packed;
 
 /// A matrix (or a stack of equally shaped expert matrices) resident on the GPU with the
@@ -59,153 +60,10 @@ pub struct Experts<'a> {
     pub tiles: Option<&'a Tiles>,
 }
 
-/// Invocations per workgroup of the lane kernels (`shaders/gemv_lanes.wgsl`).
-const GROUP: usize = 256;
-
-/// How a lane kernel (`shaders/gemv_lanes.wgsl`) spreads a matrix over a workgroup's 256
-/// invocations. Products use [`LaneLayout::for_matrix`]; [`GpuMatrix::with_layout`]
-/// builds others to be measured against it (`benches/gpu_gemv`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LaneLayout {
-    /// Invocations sharing a row (8 to 128, a power of two), their parts summed in a tree.
-    pub lanes: usize,
-    /// Rows each invocation computes, each activation load serving all of them (1, 2 or
-    /// 4; above 1 only for Q4_K and Q5_K).
-    pub rows_per_lane: usize,
-    /// The last levels of the row sums by subgroup shuffles instead of shared memory and
-    /// barriers (Q8_0, Q4_0, Q5_0, Q4_K and Q5_K, on devices with subgroup operations;
-    /// the same bits).
-    pub subgroup_sums: bool,
-}
-
-/// Invocations per matrix product below which the layouts keep one row per invocation:
-/// a product needs this many to keep an H200's memory busy (see `for_matrix`).
-const MIN_INVOCATIONS: usize = 48 * 1024;
-
-impl LaneLayout {
-    /// One row per invocation, no subgroup sums: 32 lanes, or 16 or 8 for rows of few work
-    /// items (blocks, or groups within blocks; an expert's down projection has a dozen
-    /// Q4_K items), so fewer lanes idle and a workgroup covers more rows.
-    pub fn for_items(items: usize) -> LaneLayout {
-        let lanes = match items {
-            0..=8 => 8,
-            9..=16 => 16,
-            _ => 32,
-        };
-        LaneLayout { lanes, rows_per_lane: 1, subgroup_sums: false }
-    }
-
-    /// The layout products of `rows` rows of `items` work items in format `ty` use.
-    /// Measured on an H200 (`benches/gpu_gemv`, every layout against the plain one):
-    /// subgroup sums were 2–17% faster wherever they apply, and Q4_K was fastest with
-    /// about sixteen work items per invocation while 48k or more invocations remain (14336
-    /// rows of 4096 columns: 16 lanes and 4 rows each, 1.6× the plain layout; 4096 rows of
-    /// 14336: 32 lanes and 2 rows, 1.45×); see [`k_quant_rows`]. Small matrices (an
-    /// expert's) keep [`LaneLayout::for_items`].
-    pub fn for_matrix(gpu: &Gpu, ty: GgmlType, rows: usize, items: usize) -> LaneLayout {
-        let subgroup_sums = Self::takes_subgroup_sums(ty) && gpu.subgroup_size().is_some();
-        match k_quant_rows(rows, items) {
-            Some((lanes, rows_per_lane)) if matches!(ty, GgmlType::Q4_K | GgmlType::Q5_K) => LaneLayout { lanes, rows_per_lane, subgroup_sums },
-            _ => LaneLayout { subgroup_sums, ..Self::for_items(items) },
-        }
-    }
-
-    /// Whether `ty`'s kernel can take its row sums' last levels by subgroup shuffles.
-    fn takes_subgroup_sums(ty: GgmlType) -> bool {
-        matches!(ty, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q4_K | GgmlType::Q5_K)
-    }
-
-    fn check(&self, gpu: &Gpu, ty: GgmlType) -> Result<()> {
-        let lanes_ok = self.lanes.is_power_of_two() && (8..=128).contains(&self.lanes);
-        let rows_ok = matches!(self.rows_per_lane, 1 | 2 | 4) && (self.rows_per_lane == 1 || matches!(ty, GgmlType::Q4_K | GgmlType::Q5_K));
-        let sums_ok = !self.subgroup_sums || (Self::takes_subgroup_sums(ty) && gpu.subgroup_size().is_some());
-        if !lanes_ok || !rows_ok || !sums_ok {
-            return Err(Error::Invalid(format!("no {ty} kernel for the lane layout {self:?}")));
-        }
-        Ok(())
-    }
-
-    /// The kernel's entry point in this layout.
-    fn entry(&self) -> &'static str {
-        if self.rows_per_lane > 1 {
-            "main_rows"
-        } else {
-            "main"
-        }
-    }
-
-    /// Rows a workgroup of the `main` kernel computes.
-    fn rows_per_group(&self) -> usize {
-        GROUP / self.lanes * self.rows_per_lane
-    }
-
-    /// The name of kernel `base` in this layout (the default layouts keep the plain names
-    /// profiles show).
-    fn kernel_name(&self, base: &str) -> String {
-        let mut name = base.to_string();
-        if self.lanes != 32 {
-            name += &format!("_{}", self.lanes);
-        }
-        if self.rows_per_lane != 1 {
-            name += &format!("_r{}", self.rows_per_lane);
-        }
-        if self.subgroup_sums {
-            name += "_sg";
-        }
-        name
-    }
-
-    /// `kernel_source` after `gemv_lanes.wgsl` in this layout (`subgroup`: the device's
-    /// smallest subgroup size, for subgroup sums).
-    fn source(&self, kernel_source: &str, subgroup: u32) -> String {
-        let lanes_src = include_str!("../../../shaders/gemv_lanes.wgsl");
-        let default = "const LANES: u32 = 32u;\nconst ROWS_PER_GROUP: u32 = 8u;\nconst ROWS_PER_LANE: u32 = 1u;\nconst SUBGROUP: u32 = 0u;";
-        assert!(lanes_src.contains(default), "gemv_lanes.wgsl declares its layout constants together");
-        let subgroup = if self.subgroup_sums { subgroup } else { 0 };
-        let sized = format!("const LANES: u32 = {}u;\nconst ROWS_PER_GROUP: u32 = {}u;\nconst ROWS_PER_LANE: u32 = {}u;\nconst SUBGROUP: u32 = {subgroup}u;", self.lanes, GROUP / self.lanes, self.rows_per_lane);
-        let mut source = lanes_src.replace(default, &sized);
-        if self.subgroup_sums {
-            let plain = "fn lower_levels(v: f32) -> f32 {\n    return v;\n}\n";
-            assert!(source.contains(plain), "gemv_lanes.wgsl has the plain lower_levels");
-            let shuffles = include_str!("../../../shaders/gemv_subgroup_sums.wgsl");
-            let body = &shuffles[shuffles.find("fn lower_levels").expect("gemv_subgroup_sums.wgsl defines lower_levels")..];
-            source = source.replace(plain, body);
-        }
-        source + kernel_source
-    }
-}
-
-/// Lanes per row and rows per invocation for a Q4_K (or Q5_K) matrix of `rows` rows of
-/// `items` work items: the most items per invocation up to sixteen with at least
-/// [`MIN_INVOCATIONS`] invocations and no more lanes than items, then lanes nearest 32,
-/// then more rows per invocation; `None` when no layout keeps that many invocations.
-fn k_quant_rows(rows: usize, items: usize) -> Option<(usize, usize)> {
-    let per_invocation = |lanes: usize, rows_per_lane: usize| (items * rows_per_lane).div_ceil(lanes);
-    [8usize, 16, 32, 64]
-        .into_iter()
-        .flat_map(|lanes| [1usize, 2, 4].map(|r| (lanes, r)))
-        .filter(|&(lanes, r)| lanes <= items && per_invocation(lanes, r) <= 16 && rows * lanes / r >= MIN_INVOCATIONS)
-        .max_by_key(|&(lanes, r)| (per_invocation(lanes, r), 5 - lanes.trailing_zeros().abs_diff(5), r))
-}
-
-/// The `main` entry point of lane kernel `base` in `layout`.
-fn lane_kernel(gpu: &Gpu, base: &str, kernel_source: &'static str, layout: LaneLayout) -> Arc<Kernel> {
-    gpu.kernel_with(&layout.kernel_name(base), || layout.source(kernel_source, gpu.subgroup_size().unwrap_or(0)), layout.entry())
-}
-
 /// Activation rows one workgroup of a `main_tokens` kernel takes (`TOKENS` in
 /// `gemv_lanes.wgsl`).
 const TOKENS_PER_GROUP: usize = 8;
 
-/// The `main_tokens` entry point of lane kernel `base` with `layout`'s lanes (and so
-/// `main`'s order of additions); it takes one row per invocation.
-fn tokens_kernel(gpu: &Gpu, base: &str, kernel_source: &'static str, layout: LaneLayout) -> Arc<Kernel> {
-    let one_row = LaneLayout { lanes: layout.lanes, ..LaneLayout::for_items(0) };
-    gpu.kernel_with(&one_row.kernel_name(&format!("{base}_tokens")), || one_row.source(kernel_source, 0), "main_tokens")
-}
-
-/// `w`'s bytes as the kernel for its format reads them, one vector per buffer; an error
-/// naming the format for one without a kernel.
 /// The block formats with a GPU kernel, as error messages list them.
 pub const GPU_FORMATS: &str = "F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q2_K, Q3_K, Q4_K, Q5_K and Q6_K";
 
@@ -240,6 +98,8 @@ pub fn pad_blocks(data: &[u8], block: usize) -> Vec<u8> {
     out
 }
 
+/// `w`'s bytes as the kernel for its format reads them, one vector per buffer; an error
+/// naming the format for one without a kernel.
 fn packed(w: &QMatrix) -> Result<Vec<Vec<u8>>> {
     Ok(match w.ty {
         GgmlType::F32 | GgmlType::Q2_K | GgmlType::Q4_K | GgmlType::Q5_K => vec![w.data.to_vec()],
@@ -510,16 +370,6 @@ mod tests {
         // a format without a kernel is refused by name
         let q4_1 = QMatrix::new(GgmlType::Q4_1, 1, 32, vec![0u8; 20].into());
         assert!(GpuMatrix::new(&gpu, &q4_1).err().unwrap().to_string().contains("Q4_1"));
-    }
-
-    #[test]
-    fn q4_k_layouts_are_the_fastest_measured() {
-        // the H200's fastest layouts for the shapes measured (gate/up and down of a
-        // Mixtral-sized FFN); an expert's small matrices keep one row per invocation
-        assert_eq!(k_quant_rows(14336, 64), Some((16, 4)));
-        assert_eq!(k_quant_rows(4096, 224), Some((32, 2)));
-        assert_eq!(k_quant_rows(768, 32), None);
-        assert_eq!(k_quant_rows(2048, 12), None);
     }
 
     #[test]

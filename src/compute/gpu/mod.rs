@@ -25,6 +25,7 @@ pub mod gemv_q5_k;
 pub mod gemv_q6_k;
 pub mod gemv_q8_0;
 pub mod kernel;
+pub mod lane_layout;
 pub mod matrix;
 pub mod moe_combine;
 pub mod quantize;
