@@ -35,7 +35,7 @@ fn weight_row(row: u32, z: u32) -> u32 {
     return row;
 }
 
-// The layout (rewritten per compiled variant, see matrix.rs `LaneLayout`): lanes per
+// The layout (rewritten per compiled variant, see lane_layout.rs `LaneLayout`): lanes per
 // row, rows per workgroup's lane sets, rows each invocation computes (the Q4_K/Q5_K
 // kernel's `main_rows`: rows p.row + r · ROWS_PER_GROUP, each activation load shared by
 // them; 1, 2 or 4), and the subgroup size below which row sums use subgroup shuffles

@@ -58,7 +58,7 @@ pub struct Gpu {
     /// The largest buffer a kernel may bind as storage (the device's limits, read once).
     max_storage_bytes: u64,
     /// The smallest subgroup the adapter runs, where kernels may use subgroup
-    /// operations; 0 where they may not.
+    /// operations ([`Gpu::subgroup_size`]); 0 where they may not.
     subgroup_size: u32,
 }
 
@@ -145,12 +145,13 @@ impl Gpu {
     }
 
     /// The smallest subgroup size of the adapter when kernels may use subgroup
-    /// operations (the device has the feature), else `None`.
+    /// operations (the device has them and lays them out as the kernels assume, checked
+    /// when it was opened), else `None`.
     pub fn subgroup_size(&self) -> Option<u32> {
         (self.subgroup_size > 0).then_some(self.subgroup_size)
     }
 
-    /// Adapter name, device type and backend, for logs.
+    /// One line naming the adapter: name, type and backend.
     pub fn describe(&self) -> String {
         format!("{} ({:?}, {:?})", self.info.name, self.info.device_type, self.info.backend)
     }
