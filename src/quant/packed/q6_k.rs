@@ -191,8 +191,6 @@ mod vnni {
     }
 
     impl super::super::vnni::GroupTiles for PackedQ6K {
-        const MAX_TOKENS: usize = 8;
-
         #[inline(always)]
         unsafe fn group_tokens<const T: usize>(&self, g: usize, acts: &Activations, t0: usize) -> [__m512; T] {
             let a: [&[ActQ8_K]; T] = std::array::from_fn(|i| acts.q8_k_row(t0 + i));

@@ -108,9 +108,6 @@ mod vnni {
 
     use super::*;
 
-    /// Tokens whose sums one pass over a group keeps in registers.
-    const MAX_TOKENS: usize = 8;
-
     /// Lines (64 bytes each) ahead of the block being multiplied that are asked for in
     /// advance (4 KiB: eight blocks of this group, or the next group's first): a batched
     /// step streaming every expert of a Mixtral-shaped model from memory took 5-10% less
@@ -148,8 +145,6 @@ mod vnni {
     }
 
     impl super::super::vnni::GroupTiles for PackedQ8_0 {
-        const MAX_TOKENS: usize = MAX_TOKENS;
-
         #[inline(always)]
         unsafe fn group_tokens<const T: usize>(&self, g: usize, acts: &Activations, t0: usize) -> [__m512; T] {
             let a: [&[ActQ8_0]; T] = std::array::from_fn(|i| acts.q8_0_row(t0 + i));
