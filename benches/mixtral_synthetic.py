@@ -4,7 +4,9 @@
 # batching figures on a model whose steps are bound by reading weights, in the engine and
 # through the server (its text is noise):
 #
-#   python benches/mixtral_synthetic.py OUT.gguf     # needs numpy and gguf (gguf-py)
+#   python benches/mixtral_synthetic.py OUT.gguf [q4_k]   # needs numpy and gguf (gguf-py)
+#
+# With `q4_k` the experts are Q4_K instead (0.32 GB), the format of the usual Q4_K_M files.
 #   ODMOE_BENCH_MODEL=OUT.gguf ODMOE_BENCH_STEPS=32 ODMOE_BENCH_LEVELS=1,16 \
 #     cargo bench --bench batch_step
 #   ODMOE_LOAD_MODEL=OUT.gguf cargo bench -p odmoe-actors --bench load
@@ -38,6 +40,20 @@ def q8(shape, scale):
     d = np.full((n, 1), scale, dtype=np.float16).view(np.uint8)
     q = rng.integers(-127, 128, size=(n, 32), dtype=np.int8).view(np.uint8)
     return np.concatenate([d, q], axis=1).reshape(list(shape[:-1]) + [shape[-1] // 32 * 34])
+def q4_k(shape, scale):
+    # 144-byte super-blocks of 256 along the last axis: f16 d and dmin, 12 bytes of
+    # packed 6-bit scales and mins (random), 128 bytes of nibbles (random)
+    n = int(np.prod(shape)) // 256
+    d = np.full((n, 1), scale, dtype=np.float16).view(np.uint8)
+    dmin = np.full((n, 1), scale / 4, dtype=np.float16).view(np.uint8)
+    rest = rng.integers(0, 256, size=(n, 140), dtype=np.uint8)
+    return np.concatenate([d, dmin, rest], axis=1).reshape(list(shape[:-1]) + [shape[-1] // 256 * 144])
+EXPERT_Q4_K = len(sys.argv) > 2 and sys.argv[2] == 'q4_k'
+def add_expert(name, shape, scale):
+    if EXPERT_Q4_K:
+        w.add_tensor(name, q4_k(shape, scale), raw_dtype=gguf.GGMLQuantizationType.Q4_K)
+    else:
+        add_q8(name, shape, scale)
 def add_q8(name, shape, scale):
     w.add_tensor(name, q8(shape, scale), raw_dtype=gguf.GGMLQuantizationType.Q8_0)
 add_q8('token_embd.weight', (V, H), 2e-3)
@@ -52,8 +68,8 @@ for l in range(L):
     add_q8(p + 'attn_v.weight', (NKV * HD, H), 1e-3)
     add_q8(p + 'attn_output.weight', (H, H), 1e-3)
     w.add_tensor(p + 'ffn_gate_inp.weight', rng.standard_normal((E, H)).astype(np.float32) * 0.05)
-    add_q8(p + 'ffn_gate_exps.weight', (E, FF, H), 1e-3)
-    add_q8(p + 'ffn_up_exps.weight', (E, FF, H), 1e-3)
-    add_q8(p + 'ffn_down_exps.weight', (E, H, FF), 1e-3)
+    add_expert(p + 'ffn_gate_exps.weight', (E, FF, H), 1e-3)
+    add_expert(p + 'ffn_up_exps.weight', (E, FF, H), 1e-3)
+    add_expert(p + 'ffn_down_exps.weight', (E, H, FF), 1e-3)
 w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
 print('wrote', sys.argv[1])
