@@ -8,7 +8,11 @@
 //! `cargo bench -p odmoe-actors --bench load` (release build of the server). Each level
 //! runs every session for `ODMOE_LOAD_TOKENS` tokens (default 128); ratios compare levels
 //! of the same run, since the machine is shared. `ODMOE_LOAD_LEVELS=64` (comma-separated)
-//! runs only the levels named, for profiling the server.
+//! runs only the levels named, for profiling the server. `ODMOE_LOAD_ROUNDS=5` runs the
+//! levels five times in turn and reports, per level, the round with the median rate and
+//! the median of the rounds' ratios to the first level (with their range): on a machine
+//! whose memory bandwidth drifts by a third from minute to minute, one round's ratio
+//! says little.
 
 use std::time::{Duration, Instant};
 
@@ -97,6 +101,60 @@ async fn metrics(c: &reqwest::Client, base: &str) -> impl Fn(&str) -> f64 {
     move |name: &str| m.lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with(' ')).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or(0.0)
 }
 
+/// One level's figures (times in milliseconds).
+struct Row {
+    rate: f64,
+    ttft_p50: f64,
+    ttft_p99: f64,
+    itl_p50: f64,
+    itl_p99: f64,
+    tokens_per_step: f64,
+    forward_ms: f64,
+    sampling_ms: f64,
+    pipeline_ms: f64,
+    pipeline_pct: f64,
+    cpu_other_pct: f64,
+}
+
+/// Runs `n` concurrent sessions of `tokens` tokens each and reads the server's figures.
+async fn level(c: &reqwest::Client, base: &str, pid: u32, n: usize, tokens: usize) -> Row {
+    let before = metrics(c, base).await;
+    let cpu0 = server_cpu(pid);
+    let t0 = Instant::now();
+    let tasks: Vec<_> = (0..n).map(|i| tokio::spawn(session(c.clone(), base.to_string(), i, tokens))).collect();
+    let mut sessions = Vec::new();
+    for t in tasks {
+        sessions.push(t.await.unwrap());
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu1 = server_cpu(pid);
+    let after = metrics(c, base).await;
+    let d = |name: &str| after(name) - before(name);
+    let (cpu_pool, cpu_other) = cpu_between(&cpu0, &cpu1);
+    let total: u64 = sessions.iter().map(|s| s.tokens).sum();
+    let mut ttft: Vec<f64> = sessions.iter().map(|s| s.ttft).collect();
+    let mut itl: Vec<f64> = sessions.iter().flat_map(|s| s.gaps.iter().copied()).collect();
+    let steps = d("odmoe_steps_total");
+    let step_s = d("odmoe_step_seconds_sum");
+    let sampling = d("odmoe_sampling_seconds_total");
+    // the pipeline's own time: what lies between back-to-back forward passes, less the
+    // engine's sampling
+    let pipeline = d("odmoe_step_overhead_seconds_total") - sampling;
+    Row {
+        rate: total as f64 / wall,
+        ttft_p50: pct(&mut ttft, 0.5) * 1e3,
+        ttft_p99: pct(&mut ttft, 0.99) * 1e3,
+        itl_p50: pct(&mut itl, 0.5) * 1e3,
+        itl_p99: pct(&mut itl, 0.99) * 1e3,
+        tokens_per_step: d("odmoe_step_tokens_total") / steps,
+        forward_ms: step_s / steps * 1e3,
+        sampling_ms: sampling / steps * 1e3,
+        pipeline_ms: pipeline / steps * 1e3,
+        pipeline_pct: pipeline / (step_s + sampling + pipeline) * 100.0,
+        cpu_other_pct: cpu_other / (cpu_pool + cpu_other).max(1.0) * 100.0,
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let tokens: usize = std::env::var("ODMOE_LOAD_TOKENS").ok().and_then(|v| v.parse().ok()).unwrap_or(128);
@@ -123,51 +181,35 @@ async fn main() {
     // warm-up
     session(c.clone(), base.clone(), 0, 16).await;
 
-    println!("| sessions | tokens/s (aggregate) | vs 1 session | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | tokens/step | forward ms/step | sampling ms/step | pipeline ms/step | pipeline / step | server CPU outside the pool |");
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
-    let mut single = None;
     let levels: Vec<usize> = match std::env::var("ODMOE_LOAD_LEVELS") {
         Ok(v) => v.split(',').map(|l| l.trim().parse().expect("ODMOE_LOAD_LEVELS: numbers")).collect(),
         Err(_) => vec![1, 4, 16, 64],
     };
-    for n in levels {
-        let before = metrics(&c, &base).await;
-        let cpu0 = server_cpu(child.id());
-        let t0 = Instant::now();
-        let tasks: Vec<_> = (0..n).map(|i| tokio::spawn(session(c.clone(), base.clone(), i, tokens))).collect();
-        let mut sessions = Vec::new();
-        for t in tasks {
-            sessions.push(t.await.unwrap());
+    let rounds: usize = std::env::var("ODMOE_LOAD_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(1).max(1);
+    // rounds[r][level]: the levels take turns, so each round's ratios compare runs made
+    // close together in time on a machine whose speed drifts
+    let mut rows: Vec<Vec<Row>> = Vec::new();
+    for _ in 0..rounds {
+        let mut round = Vec::new();
+        for &n in &levels {
+            round.push(level(&c, &base, child.id(), n, tokens).await);
         }
-        let wall = t0.elapsed().as_secs_f64();
-        let cpu1 = server_cpu(child.id());
-        let after = metrics(&c, &base).await;
-        let d = |name: &str| after(name) - before(name);
-        let (cpu_pool, cpu_other) = cpu_between(&cpu0, &cpu1);
-        let total: u64 = sessions.iter().map(|s| s.tokens).sum();
-        let rate = total as f64 / wall;
-        let single = *single.get_or_insert(rate);
-        let mut ttft: Vec<f64> = sessions.iter().map(|s| s.ttft).collect();
-        let mut itl: Vec<f64> = sessions.iter().flat_map(|s| s.gaps.iter().copied()).collect();
-        let steps = d("odmoe_steps_total");
-        let step_s = d("odmoe_step_seconds_sum");
-        let sampling = d("odmoe_sampling_seconds_total");
-        // the pipeline's own time: what lies between back-to-back forward passes, less
-        // the engine's sampling
-        let pipeline = d("odmoe_step_overhead_seconds_total") - sampling;
+        rows.push(round);
+    }
+    println!("| sessions | tokens/s (aggregate) | vs first level | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | tokens/step | forward ms/step | sampling ms/step | pipeline ms/step | pipeline / step | server CPU outside the pool |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    for (li, &n) in levels.iter().enumerate() {
+        // the round with the median rate stands for the level; the ratio is the median of
+        // the rounds' own ratios (with their range when there are several)
+        let mut by_rate: Vec<&Row> = rows.iter().map(|r| &r[li]).collect();
+        by_rate.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+        let row = by_rate[by_rate.len() / 2];
+        let mut ratios: Vec<f64> = rows.iter().map(|r| r[li].rate / r[0].rate).collect();
+        let ratio = pct(&mut ratios, 0.5);
+        let range = if rounds > 1 { format!(" ({:.2}–{:.2})", ratios[0], ratios[ratios.len() - 1]) } else { String::new() };
         println!(
-            "| {n} | {rate:.0} | {:.2}x | {:.1} | {:.1} | {:.2} | {:.2} | {:.1} | {:.2} | {:.2} | {:.2} | {:.1}% | {:.1}% |",
-            rate / single,
-            pct(&mut ttft, 0.5) * 1e3,
-            pct(&mut ttft, 0.99) * 1e3,
-            pct(&mut itl, 0.5) * 1e3,
-            pct(&mut itl, 0.99) * 1e3,
-            d("odmoe_step_tokens_total") / steps,
-            step_s / steps * 1e3,
-            sampling / steps * 1e3,
-            pipeline / steps * 1e3,
-            pipeline / (step_s + sampling + pipeline) * 100.0,
-            cpu_other / (cpu_pool + cpu_other).max(1.0) * 100.0,
+            "| {n} | {:.0} | {ratio:.2}x{range} | {:.1} | {:.1} | {:.2} | {:.2} | {:.1} | {:.2} | {:.2} | {:.2} | {:.1}% | {:.1}% |",
+            row.rate, row.ttft_p50, row.ttft_p99, row.itl_p50, row.itl_p99, row.tokens_per_step, row.forward_ms, row.sampling_ms, row.pipeline_ms, row.pipeline_pct, row.cpu_other_pct,
         );
     }
     let _ = child.kill();
