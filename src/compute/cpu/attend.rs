@@ -71,6 +71,46 @@ pub fn attend_head<E: CacheValue>(q: &[f32], k: &[E], k_stride: usize, v: &[E], 
     portable::attend(q, k, k_stride, v, v_stride, len, scale, scores, out)
 }
 
+/// [`attend_head`] for `heads` query heads that share keys and values (the query heads
+/// of one grouped-query key-value head): `qs` holds the queries one after another, `out`
+/// their results. Each head gets exactly [`attend_head`]'s bits; the vector code reads
+/// each position's key and value once for up to four heads, where one head at a time
+/// streams them once per head (from memory, at long contexts).
+#[allow(clippy::too_many_arguments)]
+pub fn attend_group<E: CacheValue>(qs: &[f32], heads: usize, k: &[E], k_stride: usize, v: &[E], v_stride: usize, len: usize, scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
+    assert!(heads > 0 && qs.len().is_multiple_of(heads) && out.len().is_multiple_of(heads), "attend_group: {heads} heads of uneven sizes");
+    let (d, dv) = (qs.len() / heads, out.len() / heads);
+    assert!(len > 0, "attention over no positions");
+    assert!(k.len() >= (len - 1) * k_stride + d && v.len() >= (len - 1) * v_stride + dv, "cache shorter than {len} positions");
+    #[cfg(target_arch = "x86_64")]
+    if crate::quant::has_avx2() && d.is_multiple_of(L) && dv.is_multiple_of(L) && heads > 1 {
+        let padded = len.next_multiple_of(L);
+        scores.clear();
+        scores.resize(4 * padded, 0.0);
+        let mut h = 0;
+        while h < heads {
+            let (q, o) = (&qs[h * d..], &mut out[h * dv..]);
+            // SAFETY: the CPU features were detected at run time; lengths checked above.
+            unsafe {
+                match heads - h {
+                    1 => avx2::attend(&q[..d], k, k_stride, v, v_stride, len, scale, &mut scores[..padded], &mut o[..dv]),
+                    2 | 3 => avx2::attend_heads::<E, 2>(&q[..2 * d], k, k_stride, v, v_stride, len, scale, scores, &mut o[..2 * dv]),
+                    _ => avx2::attend_heads::<E, 4>(&q[..4 * d], k, k_stride, v, v_stride, len, scale, scores, &mut o[..4 * dv]),
+                }
+            }
+            h += match heads - h {
+                1 => 1,
+                2 | 3 => 2,
+                _ => 4,
+            };
+        }
+        return;
+    }
+    for (q, o) in qs.chunks_exact(d).zip(out.chunks_exact_mut(dv)) {
+        attend_head(q, k, k_stride, v, v_stride, len, scale, scores, o);
+    }
+}
+
 /// The tree both versions fold eight lanes with: `((l0+l1)+(l2+l3)) + ((l4+l5)+(l6+l7))`
 /// (what two rounds of `vhaddps` and a cross-half add compute).
 #[inline(always)]
@@ -194,17 +234,7 @@ mod avx2 {
         }
         let mut lanes_max = [0.0f32; L];
         _mm256_storeu_ps(lanes_max.as_mut_ptr(), max);
-        let max = _mm256_set1_ps(lanes_max.iter().copied().fold(f32::NEG_INFINITY, f32::max));
-        let mut sums = _mm256_setzero_ps();
-        for s0 in (0..len).step_by(L) {
-            // padding lanes hold -inf: exp8 gives a number under 2^-125 there, so mask it
-            let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(sp.add(s0)), max));
-            let m = (len - s0).min(L) as i32;
-            let keep = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(m), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
-            let e = _mm256_and_ps(e, keep);
-            _mm256_storeu_ps(sp.add(s0), e);
-            sums = _mm256_add_ps(sums, e);
-        }
+        let sums = exponentials(sp, len, lanes_max.iter().copied().fold(f32::NEG_INFINITY, f32::max));
         let dv = out.len();
         let op = out.as_mut_ptr();
         // 32 values at a time, even and odd positions summed apart (eight independent
@@ -244,11 +274,114 @@ mod avx2 {
             _mm256_storeu_ps(op.add(c), _mm256_add_ps(even, odd));
             c += L;
         }
+        normalize(op, dv, sums);
+    }
+
+    /// Scores `sp[..len]` (from `len` on: anything but NaN) replaced by `e^(score - max)`,
+    /// zero past `len` up to the next multiple of eight; returns the running sums of the
+    /// eight lanes (position modulo 8).
+    #[inline(always)]
+    unsafe fn exponentials(sp: *mut f32, len: usize, max: f32) -> __m256 {
+        let max = _mm256_set1_ps(max);
+        let mut sums = _mm256_setzero_ps();
+        for s0 in (0..len).step_by(L) {
+            // padding lanes hold -inf: exp8 gives a number under 2^-125 there, so mask it
+            let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(sp.add(s0)), max));
+            let m = (len - s0).min(L) as i32;
+            let keep = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(m), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
+            let e = _mm256_and_ps(e, keep);
+            _mm256_storeu_ps(sp.add(s0), e);
+            sums = _mm256_add_ps(sums, e);
+        }
+        sums
+    }
+
+    /// `out[..dv]` divided by the folded sum of the exponentials' lanes.
+    #[inline(always)]
+    unsafe fn normalize(op: *mut f32, dv: usize, sums: __m256) {
         let mut sum_lanes = [0.0f32; L];
         _mm256_storeu_ps(sum_lanes.as_mut_ptr(), sums);
         let inv = _mm256_set1_ps(1.0 / fold(&sum_lanes));
         for c in (0..dv).step_by(L) {
             _mm256_storeu_ps(op.add(c), _mm256_mul_ps(_mm256_loadu_ps(op.add(c)), inv));
+        }
+    }
+
+    /// [`attend`] for `H` heads (2 or 4) over the same keys and values: queries `qs` one
+    /// after another, results into `out` likewise; `scores` holds at least `H` times the
+    /// positions rounded up to eight. Each head's floats go through [`attend`]'s
+    /// operations in its order: a position's lanes are multiply-added chunk by chunk and
+    /// folded by [`fold8`] (here eight (head, position) pairs at a time), the values summed
+    /// even and odd positions apart. Keys and values are loaded once for the `H` heads.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn attend_heads<E: CacheValue, const H: usize>(qs: &[f32], k: &[E], k_stride: usize, v: &[E], v_stride: usize, len: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) {
+        let (d, dv, padded) = (qs.len() / H, out.len() / H, len.next_multiple_of(L));
+        // positions scored together: H × P = 8 (head, position) lanes
+        let p = L / H;
+        let (kp, vp, qp) = (k.as_ptr(), v.as_ptr(), qs.as_ptr());
+        let sp: [*mut f32; H] = std::array::from_fn(|h| scores.as_mut_ptr().add(h * padded));
+        let sc = _mm256_set1_ps(scale);
+        let mut s0 = 0;
+        while s0 < len {
+            let m = (len - s0).min(p);
+            let mut acc = [_mm256_setzero_ps(); L];
+            // a constant trip count keeps the accumulators in registers; the tail (fewer
+            // than p positions) takes the slow road
+            let positions = |acc: &mut [__m256; L], m: usize| {
+                for c in (0..d).step_by(L) {
+                    let q: [__m256; H] = std::array::from_fn(|h| _mm256_loadu_ps(qp.add(h * d + c)));
+                    for j in 0..m {
+                        let kv = E::load8(kp.add((s0 + j) * k_stride + c));
+                        for h in 0..H {
+                            acc[h * p + j] = _mm256_fmadd_ps(q[h], kv, acc[h * p + j]);
+                        }
+                    }
+                }
+            };
+            if m == p {
+                positions(&mut acc, L / H);
+            } else {
+                positions(&mut acc, m);
+            }
+            let mut lanes = [0.0f32; L];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_mul_ps(fold8(acc), sc));
+            for h in 0..H {
+                for j in 0..m {
+                    *sp[h].add(s0 + j) = lanes[h * p + j];
+                }
+            }
+            s0 += p;
+        }
+        let mut sums = [_mm256_setzero_ps(); H];
+        for h in 0..H {
+            let row = std::slice::from_raw_parts_mut(sp[h], padded);
+            row[len..].fill(f32::NEG_INFINITY);
+            sums[h] = exponentials(sp[h], len, row[..len].iter().copied().fold(f32::NEG_INFINITY, f32::max));
+        }
+        let op = out.as_mut_ptr();
+        for c in (0..dv).step_by(L) {
+            let (mut even, mut odd) = ([_mm256_setzero_ps(); H], [_mm256_setzero_ps(); H]);
+            let mut s = 0;
+            while s < len {
+                let x = E::load8(vp.add(s * v_stride + c));
+                for h in 0..H {
+                    even[h] = _mm256_fmadd_ps(_mm256_set1_ps(*sp[h].add(s)), x, even[h]);
+                }
+                if s + 1 < len {
+                    let x = E::load8(vp.add((s + 1) * v_stride + c));
+                    for h in 0..H {
+                        odd[h] = _mm256_fmadd_ps(_mm256_set1_ps(*sp[h].add(s + 1)), x, odd[h]);
+                    }
+                }
+                s += 2;
+            }
+            for h in 0..H {
+                _mm256_storeu_ps(op.add(h * dv + c), _mm256_add_ps(even[h], odd[h]));
+            }
+        }
+        for h in 0..H {
+            normalize(op.add(h * dv), dv, sums[h]);
         }
     }
 }
@@ -316,6 +449,38 @@ mod tests {
                 unsafe { avx2::attend(&q, &k, ks, &v, vs, len, 0.2, &mut sa, &mut a) };
                 portable::attend(&q, &k, ks, &v, vs, len, 0.2, &mut sb, &mut b);
                 assert_eq!(a.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), b.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), "d {d} dv {dv} len {len}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_group_of_heads_gets_each_head_s_bits() {
+        // group sizes that take every path (4s, 2s, a last single head), head sizes with
+        // and without a vector tail, lengths around the position tiles, underflowing
+        // exponentials at the large scale, both cache types
+        for heads in [1usize, 2, 3, 4, 5, 7, 8] {
+            for (d, dv) in [(64usize, 64usize), (32, 32), (8, 24), (128, 128), (12, 20)] {
+                for len in [1usize, 2, 3, 5, 8, 9, 33, 130] {
+                    let (ks, vs) = (d * 2 + 8, dv + 16);
+                    let qs = data(heads * d, 21);
+                    let (k, v) = (data(len * ks, 22), data(len * vs, 23));
+                    let (k16, v16): (Vec<half::f16>, Vec<half::f16>) = (k.iter().map(|&x| half::f16::from_f32(x)).collect(), v.iter().map(|&x| half::f16::from_f32(x)).collect());
+                    for scale in [0.18f32, 40.0] {
+                        let mut got = vec![f32::NAN; heads * dv];
+                        attend_group(&qs, heads, &k, ks, &v, vs, len, scale, &mut Vec::new(), &mut got);
+                        let mut got16 = vec![f32::NAN; heads * dv];
+                        attend_group(&qs, heads, &k16, ks, &v16, vs, len, scale, &mut Vec::new(), &mut got16);
+                        for h in 0..heads {
+                            let (mut want, mut want16) = (vec![0.0f32; dv], vec![0.0f32; dv]);
+                            attend_head(&qs[h * d..(h + 1) * d], &k, ks, &v, vs, len, scale, &mut Vec::new(), &mut want);
+                            attend_head(&qs[h * d..(h + 1) * d], &k16, ks, &v16, vs, len, scale, &mut Vec::new(), &mut want16);
+                            let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                            let ctx = format!("heads {heads} d {d} dv {dv} len {len} scale {scale} head {h}");
+                            assert_eq!(bits(&got[h * dv..(h + 1) * dv]), bits(&want), "{ctx}");
+                            assert_eq!(bits(&got16[h * dv..(h + 1) * dv]), bits(&want16), "f16, {ctx}");
+                        }
+                    }
+                }
             }
         }
     }

@@ -4,7 +4,7 @@
 use rayon::prelude::*;
 
 mod attend;
-pub use attend::{attend_head, CacheValue};
+pub use attend::{attend_group, attend_head, CacheValue};
 mod exp;
 use exp::exp_nonpositive;
 
