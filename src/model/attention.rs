@@ -4,10 +4,12 @@
 
 #![allow(clippy::needless_range_loop)] // index loops mirror the block layouts
 
+use rayon::prelude::*;
+
 use super::config::Config;
 use super::rope::Rotation;
 use super::weights::Attention;
-use crate::compute::cpu::{add_assign, attend_head, axpy, dot, matmul, matmul_many, rms_norm, softmax, CacheValue};
+use crate::compute::cpu::{add_assign, attend_group, axpy, dot, matmul, matmul_many, rms_norm, softmax, CacheValue};
 
 /// The element type of grouped-query layers' cached keys and values.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -54,20 +56,30 @@ impl KvRows {
     }
 }
 
+/// Position-heads (query heads times positions attended) below which a sequence's
+/// attention runs on the calling thread: at a few nanoseconds each, fewer are not worth
+/// splitting across threads.
+const PARALLEL_MIN_POSITIONS: usize = 1 << 13;
+
 /// Every query head of tokens `0..n` (query rows `q`, token `t` at position `pos0 + t`)
-/// attending over cached keys `kc` and values `vc`, into `out`.
+/// attending over cached keys `kc` and values `vc`, into `out`. The query heads of one
+/// key-value head and token are one task, on the thread pool when the sequence is long
+/// enough: one sequence (a long prompt, or a lone session decoding at a long context)
+/// would otherwise attend on one core. Each head's result is the same either way.
 fn attend_heads<E: CacheValue>(cfg: &Config, q: &[f32], kc: &[E], vc: &[E], n: usize, pos0: usize, out: &mut [f32]) {
     let (hd, hdv, nh, nkv) = (cfg.head_dim_k, cfg.head_dim_v, cfg.n_head, cfg.n_head_kv);
     let group = nh / nkv;
-    let mut scores = Vec::new();
-    for t in 0..n {
-        let len = pos0 + t + 1;
-        for head in 0..nh {
-            let kvh = head / group;
-            let qh = &q[(t * nh + head) * hd..(t * nh + head + 1) * hd];
-            let o = &mut out[(t * nh + head) * hdv..(t * nh + head + 1) * hdv];
-            attend_head(qh, &kc[kvh * hd..], nkv * hd, &vc[kvh * hdv..], nkv * hdv, len, cfg.kq_scale, &mut scores, o);
-        }
+    // task i: token i / nkv, key-value head i % nkv, whose query heads are consecutive
+    let task = |i: usize, o: &mut [f32], scores: &mut Vec<f32>| {
+        let (t, kvh) = (i / nkv, i % nkv);
+        let qs = &q[(t * nh + kvh * group) * hd..(t * nh + (kvh + 1) * group) * hd];
+        attend_group(qs, group, &kc[kvh * hd..], nkv * hd, &vc[kvh * hdv..], nkv * hdv, pos0 + t + 1, cfg.kq_scale, scores, o);
+    };
+    if n * nh * (pos0 + n) < PARALLEL_MIN_POSITIONS {
+        let mut scores = Vec::new();
+        out.chunks_mut(group * hdv).enumerate().for_each(|(i, o)| task(i, o, &mut scores));
+    } else {
+        out.par_chunks_mut(group * hdv).enumerate().for_each_init(Vec::new, |scores, (i, o)| task(i, o, scores));
     }
 }
 
