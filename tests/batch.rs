@@ -127,3 +127,25 @@ fn kv_bytes_per_position_match_the_cache() {
         assert_eq!(c.bytes(), m.kv_bytes_per_position() * PROMPTS[2].len() as u64, "{name} {kv:?}");
     }
 }
+
+/// A prompt long enough for its attention to be split across threads (by key-value head
+/// and token; latent attention by head and token) gives the bits of the same prompt fed
+/// one token at a time, whose attention is too small to split.
+#[test]
+fn a_long_prompt_attended_in_parallel_equals_it_token_by_token() {
+    for name in ["mixtral.f32", "qwen3moe.f32", "deepseek3.f32", "mixtral_h256.Q4_K_M"] {
+        let m = Model::open(common::fixture(&format!("models/{name}.gguf"))).unwrap();
+        let v = m.config().n_vocab as u32;
+        // 4 heads × 80 tokens × 80 positions: over the threshold at which a sequence's
+        // attention is split (8,192 position-heads); one token at a time stays under it
+        assert_eq!(m.config().n_head, 4, "{name}: the lengths below assume four heads");
+        let prompt: Vec<u32> = (0..80u32).map(|i| (i * 37 + 5) % v).collect();
+        let mut c = m.new_cache(128);
+        let at_once = m.forward(&prompt, &mut c, Logits::All).unwrap();
+        let mut c = m.new_cache(128);
+        for (i, &t) in prompt.iter().enumerate() {
+            let one = m.forward(&[t], &mut c, Logits::Last).unwrap();
+            assert_eq!(one, at_once[i * v as usize..(i + 1) * v as usize], "{name}: position {i}");
+        }
+    }
+}

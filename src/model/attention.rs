@@ -58,7 +58,8 @@ impl KvRows {
 
 /// Position-heads (query heads times positions attended) below which a sequence's
 /// attention runs on the calling thread: at a few nanoseconds each, fewer are not worth
-/// splitting across threads.
+/// splitting across threads. (An upper bound is compared: tokens × heads × the last
+/// token's length.)
 const PARALLEL_MIN_POSITIONS: usize = 1 << 13;
 
 /// Every query head of tokens `0..n` (query rows `q`, token `t` at position `pos0 + t`)
@@ -193,27 +194,33 @@ impl Projected {
                 let width = lora + rope;
                 cache.extend_from_slice(&c[t0 * width..t1 * width]);
                 let mut out = vec![0.0f32; n * nh * vd];
-                let mut scores = Vec::new();
-                for t in 0..n {
+                let cache = &cache[..];
+                // task i: token i / nh, head i % nh (split across the pool as in
+                // `attend_heads`)
+                let task = |i: usize, o: &mut [f32], scores: &mut Vec<f32>| {
+                    let (t, head) = (i / nh, i % nh);
                     let len = pos0 + t + 1;
-                    for head in 0..nh {
-                        let qh = &q[((t0 + t) * nh + head) * (nope + rope)..((t0 + t) * nh + head + 1) * (nope + rope)];
-                        let q_abs = matmul(&wk_b.slice_rows(head * lora, (head + 1) * lora), &qh[..nope]);
-                        let mut q_pe = qh[nope..].to_vec();
-                        rot[t0 + t].apply(&mut q_pe);
-                        scores.clear();
-                        for s in 0..len {
-                            let cs = &cache[s * width..(s + 1) * width];
-                            scores.push((dot(&q_abs, &cs[..lora]) + dot(&q_pe, &cs[lora..])) * cfg.kq_scale);
-                        }
-                        softmax(&mut scores);
-                        let mut lat = vec![0.0f32; lora];
-                        for (s, &a) in scores.iter().enumerate() {
-                            axpy(&mut lat, a, &cache[s * width..s * width + lora]);
-                        }
-                        let o = matmul(&wv_b.slice_rows(head * vd, (head + 1) * vd), &lat);
-                        out[(t * nh + head) * vd..(t * nh + head + 1) * vd].copy_from_slice(&o);
+                    let qh = &q[((t0 + t) * nh + head) * (nope + rope)..((t0 + t) * nh + head + 1) * (nope + rope)];
+                    let q_abs = matmul(&wk_b.slice_rows(head * lora, (head + 1) * lora), &qh[..nope]);
+                    let mut q_pe = qh[nope..].to_vec();
+                    rot[t0 + t].apply(&mut q_pe);
+                    scores.clear();
+                    for s in 0..len {
+                        let cs = &cache[s * width..(s + 1) * width];
+                        scores.push((dot(&q_abs, &cs[..lora]) + dot(&q_pe, &cs[lora..])) * cfg.kq_scale);
                     }
+                    softmax(scores);
+                    let mut lat = vec![0.0f32; lora];
+                    for (s, &a) in scores.iter().enumerate() {
+                        axpy(&mut lat, a, &cache[s * width..s * width + lora]);
+                    }
+                    o.copy_from_slice(&matmul(&wv_b.slice_rows(head * vd, (head + 1) * vd), &lat));
+                };
+                if n * nh * (pos0 + n) < PARALLEL_MIN_POSITIONS {
+                    let mut scores = Vec::new();
+                    out.chunks_mut(vd).enumerate().for_each(|(i, o)| task(i, o, &mut scores));
+                } else {
+                    out.par_chunks_mut(vd).enumerate().for_each_init(Vec::new, |scores, (i, o)| task(i, o, scores));
                 }
                 out
             }
