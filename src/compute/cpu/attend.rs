@@ -380,8 +380,8 @@ mod avx2 {
                 _mm256_storeu_ps(op.add(h * dv + c), _mm256_add_ps(even[h], odd[h]));
             }
         }
-        for h in 0..H {
-            normalize(op.add(h * dv), dv, sums[h]);
+        for (h, &sum) in sums.iter().enumerate() {
+            normalize(op.add(h * dv), dv, sum);
         }
     }
 }
