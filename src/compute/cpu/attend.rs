@@ -4,7 +4,9 @@
 //! products summed in eight lanes, the eight positions' lanes then folded together in one
 //! transpose-and-add tree), the exponentials are a vector polynomial instead of a libm
 //! call per score, and the values are summed unnormalized (even and odd positions apart, for twice the
-//! independent work), dividing once at the end.
+//! independent work), dividing once at the end. The query heads that share a key-value
+//! head ([`attend_group`]) go through the same operations together, up to four at a time,
+//! so each cached key and value is loaded once for all of them.
 //!
 //! The portable code performs the same float operations in the same order as the AVX2
 //! code (fused multiply-adds where it uses them, the same reduction tree), so both give
