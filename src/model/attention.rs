@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use super::config::Config;
 use super::rope::Rotation;
 use super::weights::Attention;
-use crate::compute::cpu::{add_assign, attend_group, axpy, dot, matmul, matmul_many, rms_norm, softmax, CacheValue};
+use crate::compute::cpu::{add_assign, attend_group, latent_mix, latent_scores, matmul, matmul_many, rms_norm, softmax, CacheValue};
 
 /// The element type of grouped-query layers' cached keys and values.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -61,6 +61,10 @@ impl KvRows {
 /// splitting across threads. (An upper bound is compared: tokens × heads × the last
 /// token's length.)
 const PARALLEL_MIN_POSITIONS: usize = 1 << 13;
+
+/// Latent-attention heads that read the cache together: their queries (a few KiB each)
+/// and latent sums stay in the first-level cache while each cached row is read once.
+const LATENT_GROUP: usize = 8;
 
 /// Every query head of tokens `0..n` (query rows `q`, token `t` at position `pos0 + t`)
 /// attending over cached keys `kc` and values `vc`, into `out`. The query heads of one
@@ -195,32 +199,49 @@ impl Projected {
                 cache.extend_from_slice(&c[t0 * width..t1 * width]);
                 let mut out = vec![0.0f32; n * nh * vd];
                 let cache = &cache[..];
-                // task i: token i / nh, head i % nh (split across the pool as in
-                // `attend_heads`)
+                let group = LATENT_GROUP.min(nh);
+                let groups = nh.div_ceil(group);
+                // task i: token i / groups, heads of group i % groups: every head attends
+                // over the same latent cache, so the group's scores and sums are small
+                // matrix products (`latent_scores`, `latent_mix`: each cached value read
+                // once per four heads, each head's bits those of `dot` and `axpy`)
                 let task = |i: usize, o: &mut [f32], scores: &mut Vec<f32>| {
-                    let (t, head) = (i / nh, i % nh);
+                    let (t, h0) = (i / groups, i % groups * group);
+                    let heads = o.len() / vd;
                     let len = pos0 + t + 1;
-                    let qh = &q[((t0 + t) * nh + head) * (nope + rope)..((t0 + t) * nh + head + 1) * (nope + rope)];
-                    let q_abs = matmul(&wk_b.slice_rows(head * lora, (head + 1) * lora), &qh[..nope]);
-                    let mut q_pe = qh[nope..].to_vec();
-                    rot[t0 + t].apply(&mut q_pe);
+                    let mut q_abs = Vec::with_capacity(heads * lora);
+                    let mut q_pe = Vec::with_capacity(heads * rope);
+                    for head in h0..h0 + heads {
+                        let qh = &q[((t0 + t) * nh + head) * (nope + rope)..((t0 + t) * nh + head + 1) * (nope + rope)];
+                        q_abs.extend(matmul(&wk_b.slice_rows(head * lora, (head + 1) * lora), &qh[..nope]));
+                        let pe = q_pe.len();
+                        q_pe.extend_from_slice(&qh[nope..]);
+                        rot[t0 + t].apply(&mut q_pe[pe..]);
+                    }
                     scores.clear();
-                    for s in 0..len {
-                        let cs = &cache[s * width..(s + 1) * width];
-                        scores.push((dot(&q_abs, &cs[..lora]) + dot(&q_pe, &cs[lora..])) * cfg.kq_scale);
+                    scores.resize(heads * len, 0.0);
+                    latent_scores(&q_abs, &q_pe, &cache[..len * width], lora, len, cfg.kq_scale, scores);
+                    for sc in scores.chunks_exact_mut(len) {
+                        softmax(sc);
                     }
-                    softmax(scores);
-                    let mut lat = vec![0.0f32; lora];
-                    for (s, &a) in scores.iter().enumerate() {
-                        axpy(&mut lat, a, &cache[s * width..s * width + lora]);
+                    let mut lat = vec![0.0f32; heads * lora];
+                    latent_mix(scores, cache, width, len, &mut lat, lora);
+                    for (j, (o, l)) in o.chunks_exact_mut(vd).zip(lat.chunks_exact(lora)).enumerate() {
+                        let head = h0 + j;
+                        o.copy_from_slice(&matmul(&wv_b.slice_rows(head * vd, (head + 1) * vd), l));
                     }
-                    o.copy_from_slice(&matmul(&wv_b.slice_rows(head * vd, (head + 1) * vd), &lat));
                 };
+                // a token's heads in groups (the last one smaller where they do not divide)
                 if n * nh * (pos0 + n) < PARALLEL_MIN_POSITIONS {
                     let mut scores = Vec::new();
-                    out.chunks_mut(vd).enumerate().for_each(|(i, o)| task(i, o, &mut scores));
+                    for (t, row) in out.chunks_mut(nh * vd).enumerate() {
+                        row.chunks_mut(group * vd).enumerate().for_each(|(g, o)| task(t * groups + g, o, &mut scores));
+                    }
                 } else {
-                    out.par_chunks_mut(vd).enumerate().for_each_init(Vec::new, |scores, (i, o)| task(i, o, scores));
+                    out.par_chunks_mut(nh * vd)
+                        .enumerate()
+                        .flat_map(|(t, row)| row.par_chunks_mut(group * vd).enumerate().map(move |(g, o)| (t * groups + g, o)))
+                        .for_each_init(Vec::new, |scores, (i, o)| task(i, o, scores));
                 }
                 out
             }

@@ -7,6 +7,8 @@ mod attend;
 pub use attend::{attend_group, attend_head, CacheValue};
 mod exp;
 use exp::exp_nonpositive;
+mod latent;
+pub use latent::{latent_mix, latent_scores};
 
 use super::QMatrix;
 use crate::quant::{dot_packed_into, dot_rows_into, ActKind, Activations, OutGrid, GROUP_ROWS};
