@@ -119,7 +119,7 @@ fn simd_rows_match_portable_kernels() {
     let cols = 1024;
     let rows = 5;
     let x: Vec<f32> = (0..2 * cols).map(|i| ((i * 13 % 29) as f32 - 14.0) / 7.0).collect();
-    for ty in [GgmlType::Q8_0, GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q5_K, GgmlType::Q4_0, GgmlType::F32] {
+    for ty in [GgmlType::Q8_0, GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q5_K, GgmlType::Q4_0, GgmlType::F32, GgmlType::F16] {
         let w: Vec<u8> = match ty {
             GgmlType::F32 => (0..rows * cols).flat_map(|i| (((i * 7) % 19) as f32 / 19.0 - 0.5).to_le_bytes()).collect(),
             _ => (0..rows).flat_map(|r| random_row(ty, cols, 31 + r as u64)).collect(),
@@ -175,6 +175,32 @@ fn q3_k_scales_unpack_by_the_definition() {
             let low = if i < 8 { s[i] & 0x0F } else { s[i - 8] >> 4 };
             let high = (s[8 + (i % 4)] >> (2 * (i / 4))) & 0x03;
             assert_eq!(got[i], ((low | (high << 4)) as i8).wrapping_sub(32), "scale {i} of {s:?}");
+        }
+    }
+}
+
+#[test]
+fn half_float_rows_equal_the_portable_kernel_bit_for_bit() {
+    // rows in fours and a remainder; widths with and without a tail past the last eight
+    for ty in [GgmlType::F16, GgmlType::BF16] {
+        for cols in [1024usize, 1003] {
+            let (rows, n) = (7, 3);
+            let v = |i: usize| ((i * 7919 % 2003) as f32 - 1001.0) / 517.0;
+            let w: Vec<u8> = match ty {
+                GgmlType::F16 => (0..rows * cols).flat_map(|i| half::f16::from_f32(v(i)).to_le_bytes()).collect(),
+                _ => (0..rows * cols).flat_map(|i| half::bf16::from_f32(v(i)).to_le_bytes()).collect(),
+            };
+            let x: Vec<f32> = (0..n * cols).map(|i| ((i * 13 % 29) as f32 - 14.0) / 7.0).collect();
+            let rb = ty.row_bytes(cols as u64).unwrap() as usize;
+            let acts = Activations::new(ActKind::F32, &x, cols);
+            let mut out = vec![0.0f32; rows * n];
+            dot_rows(ty, &w, rb, &acts, &mut out);
+            for r in 0..rows {
+                for t in 0..n {
+                    let want = dot(ty, &w[r * rb..(r + 1) * rb], acts.row(t));
+                    assert_eq!(out[r * n + t].to_bits(), want.to_bits(), "{ty} cols {cols} row {r} token {t}");
+                }
+            }
         }
     }
 }
