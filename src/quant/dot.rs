@@ -408,6 +408,40 @@ unsafe fn dot_rows_avx2(ty: GgmlType, rows: &[u8], row_bytes: usize, acts: &supe
                 }
             }
         }
+        GgmlType::Q4_K | GgmlType::Q5_K if n >= 2 => {
+            // a row's super-blocks unpacked once for up to four tokens
+            let row = |t: usize| match acts.row(t) {
+                ActRow::Q8K(a) => a,
+                _ => unreachable!("K-quant weights take Q8_K activations"),
+            };
+            fn tokens<const T: usize>(ty: GgmlType, w: &[u8], a: [&[ActQ8_K]; T]) -> [f32; T] {
+                // SAFETY: reached only from dot_rows_avx2, after the CPU features were checked.
+                unsafe {
+                    match ty {
+                        GgmlType::Q4_K => super::dot_avx2::dot_q4_k_tokens(b(w), a),
+                        _ => super::dot_avx2::dot_q5_k_tokens(b(w), a),
+                    }
+                }
+            }
+            for (r, w) in rows.chunks_exact(row_bytes).enumerate() {
+                let mut t = 0;
+                let mut put = |t: usize, ys: &[f32]| {
+                    for (i, &v) in ys.iter().enumerate() {
+                        out.set(r, t + i, v);
+                    }
+                };
+                while t + 4 <= n {
+                    put(t, &tokens(ty, w, [row(t), row(t + 1), row(t + 2), row(t + 3)]));
+                    t += 4;
+                }
+                match n - t {
+                    3 => put(t, &tokens(ty, w, [row(t), row(t + 1), row(t + 2)])),
+                    2 => put(t, &tokens(ty, w, [row(t), row(t + 1)])),
+                    1 => put(t, &tokens(ty, w, [row(t)])),
+                    _ => {}
+                }
+            }
+        }
         GgmlType::Q8_0 | GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => {
             for (r, w) in rows.chunks_exact(row_bytes).enumerate() {
                 for t in 0..n {

@@ -101,44 +101,73 @@ pub unsafe fn dot_q8_0_x4(w: &[BlockQ8_0], a: [&[ActQ8_0]; 4]) -> [f32; 4] {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q4_k(w: &[BlockQ4_K], a: &[ActQ8_K]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    let mut mins_acc = 0.0f32;
-    for (b, y) in w.iter().zip(a) {
-        k4_family(b.d, b.dmin, &b.scales, &b.qs, None, y, &mut acc, &mut mins_acc);
-    }
-    hsum(acc) - mins_acc
+    dot_q4_k_tokens(w, [a])[0]
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q5_k(w: &[BlockQ5_K], a: &[ActQ8_K]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    let mut mins_acc = 0.0f32;
-    for (b, y) in w.iter().zip(a) {
-        k4_family(b.d, b.dmin, &b.scales, &b.qs, Some(&b.qh), y, &mut acc, &mut mins_acc);
+    dot_q5_k_tokens(w, [a])[0]
+}
+
+/// [`dot_q4_k`] of one row with `T` tokens at once: each super-block's scales and
+/// nibbles are unpacked once for all of them (a batched step's experts see a few tokens
+/// each), and each token gets exactly the operations, so the bits, it gets alone.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q4_k_tokens<const T: usize>(w: &[BlockQ4_K], a: [&[ActQ8_K]; T]) -> [f32; T] {
+    let mut acc = [_mm256_setzero_ps(); T];
+    let mut mins_acc = [0.0f32; T];
+    for (i, b) in w.iter().enumerate() {
+        k4_family(b.d, b.dmin, &b.scales, &b.qs, None, a.map(|a| &a[i]), &mut acc, &mut mins_acc);
     }
-    hsum(acc) - mins_acc
+    let mut out = [0.0f32; T];
+    for t in 0..T {
+        out[t] = hsum(acc[t]) - mins_acc[t];
+    }
+    out
+}
+
+/// [`dot_q4_k_tokens`] for Q5_K.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q5_k_tokens<const T: usize>(w: &[BlockQ5_K], a: [&[ActQ8_K]; T]) -> [f32; T] {
+    let mut acc = [_mm256_setzero_ps(); T];
+    let mut mins_acc = [0.0f32; T];
+    for (i, b) in w.iter().enumerate() {
+        k4_family(b.d, b.dmin, &b.scales, &b.qs, Some(&b.qh), a.map(|a| &a[i]), &mut acc, &mut mins_acc);
+    }
+    let mut out = [0.0f32; T];
+    for t in 0..T {
+        out[t] = hsum(acc[t]) - mins_acc[t];
+    }
+    out
 }
 
 /// One super-block of Q4_K, or of Q5_K with its fifth bits `qh` (bit `j` of byte `l`:
-/// value `32j + l`), added into the running sums.
+/// value `32j + l`), times `T` tokens' blocks `y`, added into each token's running sums.
+/// The weights are unpacked once; every token's own operations are those of one token.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn k4_family(d: [u8; 2], dmin: [u8; 2], scales: &[u8; 12], qs: &[u8; 128], qh: Option<&[u8; 32]>, y: &ActQ8_K, acc: &mut __m256, mins_acc: &mut f32) {
+unsafe fn k4_family<const T: usize>(d: [u8; 2], dmin: [u8; 2], scales: &[u8; 12], qs: &[u8; 128], qh: Option<&[u8; 32]>, y: [&ActQ8_K; T], acc: &mut [__m256; T], mins_acc: &mut [f32; T]) {
     let m4 = _mm256_set1_epi8(0x0F);
     let (sc, m) = k4_scales_mins(scales);
-    // Σ_j m[j] · (bsums[2j] + bsums[2j+1]) in one multiply-add
-    let bs = _mm256_loadu_si256(y.bsums.as_ptr() as *const __m256i);
-    let pairs = _mm256_madd_epi16(bs, _mm256_set1_epi16(1)); // 8 × i32
-    let mins_v = _mm256_mullo_epi32(pairs, _mm256_cvtepu8_epi32(_mm_loadl_epi64(m.as_ptr() as *const __m128i)));
-    let mins_v = _mm_add_epi32(_mm256_castsi256_si128(mins_v), _mm256_extracti128_si256(mins_v, 1));
-    let mins_v = _mm_add_epi32(mins_v, _mm_unpackhi_epi64(mins_v, mins_v));
-    let mins = _mm_cvtsi128_si32(mins_v) + _mm_extract_epi32(mins_v, 1);
+    let mw = _mm256_cvtepu8_epi32(_mm_loadl_epi64(m.as_ptr() as *const __m128i));
+    // (loops, not closures, around intrinsics: a closure does not inherit the CPU
+    // features, and where it is not inlined each intrinsic becomes a call)
+    let mut mins = [0i32; T];
+    for t in 0..T {
+        // Σ_j m[j] · (bsums[2j] + bsums[2j+1]) in one multiply-add
+        let bs = _mm256_loadu_si256(y[t].bsums.as_ptr() as *const __m256i);
+        let pairs = _mm256_madd_epi16(bs, _mm256_set1_epi16(1)); // 8 × i32
+        let mins_v = _mm256_mullo_epi32(pairs, mw);
+        let mins_v = _mm_add_epi32(_mm256_castsi256_si128(mins_v), _mm256_extracti128_si256(mins_v, 1));
+        let mins_v = _mm_add_epi32(mins_v, _mm_unpackhi_epi64(mins_v, mins_v));
+        mins[t] = _mm_cvtsi128_si32(mins_v) + _mm_extract_epi32(mins_v, 1);
+    }
     // chunk j's fifth bits are bits 2j and 2j + 1 of each qh byte: shifted down two per
     // chunk, they are read at bits 0 and 1 (what 16-bit shifts carry in from the
     // neighbouring byte lands higher up and is masked away)
     let mut h = qh.map_or(_mm256_setzero_si256(), |qh| load(qh));
     let fifth = _mm256_set1_epi8(0x10);
-    let mut sumi = _mm256_setzero_si256();
+    let mut sumi = [_mm256_setzero_si256(); T];
     for j in 0..4 {
         let q = load(&qs[j * 32..]);
         let mut lo = _mm256_and_si256(q, m4);
@@ -148,15 +177,19 @@ unsafe fn k4_family(d: [u8; 2], dmin: [u8; 2], scales: &[u8; 12], qs: &[u8; 128]
             hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(h, 3), fifth));
             h = _mm256_srli_epi16(h, 2);
         }
-        let p_lo = _mm256_maddubs_epi16(lo, load_i8(&y.qs[j * 64..]));
-        let p_hi = _mm256_maddubs_epi16(hi, load_i8(&y.qs[j * 64 + 32..]));
-        let p_lo = _mm256_madd_epi16(p_lo, _mm256_set1_epi16(sc[2 * j] as i16));
-        let p_hi = _mm256_madd_epi16(p_hi, _mm256_set1_epi16(sc[2 * j + 1] as i16));
-        sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p_lo, p_hi));
+        let (s_lo, s_hi) = (_mm256_set1_epi16(sc[2 * j] as i16), _mm256_set1_epi16(sc[2 * j + 1] as i16));
+        for t in 0..T {
+            let p_lo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load_i8(&y[t].qs[j * 64..])), s_lo);
+            let p_hi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load_i8(&y[t].qs[j * 64 + 32..])), s_hi);
+            sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(p_lo, p_hi));
+        }
     }
-    let d = y.d * f16_to_f32(d);
-    *acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), *acc);
-    *mins_acc += y.d * f16_to_f32(dmin) * mins as f32;
+    let (dw, dmw) = (f16_to_f32(d), f16_to_f32(dmin));
+    for t in 0..T {
+        let d = y[t].d * dw;
+        acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+        mins_acc[t] += y[t].d * dmw * mins[t] as f32;
+    }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
