@@ -332,7 +332,11 @@ mod avx2 {
             // than p positions) takes the slow road
             let positions = |acc: &mut [__m256; L], m: usize| {
                 for c in (0..d).step_by(L) {
-                    let q: [__m256; H] = std::array::from_fn(|h| _mm256_loadu_ps(qp.add(h * d + c)));
+                    // a loop, not `from_fn`: a closure does not inherit the CPU features
+                    let mut q = [_mm256_setzero_ps(); H];
+                    for (h, qh) in q.iter_mut().enumerate() {
+                        *qh = _mm256_loadu_ps(qp.add(h * d + c));
+                    }
                     for j in 0..m {
                         let kv = E::load8(kp.add((s0 + j) * k_stride + c));
                         for h in 0..H {
