@@ -4,9 +4,11 @@
 # batching figures on a model whose steps are bound by reading weights, in the engine and
 # through the server (its text is noise):
 #
-#   python benches/mixtral_synthetic.py OUT.gguf [q4_k]   # needs numpy and gguf (gguf-py)
+#   python benches/mixtral_synthetic.py OUT.gguf [q4_k|q4_k_m]   # needs numpy and gguf (gguf-py)
 #
-# With `q4_k` the experts are Q4_K instead (0.32 GB), the format of the usual Q4_K_M files.
+# With `q4_k` the experts are Q4_K instead (0.43 GB in all), the format of the usual
+# Q4_K_M files; with `q4_k_m` their down projections are Q6_K, as in half of a Q4_K_M
+# file's layers.
 #   ODMOE_BENCH_MODEL=OUT.gguf ODMOE_BENCH_STEPS=32 ODMOE_BENCH_LEVELS=1,16 \
 #     cargo bench --bench batch_step
 #   ODMOE_LOAD_MODEL=OUT.gguf cargo bench -p odmoe-actors --bench load
@@ -48,9 +50,19 @@ def q4_k(shape, scale):
     dmin = np.full((n, 1), scale / 4, dtype=np.float16).view(np.uint8)
     rest = rng.integers(0, 256, size=(n, 140), dtype=np.uint8)
     return np.concatenate([d, dmin, rest], axis=1).reshape(list(shape[:-1]) + [shape[-1] // 256 * 144])
-EXPERT_Q4_K = len(sys.argv) > 2 and sys.argv[2] == 'q4_k'
+def q6_k(shape, scale):
+    # 210-byte super-blocks of 256: 128 bytes of low nibbles, 64 of high bit pairs and 16
+    # int8 scales (random), then the f16 d
+    n = int(np.prod(shape)) // 256
+    rest = rng.integers(0, 256, size=(n, 208), dtype=np.uint8)
+    d = np.full((n, 1), scale, dtype=np.float16).view(np.uint8)
+    return np.concatenate([rest, d], axis=1).reshape(list(shape[:-1]) + [shape[-1] // 256 * 210])
+MODE = sys.argv[2] if len(sys.argv) > 2 else 'q8_0'
+EXPERT_Q4_K = MODE in ('q4_k', 'q4_k_m')
 def add_expert(name, shape, scale):
-    if EXPERT_Q4_K:
+    if MODE == 'q4_k_m' and 'down' in name:
+        w.add_tensor(name, q6_k(shape, scale), raw_dtype=gguf.GGMLQuantizationType.Q6_K)
+    elif EXPERT_Q4_K:
         w.add_tensor(name, q4_k(shape, scale), raw_dtype=gguf.GGMLQuantizationType.Q4_K)
     else:
         add_q8(name, shape, scale)

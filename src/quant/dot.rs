@@ -408,7 +408,7 @@ unsafe fn dot_rows_avx2(ty: GgmlType, rows: &[u8], row_bytes: usize, acts: &supe
                 }
             }
         }
-        GgmlType::Q4_K | GgmlType::Q5_K if n >= 2 => {
+        GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K if n >= 2 => {
             // a row's super-blocks unpacked once for up to four tokens
             let row = |t: usize| match acts.row(t) {
                 ActRow::Q8K(a) => a,
@@ -419,7 +419,8 @@ unsafe fn dot_rows_avx2(ty: GgmlType, rows: &[u8], row_bytes: usize, acts: &supe
                 unsafe {
                     match ty {
                         GgmlType::Q4_K => super::dot_avx2::dot_q4_k_tokens(b(w), a),
-                        _ => super::dot_avx2::dot_q5_k_tokens(b(w), a),
+                        GgmlType::Q5_K => super::dot_avx2::dot_q5_k_tokens(b(w), a),
+                        _ => super::dot_avx2::dot_q6_k_tokens(b(w), a),
                     }
                 }
             }

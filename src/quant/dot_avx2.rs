@@ -194,17 +194,27 @@ unsafe fn k4_family<const T: usize>(d: [u8; 2], dmin: [u8; 2], scales: &[u8; 12]
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q6_k(w: &[BlockQ6_K], a: &[ActQ8_K]) -> f32 {
+    dot_q6_k_tokens(w, [a])[0]
+}
+
+/// [`dot_q6_k`] of one row with `T` tokens at once: each super-block's six-bit values
+/// are assembled once for all of them, and each token gets exactly the operations, so
+/// the bits, it gets alone.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q6_k_tokens<const T: usize>(w: &[BlockQ6_K], a: [&[ActQ8_K]; T]) -> [f32; T] {
     let m4 = _mm256_set1_epi8(0x0F);
     let m3 = _mm256_set1_epi8(0x03);
-    let mut acc = _mm256_setzero_ps();
-    let mut corr_acc = 0.0f32;
-    for (b, y) in w.iter().zip(a) {
+    let mut acc = [_mm256_setzero_ps(); T];
+    let mut corr_acc = [0.0f32; T];
+    for (i, b) in w.iter().enumerate() {
         // Quants are stored +32; subtract 32 × Σ activations of each group afterwards.
-        let mut corr = 0i32;
-        for g in 0..16 {
-            corr += b.scales[g] as i32 * y.bsums[g] as i32;
+        let mut corr = [0i32; T];
+        for t in 0..T {
+            for g in 0..16 {
+                corr[t] += b.scales[g] as i32 * a[t][i].bsums[g] as i32;
+            }
         }
-        let mut sumi = _mm256_setzero_si256();
+        let mut sumi = [_mm256_setzero_si256(); T];
         for half in 0..2 {
             let ql0 = load(&b.ql[half * 64..]);
             let ql1 = load(&b.ql[half * 64 + 32..]);
@@ -216,17 +226,26 @@ pub unsafe fn dot_q6_k(w: &[BlockQ6_K], a: &[ActQ8_K]) -> f32 {
                 _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4)),
             ];
             for (k, &qk) in q.iter().enumerate() {
-                let p = _mm256_maddubs_epi16(qk, load_i8(&y.qs[half * 128 + k * 32..]));
                 let g = half * 8 + 2 * k;
                 let s = _mm256_set_m128i(_mm_set1_epi16(b.scales[g + 1] as i16), _mm_set1_epi16(b.scales[g] as i16));
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, s));
+                for t in 0..T {
+                    let p = _mm256_maddubs_epi16(qk, load_i8(&a[t][i].qs[half * 128 + k * 32..]));
+                    sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(p, s));
+                }
             }
         }
-        let d = f16_to_f32(b.d) * y.d;
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
-        corr_acc += d * (32 * corr) as f32;
+        let dw = f16_to_f32(b.d);
+        for t in 0..T {
+            let d = dw * a[t][i].d;
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+            corr_acc[t] += d * (32 * corr[t]) as f32;
+        }
     }
-    hsum(acc) - corr_acc
+    let mut out = [0.0f32; T];
+    for t in 0..T {
+        out[t] = hsum(acc[t]) - corr_acc[t];
+    }
+    out
 }
 
 /// `Σ_g scale[g] · Σ_{l<16} q[16g + l] · y[16g + l]` over the 32 values `q` (unsigned, at
