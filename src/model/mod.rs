@@ -307,7 +307,7 @@ impl Model {
     /// A fresh cache for one sequence of at most `max_len` positions.
     pub fn new_cache(&self, max_len: usize) -> KvCache {
         let layers = (0..self.config.n_layer)
-            .map(|_| if self.config.mla.is_some() { LayerCache::Latent { c: Vec::new() } } else { LayerCache::Standard { k: KvRows::new(self.kv_type), v: KvRows::new(self.kv_type) } })
+            .map(|_| if self.config.mla.is_some() { LayerCache::Latent { c: Vec::new() } } else { LayerCache::Standard { k: KvRows::new(self.kv_type, self.config.n_head_kv), v: KvRows::new(self.kv_type, self.config.n_head_kv) } })
             .collect();
         KvCache { layers, len: 0, max_len }
     }
