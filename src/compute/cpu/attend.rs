@@ -6,7 +6,11 @@
 //! call per score, and the values are summed unnormalized (even and odd positions apart, for twice the
 //! independent work), dividing once at the end. The query heads that share a key-value
 //! head ([`attend_group`]) go through the same operations together, up to four at a time,
-//! so each cached key and value is loaded once for all of them.
+//! so each cached key and value is loaded once for all of them. With many sessions the
+//! caches come from memory (the weights streaming through each step evict them), so the
+//! vector code asks for keys and values ahead of use: keys a few rows ahead of scoring,
+//! values while the keys are scored, and the rest of each value row on the first of the
+//! passes over them.
 //!
 //! The portable code performs the same float operations in the same order as the AVX2
 //! code (fused multiply-adds where it uses them, the same reduction tree), so both give
@@ -182,6 +186,24 @@ mod avx2 {
     use crate::compute::cpu::exp::avx2::exp8;
     use std::arch::x86_64::*;
 
+    /// Rows ahead of the one being read that are asked for: on 16 sequences' caches in
+    /// memory (100–400 positions, four key-value heads of 64), the attention of a layer
+    /// took 36–40% less time with the keys and values asked for ahead than without
+    /// (4 rows ahead: less gain; 8 to 32: the same within the noise).
+    const PREFETCH_ROWS: usize = 16;
+
+    /// Asks for rows `rows` of a cache run (`stride` values apart, `width` values each)
+    /// to be brought in (`HINT`), a line at a time. The rows must lie in the run.
+    #[inline(always)]
+    unsafe fn prefetch_rows<E, const HINT: i32>(base: *const E, stride: usize, width: usize, rows: std::ops::Range<usize>) {
+        for r in rows {
+            let row = base.add(r * stride) as *const i8;
+            for b in (0..width * std::mem::size_of::<E>()).step_by(64) {
+                _mm_prefetch::<HINT>(row.add(b));
+            }
+        }
+    }
+
     /// [`fold`] of each of eight vectors at once: lane `p` of the result is `fold(v[p])`.
     #[inline(always)]
     unsafe fn fold8(v: [__m256; L]) -> __m256 {
@@ -221,10 +243,14 @@ mod avx2 {
         let (kp, vp, sp) = (k.as_ptr(), v.as_ptr(), scores.as_mut_ptr());
         let sc = _mm256_set1_ps(scale);
         let mut max = _mm256_set1_ps(f32::NEG_INFINITY);
+        let dv = out.len();
+        prefetch_rows::<E, _MM_HINT_T0>(kp, k_stride, q.len(), 0..PREFETCH_ROWS.min(len));
         let mut s0 = 0;
         while s0 < len {
             // eight positions (fewer at the end: the rest score -inf and weigh 0)
             let m = (len - s0).min(L);
+            prefetch_rows::<E, _MM_HINT_T0>(kp, k_stride, q.len(), (s0 + PREFETCH_ROWS).min(len)..(s0 + PREFETCH_ROWS + L).min(len));
+            prefetch_rows::<E, _MM_HINT_T1>(vp, v_stride, dv, s0..s0 + m);
             let mut s = _mm256_mul_ps(fold8(lanes8(q, kp.add(s0 * k_stride), k_stride, m)), sc);
             if m < L {
                 let keep = _mm256_cmpgt_epi32(_mm256_set1_epi32(m as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
@@ -237,7 +263,6 @@ mod avx2 {
         let mut lanes_max = [0.0f32; L];
         _mm256_storeu_ps(lanes_max.as_mut_ptr(), max);
         let sums = exponentials(sp, len, lanes_max.iter().copied().fold(f32::NEG_INFINITY, f32::max));
-        let dv = out.len();
         let op = out.as_mut_ptr();
         // 32 values at a time, even and odd positions summed apart (eight independent
         // chains of multiply-adds), the two sums added at the end
@@ -246,6 +271,9 @@ mod avx2 {
             let (mut even, mut odd) = ([_mm256_setzero_ps(); 4], [_mm256_setzero_ps(); 4]);
             let mut s = 0;
             while s < len {
+                if c == 0 {
+                    prefetch_rows::<E, _MM_HINT_T0>(vp, v_stride, dv, (s + PREFETCH_ROWS).min(len)..(s + PREFETCH_ROWS + 2).min(len));
+                }
                 let (e, row) = (_mm256_set1_ps(*sp.add(s)), vp.add(s * v_stride + c));
                 for (j, a) in even.iter_mut().enumerate() {
                     *a = _mm256_fmadd_ps(e, E::load8(row.add(j * L)), *a);
@@ -324,9 +352,12 @@ mod avx2 {
         let (kp, vp, qp) = (k.as_ptr(), v.as_ptr(), qs.as_ptr());
         let sp: [*mut f32; H] = std::array::from_fn(|h| scores.as_mut_ptr().add(h * padded));
         let sc = _mm256_set1_ps(scale);
+        prefetch_rows::<E, _MM_HINT_T0>(kp, k_stride, d, 0..PREFETCH_ROWS.min(len));
         let mut s0 = 0;
         while s0 < len {
             let m = (len - s0).min(p);
+            prefetch_rows::<E, _MM_HINT_T0>(kp, k_stride, d, (s0 + PREFETCH_ROWS).min(len)..(s0 + PREFETCH_ROWS + p).min(len));
+            prefetch_rows::<E, _MM_HINT_T1>(vp, v_stride, dv, s0..s0 + m);
             let mut acc = [_mm256_setzero_ps(); L];
             // a constant trip count keeps the accumulators in registers; the tail (fewer
             // than p positions) takes the slow road
@@ -370,6 +401,9 @@ mod avx2 {
             let (mut even, mut odd) = ([_mm256_setzero_ps(); H], [_mm256_setzero_ps(); H]);
             let mut s = 0;
             while s < len {
+                if c == 0 {
+                    prefetch_rows::<E, _MM_HINT_T0>(vp, v_stride, dv, (s + PREFETCH_ROWS).min(len)..(s + PREFETCH_ROWS + 2).min(len));
+                }
                 let x = E::load8(vp.add(s * v_stride + c));
                 for h in 0..H {
                     even[h] = _mm256_fmadd_ps(_mm256_set1_ps(*sp[h].add(s)), x, even[h]);
