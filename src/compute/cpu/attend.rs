@@ -188,8 +188,12 @@ mod avx2 {
 
     /// Rows ahead of the one being read that are asked for: on 16 sequences' caches in
     /// memory (100–400 positions, four key-value heads of 64), the attention of a layer
-    /// took 36–40% less time with the keys and values asked for ahead than without
-    /// (4 rows ahead: less gain; 8 to 32: the same within the noise).
+    /// took 30–40% less time with the keys and values asked for ahead than without
+    /// (4 rows ahead: less gain; 8 to 32: the same within the noise; every other line
+    /// only: most of the gain lost). Where a cache is already in the processor's caches
+    /// (the first rounds of `benches/attention.rs`) the requests cost 5–20%: with any
+    /// model whose weights are larger than the last-level cache, a step's weights have
+    /// evicted the KV caches by the time they are read again.
     const PREFETCH_ROWS: usize = 16;
 
     /// Asks for rows `rows` of a cache run (`stride` values apart, `width` values each)
