@@ -208,9 +208,12 @@ fn quantize_q8_0_blocks(x: &[f32]) -> (Vec<ActQ8_0>, Vec<i32>) {
 }
 
 /// One block of [`quantize_q8_0_body`] in AVX2 registers, and the sum of its quants.
-/// `x` must hold 32 values.
+/// `x` must hold 32 values. The maximum and the sum are folded within the registers and
+/// the f16 roundings are F16C instructions (exact either way: a maximum and an integer
+/// sum do not depend on their order, and F16C rounds to nearest even as `half` does):
+/// storing the lanes to fold them and a library call per rounding took most of the time.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn quantize_q8_0_avx2(x: &[f32]) -> (ActQ8_0, i32) {
     use std::arch::x86_64::*;
     debug_assert_eq!(x.len(), QK);
@@ -218,14 +221,17 @@ unsafe fn quantize_q8_0_avx2(x: &[f32]) -> (ActQ8_0, i32) {
     let v = [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)), _mm256_loadu_ps(p.add(16)), _mm256_loadu_ps(p.add(24))];
     let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
     let m = _mm256_max_ps(_mm256_max_ps(_mm256_and_ps(v[0], abs_mask), _mm256_and_ps(v[1], abs_mask)), _mm256_max_ps(_mm256_and_ps(v[2], abs_mask), _mm256_and_ps(v[3], abs_mask)));
-    let mut lanes = [0.0f32; 8];
-    _mm256_storeu_ps(lanes.as_mut_ptr(), m);
-    // a maximum is the same in any order
-    let amax = lanes.iter().fold(0.0f32, |m, v| m.max(*v));
+    // the lanes' maximum, ignoring NaN lanes as `f32::max` does (`maxps` returns its
+    // second operand when either is NaN, so NaN lanes are first replaced by zero)
+    let m = _mm256_and_ps(m, _mm256_cmp_ps::<_CMP_ORD_Q>(m, m));
+    let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+    let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    let amax = _mm_cvtss_f32(_mm_max_ss(m2, _mm_movehdup_ps(m2)));
     let d = amax / 127.0;
     let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
     let (half, one, sign) = (_mm256_set1_ps(0.5), _mm256_set1_ps(1.0), _mm256_set1_ps(-0.0));
-    let q = v.map(|v| {
+    let mut q = [_mm256_setzero_si256(); 4];
+    for (q, &v) in q.iter_mut().zip(&v) {
         // round_half_away(v * id)
         let f = _mm256_mul_ps(v, id);
         let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(f);
@@ -234,19 +240,20 @@ unsafe fn quantize_q8_0_avx2(x: &[f32]) -> (ActQ8_0, i32) {
         let r = _mm256_add_ps(t, step);
         // `as i8`: NaN to 0, the rest saturated (an overflowing scale makes infinities)
         let r = _mm256_and_ps(r, _mm256_cmp_ps::<_CMP_ORD_Q>(r, r));
-        _mm256_cvttps_epi32(_mm256_max_ps(_mm256_min_ps(r, _mm256_set1_ps(127.0)), _mm256_set1_ps(-128.0)))
-    });
+        *q = _mm256_cvttps_epi32(_mm256_max_ps(_mm256_min_ps(r, _mm256_set1_ps(127.0)), _mm256_set1_ps(-128.0)));
+    }
     // the packs interleave 128-bit halves, the permute puts the bytes back in order
     let w = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
     let bytes = _mm256_permutevar8x32_epi32(w, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
     let mut qs = [0i8; 32];
     _mm256_storeu_si256(qs.as_mut_ptr() as *mut __m256i, bytes);
-    let s4 = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
-    let mut s = [0i32; 8];
-    _mm256_storeu_si256(s.as_mut_ptr() as *mut __m256i, s4);
-    let sum: i32 = s.iter().sum();
-    let d16 = f16::from_f32(d).to_f32();
-    (ActQ8_0 { d: d16, s: f16::from_f32(sum as f32 * d).to_f32(), qs }, sum)
+    let s8 = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+    let s4 = _mm_add_epi32(_mm256_castsi256_si128(s8), _mm256_extracti128_si256::<1>(s8));
+    let s2 = _mm_add_epi32(s4, _mm_unpackhi_epi64(s4, s4));
+    let sum = _mm_cvtsi128_si32(_mm_add_epi32(s2, _mm_shuffle_epi32::<0b01>(s2)));
+    // f32 -> f16 -> f32, rounding to nearest even
+    let round_f16 = |x: f32| _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set_ss(x))));
+    (ActQ8_0 { d: round_f16(d), s: round_f16(sum as f32 * d), qs }, sum)
 }
 
 /// `f.round()` (halves away from zero) written so that it compiles to vector instructions
@@ -450,6 +457,11 @@ mod tests {
         x.extend((0..32).map(|i| if i == 3 { -127.0 } else { -(i as f32) * 2.5 }));
         x.extend((0..32).map(|i| (i as f32 - 15.0) * 1e30));
         x.extend((0..32).map(|i| (i as f32 - 15.0) * 1e-40));
+        // a NaN among ordinary values (left out of the maximum), an infinity (the scale
+        // overflows: quants 0, the scaled sum NaN), NaNs only
+        x.extend((0..32).map(|i| if i == 5 { f32::NAN } else { i as f32 - 9.0 }));
+        x.extend((0..32).map(|i| if i == 30 { f32::NEG_INFINITY } else { i as f32 }));
+        x.extend([f32::NAN; 32]);
         let (blocks, offsets) = quantize_q8_0_blocks(&x);
         for (i, c) in x.chunks_exact(QK).enumerate() {
             let b = quantize_q8_0_body(c);
