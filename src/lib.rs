@@ -15,6 +15,7 @@ pub mod error;
 pub mod experts;
 pub mod generate;
 pub mod gguf;
+mod huge_pages;
 pub mod model;
 pub mod quant;
 pub mod sampling;

@@ -337,13 +337,17 @@ impl PagedExperts {
 /// allows it for every one, else all buffered (reads size their buffers by the mode).
 /// Returns the files and whether they are direct.
 fn open_files(paths: &[PathBuf], direct: bool) -> Result<(Vec<File>, bool)> {
-    use std::os::unix::fs::OpenOptionsExt;
+    // `O_DIRECT` is Linux's; elsewhere reads go through the page cache
+    #[cfg(target_os = "linux")]
     if direct {
+        use std::os::unix::fs::OpenOptionsExt;
         let opened: std::io::Result<Vec<File>> = paths.iter().map(|p| std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(p)).collect();
         if let Ok(files) = opened {
             return Ok((files, true));
         }
     }
+    #[cfg(not(target_os = "linux"))]
+    let _ = direct;
     let files = paths.iter().map(|p| File::open(p).map_err(|source| Error::Io { path: p.clone(), source })).collect::<Result<Vec<File>>>()?;
     Ok((files, false))
 }
