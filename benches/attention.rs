@@ -2,7 +2,7 @@
 //! (`attend_head`) against all four at once (`attend_group`, each key and value read once
 //! for the group), at 150, 2,000 and 8,000 positions (head size 64, four key-value heads
 //! interleaved position by position), one thread, best of five rounds: the cache stays
-//! in the processor's caches (where asking for rows ahead only costs). Then the caches of
+//! in the processor's caches (so no position is marked cold). Then the caches of
 //! sixteen sequences in memory, as when sixteen sessions decode (the weights streaming
 //! through each step evict them): one layer's attention on the thread pool, the caches
 //! laid out position by position (every head's slice of a row) or head by head (the
@@ -36,7 +36,7 @@ fn in_cache() {
             for i in 0..iters {
                 let h = i % nkv;
                 for j in 0..g {
-                    attend_head(&q[j * hd..(j + 1) * hd], &k[h * hd..], stride, &v[h * hd..], stride, len, 0.125, &mut scores, &mut out[j * hd..(j + 1) * hd]);
+                    attend_head(&q[j * hd..(j + 1) * hd], &k[h * hd..], stride, &v[h * hd..], stride, len, 0, 0.125, &mut scores, &mut out[j * hd..(j + 1) * hd]);
                 }
                 std::hint::black_box(&out);
             }
@@ -44,7 +44,7 @@ fn in_cache() {
             let t = std::time::Instant::now();
             for i in 0..iters {
                 let h = i % nkv;
-                attend_group(&q, g, &k[h * hd..], stride, &v[h * hd..], stride, len, 0.125, &mut scores, &mut out);
+                attend_group(&q, g, &k[h * hd..], stride, &v[h * hd..], stride, len, 0, 0.125, &mut scores, &mut out);
                 std::hint::black_box(&out);
             }
             best2 = best2.min(t.elapsed().as_secs_f64() / iters as f64);
@@ -74,7 +74,7 @@ fn in_memory(len: usize) {
                         for h in 0..nkv {
                             // position-major: head h's slice of each row; head-major: head h's run
                             let (at, stride) = if layout == 0 { (h * hd, nkv * hd) } else { (h * len * hd, hd) };
-                            attend_group(&q[h * g * hd..(h + 1) * g * hd], g, &k[at..], stride, &v[at..], stride, len, 0.125, &mut scores, &mut out[h * g * hd..(h + 1) * g * hd]);
+                            attend_group(&q[h * g * hd..(h + 1) * g * hd], g, &k[at..], stride, &v[at..], stride, len, len, 0.125, &mut scores, &mut out[h * g * hd..(h + 1) * g * hd]);
                         }
                         out
                     })

@@ -61,9 +61,12 @@ impl CacheValue for half::f16 {
 /// Softmax-weighted sum of values for query `q` over `len` cached positions: `scores[s] =
 /// (q · k_s) · scale`, `out = Σ_s softmax(scores)_s · v_s`. Position `s`'s key starts at
 /// `k[s * k_stride..]` (length `q.len()`), its value at `v[s * v_stride..]` (length
-/// `out.len()`). `scores` is scratch space; `out` is overwritten.
+/// `out.len()`). The first `cold` positions (at most `len`) may have left the processor's
+/// caches — those cached before the current pass, which the step's weights have streamed
+/// past since — and are asked for ahead of use; the rest were just written. `scores` is
+/// scratch space; `out` is overwritten. `cold` changes the speed only, never the result.
 #[allow(clippy::too_many_arguments)]
-pub fn attend_head<E: CacheValue>(q: &[f32], k: &[E], k_stride: usize, v: &[E], v_stride: usize, len: usize, scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
+pub fn attend_head<E: CacheValue>(q: &[f32], k: &[E], k_stride: usize, v: &[E], v_stride: usize, len: usize, cold: usize, scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
     assert!(len > 0, "attention over no positions");
     assert!(k.len() >= (len - 1) * k_stride + q.len() && v.len() >= (len - 1) * v_stride + out.len(), "cache shorter than {len} positions");
     scores.clear();
@@ -71,9 +74,10 @@ pub fn attend_head<E: CacheValue>(q: &[f32], k: &[E], k_stride: usize, v: &[E], 
     #[cfg(target_arch = "x86_64")]
     if crate::quant::has_avx2() && q.len().is_multiple_of(L) && out.len().is_multiple_of(L) {
         // SAFETY: the CPU features were detected at run time; lengths checked above.
-        unsafe { avx2::attend(q, k, k_stride, v, v_stride, len, scale, scores, out) };
+        unsafe { avx2::attend(q, k, k_stride, v, v_stride, len, cold.min(len), scale, scores, out) };
         return;
     }
+    let _ = cold;
     portable::attend(q, k, k_stride, v, v_stride, len, scale, scores, out)
 }
 
@@ -83,14 +87,14 @@ pub fn attend_head<E: CacheValue>(q: &[f32], k: &[E], k_stride: usize, v: &[E], 
 /// each position's key and value once for up to four heads, where one head at a time
 /// streams them once per head (from memory, at long contexts).
 #[allow(clippy::too_many_arguments)]
-pub fn attend_group<E: CacheValue>(qs: &[f32], heads: usize, k: &[E], k_stride: usize, v: &[E], v_stride: usize, len: usize, scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
+pub fn attend_group<E: CacheValue>(qs: &[f32], heads: usize, k: &[E], k_stride: usize, v: &[E], v_stride: usize, len: usize, cold: usize, scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
     assert!(heads > 0 && qs.len().is_multiple_of(heads) && out.len().is_multiple_of(heads), "attend_group: {heads} heads of uneven sizes");
     let (d, dv) = (qs.len() / heads, out.len() / heads);
     assert!(len > 0, "attention over no positions");
     assert!(k.len() >= (len - 1) * k_stride + d && v.len() >= (len - 1) * v_stride + dv, "cache shorter than {len} positions");
     #[cfg(target_arch = "x86_64")]
     if crate::quant::has_avx2() && d.is_multiple_of(L) && dv.is_multiple_of(L) && heads > 1 {
-        let padded = len.next_multiple_of(L);
+        let (padded, cold) = (len.next_multiple_of(L), cold.min(len));
         scores.clear();
         scores.resize(4 * padded, 0.0);
         let mut h = 0;
@@ -99,9 +103,9 @@ pub fn attend_group<E: CacheValue>(qs: &[f32], heads: usize, k: &[E], k_stride: 
             // SAFETY: the CPU features were detected at run time; lengths checked above.
             unsafe {
                 match heads - h {
-                    1 => avx2::attend(&q[..d], k, k_stride, v, v_stride, len, scale, &mut scores[..padded], &mut o[..dv]),
-                    2 | 3 => avx2::attend_heads::<E, 2>(&q[..2 * d], k, k_stride, v, v_stride, len, scale, scores, &mut o[..2 * dv]),
-                    _ => avx2::attend_heads::<E, 4>(&q[..4 * d], k, k_stride, v, v_stride, len, scale, scores, &mut o[..4 * dv]),
+                    1 => avx2::attend(&q[..d], k, k_stride, v, v_stride, len, cold, scale, &mut scores[..padded], &mut o[..dv]),
+                    2 | 3 => avx2::attend_heads::<E, 2>(&q[..2 * d], k, k_stride, v, v_stride, len, cold, scale, scores, &mut o[..2 * dv]),
+                    _ => avx2::attend_heads::<E, 4>(&q[..4 * d], k, k_stride, v, v_stride, len, cold, scale, scores, &mut o[..4 * dv]),
                 }
             }
             h += match heads - h {
@@ -113,7 +117,7 @@ pub fn attend_group<E: CacheValue>(qs: &[f32], heads: usize, k: &[E], k_stride: 
         return;
     }
     for (q, o) in qs.chunks_exact(d).zip(out.chunks_exact_mut(dv)) {
-        attend_head(q, k, k_stride, v, v_stride, len, scale, scores, o);
+        attend_head(q, k, k_stride, v, v_stride, len, cold, scale, scores, o);
     }
 }
 
@@ -243,18 +247,36 @@ mod avx2 {
 
     #[target_feature(enable = "avx2,fma,f16c")]
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn attend<E: CacheValue>(q: &[f32], k: &[E], k_stride: usize, v: &[E], v_stride: usize, len: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) {
+    pub(super) unsafe fn attend<E: CacheValue>(q: &[f32], k: &[E], k_stride: usize, v: &[E], v_stride: usize, len: usize, cold: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) {
+        if cold > 0 {
+            attend_ahead::<E, true>(q, k, k_stride, v, v_stride, len, cold, scale, scores, out)
+        } else {
+            attend_ahead::<E, false>(q, k, k_stride, v, v_stride, len, cold, scale, scores, out)
+        }
+    }
+
+    /// [`attend`] with (`AHEAD`) or without the requests for rows ahead: apart, so that
+    /// attending over a cache just written runs the code it ran before they existed.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn attend_ahead<E: CacheValue, const AHEAD: bool>(q: &[f32], k: &[E], k_stride: usize, v: &[E], v_stride: usize, len: usize, cold: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) {
         let (kp, vp, sp) = (k.as_ptr(), v.as_ptr(), scores.as_mut_ptr());
         let sc = _mm256_set1_ps(scale);
         let mut max = _mm256_set1_ps(f32::NEG_INFINITY);
         let dv = out.len();
-        prefetch_rows::<E, _MM_HINT_T0>(kp, k_stride, q.len(), 0..PREFETCH_ROWS.min(len));
+        if AHEAD {
+            prefetch_rows::<E, _MM_HINT_T0>(kp, k_stride, q.len(), 0..PREFETCH_ROWS.min(cold));
+        }
         let mut s0 = 0;
         while s0 < len {
             // eight positions (fewer at the end: the rest score -inf and weigh 0)
             let m = (len - s0).min(L);
-            prefetch_rows::<E, _MM_HINT_T0>(kp, k_stride, q.len(), (s0 + PREFETCH_ROWS).min(len)..(s0 + PREFETCH_ROWS + L).min(len));
-            prefetch_rows::<E, _MM_HINT_T1>(vp, v_stride, dv, s0..s0 + m);
+            if AHEAD {
+                prefetch_rows::<E, _MM_HINT_T0>(kp, k_stride, q.len(), (s0 + PREFETCH_ROWS).min(cold)..(s0 + PREFETCH_ROWS + L).min(cold));
+            }
+            if AHEAD {
+                prefetch_rows::<E, _MM_HINT_T1>(vp, v_stride, dv, s0.min(cold)..(s0 + m).min(cold));
+            }
             let mut s = _mm256_mul_ps(fold8(lanes8(q, kp.add(s0 * k_stride), k_stride, m)), sc);
             if m < L {
                 let keep = _mm256_cmpgt_epi32(_mm256_set1_epi32(m as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
@@ -275,8 +297,8 @@ mod avx2 {
             let (mut even, mut odd) = ([_mm256_setzero_ps(); 4], [_mm256_setzero_ps(); 4]);
             let mut s = 0;
             while s < len {
-                if c == 0 {
-                    prefetch_rows::<E, _MM_HINT_T0>(vp, v_stride, dv, (s + PREFETCH_ROWS).min(len)..(s + PREFETCH_ROWS + 2).min(len));
+                if AHEAD && c == 0 {
+                    prefetch_rows::<E, _MM_HINT_T0>(vp, v_stride, dv, (s + PREFETCH_ROWS).min(cold)..(s + PREFETCH_ROWS + 2).min(cold));
                 }
                 let (e, row) = (_mm256_set1_ps(*sp.add(s)), vp.add(s * v_stride + c));
                 for (j, a) in even.iter_mut().enumerate() {
@@ -349,19 +371,36 @@ mod avx2 {
     /// even and odd positions apart. Keys and values are loaded once for the `H` heads.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn attend_heads<E: CacheValue, const H: usize>(qs: &[f32], k: &[E], k_stride: usize, v: &[E], v_stride: usize, len: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) {
+    pub(super) unsafe fn attend_heads<E: CacheValue, const H: usize>(qs: &[f32], k: &[E], k_stride: usize, v: &[E], v_stride: usize, len: usize, cold: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) {
+        if cold > 0 {
+            attend_heads_ahead::<E, H, true>(qs, k, k_stride, v, v_stride, len, cold, scale, scores, out)
+        } else {
+            attend_heads_ahead::<E, H, false>(qs, k, k_stride, v, v_stride, len, cold, scale, scores, out)
+        }
+    }
+
+    /// [`attend_heads`] with (`AHEAD`) or without the requests for rows ahead.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn attend_heads_ahead<E: CacheValue, const H: usize, const AHEAD: bool>(qs: &[f32], k: &[E], k_stride: usize, v: &[E], v_stride: usize, len: usize, cold: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) {
         let (d, dv, padded) = (qs.len() / H, out.len() / H, len.next_multiple_of(L));
         // positions scored together: H × P = 8 (head, position) lanes
         let p = L / H;
         let (kp, vp, qp) = (k.as_ptr(), v.as_ptr(), qs.as_ptr());
         let sp: [*mut f32; H] = std::array::from_fn(|h| scores.as_mut_ptr().add(h * padded));
         let sc = _mm256_set1_ps(scale);
-        prefetch_rows::<E, _MM_HINT_T0>(kp, k_stride, d, 0..PREFETCH_ROWS.min(len));
+        if AHEAD {
+            prefetch_rows::<E, _MM_HINT_T0>(kp, k_stride, d, 0..PREFETCH_ROWS.min(cold));
+        }
         let mut s0 = 0;
         while s0 < len {
             let m = (len - s0).min(p);
-            prefetch_rows::<E, _MM_HINT_T0>(kp, k_stride, d, (s0 + PREFETCH_ROWS).min(len)..(s0 + PREFETCH_ROWS + p).min(len));
-            prefetch_rows::<E, _MM_HINT_T1>(vp, v_stride, dv, s0..s0 + m);
+            if AHEAD {
+                prefetch_rows::<E, _MM_HINT_T0>(kp, k_stride, d, (s0 + PREFETCH_ROWS).min(cold)..(s0 + PREFETCH_ROWS + p).min(cold));
+            }
+            if AHEAD {
+                prefetch_rows::<E, _MM_HINT_T1>(vp, v_stride, dv, s0.min(cold)..(s0 + m).min(cold));
+            }
             let mut acc = [_mm256_setzero_ps(); L];
             // a constant trip count keeps the accumulators in registers; the tail (fewer
             // than p positions) takes the slow road
@@ -405,8 +444,8 @@ mod avx2 {
             let (mut even, mut odd) = ([_mm256_setzero_ps(); H], [_mm256_setzero_ps(); H]);
             let mut s = 0;
             while s < len {
-                if c == 0 {
-                    prefetch_rows::<E, _MM_HINT_T0>(vp, v_stride, dv, (s + PREFETCH_ROWS).min(len)..(s + PREFETCH_ROWS + 2).min(len));
+                if AHEAD && c == 0 {
+                    prefetch_rows::<E, _MM_HINT_T0>(vp, v_stride, dv, (s + PREFETCH_ROWS).min(cold)..(s + PREFETCH_ROWS + 2).min(cold));
                 }
                 let x = E::load8(vp.add(s * v_stride + c));
                 for h in 0..H {
@@ -456,7 +495,7 @@ mod tests {
                 // a large scale makes some exponentials underflow
                 for scale in [0.18f32, 40.0] {
                     let mut out = vec![f32::NAN; dv];
-                    attend_head(&q, &k, ks, &v, vs, len, scale, &mut Vec::new(), &mut out);
+                    attend_head(&q, &k, ks, &v, vs, len, len, scale, &mut Vec::new(), &mut out);
                     let want = naive(&q, &k, ks, &v, vs, len, scale, dv);
                     for (o, w) in out.iter().zip(&want) {
                         assert!((*o as f64 - w).abs() < 1e-5, "d {d} dv {dv} len {len} scale {scale}: {o} vs {w}");
@@ -480,7 +519,7 @@ mod tests {
                 let (mut a, mut b) = (vec![0.0f32; dv], vec![0.0f32; dv]);
                 let (mut sa, mut sb) = (vec![0.0; len.next_multiple_of(L)], vec![0.0; len.next_multiple_of(L)]);
                 // SAFETY: AVX2 and FMA detected above.
-                unsafe { avx2::attend(&q, &k, ks, &v, vs, len, 0.2, &mut sa, &mut a) };
+                unsafe { avx2::attend(&q, &k, ks, &v, vs, len, len, 0.2, &mut sa, &mut a) };
                 portable::attend(&q, &k, ks, &v, vs, len, 0.2, &mut sb, &mut b);
                 assert_eq!(a.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), b.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), "d {d} dv {dv} len {len}");
             }
@@ -501,13 +540,13 @@ mod tests {
                     let (k16, v16): (Vec<half::f16>, Vec<half::f16>) = (k.iter().map(|&x| half::f16::from_f32(x)).collect(), v.iter().map(|&x| half::f16::from_f32(x)).collect());
                     for scale in [0.18f32, 40.0] {
                         let mut got = vec![f32::NAN; heads * dv];
-                        attend_group(&qs, heads, &k, ks, &v, vs, len, scale, &mut Vec::new(), &mut got);
+                        attend_group(&qs, heads, &k, ks, &v, vs, len, len, scale, &mut Vec::new(), &mut got);
                         let mut got16 = vec![f32::NAN; heads * dv];
-                        attend_group(&qs, heads, &k16, ks, &v16, vs, len, scale, &mut Vec::new(), &mut got16);
+                        attend_group(&qs, heads, &k16, ks, &v16, vs, len, len / 2, scale, &mut Vec::new(), &mut got16);
                         for h in 0..heads {
                             let (mut want, mut want16) = (vec![0.0f32; dv], vec![0.0f32; dv]);
-                            attend_head(&qs[h * d..(h + 1) * d], &k, ks, &v, vs, len, scale, &mut Vec::new(), &mut want);
-                            attend_head(&qs[h * d..(h + 1) * d], &k16, ks, &v16, vs, len, scale, &mut Vec::new(), &mut want16);
+                            attend_head(&qs[h * d..(h + 1) * d], &k, ks, &v, vs, len, 0, scale, &mut Vec::new(), &mut want);
+                            attend_head(&qs[h * d..(h + 1) * d], &k16, ks, &v16, vs, len, 0, scale, &mut Vec::new(), &mut want16);
                             let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
                             let ctx = format!("heads {heads} d {d} dv {dv} len {len} scale {scale} head {h}");
                             assert_eq!(bits(&got[h * dv..(h + 1) * dv]), bits(&want), "{ctx}");
@@ -528,8 +567,8 @@ mod tests {
                 let (k16, v16): (Vec<half::f16>, Vec<half::f16>) = (data(len * ks, 12).into_iter().map(half::f16::from_f32).collect(), data(len * vs, 13).into_iter().map(half::f16::from_f32).collect());
                 let (k32, v32): (Vec<f32>, Vec<f32>) = (k16.iter().map(|x| x.to_f32()).collect(), v16.iter().map(|x| x.to_f32()).collect());
                 let (mut a, mut b) = (vec![0.0f32; dv], vec![0.0f32; dv]);
-                attend_head(&q, &k16, ks, &v16, vs, len, 0.2, &mut Vec::new(), &mut a);
-                attend_head(&q, &k32, ks, &v32, vs, len, 0.2, &mut Vec::new(), &mut b);
+                attend_head(&q, &k16, ks, &v16, vs, len, len, 0.2, &mut Vec::new(), &mut a);
+                attend_head(&q, &k32, ks, &v32, vs, len, len, 0.2, &mut Vec::new(), &mut b);
                 assert_eq!(a.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), b.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), "d {d} dv {dv} len {len}");
                 // and the portable code reads f16 as the vector code does
                 let mut c = vec![0.0f32; dv];

@@ -196,7 +196,7 @@ mod tests {
                         let kvh = h / group;
                         let qh = &q[(t * sh.heads + h) * sh.head_dim..(t * sh.heads + h + 1) * sh.head_dim];
                         let mut o = vec![0.0f32; sh.value_dim];
-                        cpu::attend_head(qh, &kc[kvh * sh.head_dim..], kw, &vc[kvh * sh.value_dim..], sh.value_stride, pos0 + t + 1, sh.scale, &mut scores, &mut o);
+                        cpu::attend_head(qh, &kc[kvh * sh.head_dim..], kw, &vc[kvh * sh.value_dim..], sh.value_stride, pos0 + t + 1, 0, sh.scale, &mut scores, &mut o);
                         want.extend(o);
                     }
                 }
