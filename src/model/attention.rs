@@ -101,7 +101,7 @@ fn attend_heads<E: CacheValue>(cfg: &Config, q: &[f32], kc: &[Vec<E>], vc: &[Vec
         let qs = &q[(t * nh + kvh * group) * hd..(t * nh + (kvh + 1) * group) * hd];
         // the positions cached before this pass are out of the processor's caches for the
         // first token only: the later ones find them where it left them, and asking for
-        // rows already at hand costs (5-35% in the cache-resident rounds of
+        // rows already at hand costs (20-55% in the cache-resident rounds of
         // benches/attention.rs)
         let cold = if t == 0 { pos0 } else { 0 };
         attend_group(qs, group, &kc[kvh], hd, &vc[kvh], hdv, pos0 + t + 1, cold, cfg.kq_scale, scores, o);

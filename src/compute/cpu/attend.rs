@@ -195,9 +195,9 @@ mod avx2 {
     /// took 30–40% less time with the keys and values asked for ahead than without
     /// (4 rows ahead: less gain; 8 to 32: the same within the noise; every other line
     /// only: most of the gain lost). Where a cache is already in the processor's caches
-    /// (the first rounds of `benches/attention.rs`) the requests cost 5–20%: with any
-    /// model whose weights are larger than the last-level cache, a step's weights have
-    /// evicted the KV caches by the time they are read again.
+    /// the requests cost 20–55% (the first rounds of `benches/attention.rs` with every
+    /// position marked cold): so only positions cached before the current pass are asked
+    /// for, which a model larger than the last-level cache has evicted since.
     const PREFETCH_ROWS: usize = 16;
 
     /// Asks for rows `rows` of a cache run (`stride` values apart, `width` values each)
@@ -273,8 +273,6 @@ mod avx2 {
             let m = (len - s0).min(L);
             if AHEAD {
                 prefetch_rows::<E, _MM_HINT_T0>(kp, k_stride, q.len(), (s0 + PREFETCH_ROWS).min(cold)..(s0 + PREFETCH_ROWS + L).min(cold));
-            }
-            if AHEAD {
                 prefetch_rows::<E, _MM_HINT_T1>(vp, v_stride, dv, s0.min(cold)..(s0 + m).min(cold));
             }
             let mut s = _mm256_mul_ps(fold8(lanes8(q, kp.add(s0 * k_stride), k_stride, m)), sc);
@@ -397,8 +395,6 @@ mod avx2 {
             let m = (len - s0).min(p);
             if AHEAD {
                 prefetch_rows::<E, _MM_HINT_T0>(kp, k_stride, d, (s0 + PREFETCH_ROWS).min(cold)..(s0 + PREFETCH_ROWS + p).min(cold));
-            }
-            if AHEAD {
                 prefetch_rows::<E, _MM_HINT_T1>(vp, v_stride, dv, s0.min(cold)..(s0 + m).min(cold));
             }
             let mut acc = [_mm256_setzero_ps(); L];
