@@ -9,16 +9,11 @@
 #     'print(" ".join(["the king"] * 1000))')" --max-tokens 16
 import os, sys
 import numpy as np, gguf
+import gguf_field  # beside this script
 rng = np.random.default_rng(11)
 src = gguf.GGUFReader(os.path.join(os.path.dirname(__file__), '..', 'tests', 'fixtures', 'models', 'deepseek2lite.f32.gguf'))
 def field(name):
-    f = src.fields[name]
-    vals = [f.parts[i] for i in f.data]
-    if f.types[-1] == gguf.GGUFValueType.STRING:
-        vals = [bytes(v).decode() for v in vals]
-    else:
-        vals = [v.tolist()[0] for v in vals]
-    return vals if f.types[0] == gguf.GGUFValueType.ARRAY else vals[0]
+    return gguf_field.field(src, name)
 tokens = field('tokenizer.ggml.tokens')
 H, L, NH, LORA, ROPE, NOPE, VD, E, EFF, DFF, V = 1024, 4, 64, 512, 64, 128, 128, 8, 512, 1024, len(tokens)
 w = gguf.GGUFWriter(sys.argv[1], 'deepseek2')

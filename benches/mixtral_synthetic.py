@@ -14,16 +14,11 @@
 #   ODMOE_LOAD_MODEL=OUT.gguf cargo bench -p odmoe-actors --bench load
 import os, sys
 import numpy as np, gguf
+import gguf_field  # beside this script
 rng = np.random.default_rng(7)
 demo = gguf.GGUFReader(os.path.join(os.path.dirname(__file__), '..', 'models', 'odmoe-demo-shakespeare-Q8_0.gguf'))
 def field(name):
-    f = demo.fields[name]
-    vals = [f.parts[i] for i in f.data]
-    if f.types[-1] == gguf.GGUFValueType.STRING:
-        vals = [bytes(v).decode() for v in vals]
-    else:
-        vals = [v.tolist()[0] for v in vals]
-    return vals if f.types[0] == gguf.GGUFValueType.ARRAY else vals[0]
+    return gguf_field.field(demo, name)
 tokens = field('tokenizer.ggml.tokens')
 H, L, E, FF, NH, NKV, V = 1024, 8, 8, 3584, 16, 4, len(tokens)
 HD = H // NH
