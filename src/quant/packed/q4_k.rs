@@ -30,6 +30,7 @@
 
 use half::f16;
 
+use crate::huge_pages::HugeBuf;
 use super::{for_each_group, Line, GROUP_ROWS};
 use crate::quant::blocks::{as_blocks, ActQ8_K, BlockQ4_K, BlockQ5_K, QK_K};
 use crate::quant::dequant::k4_scales_mins;
@@ -64,18 +65,18 @@ pub struct PackedQ4K {
     rows: usize,
     supers: usize,
     /// `(group, super-block, m)` → line; `groups × supers × 32`.
-    lines: Vec<Line>,
+    lines: HugeBuf<Line>,
     /// `(group, super-block)` → sub-block scales, `[j * 16 + lane]`.
-    scales: Vec<[u8; 128]>,
+    scales: HugeBuf<[u8; 128]>,
     /// `(group, super-block)` → sub-block mins, `[pair * 32 + lane * 2 + (j % 2)]`.
-    mins: Vec<[u8; 128]>,
+    mins: HugeBuf<[u8; 128]>,
     /// `(group, super-block)` → `d` of each lane (f16 bits).
-    d: Vec<[u16; GROUP_ROWS]>,
+    d: HugeBuf<[u16; GROUP_ROWS]>,
     /// `(group, super-block)` → `dmin` of each lane (f16 bits).
-    dmin: Vec<[u16; GROUP_ROWS]>,
+    dmin: HugeBuf<[u16; GROUP_ROWS]>,
     /// Q5_K: `(group, super-block, sub-block)` → high line; `groups × supers × 8`. Empty
     /// for Q4_K.
-    high: Vec<Line>,
+    high: HugeBuf<Line>,
 }
 
 impl PackedQ4K {

@@ -26,6 +26,7 @@
 
 use half::f16;
 
+use crate::huge_pages::HugeBuf;
 use super::{for_each_group, Line, GROUP_ROWS};
 use crate::quant::blocks::{as_blocks, ActQ8_K, BlockQ6_K, QK_K};
 #[cfg(target_arch = "x86_64")]
@@ -46,13 +47,13 @@ pub struct PackedQ6K {
     rows: usize,
     supers: usize,
     /// `(group, super-block, m)` → low line; `groups × supers × 32`.
-    low: Vec<Line>,
+    low: HugeBuf<Line>,
     /// `(group, super-block, h)` → high line; `groups × supers × 16`.
-    high: Vec<Line>,
+    high: HugeBuf<Line>,
     /// `(group, super-block)` → sub-block scales, `[j * 16 + lane]`.
-    scales: Vec<[i8; 256]>,
+    scales: HugeBuf<[i8; 256]>,
     /// `(group, super-block)` → `d` of each lane (f16 bits).
-    d: Vec<[u16; GROUP_ROWS]>,
+    d: HugeBuf<[u16; GROUP_ROWS]>,
 }
 
 impl PackedQ6K {
