@@ -11,7 +11,7 @@
 //! Only whole, aligned 2 MiB pages can be huge, so each buffer advised on its own got
 //! only the whole huge pages inside it: about half of an expert-sized matrix (a few MiB),
 //! none of a matrix under 2 MiB (every expert of Qwen3-30B-A3B). Packed buffers are
-//! therefore carved one after another from [`Slab`]s of 32 MiB (larger buffers get a
+//! therefore carved one after another from [`Slab`]s of 32 MiB (buffers over 16 MiB get a
 //! slab of their own), aligned to 2 MiB and advised whole: every byte of them is on huge
 //! pages, and the only memory not used is the unfilled end of the last slab, never
 //! touched. A slab is freed once every buffer carved from it is gone and no new buffer
@@ -52,7 +52,7 @@ pub(crate) fn advise(ptr: *mut u8, len: usize) {
     }
 }
 
-/// Bytes of a shared slab (buffers larger than this get one of their own).
+/// Bytes of a shared slab (buffers larger than half of it get a slab of their own).
 const SLAB: usize = 32 << 20;
 
 /// One allocation, aligned to a huge page and advised whole, that buffers are carved
@@ -124,14 +124,15 @@ impl<T> Drop for HugeBuf<T> {
             // SAFETY: the values were initialized and are dropped once; the memory goes
             // with the slab.
             Some(_) => unsafe { std::ptr::drop_in_place(std::ptr::slice_from_raw_parts_mut(self.ptr, self.len)) },
-            // SAFETY: made by `Vec` with this length and capacity in `filled_vec`.
+            // SAFETY: a boxed slice of `len` values made in `filled_buf` (its allocation is
+            // a Vec's of capacity `len`).
             None => drop(unsafe { Vec::from_raw_parts(self.ptr, self.len, self.len) }),
         }
     }
 }
 
 /// `n` copies of `v`, on huge pages where they are wanted (see the module docs).
-pub(crate) fn filled_vec<T: Clone>(n: usize, v: T) -> HugeBuf<T> {
+pub(crate) fn filled_buf<T: Clone>(n: usize, v: T) -> HugeBuf<T> {
     let layout = Layout::array::<T>(n).expect("buffer size");
     if !wanted() || layout.size() == 0 || layout.align() > HUGE_PAGE {
         let mut plain = std::mem::ManuallyDrop::new(vec![v; n].into_boxed_slice());
@@ -179,8 +180,8 @@ mod tests {
     fn buffers_hold_what_was_asked_apart_and_aligned() {
         // sizes around a huge page, tiny, empty, and one larger than half a slab
         let sizes = [3 * HUGE_PAGE / 8 + 5, 1000, 0, 1, 3 * SLAB / 4 / 8];
-        let words: Vec<HugeBuf<u64>> = sizes.iter().enumerate().map(|(i, &n)| filled_vec(n, i as u64 * 0x0101_0101)).collect();
-        let lines: Vec<HugeBuf<Line>> = (0..40).map(|i| filled_vec(i * 37, Line([i as u8; 64]))).collect();
+        let words: Vec<HugeBuf<u64>> = sizes.iter().enumerate().map(|(i, &n)| filled_buf(n, i as u64 * 0x0101_0101)).collect();
+        let lines: Vec<HugeBuf<Line>> = (0..40).map(|i| filled_buf(i * 37, Line([i as u8; 64]))).collect();
         for (i, (w, &n)) in words.iter().zip(&sizes).enumerate() {
             assert_eq!(w.len(), n);
             assert!(w.iter().all(|&x| x == i as u64 * 0x0101_0101));
@@ -207,7 +208,7 @@ mod tests {
     #[test]
     fn values_are_dropped_once_with_their_buffer() {
         let token = Arc::new(());
-        let bufs: Vec<HugeBuf<Arc<()>>> = (0..5).map(|i| filled_vec(i * 10, token.clone())).collect();
+        let bufs: Vec<HugeBuf<Arc<()>>> = (0..5).map(|i| filled_buf(i * 10, token.clone())).collect();
         assert_eq!(Arc::strong_count(&token), 1 + 100);
         drop(bufs);
         assert_eq!(Arc::strong_count(&token), 1);

@@ -107,12 +107,12 @@ impl PackedQ4K {
         let supers = cols / QK_K;
         let groups = rows.div_ceil(GROUP_ROWS);
         // padding rows: zero quants, scales, mins and d
-        let mut lines = crate::huge_pages::filled_vec(groups * supers * 32, Line([0; 64]));
-        let mut scales = crate::huge_pages::filled_vec(groups * supers, [0u8; 128]);
-        let mut mins = crate::huge_pages::filled_vec(groups * supers, [0u8; 128]);
-        let mut d = crate::huge_pages::filled_vec(groups * supers, [0u16; GROUP_ROWS]);
-        let mut dmin = crate::huge_pages::filled_vec(groups * supers, [0u16; GROUP_ROWS]);
-        let mut high = crate::huge_pages::filled_vec(if five_bits { groups * supers * 8 } else { 0 }, Line([0; 64]));
+        let mut lines = crate::huge_pages::filled_buf(groups * supers * 32, Line([0; 64]));
+        let mut scales = crate::huge_pages::filled_buf(groups * supers, [0u8; 128]);
+        let mut mins = crate::huge_pages::filled_buf(groups * supers, [0u8; 128]);
+        let mut d = crate::huge_pages::filled_buf(groups * supers, [0u16; GROUP_ROWS]);
+        let mut dmin = crate::huge_pages::filled_buf(groups * supers, [0u16; GROUP_ROWS]);
+        let mut high = crate::huge_pages::filled_buf(if five_bits { groups * supers * 8 } else { 0 }, Line([0; 64]));
         let high_per_group = if five_bits { supers * 8 } else { 0 };
         let mut high_parts: Vec<&mut [Line]> = if five_bits { high.chunks_mut(high_per_group).collect() } else { (0..groups).map(|_| &mut [][..]).collect() };
         let parts = lines.chunks_mut(supers * 32).zip(scales.chunks_mut(supers)).zip(mins.chunks_mut(supers)).zip(d.chunks_mut(supers).zip(dmin.chunks_mut(supers))).zip(high_parts.iter_mut());

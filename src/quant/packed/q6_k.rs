@@ -65,10 +65,10 @@ impl PackedQ6K {
         assert_eq!(data.len(), rows * row_bytes, "Q6_K data of the wrong size");
         let groups = rows.div_ceil(GROUP_ROWS);
         // padding rows: scales and d zero, so whatever their quants they add nothing
-        let mut low = crate::huge_pages::filled_vec(groups * supers * 32, Line([0; 64]));
-        let mut high = crate::huge_pages::filled_vec(groups * supers * 16, Line([0; 64]));
-        let mut scales = crate::huge_pages::filled_vec(groups * supers, [0i8; 256]);
-        let mut d = crate::huge_pages::filled_vec(groups * supers, [0u16; GROUP_ROWS]);
+        let mut low = crate::huge_pages::filled_buf(groups * supers * 32, Line([0; 64]));
+        let mut high = crate::huge_pages::filled_buf(groups * supers * 16, Line([0; 64]));
+        let mut scales = crate::huge_pages::filled_buf(groups * supers, [0i8; 256]);
+        let mut d = crate::huge_pages::filled_buf(groups * supers, [0u16; GROUP_ROWS]);
         let parts = low.chunks_mut(supers * 32).zip(high.chunks_mut(supers * 16)).zip(scales.chunks_mut(supers).zip(d.chunks_mut(supers)));
         for_each_group(data.len(), parts, |g, ((low, high), (scales, d))| {
             for lane in 0..GROUP_ROWS.min(rows - g * GROUP_ROWS) {

@@ -48,8 +48,8 @@ impl PackedQ8_0 {
         assert_eq!(data.len(), rows * row_bytes, "Q8_0 data of the wrong size");
         let groups = rows.div_ceil(GROUP_ROWS);
         // padding rows: quants 0 (stored 0x80) and scale 0
-        let mut lines = crate::huge_pages::filled_vec(groups * blocks * 8, Line([0x80; 64]));
-        let mut scales = crate::huge_pages::filled_vec(groups * blocks, [0u16; GROUP_ROWS]);
+        let mut lines = crate::huge_pages::filled_buf(groups * blocks * 8, Line([0x80; 64]));
+        let mut scales = crate::huge_pages::filled_buf(groups * blocks, [0u16; GROUP_ROWS]);
         for_each_group(data.len(), lines.chunks_mut(blocks * 8).zip(scales.chunks_mut(blocks)), |g, (lines, scales)| {
             for lane in 0..GROUP_ROWS.min(rows - g * GROUP_ROWS) {
                 let r = g * GROUP_ROWS + lane;
