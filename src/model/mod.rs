@@ -56,8 +56,7 @@ pub enum ExpertMode {
 /// Whether memory-mapped routed experts get a copy in the interleaved layout of the
 /// CPU's AVX-512 VNNI kernels (Q8_0, Q4_K and Q6_K; several times faster for batched
 /// steps).
-/// Paged experts stay in the file's layout, so with packed mapped experts the two modes
-/// sum in different orders (results agree to rounding, not bit for bit).
+/// Paged experts stay in the file's layout; both layouts' kernels give the same bits.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum PackExperts {
     /// When the copy fits in half the memory available (`ODMOE_PACK_EXPERTS=1` or `0`

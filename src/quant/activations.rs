@@ -37,10 +37,9 @@ pub struct Activations {
     n: usize,
     f32s: Vec<f32>,
     q8: Vec<ActQ8_0>,
-    /// The Q8_0 quants offset to unsigned bytes, for the VNNI tile kernel (made on first use).
+    /// The Q8_0 quants offset to unsigned bytes, for the file-layout VNNI kernel (made on
+    /// first use).
     q8_unsigned: OnceLock<Vec<[u8; 32]>>,
-    /// Each Q8_0 block's scale repeated eight times, for the VNNI tile kernel (made on first use).
-    q8_scales8: OnceLock<Vec<[f32; 8]>>,
     /// Each Q8_0 block's `-128 · Σ q`, for the packed kernel (made with the quants).
     q8_offsets: Vec<i32>,
     /// Each Q8_K super-block's eight sub-block sums as four pairs of 16-bit values (one
@@ -68,7 +67,7 @@ impl Activations {
     pub fn new(kind: ActKind, x: &[f32], k: usize) -> Self {
         assert!(k > 0 && x.len().is_multiple_of(k));
         let n = x.len() / k;
-        let mut a = Activations { kind, k, n, f32s: Vec::new(), q8: Vec::new(), q8_unsigned: OnceLock::new(), q8_scales8: OnceLock::new(), q8_offsets: Vec::new(), q8k_pairs: OnceLock::new(), q8k_offsets: OnceLock::new(), q8k: Vec::new() };
+        let mut a = Activations { kind, k, n, f32s: Vec::new(), q8: Vec::new(), q8_unsigned: OnceLock::new(), q8_offsets: Vec::new(), q8k_pairs: OnceLock::new(), q8k_offsets: OnceLock::new(), q8k: Vec::new() };
         match kind {
             ActKind::F32 => a.f32s = x.to_vec(),
             ActKind::Q8_0 => {
@@ -104,14 +103,6 @@ impl Activations {
     pub(crate) fn row_unsigned(&self, t: usize) -> &[[u8; 32]] {
         let b = self.k / QK;
         &self.q8_unsigned.get_or_init(|| self.q8.iter().map(|b| b.qs.map(|q| (q as u8) ^ 0x80)).collect())[t * b..(t + 1) * b]
-    }
-
-    /// Row `t`'s Q8_0 block scales, each repeated eight times (one 256-bit lane group per
-    /// block, what the VNNI kernel multiplies with); made on first use.
-    #[inline]
-    pub(crate) fn row_scales8(&self, t: usize) -> &[[f32; 8]] {
-        let b = self.k / QK;
-        &self.q8_scales8.get_or_init(|| self.q8.iter().map(|b| [b.d; 8]).collect())[t * b..(t + 1) * b]
     }
 
     /// Row `t`'s Q8_0 blocks' `-128 · Σ q` (what the packed kernel starts each block's

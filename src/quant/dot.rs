@@ -5,6 +5,16 @@
 //! results track llama.cpp closely. Loops are written so the compiler vectorizes them;
 //! [`dot_rows`] compiles them once more with AVX2 enabled and picks that version at run
 //! time when the CPU has it.
+//!
+//! **One order of float operations for every kernel.** Each block's integer sum `I` is
+//! exact, so kernels can only differ in how they scale and add the blocks. All of them —
+//! these portable loops, the AVX2 kernels, the packed AVX-512 VNNI kernels — do it the
+//! same way, block after block: `acc = fma(I, d_w · d_a, acc)`, then for the formats with
+//! a minimum or offset term a second `acc = fma(-M, m_w · d_a, acc)` ([`block_fma`]). So
+//! a model gives the same bits on every CPU, whichever kernels it has: what the test
+//! suite checks on one machine is what every machine computes, and an activation
+//! rounded to 8 bits never lands on the other side of a tie because of the CPU (such a
+//! step is 1/127 of a block's scale, and a random-weight model amplifies it).
 
 #![allow(clippy::needless_range_loop)] // index loops mirror the block layouts
 
@@ -91,11 +101,19 @@ fn isum32(q: &[i8; 32], a: &[i8; 32]) -> i32 {
     s
 }
 
+/// One block's step of every quantized dot product: `acc + i · scale` with one rounding
+/// (see the module's doc). `f32::mul_add` is an instruction where the target has FMA and
+/// a correctly rounded library call elsewhere: the same bits either way.
+#[inline(always)]
+pub(crate) fn block_fma(i: i32, scale: f32, acc: f32) -> f32 {
+    (i as f32).mul_add(scale, acc)
+}
+
 #[inline(always)]
 fn dot_q8_0(w: &[BlockQ8_0], a: &[ActQ8_0]) -> f32 {
     let mut s = 0.0f32;
     for (b, y) in w.iter().zip(a) {
-        s += isum32(&b.qs, &y.qs) as f32 * (f16_le(b.d) * y.d);
+        s = block_fma(isum32(&b.qs, &y.qs), f16_le(b.d) * y.d, s);
     }
     s
 }
@@ -125,7 +143,7 @@ fn fives(qs: &[u8; 16], qh: [u8; 4], offset: i8) -> [i8; 32] {
 fn dot_q4_0(w: &[BlockQ4_0], a: &[ActQ8_0]) -> f32 {
     let mut s = 0.0f32;
     for (b, y) in w.iter().zip(a) {
-        s += isum32(&nibbles(&b.qs, 8), &y.qs) as f32 * (f16_le(b.d) * y.d);
+        s = block_fma(isum32(&nibbles(&b.qs, 8), &y.qs), f16_le(b.d) * y.d, s);
     }
     s
 }
@@ -135,7 +153,7 @@ fn dot_q4_1(w: &[BlockQ4_1], a: &[ActQ8_0]) -> f32 {
     let mut s = 0.0f32;
     for (b, y) in w.iter().zip(a) {
         let i = isum32(&nibbles(&b.qs, 0), &y.qs);
-        s += (f16_le(b.d) * y.d) * i as f32 + f16_le(b.m) * y.s;
+        s = f16_le(b.m).mul_add(y.s, block_fma(i, f16_le(b.d) * y.d, s));
     }
     s
 }
@@ -144,7 +162,7 @@ fn dot_q4_1(w: &[BlockQ4_1], a: &[ActQ8_0]) -> f32 {
 fn dot_q5_0(w: &[BlockQ5_0], a: &[ActQ8_0]) -> f32 {
     let mut s = 0.0f32;
     for (b, y) in w.iter().zip(a) {
-        s += isum32(&fives(&b.qs, b.qh, 16), &y.qs) as f32 * (f16_le(b.d) * y.d);
+        s = block_fma(isum32(&fives(&b.qs, b.qh, 16), &y.qs), f16_le(b.d) * y.d, s);
     }
     s
 }
@@ -154,7 +172,7 @@ fn dot_q5_1(w: &[BlockQ5_1], a: &[ActQ8_0]) -> f32 {
     let mut s = 0.0f32;
     for (b, y) in w.iter().zip(a) {
         let i = isum32(&fives(&b.qs, b.qh, 0), &y.qs);
-        s += (f16_le(b.d) * y.d) * i as f32 + f16_le(b.m) * y.s;
+        s = f16_le(b.m).mul_add(y.s, block_fma(i, f16_le(b.d) * y.d, s));
     }
     s
 }
@@ -177,9 +195,7 @@ fn dot_q2_k(w: &[BlockQ2_K], a: &[ActQ8_K]) -> f32 {
             }
             isum += (b.scales[g] & 0x0F) as i32 * t;
         }
-        let dall = y.d * f16_le(b.d);
-        let dmin = y.d * f16_le(b.dmin);
-        sumf += dall * isum as f32 - dmin * summs as f32;
+        sumf = block_fma(-summs, f16_le(b.dmin) * y.d, block_fma(isum, f16_le(b.d) * y.d, sumf));
     }
     sumf
 }
@@ -207,15 +223,15 @@ fn dot_q3_k(w: &[BlockQ3_K], a: &[ActQ8_K]) -> f32 {
             }
             isum += scales[g] as i32 * t;
         }
-        sumf += f16_le(b.d) * y.d * isum as f32;
+        sumf = block_fma(isum, f16_le(b.d) * y.d, sumf);
     }
     sumf
 }
 
 /// The shared body of Q4_K and Q5_K: `quant(j, l)` gives the two weights of byte `l` in
-/// chunk `j` (group `2j` and group `2j+1`), both unsigned.
+/// chunk `j` (group `2j` and group `2j+1`), both unsigned; `acc` plus the super-block.
 #[inline(always)]
-fn dot_k4_family(d: [u8; 2], dmin: [u8; 2], scales: &[u8; 12], y: &ActQ8_K, quant: impl Fn(usize, usize) -> (u8, u8)) -> f32 {
+fn dot_k4_family(d: [u8; 2], dmin: [u8; 2], scales: &[u8; 12], y: &ActQ8_K, acc: f32, quant: impl Fn(usize, usize) -> (u8, u8)) -> f32 {
     let (sc, m) = k4_scales_mins(scales);
     let mut mins = 0i32;
     for j in 0..8 {
@@ -231,14 +247,14 @@ fn dot_k4_family(d: [u8; 2], dmin: [u8; 2], scales: &[u8; 12], y: &ActQ8_K, quan
         }
         isum += sc[2 * j] as i32 * lo + sc[2 * j + 1] as i32 * hi;
     }
-    y.d * f16_le(d) * isum as f32 - y.d * f16_le(dmin) * mins as f32
+    block_fma(-mins, f16_le(dmin) * y.d, block_fma(isum, f16_le(d) * y.d, acc))
 }
 
 #[inline(always)]
 fn dot_q4_k(w: &[BlockQ4_K], a: &[ActQ8_K]) -> f32 {
     let mut sumf = 0.0f32;
     for (b, y) in w.iter().zip(a) {
-        sumf += dot_k4_family(b.d, b.dmin, &b.scales, y, |j, l| {
+        sumf = dot_k4_family(b.d, b.dmin, &b.scales, y, sumf, |j, l| {
             let q = b.qs[j * 32 + l];
             (q & 0x0F, q >> 4)
         });
@@ -250,7 +266,7 @@ fn dot_q4_k(w: &[BlockQ4_K], a: &[ActQ8_K]) -> f32 {
 fn dot_q5_k(w: &[BlockQ5_K], a: &[ActQ8_K]) -> f32 {
     let mut sumf = 0.0f32;
     for (b, y) in w.iter().zip(a) {
-        sumf += dot_k4_family(b.d, b.dmin, &b.scales, y, |j, l| {
+        sumf = dot_k4_family(b.d, b.dmin, &b.scales, y, sumf, |j, l| {
             let (q, h) = (b.qs[j * 32 + l], b.qh[l]);
             ((q & 0x0F) | (((h >> (2 * j)) & 1) << 4), (q >> 4) | (((h >> (2 * j + 1)) & 1) << 4))
         });
@@ -284,7 +300,7 @@ fn dot_q6_k(w: &[BlockQ6_K], a: &[ActQ8_K]) -> f32 {
                 isum += b.scales[half * 8 + k] as i32 * tk;
             }
         }
-        sumf += f16_le(b.d) * y.d * isum as f32;
+        sumf = block_fma(isum, f16_le(b.d) * y.d, sumf);
     }
     sumf
 }
@@ -332,52 +348,48 @@ fn dot_rows_body(ty: GgmlType, rows: &[u8], row_bytes: usize, acts: &super::Acti
     }
 }
 
-/// Q8_0 rows times every token with the VNNI tile kernel: two rows × four tokens at a
-/// time, smaller tiles at the edges, except that a token left alone goes through the
-/// AVX2 kernel (bit-identical; the tile's per-row set-up does not pay for one token).
+/// Q8_0 rows times every token: eight rows at a time (the last group padded with its own
+/// last row), up to four tokens at a time, with the VNNI kernel where the CPU has it
+/// (the same bits).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512dq,avx512vnni")]
-unsafe fn dot_rows_q8_0_vnni(rows: &[u8], row_bytes: usize, acts: &super::Activations, out: &mut OutGrid) {
-    use super::dot_vnni::dot_q8_0_vnni_tile as tile;
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_rows_q8_0(rows: &[u8], row_bytes: usize, acts: &super::Activations, out: &mut OutGrid) {
+    use super::dot_avx2::dot_q8_0_rows;
+    use super::dot_vnni::dot_q8_0_rows_vnni;
     let n = acts.n_rows();
+    let vnni = has_vnni();
     let w: Vec<&[BlockQ8_0]> = rows.chunks_exact(row_bytes).map(|w| as_blocks(w).expect("whole blocks")).collect();
-    let d = |t: usize| acts.row_scales8(t);
-    let u = |t: usize| acts.row_unsigned(t);
     let a = |t: usize| acts.q8_0_row(t);
-    // one tile shape, written out once for every edge case of rows and tokens
-    macro_rules! tiles {
-        ($r:expr, [$($ri:literal),+]) => {{
-            let r = $r;
-            let mut t = 0;
-            while t + 4 <= n {
-                put(out, r, t, &tile([$(w[r + $ri]),+], [d(t), d(t + 1), d(t + 2), d(t + 3)], [u(t), u(t + 1), u(t + 2), u(t + 3)]));
-                t += 4;
-            }
-            match n - t {
-                3 => put(out, r, t, &tile([$(w[r + $ri]),+], [d(t), d(t + 1), d(t + 2)], [u(t), u(t + 1), u(t + 2)])),
-                2 => put(out, r, t, &tile([$(w[r + $ri]),+], [d(t), d(t + 1)], [u(t), u(t + 1)])),
-                // one token alone: the AVX2 kernel is faster there (same bits)
-                1 => {
-                    $(out.set(r + $ri, t, super::dot_avx2::dot_q8_0(w[r + $ri], a(t)));)+
-                }
-                _ => {}
-            }
-        }};
-    }
-    fn put<const R: usize, const N: usize>(out: &mut OutGrid, r: usize, t: usize, y: &[[f32; N]; R]) {
-        for (ri, y) in y.iter().enumerate() {
-            for (ti, &v) in y.iter().enumerate() {
-                out.set(r + ri, t + ti, v);
+    let u = |t: usize| acts.row_unsigned(t);
+    fn put<const T: usize>(out: &mut OutGrid, r0: usize, real: usize, t0: usize, z: &[[f32; 8]; T]) {
+        for (t, z) in z.iter().enumerate() {
+            for (r, &v) in z[..real].iter().enumerate() {
+                out.set(r0 + r, t0 + t, v);
             }
         }
     }
-    let mut r = 0;
-    while r + 2 <= w.len() {
-        tiles!(r, [0, 1]);
-        r += 2;
-    }
-    if r < w.len() {
-        tiles!(r, [0]);
+    for r0 in (0..w.len()).step_by(8) {
+        let real = (w.len() - r0).min(8);
+        let rs: [&[BlockQ8_0]; 8] = std::array::from_fn(|i| w[r0 + i.min(real - 1)]);
+        let mut t = 0;
+        // tokens t + k for each k given
+        macro_rules! tile {
+            ($($k:literal),+) => {{
+                // SAFETY: the VNNI features were detected (has_vnni); AVX2 by the caller.
+                let z = if vnni { dot_q8_0_rows_vnni(rs, [$(a(t + $k)),+], [$(u(t + $k)),+]) } else { dot_q8_0_rows(rs, [$(a(t + $k)),+]) };
+                put(out, r0, real, t, &z);
+            }};
+        }
+        while t + 4 <= n {
+            tile!(0, 1, 2, 3);
+            t += 4;
+        }
+        match n - t {
+            3 => tile!(0, 1, 2),
+            2 => tile!(0, 1),
+            1 => tile!(0),
+            _ => {}
+        }
     }
 }
 
@@ -390,24 +402,7 @@ unsafe fn dot_rows_avx2(ty: GgmlType, rows: &[u8], row_bytes: usize, acts: &supe
     }
     let n = acts.n_rows();
     match ty {
-        // SAFETY: has_vnni checked the CPU features.
-        GgmlType::Q8_0 if has_vnni() && n >= 2 => unsafe { dot_rows_q8_0_vnni(rows, row_bytes, acts, out) },
-        GgmlType::Q8_0 if n >= 4 => {
-            for (r, w) in rows.chunks_exact(row_bytes).enumerate() {
-                let w = b::<BlockQ8_0>(w);
-                let row = |t: usize| acts.q8_0_row(t);
-                let mut t = 0;
-                while t + 4 <= n {
-                    for (i, v) in k::dot_q8_0_x4(w, [row(t), row(t + 1), row(t + 2), row(t + 3)]).into_iter().enumerate() {
-                        out.set(r, t + i, v);
-                    }
-                    t += 4;
-                }
-                for t in t..n {
-                    out.set(r, t, k::dot_q8_0(w, row(t)));
-                }
-            }
-        }
+        GgmlType::Q8_0 => dot_rows_q8_0(rows, row_bytes, acts, out),
         GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K if n >= 2 => {
             // a row's super-blocks unpacked once for up to four tokens
             let row = |t: usize| match acts.row(t) {
@@ -443,11 +438,10 @@ unsafe fn dot_rows_avx2(ty: GgmlType, rows: &[u8], row_bytes: usize, acts: &supe
                 }
             }
         }
-        GgmlType::Q8_0 | GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => {
+        GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => {
             for (r, w) in rows.chunks_exact(row_bytes).enumerate() {
                 for t in 0..n {
                     let v = match (ty, acts.row(t)) {
-                        (GgmlType::Q8_0, ActRow::Q8_0(a)) => k::dot_q8_0(b(w), a),
                         (GgmlType::Q2_K, ActRow::Q8K(a)) => k::dot_q2_k(b(w), a),
                         (GgmlType::Q3_K, ActRow::Q8K(a)) => k::dot_q3_k(b(w), a),
                         (GgmlType::Q4_K, ActRow::Q8K(a)) => k::dot_q4_k(b(w), a),

@@ -1,7 +1,8 @@
 //! AVX2 versions of the hot fused dot products (Q8_0, Q2_K–Q6_K), the formats of typical
 //! Q2_K / Q3_K_M / Q4_K_M / Q5_K_M / Q6_K / Q8_0 files. Each computes exactly the integer
-//! sums of the portable kernel in `dot.rs` and differs from it only in the order of the
-//! float additions. F16 rows ([`dot_f16_rows`]) keep the portable order exactly.
+//! sums of the portable kernel in `dot.rs` and scales and adds them in its order (block
+//! after block, one fused multiply-add each), so the results are the same bits. F16 rows
+//! ([`dot_f16_rows`]) keep the portable order exactly too.
 //!
 //! Only called after run-time detection of AVX2, FMA and F16C.
 
@@ -17,12 +18,18 @@ unsafe fn f16_to_f32(b: [u8; 2]) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes(b) as i32)))
 }
 
+/// The sum of eight i32 lanes (exact, as integers).
 #[inline(always)]
-unsafe fn hsum(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    _mm_cvtss_f32(s)
+unsafe fn hsum_i32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+    _mm_cvtsi128_si32(s) + _mm_extract_epi32::<1>(s)
+}
+
+/// One block's step of the shared order (`dot.rs`): `acc + i · scale`, one rounding.
+#[inline(always)]
+unsafe fn block_fma(i: i32, scale: f32, acc: f32) -> f32 {
+    _mm_cvtss_f32(_mm_fmadd_ss(_mm_set_ss(i as f32), _mm_set_ss(scale), _mm_set_ss(acc)))
 }
 
 #[inline(always)]
@@ -46,57 +53,45 @@ unsafe fn mul_sum_i8(x: __m256i, y: __m256i) -> __m256i {
     _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), _mm256_set1_epi16(1))
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_q8_0(w: &[BlockQ8_0], a: &[ActQ8_0]) -> f32 {
-    // two blocks per step, two accumulators
-    let mut acc0 = _mm256_setzero_ps();
-    let mut acc1 = _mm256_setzero_ps();
-    let pairs = w.len() / 2;
-    for i in 0..pairs {
-        let (b0, b1, y0, y1) = (&w[2 * i], &w[2 * i + 1], &a[2 * i], &a[2 * i + 1]);
-        let s0 = mul_sum_i8(load_i8(&b0.qs), load_i8(&y0.qs));
-        let s1 = mul_sum_i8(load_i8(&b1.qs), load_i8(&y1.qs));
-        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(f16_to_f32(b0.d) * y0.d), _mm256_cvtepi32_ps(s0), acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(f16_to_f32(b1.d) * y1.d), _mm256_cvtepi32_ps(s1), acc1);
-    }
-    if w.len() % 2 == 1 {
-        let (b, y) = (&w[w.len() - 1], &a[w.len() - 1]);
-        let s = mul_sum_i8(load_i8(&b.qs), load_i8(&y.qs));
-        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(f16_to_f32(b.d) * y.d), _mm256_cvtepi32_ps(s), acc0);
-    }
-    hsum(_mm256_add_ps(acc0, acc1))
+/// Eight blocks' integer sums, one per lane in order, from their eight-lane partial sums
+/// (exact: integers).
+#[inline(always)]
+pub(super) unsafe fn lane_sums8(s: [__m256i; 8]) -> __m256i {
+    // each 128-bit half of a horizontal add holds pairs of both inputs' lanes
+    let ab = _mm256_hadd_epi32(_mm256_hadd_epi32(s[0], s[1]), _mm256_hadd_epi32(s[2], s[3]));
+    let cd = _mm256_hadd_epi32(_mm256_hadd_epi32(s[4], s[5]), _mm256_hadd_epi32(s[6], s[7]));
+    // ab: blocks 0–3' sums of lanes 0–3 (low half) and 4–7 (high half); cd: blocks 4–7'
+    _mm256_add_epi32(_mm256_permute2x128_si256::<0x20>(ab, cd), _mm256_permute2x128_si256::<0x31>(ab, cd))
 }
 
-/// [`dot_q8_0`] of one weight row with four activation rows at once: each weight block
-/// is loaded and made absolute once for all four. Every result is computed with exactly
-/// the operations of `dot_q8_0`, so it is bit-identical to calling it four times.
+/// Eight Q8_0 rows `w` (each the same number of blocks) times `T` tokens' activations:
+/// `out[t][r]`. Lane `r` of each vector is row `r`, so a row's blocks are scaled and
+/// added one after another, `acc = fma(I, d_w · d_a, acc)`: the order of the portable
+/// kernel and of the packed one (see `dot.rs`), with eight rows' chains side by side
+/// where one row's would wait on each other. Fewer rows: repeat one and drop its lanes.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_q8_0_x4(w: &[BlockQ8_0], a: [&[ActQ8_0]; 4]) -> [f32; 4] {
-    let mut acc0 = [_mm256_setzero_ps(); 4];
-    let mut acc1 = [_mm256_setzero_ps(); 4];
-    let pairs = w.len() / 2;
-    for i in 0..pairs {
-        let (b0, b1) = (&w[2 * i], &w[2 * i + 1]);
-        let (x0, x1) = (load_i8(&b0.qs), load_i8(&b1.qs));
-        let (ax0, ax1) = (_mm256_sign_epi8(x0, x0), _mm256_sign_epi8(x1, x1));
-        let (d0, d1) = (f16_to_f32(b0.d), f16_to_f32(b1.d));
-        for t in 0..4 {
-            let (y0, y1) = (&a[t][2 * i], &a[t][2 * i + 1]);
-            let s0 = _mm256_madd_epi16(_mm256_maddubs_epi16(ax0, _mm256_sign_epi8(load_i8(&y0.qs), x0)), _mm256_set1_epi16(1));
-            let s1 = _mm256_madd_epi16(_mm256_maddubs_epi16(ax1, _mm256_sign_epi8(load_i8(&y1.qs), x1)), _mm256_set1_epi16(1));
-            acc0[t] = _mm256_fmadd_ps(_mm256_set1_ps(d0 * y0.d), _mm256_cvtepi32_ps(s0), acc0[t]);
-            acc1[t] = _mm256_fmadd_ps(_mm256_set1_ps(d1 * y1.d), _mm256_cvtepi32_ps(s1), acc1[t]);
+pub unsafe fn dot_q8_0_rows<const T: usize>(w: [&[BlockQ8_0]; 8], a: [&[ActQ8_0]; T]) -> [[f32; 8]; T] {
+    let blocks = w[0].len();
+    assert!(w.iter().all(|r| r.len() == blocks) && a.iter().all(|t| t.len() == blocks), "rows and activations of different widths");
+    let mut acc = [_mm256_setzero_ps(); T];
+    for j in 0..blocks {
+        let d = |r: usize| u16::from_le_bytes(w[r][j].d) as i16;
+        let dw = _mm256_cvtph_ps(_mm_setr_epi16(d(0), d(1), d(2), d(3), d(4), d(5), d(6), d(7)));
+        for t in 0..T {
+            let y = load_i8(&a[t][j].qs);
+            let mut s = [_mm256_setzero_si256(); 8];
+            for r in 0..8 {
+                s[r] = mul_sum_i8(load_i8(&w[r][j].qs), y);
+            }
+            let isum = _mm256_cvtepi32_ps(lane_sums8(s));
+            acc[t] = _mm256_fmadd_ps(isum, _mm256_mul_ps(dw, _mm256_set1_ps(a[t][j].d)), acc[t]);
         }
     }
-    if w.len() % 2 == 1 {
-        let b = &w[w.len() - 1];
-        for t in 0..4 {
-            let y = &a[t][w.len() - 1];
-            let s = mul_sum_i8(load_i8(&b.qs), load_i8(&y.qs));
-            acc0[t] = _mm256_fmadd_ps(_mm256_set1_ps(f16_to_f32(b.d) * y.d), _mm256_cvtepi32_ps(s), acc0[t]);
-        }
+    let mut out = [[0.0f32; 8]; T];
+    for t in 0..T {
+        _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t]);
     }
-    [0, 1, 2, 3].map(|t| hsum(_mm256_add_ps(acc0[t], acc1[t])))
+    out
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -114,31 +109,21 @@ pub unsafe fn dot_q5_k(w: &[BlockQ5_K], a: &[ActQ8_K]) -> f32 {
 /// each), and each token gets exactly the operations, so the bits, it gets alone.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q4_k_tokens<const T: usize>(w: &[BlockQ4_K], a: [&[ActQ8_K]; T]) -> [f32; T] {
-    let mut acc = [_mm256_setzero_ps(); T];
-    let mut mins_acc = [0.0f32; T];
+    let mut acc = [0.0f32; T];
     for (i, b) in w.iter().enumerate() {
-        k4_family(b.d, b.dmin, &b.scales, &b.qs, None, a.map(|a| &a[i]), &mut acc, &mut mins_acc);
+        k4_family(b.d, b.dmin, &b.scales, &b.qs, None, a.map(|a| &a[i]), &mut acc);
     }
-    let mut out = [0.0f32; T];
-    for t in 0..T {
-        out[t] = hsum(acc[t]) - mins_acc[t];
-    }
-    out
+    acc
 }
 
 /// [`dot_q4_k_tokens`] for Q5_K.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q5_k_tokens<const T: usize>(w: &[BlockQ5_K], a: [&[ActQ8_K]; T]) -> [f32; T] {
-    let mut acc = [_mm256_setzero_ps(); T];
-    let mut mins_acc = [0.0f32; T];
+    let mut acc = [0.0f32; T];
     for (i, b) in w.iter().enumerate() {
-        k4_family(b.d, b.dmin, &b.scales, &b.qs, Some(&b.qh), a.map(|a| &a[i]), &mut acc, &mut mins_acc);
+        k4_family(b.d, b.dmin, &b.scales, &b.qs, Some(&b.qh), a.map(|a| &a[i]), &mut acc);
     }
-    let mut out = [0.0f32; T];
-    for t in 0..T {
-        out[t] = hsum(acc[t]) - mins_acc[t];
-    }
-    out
+    acc
 }
 
 /// One super-block of Q4_K, or of Q5_K with its fifth bits `qh` (bit `j` of byte `l`:
@@ -146,7 +131,7 @@ pub unsafe fn dot_q5_k_tokens<const T: usize>(w: &[BlockQ5_K], a: [&[ActQ8_K]; T
 /// The weights are unpacked once; every token's own operations are those of one token.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn k4_family<const T: usize>(d: [u8; 2], dmin: [u8; 2], scales: &[u8; 12], qs: &[u8; 128], qh: Option<&[u8; 32]>, y: [&ActQ8_K; T], acc: &mut [__m256; T], mins_acc: &mut [f32; T]) {
+unsafe fn k4_family<const T: usize>(d: [u8; 2], dmin: [u8; 2], scales: &[u8; 12], qs: &[u8; 128], qh: Option<&[u8; 32]>, y: [&ActQ8_K; T], acc: &mut [f32; T]) {
     let m4 = _mm256_set1_epi8(0x0F);
     let (sc, m) = k4_scales_mins(scales);
     let mw = _mm256_cvtepu8_epi32(_mm_loadl_epi64(m.as_ptr() as *const __m128i));
@@ -186,9 +171,7 @@ unsafe fn k4_family<const T: usize>(d: [u8; 2], dmin: [u8; 2], scales: &[u8; 12]
     }
     let (dw, dmw) = (f16_to_f32(d), f16_to_f32(dmin));
     for t in 0..T {
-        let d = y[t].d * dw;
-        acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
-        mins_acc[t] += y[t].d * dmw * mins[t] as f32;
+        acc[t] = block_fma(-mins[t], dmw * y[t].d, block_fma(hsum_i32(sumi[t]), dw * y[t].d, acc[t]));
     }
 }
 
@@ -204,8 +187,7 @@ pub unsafe fn dot_q6_k(w: &[BlockQ6_K], a: &[ActQ8_K]) -> f32 {
 pub unsafe fn dot_q6_k_tokens<const T: usize>(w: &[BlockQ6_K], a: [&[ActQ8_K]; T]) -> [f32; T] {
     let m4 = _mm256_set1_epi8(0x0F);
     let m3 = _mm256_set1_epi8(0x03);
-    let mut acc = [_mm256_setzero_ps(); T];
-    let mut corr_acc = [0.0f32; T];
+    let mut acc = [0.0f32; T];
     for (i, b) in w.iter().enumerate() {
         // Quants are stored +32; subtract 32 × Σ activations of each group afterwards.
         let mut corr = [0i32; T];
@@ -236,16 +218,10 @@ pub unsafe fn dot_q6_k_tokens<const T: usize>(w: &[BlockQ6_K], a: [&[ActQ8_K]; T
         }
         let dw = f16_to_f32(b.d);
         for t in 0..T {
-            let d = dw * a[t][i].d;
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
-            corr_acc[t] += d * (32 * corr[t]) as f32;
+            acc[t] = block_fma(hsum_i32(sumi[t]) - 32 * corr[t], dw * a[t][i].d, acc[t]);
         }
     }
-    let mut out = [0.0f32; T];
-    for t in 0..T {
-        out[t] = hsum(acc[t]) - corr_acc[t];
-    }
-    out
+    acc
 }
 
 /// `Σ_g scale[g] · Σ_{l<16} q[16g + l] · y[16g + l]` over the 32 values `q` (unsigned, at
@@ -275,7 +251,7 @@ unsafe fn scale_pairs(s: __m256i) -> [__m256i; 8] {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q2_k(w: &[BlockQ2_K], a: &[ActQ8_K]) -> f32 {
     let m3 = _mm256_set1_epi8(3);
-    let mut acc = _mm256_setzero_ps();
+    let mut acc = 0.0f32;
     for (b, y) in w.iter().zip(a) {
         // Σ_j min_j · bsums_j: the mins (high nibbles) widened to 16 bits meet the sums
         let sc = _mm_loadu_si128(b.scales.as_ptr() as *const __m128i);
@@ -291,10 +267,9 @@ pub unsafe fn dot_q2_k(w: &[BlockQ2_K], a: &[ActQ8_K]) -> f32 {
                 q = _mm256_srli_epi16(q, 2);
             }
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(y.d * f16_le(b.d)), _mm256_cvtepi32_ps(isum), acc);
-        acc = _mm256_fnmadd_ps(_mm256_set1_ps(y.d * f16_le(b.dmin)), _mm256_cvtepi32_ps(summs), acc);
+        acc = block_fma(-hsum_i32(summs), f16_le(b.dmin) * y.d, block_fma(hsum_i32(isum), f16_le(b.d) * y.d, acc));
     }
-    hsum(acc)
+    acc
 }
 
 /// Q3_K: value `128h + 32s + l` is bits `2s..2s + 2` of byte `32h + l` of `qs`, minus 4
@@ -303,7 +278,7 @@ pub unsafe fn dot_q2_k(w: &[BlockQ2_K], a: &[ActQ8_K]) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q3_k(w: &[BlockQ3_K], a: &[ActQ8_K]) -> f32 {
     let (m3, one) = (_mm256_set1_epi8(3), _mm256_set1_epi8(1));
-    let mut acc = _mm256_setzero_ps();
+    let mut acc = 0.0f32;
     for (b, y) in w.iter().zip(a) {
         let sc8 = q3k_scales(&b.scales);
         // Σ_g scale_g · 4 · bsums_g, taken back at the end
@@ -323,9 +298,9 @@ pub unsafe fn dot_q3_k(w: &[BlockQ3_K], a: &[ActQ8_K]) -> f32 {
                 hm = _mm256_srli_epi16(hm, 1);
             }
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_le(b.d) * y.d), _mm256_cvtepi32_ps(_mm256_sub_epi32(isum, offset)), acc);
+        acc = block_fma(hsum_i32(_mm256_sub_epi32(isum, offset)), f16_le(b.d) * y.d, acc);
     }
-    hsum(acc)
+    acc
 }
 
 /// `R` F16 rows times one token's f32 activations, each row in the portable kernel's
