@@ -1,26 +1,36 @@
-//! Fused dequant-dot GEMV throughput (Q8_0, Q4_K, Q5_K, Q6_K, Q2_K, Q3_K, F16, BF16) on a 4096 × 14336 matrix (larger
-//! than the last-level cache), next to a plain streaming read of the same bytes on the
-//! same threads. Criterion reports bytes/s for each; the ratio GEMV / read is the number
-//! to watch (target ≥ 0.7). Where the CPU has AVX-512 VNNI, each is also timed in the
-//! interleaved layout resident weights are packed into (`gemv_packed`), and sixteen
-//! tokens through a cache-resident 2048 × 768 matrix in both layouts (`batch16_*`, Q5_K
-//! too; multiply-adds per second).
+//! Fused dequant-dot products per weight format, on the thread pool.
+//!
+//! - `memory`: one token through a 57344 × 4096 matrix (larger than the last-level cache
+//!   even for Q2_K), next to a plain streaming read of the same bytes on the same
+//!   threads; the ratio GEMV / read is the number to watch (target ≥ 0.7).
+//! - `cache 1` / `cache 16`: one and sixteen tokens through a 2048 × 768 matrix that stays
+//!   in cache, where arithmetic rather than reading bounds the product (multiply-adds
+//!   per second).
+//!
+//! Where the CPU has AVX-512 VNNI the packed layout that resident weights get is timed
+//! beside the file's layout (`packed`); `ODMOE_NO_VNNI=1` times the AVX2 kernels alone,
+//! `ODMOE_NO_SIMD=1` the portable ones. The variants of a row take turns,
+//! `ODMOE_BENCH_REPS` rounds (default 9), and each reports its median round: on a shared
+//! machine whose memory bandwidth drifts, only figures of the same run compare.
+//! `ODMOE_BENCH_TYPES=Q8_0,Q4_K` limits the formats.
 //!
 //! Run: `cargo bench --bench gemv`
 
-use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use std::hint::black_box;
+use std::time::Instant;
+
 use odmoe::compute::{cpu, QMatrix};
 use odmoe::quant::GgmlType;
 use rayon::prelude::*;
 
-// 4 × 14336 rows: 4 × larger than the 32 MiB last-level cache even for Q4_K.
+// 4 × 14336 rows: 4 × larger than a 32 MiB last-level cache even for Q4_K.
 const ROWS: usize = 4 * 14336;
 const COLS: usize = 4096;
 
-/// Deterministic pseudo-random block bytes with finite, modest f16 scales.
-fn random_matrix(ty: GgmlType) -> QMatrix {
-    let rb = ty.row_bytes(COLS as u64).unwrap() as usize;
-    let mut data = vec![0u8; rb * ROWS];
+/// Deterministic pseudo-random blocks of `ty` with finite, modest f16 scales.
+fn random_matrix(ty: GgmlType, rows: usize, cols: usize) -> QMatrix {
+    let rb = ty.row_bytes(cols as u64).unwrap() as usize;
+    let mut data = vec![0u8; rb * rows];
     let mut s: u64 = 0x9E37_79B9_7F4A_7C15;
     for b in data.iter_mut() {
         s ^= s << 13;
@@ -33,7 +43,7 @@ fn random_matrix(ty: GgmlType) -> QMatrix {
         for h in data.chunks_exact_mut(2) {
             h[1] &= 0x3b;
         }
-        return QMatrix::new(ty, ROWS, COLS, data.into());
+        return QMatrix::new(ty, rows, cols, data.into());
     }
     let scale = half::f16::from_f32(0.01).to_le_bytes();
     let (bsz, offsets): (usize, &[usize]) = match ty {
@@ -50,7 +60,7 @@ fn random_matrix(ty: GgmlType) -> QMatrix {
             blk[o..o + 2].copy_from_slice(&scale);
         }
     }
-    QMatrix::new(ty, ROWS, COLS, data.into())
+    QMatrix::new(ty, rows, cols, data.into())
 }
 
 fn streaming_read(bytes: &[u8]) -> u64 {
@@ -68,43 +78,70 @@ fn streaming_read(bytes: &[u8]) -> u64 {
         .reduce(|| 0, |a, b| a ^ b)
 }
 
-fn bench(c: &mut Criterion) {
-    let x: Vec<f32> = (0..COLS).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
-    for ty in [GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::F16, GgmlType::BF16] {
-        let m = random_matrix(ty);
-        let mut g = c.benchmark_group(format!("gemv_{ty}"));
-        g.throughput(Throughput::Bytes(m.data.len() as u64));
-        g.sample_size(20);
-        g.bench_function("read", |b| b.iter(|| black_box(streaming_read(&m.data))));
-        g.bench_function("gemv", |b| b.iter(|| black_box(cpu::matmul(&m, &x))));
-        let mut packed = m.clone();
-        packed.pack();
-        if packed.packed.is_some() {
-            // the interleaved layout resident weights get on AVX-512 VNNI CPUs
-            g.bench_function("gemv_packed", |b| b.iter(|| black_box(cpu::matmul(&packed, &x))));
-        }
-        g.finish();
-    }
-    // batched steps: sixteen tokens through an expert-sized matrix (2048 × 768, in
-    // cache), where arithmetic rather than reading bounds the product
-    let (rows, cols, n) = (2048, 768, 16);
-    let x: Vec<f32> = (0..n * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
-    for ty in [GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K] {
-        let full = random_matrix(ty);
-        let m = full.slice_rows(0, rows * cols / COLS);
-        let m = QMatrix::new(ty, rows, cols, m.data.clone());
-        let mut g = c.benchmark_group(format!("batch16_{ty}"));
-        g.throughput(Throughput::Elements((rows * cols * n) as u64));
-        g.sample_size(30);
-        g.bench_function("rows", |b| b.iter(|| black_box(cpu::matmul(&m, &x))));
-        let mut packed = m.clone();
-        packed.pack();
-        if packed.packed.is_some() {
-            g.bench_function("packed", |b| b.iter(|| black_box(cpu::matmul(&packed, &x))));
-        }
-        g.finish();
-    }
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
-criterion_group!(benches, bench);
-criterion_main!(benches);
+/// Runs each of `variants` `reps` times per round, the variants taking turns, for
+/// `rounds` rounds; returns each variant's median seconds per call.
+fn take_turns(variants: &mut [&mut dyn FnMut()], reps: usize, rounds: usize) -> Vec<f64> {
+    let mut times = vec![Vec::new(); variants.len()];
+    for f in variants.iter_mut() {
+        f(); // warm up: page in, fill caches
+    }
+    for _ in 0..rounds {
+        for (i, f) in variants.iter_mut().enumerate() {
+            let t = Instant::now();
+            for _ in 0..reps {
+                f();
+            }
+            times[i].push(t.elapsed().as_secs_f64() / reps as f64);
+        }
+    }
+    times.iter_mut().map(|t| median(t)).collect()
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing to parse
+    let rounds: usize = std::env::var("ODMOE_BENCH_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(9);
+    let types: Vec<GgmlType> = match std::env::var("ODMOE_BENCH_TYPES") {
+        Ok(v) => v.split(',').map(|t| GgmlType::from_name(t.trim()).expect("a GGML type name")).collect(),
+        Err(_) => vec![GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::F16, GgmlType::BF16],
+    };
+    println!("gemv: {} threads, median of {rounds} rounds", rayon::current_num_threads());
+    println!("{:6} {:>12} {:>10} {:>10} {:>7} {:>10} {:>7}", "format", "case", "read GB/s", "GB/s", "ratio", "packed", "ratio");
+    for &ty in &types {
+        let m = random_matrix(ty, ROWS, COLS);
+        let x: Vec<f32> = (0..COLS).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+        let mut packed = m.clone();
+        packed.pack();
+        let bytes = m.data.len() as f64;
+        let t = if packed.packed.is_some() {
+            take_turns(&mut [&mut || { black_box(streaming_read(&m.data)); }, &mut || drop(black_box(cpu::matmul(&m, &x))), &mut || drop(black_box(cpu::matmul(&packed, &x)))], 2, rounds)
+        } else {
+            take_turns(&mut [&mut || { black_box(streaming_read(&m.data)); }, &mut || drop(black_box(cpu::matmul(&m, &x)))], 2, rounds)
+        };
+        let gbs = |s: f64| bytes / s / 1e9;
+        let packed_cols = t.get(2).map_or(String::new(), |&p| format!("{:>10.1} {:>7.2}", gbs(p), t[0] / p));
+        println!("{:6} {:>12} {:>10.1} {:>10.1} {:>7.2} {packed_cols}", ty.to_string(), "memory", gbs(t[0]), gbs(t[1]), t[0] / t[1]);
+        drop((m, packed));
+        // in cache: an expert-sized matrix, one token and sixteen
+        let (rows, cols) = (2048, 768);
+        let m = random_matrix(ty, rows, cols);
+        let mut packed = m.clone();
+        packed.pack();
+        for n in [1usize, 16] {
+            let x: Vec<f32> = (0..n * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+            let reps = if n == 1 { 400 } else { 40 };
+            let t = if packed.packed.is_some() {
+                take_turns(&mut [&mut || drop(black_box(cpu::matmul(&m, &x))), &mut || drop(black_box(cpu::matmul(&packed, &x)))], reps, rounds)
+            } else {
+                take_turns(&mut [&mut || drop(black_box(cpu::matmul(&m, &x)))], reps, rounds)
+            };
+            let gmacs = |s: f64| (rows * cols * n) as f64 / s / 1e9;
+            let packed_cols = t.get(1).map_or(String::new(), |&p| format!("{:>10.1} {:>7}", gmacs(p), ""));
+            println!("{:6} {:>12} {:>10} {:>10.1} {:>7} {packed_cols}", ty.to_string(), format!("cache {n} GMAC/s"), "", gmacs(t[0]), "");
+        }
+    }
+}
