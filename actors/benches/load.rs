@@ -16,9 +16,10 @@
 
 use std::time::{Duration, Instant};
 
-use eventsource_stream::Eventsource;
-use futures_util::StreamExt;
 use serde_json::{json, Value};
+
+#[path = "../tests/common/http.rs"]
+mod http;
 
 struct Session {
     ttft: f64,
@@ -26,18 +27,19 @@ struct Session {
     tokens: u64,
 }
 
-async fn session(c: reqwest::Client, base: String, i: usize, max_tokens: usize) -> Session {
+async fn session(base: String, i: usize, max_tokens: usize) -> Session {
     let body = json!({
         "prompt": format!("{}:\n", ["ROMEO", "JULIET", "MERCUTIO", "NURSE", "BENVOLIO", "TYBALT", "CAPULET", "FRIAR LAURENCE"][i % 8]),
         "stream": true, "max_tokens": max_tokens, "temperature": 0.8, "seed": i, "stream_options": { "include_usage": true },
     });
     let t0 = Instant::now();
-    let resp = c.post(format!("{base}/v1/completions")).header("content-type", "application/json").body(body.to_string()).send().await.unwrap();
-    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap_or_default());
-    let mut events = resp.bytes_stream().eventsource();
+    let mut resp = http::send("POST", &format!("{base}/v1/completions"), Some(&body.to_string())).await.unwrap();
+    if resp.status != 200 {
+        let status = resp.status;
+        panic!("status {status}: {}", resp.whole().await.map(|r| r.body).unwrap_or_default());
+    }
     let (mut first, mut last, mut gaps, mut tokens) = (None, None::<Instant>, Vec::new(), 0);
-    while let Some(ev) = events.next().await {
-        let data = ev.unwrap().data;
+    while let Some(data) = resp.event().await.unwrap() {
         if data.trim() == "[DONE]" {
             break;
         }
@@ -96,8 +98,8 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
-async fn metrics(c: &reqwest::Client, base: &str) -> impl Fn(&str) -> f64 {
-    let m = c.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+async fn metrics(base: &str) -> impl Fn(&str) -> f64 {
+    let m = http::get(&format!("{base}/metrics")).await.unwrap().body;
     move |name: &str| m.lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with(' ')).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or(0.0)
 }
 
@@ -117,18 +119,18 @@ struct Row {
 }
 
 /// Runs `n` concurrent sessions of `tokens` tokens each and reads the server's figures.
-async fn level(c: &reqwest::Client, base: &str, pid: u32, n: usize, tokens: usize) -> Row {
-    let before = metrics(c, base).await;
+async fn level(base: &str, pid: u32, n: usize, tokens: usize) -> Row {
+    let before = metrics(base).await;
     let cpu0 = server_cpu(pid);
     let t0 = Instant::now();
-    let tasks: Vec<_> = (0..n).map(|i| tokio::spawn(session(c.clone(), base.to_string(), i, tokens))).collect();
+    let tasks: Vec<_> = (0..n).map(|i| tokio::spawn(session(base.to_string(), i, tokens))).collect();
     let mut sessions = Vec::new();
     for t in tasks {
         sessions.push(t.await.unwrap());
     }
     let wall = t0.elapsed().as_secs_f64();
     let cpu1 = server_cpu(pid);
-    let after = metrics(c, base).await;
+    let after = metrics(base).await;
     let d = |name: &str| after(name) - before(name);
     let (cpu_pool, cpu_other) = cpu_between(&cpu0, &cpu1);
     let total: u64 = sessions.iter().map(|s| s.tokens).sum();
@@ -174,12 +176,11 @@ async fn main() {
     };
     std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
     let base = format!("http://{addr}");
-    let c = reqwest::Client::new();
-    while c.get(format!("{base}/health")).send().await.map(|r| r.status().as_u16()).ok() != Some(200) {
+    while http::get(&format!("{base}/health")).await.map(|r| r.status).ok() != Some(200) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // warm-up
-    session(c.clone(), base.clone(), 0, 16).await;
+    session(base.clone(), 0, 16).await;
 
     let levels: Vec<usize> = match std::env::var("ODMOE_LOAD_LEVELS") {
         Ok(v) => v.split(',').map(|l| l.trim().parse().expect("ODMOE_LOAD_LEVELS: numbers")).collect(),
@@ -192,7 +193,7 @@ async fn main() {
     for _ in 0..rounds {
         let mut round = Vec::new();
         for &n in &levels {
-            round.push(level(&c, &base, child.id(), n, tokens).await);
+            round.push(level(&base, child.id(), n, tokens).await);
         }
         rows.push(round);
     }

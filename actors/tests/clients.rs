@@ -1,4 +1,4 @@
-//! `odmoe serve` under load, talked to as real clients do (reqwest + an SSE parser):
+//! `odmoe serve` under load, talked to over HTTP/1.1 with an SSE reader (common/http.rs):
 //! 64 concurrent streams each get the text they get alone, a client that stops reading
 //! holds up only itself and loses nothing, a client that leaves frees its session, and
 //! bad requests and a full queue get their documented status and JSON error while the
@@ -9,37 +9,34 @@ mod common;
 use std::io::Read;
 use std::time::{Duration, Instant};
 
+use common::http;
 use common::{dechunk, slow_client, sse_text, stream_request, Server};
-use eventsource_stream::Eventsource;
-use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-async fn ready(c: &reqwest::Client, srv: &Server) {
+async fn ready(srv: &Server) {
     let deadline = Instant::now() + Duration::from_secs(120);
-    while c.get(srv.url("/health")).send().await.map(|r| r.status().as_u16()).ok() != Some(200) {
+    while http::get(&srv.url("/health")).await.map(|r| r.status).ok() != Some(200) {
         assert!(Instant::now() < deadline, "the server never became ready");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
-async fn post(c: &reqwest::Client, srv: &Server, path: &str, body: &str) -> reqwest::Response {
-    c.post(srv.url(path)).header("content-type", "application/json").body(body.to_string()).send().await.unwrap()
+async fn post(srv: &Server, path: &str, body: &str) -> http::Response {
+    http::post(&srv.url(path), body).await.unwrap()
 }
 
 /// Streams a greedy completion of `prompt`; returns its text (asserting it ended in [DONE]).
-async fn stream(c: &reqwest::Client, srv: &Server, prompt: &str, max_tokens: usize) -> String {
-    stream_to(c, &srv.url("/v1/completions"), prompt, max_tokens).await
+async fn stream(srv: &Server, prompt: &str, max_tokens: usize) -> String {
+    stream_to(&srv.url("/v1/completions"), prompt, max_tokens).await
 }
 
 /// [`stream`] to the completions endpoint at `url`.
-async fn stream_to(c: &reqwest::Client, url: &str, prompt: &str, max_tokens: usize) -> String {
+async fn stream_to(url: &str, prompt: &str, max_tokens: usize) -> String {
     let body = json!({ "prompt": prompt, "stream": true, "max_tokens": max_tokens, "temperature": 0 });
-    let resp = c.post(url).header("content-type", "application/json").body(body.to_string()).send().await.unwrap();
-    assert_eq!(resp.status(), 200);
-    let mut events = resp.bytes_stream().eventsource();
+    let mut resp = http::send("POST", url, Some(&body.to_string())).await.unwrap();
+    assert_eq!(resp.status, 200);
     let mut text = String::new();
-    while let Some(ev) = events.next().await {
-        let data = ev.expect("a well-formed SSE event").data;
+    while let Some(data) = resp.event().await.expect("a readable SSE stream") {
         if data.trim() == "[DONE]" {
             return text;
         }
@@ -50,35 +47,34 @@ async fn stream_to(c: &reqwest::Client, url: &str, prompt: &str, max_tokens: usi
     panic!("the stream ended without [DONE]");
 }
 
-async fn metric(c: &reqwest::Client, srv: &Server, name: &str) -> f64 {
-    let m = c.get(srv.url("/metrics")).send().await.unwrap().text().await.unwrap();
+async fn metric(srv: &Server, name: &str) -> f64 {
+    let m = http::get(&srv.url("/metrics")).await.unwrap().body;
     m.lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with(' ')).and_then(|l| l.rsplit(' ').next()).unwrap_or_else(|| panic!("no {name} in {m}")).parse().unwrap()
 }
 
 /// Waits (up to a minute) until `cond` holds for the server's metrics.
-async fn until(c: &reqwest::Client, srv: &Server, what: &str, mut cond: impl AsyncFnMut() -> bool) {
+async fn until(srv: &Server, what: &str, mut cond: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !cond().await {
         assert!(Instant::now() < deadline, "timed out waiting until {what}; server log:\n{}", srv.log.lock().unwrap());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let _ = (c, srv);
 }
 
 /// Streams each of `prompts` alone, then all at once, asserting that every session gets
 /// its text alone; returns the tokens and steps the concurrent streams took.
-async fn alone_then_together(c: &reqwest::Client, srv: &Server, prompts: &[String], max_tokens: usize) -> (f64, f64) {
+async fn alone_then_together(srv: &Server, prompts: &[String], max_tokens: usize) -> (f64, f64) {
     let mut alone = Vec::new();
     for p in prompts {
-        alone.push(stream(c, srv, p, max_tokens).await);
+        alone.push(stream(srv, p, max_tokens).await);
     }
-    let steps_before = metric(c, srv, "odmoe_steps_total").await;
-    let tokens_before = metric(c, srv, "odmoe_step_tokens_total").await;
+    let steps_before = metric(srv, "odmoe_steps_total").await;
+    let tokens_before = metric(srv, "odmoe_step_tokens_total").await;
     let tasks: Vec<_> = prompts
         .iter()
         .map(|p| {
-            let (c, p, url) = (c.clone(), p.clone(), srv.url("/v1/completions"));
-            tokio::spawn(async move { stream_to(&c, &url, &p, max_tokens).await })
+            let (p, url) = (p.clone(), srv.url("/v1/completions"));
+            tokio::spawn(async move { stream_to(&url, &p, max_tokens).await })
         })
         .collect();
     let mut together = Vec::new();
@@ -89,40 +85,38 @@ async fn alone_then_together(c: &reqwest::Client, srv: &Server, prompts: &[Strin
         assert!(!a.is_empty(), "session {i} generated no text");
         assert_eq!(a, b, "session {i}: concurrent text differs from its text alone");
     }
-    let steps = metric(c, srv, "odmoe_steps_total").await - steps_before;
-    let tokens = metric(c, srv, "odmoe_step_tokens_total").await - tokens_before;
+    let steps = metric(srv, "odmoe_steps_total").await - steps_before;
+    let tokens = metric(srv, "odmoe_step_tokens_total").await - tokens_before;
     (tokens, steps)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sixty_four_concurrent_streams_each_match_their_text_alone() {
     let srv = Server::start(&[]);
-    let c = reqwest::Client::new();
-    ready(&c, &srv).await;
+    ready(&srv).await;
     let prompts: Vec<String> = (0..64).map(|i| format!("{}:\n{}", ["ROMEO", "JULIET", "MERCUTIO", "NURSE"][i % 4], ["O", "Good", "What", "I pray"][(i / 4) % 4].repeat(1 + i / 16))).collect();
     // they were batched: steps carried several sessions' tokens at once
-    let (tokens, steps) = alone_then_together(&c, &srv, &prompts, 24).await;
+    let (tokens, steps) = alone_then_together(&srv, &prompts, 24).await;
     assert!(tokens / steps > 4.0, "{tokens} tokens in {steps} steps: the sessions were not batched");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_client_that_stops_reading_stalls_only_itself_and_loses_nothing() {
     let srv = Server::start(&[("ODMOE_SERVER_STREAM_BUFFER", "2")]);
-    let c = reqwest::Client::new();
-    ready(&c, &srv).await;
+    ready(&srv).await;
     let (prompt, n) = ("ROMEO:\nWhat light", 900);
-    let want = stream(&c, &srv, prompt, n).await;
+    let want = stream(&srv, prompt, n).await;
     // the slow client sends its request and reads nothing for now
     let slow = slow_client(&srv.addr, &stream_request(&srv.addr, prompt, n));
-    until(&c, &srv, "the slow session runs", async || metric(&c, &srv, "odmoe_active_sessions").await == 1.0).await;
+    until(&srv, "the slow session runs", async || metric(&srv, "odmoe_active_sessions").await == 1.0).await;
     // others come and go meanwhile
     let others: Vec<_> = (0..4).map(|i| {
-        let (c, url) = (c.clone(), srv.url("/v1/completions"));
+        let url = srv.url("/v1/completions");
         tokio::spawn(async move {
             let body = json!({ "prompt": format!("JULIET {i}:"), "max_tokens": 64, "temperature": 0 });
-            let r = c.post(url).header("content-type", "application/json").body(body.to_string()).send().await.unwrap();
-            assert_eq!(r.status(), 200);
-            let v: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+            let r = http::post(&url, &body.to_string()).await.unwrap();
+            assert_eq!(r.status, 200);
+            let v = r.json();
             v["usage"]["completion_tokens"].as_u64().unwrap()
         })
     }).collect();
@@ -142,7 +136,7 @@ async fn a_client_that_stops_reading_stalls_only_itself_and_loses_nothing() {
     let (text, done) = sse_text(&dechunk(chunked));
     assert!(done, "the slow stream did not end with [DONE]");
     assert_eq!(text, want);
-    until(&c, &srv, "the slow session ends", async || metric(&c, &srv, "odmoe_active_sessions").await == 0.0).await;
+    until(&srv, "the slow session ends", async || metric(&srv, "odmoe_active_sessions").await == 0.0).await;
     // (the socket buffers between the server and a slow client on loopback hold a whole
     // stream of this model, so that the scheduler pauses such a session is tested on the
     // pipeline itself, in pipeline::scheduler's tests)
@@ -151,29 +145,26 @@ async fn a_client_that_stops_reading_stalls_only_itself_and_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_client_that_disconnects_frees_its_session_at_once() {
     let srv = Server::start(&[]);
-    let c = reqwest::Client::new();
-    ready(&c, &srv).await;
+    ready(&srv).await;
     {
         let body = json!({ "prompt": "ROMEO:", "stream": true, "max_tokens": 900 });
-        let resp = post(&c, &srv, "/v1/completions", &body.to_string()).await;
-        let mut events = resp.bytes_stream().eventsource();
+        let mut resp = http::send("POST", &srv.url("/v1/completions"), Some(&body.to_string())).await.unwrap();
         for _ in 0..3 {
-            events.next().await.unwrap().unwrap();
+            resp.event().await.unwrap().unwrap();
         }
         // dropped here, mid-stream
     }
-    until(&c, &srv, "the session is cancelled", async || metric(&c, &srv, "odmoe_sessions_cancelled_total").await == 1.0).await;
-    assert_eq!(metric(&c, &srv, "odmoe_active_sessions").await, 0.0);
-    assert!(!stream(&c, &srv, "JULIET:", 8).await.is_empty());
-    until(&c, &srv, "the log says the client left", async || srv.log.lock().unwrap().contains("client gone")).await;
+    until(&srv, "the session is cancelled", async || metric(&srv, "odmoe_sessions_cancelled_total").await == 1.0).await;
+    assert_eq!(metric(&srv, "odmoe_active_sessions").await, 0.0);
+    assert!(!stream(&srv, "JULIET:", 8).await.is_empty());
+    until(&srv, "the log says the client left", async || srv.log.lock().unwrap().contains("client gone")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_requests_and_a_full_queue_get_json_errors_and_the_server_keeps_serving() {
     let env = [("ODMOE_SCHEDULER_MAX_SESSIONS", "1"), ("ODMOE_SERVER_MAX_QUEUED", "1"), ("ODMOE_SERVER_STREAM_BUFFER", "1"), ("ODMOE_LIMITS_MAX_PROMPT_TOKENS", "64"), ("ODMOE_SERVER_MAX_BODY", "8KiB")];
     let srv = Server::start(&env);
-    let c = reqwest::Client::new();
-    ready(&c, &srv).await;
+    ready(&srv).await;
     let cases = [
         ("/v1/chat/completions", "{\"messages\": [", 400, "invalid_request_error", "not valid JSON"),
         ("/v1/chat/completions", r#"{"messages":"hello"}"#, 400, "invalid_request_error", "messages"),
@@ -184,41 +175,41 @@ async fn bad_requests_and_a_full_queue_get_json_errors_and_the_server_keeps_serv
         ("/v1/completions", r#"[1, 2]"#, 400, "invalid_request_error", "object"),
     ];
     for (path, body, status, kind, needle) in cases {
-        let r = post(&c, &srv, path, body).await;
-        assert_eq!(r.status().as_u16(), status, "{body}");
-        let v: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        let r = post(&srv, path, body).await;
+        assert_eq!(r.status, status, "{body}");
+        let v = r.json();
         assert_eq!(v["error"]["type"], kind, "{body}: {v}");
         assert!(v["error"]["message"].as_str().unwrap().contains(needle), "{body}: {v}");
     }
     // a prompt over the server's limit
     let long = json!({ "prompt": "ROMEO: ".repeat(200) }).to_string();
-    let r = post(&c, &srv, "/v1/completions", &long).await;
-    assert_eq!(r.status(), 400);
-    let v: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    let r = post(&srv, "/v1/completions", &long).await;
+    assert_eq!(r.status, 400);
+    let v = r.json();
     assert_eq!(v["error"]["code"], "context_length_exceeded", "{v}");
     // a body over the size limit (small enough to be sent whole before the answer: the
     // server answers without reading it and closes, which resets a client still sending)
     let huge = json!({ "prompt": "x".repeat(16 << 10) }).to_string();
-    assert_eq!(post(&c, &srv, "/v1/completions", &huge).await.status(), 413);
+    assert_eq!(post(&srv, "/v1/completions", &huge).await.status, 413);
 
     // one session runs (about a second of generation), one waits in the queue, the next
     // is refused
     let running = slow_client(&srv.addr, &stream_request(&srv.addr, "ROMEO:", 1000));
-    until(&c, &srv, "the first session runs", async || metric(&c, &srv, "odmoe_active_sessions").await == 1.0).await;
+    until(&srv, "the first session runs", async || metric(&srv, "odmoe_active_sessions").await == 1.0).await;
     let queued = slow_client(&srv.addr, &stream_request(&srv.addr, "JULIET:", 1000));
-    until(&c, &srv, "the second request is queued", async || metric(&c, &srv, "odmoe_queue_depth").await == 1.0).await;
-    let r = post(&c, &srv, "/v1/completions", r#"{"prompt":"NURSE:","max_tokens":4}"#).await;
-    assert_eq!(r.status(), 429);
-    assert_eq!(r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string()), Some("1".into()));
-    let v: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    until(&srv, "the second request is queued", async || metric(&srv, "odmoe_queue_depth").await == 1.0).await;
+    let r = post(&srv, "/v1/completions", r#"{"prompt":"NURSE:","max_tokens":4}"#).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.headers.get("retry-after").map(String::as_str), Some("1"));
+    let v = r.json();
     assert_eq!(v["error"]["code"], "queue_full", "{v}");
     // both leave; the server serves the next request
     drop((running, queued));
-    until(&c, &srv, "both sessions are gone", async || {
-        metric(&c, &srv, "odmoe_active_sessions").await == 0.0 && metric(&c, &srv, "odmoe_queue_depth").await == 0.0
+    until(&srv, "both sessions are gone", async || {
+        metric(&srv, "odmoe_active_sessions").await == 0.0 && metric(&srv, "odmoe_queue_depth").await == 0.0
     })
     .await;
-    assert!(!stream(&c, &srv, "NURSE:", 4).await.is_empty());
+    assert!(!stream(&srv, "NURSE:", 4).await.is_empty());
 }
 
 /// `server.backend = "gpu"`: the sessions' batched steps run on the wgpu backend, and
@@ -228,9 +219,8 @@ async fn bad_requests_and_a_full_queue_get_json_errors_and_the_server_keeps_serv
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn on_the_gpu_backend_concurrent_streams_match_their_text_alone() {
     let srv = Server::start(&[("ODMOE_SERVER_BACKEND", "gpu")]);
-    let c = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(120);
-    while c.get(srv.url("/health")).send().await.map(|r| r.status().as_u16()).ok() != Some(200) {
+    while http::get(&srv.url("/health")).await.map(|r| r.status).ok() != Some(200) {
         let log = srv.log.lock().unwrap().clone();
         if log.contains("no GPU adapter") {
             assert!(std::env::var_os("ODMOE_REQUIRE_GPU").is_none(), "{log}");
@@ -242,10 +232,10 @@ async fn on_the_gpu_backend_concurrent_streams_match_their_text_alone() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(srv.log.lock().unwrap().contains("compute: gpu: "), "{}", srv.log.lock().unwrap());
-    let health: Value = serde_json::from_str(&c.get(srv.url("/health")).send().await.unwrap().text().await.unwrap()).unwrap();
+    let health = http::get(&srv.url("/health")).await.unwrap().json();
     assert!(health["backend"].as_str().is_some_and(|b| b.starts_with("gpu: ")), "{health}");
     let prompts: Vec<String> = (0..8).map(|i| format!("{}:\n{}", ["ROMEO", "JULIET", "MERCUTIO", "NURSE"][i % 4], ["O", "Good"][i / 4])).collect();
-    let (tokens, steps) = alone_then_together(&c, &srv, &prompts, 16).await;
+    let (tokens, steps) = alone_then_together(&srv, &prompts, 16).await;
     assert!(tokens / steps > 2.0, "{tokens} tokens in {steps} steps: the sessions were not batched");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_odmoe"))
         .args(["generate", "--prompt", &prompts[0], "--max-tokens", "16", "--temperature", "0", "--backend", "gpu"])
@@ -253,5 +243,5 @@ async fn on_the_gpu_backend_concurrent_streams_match_their_text_alone() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // generate writes the prompt, the text and a newline
-    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{}{}\n", prompts[0], stream(&c, &srv, &prompts[0], 16).await));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{}{}\n", prompts[0], stream(&srv, &prompts[0], 16).await));
 }
