@@ -32,6 +32,23 @@ pub enum FinishReason {
     Cancelled,
 }
 
+impl FinishReason {
+    /// The reason as users read it (`length`, `stop`, `cancelled`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Length => "length",
+            FinishReason::Stop => "stop",
+            FinishReason::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl std::fmt::Display for FinishReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The outcome of a generation, with timings.
 #[derive(Clone, Debug)]
 pub struct Generation {

@@ -122,6 +122,21 @@ impl KvCache {
     }
 }
 
+impl Model {
+    /// Forgets every position of `cache` from `len` on, so that the next pass continues
+    /// after position `len - 1` (a conversation whose new prompt shares only its first
+    /// `len` tokens with what was processed). No-op when `len` is not shorter.
+    pub fn truncate_cache(&self, cache: &mut KvCache, len: usize) {
+        if len >= cache.len {
+            return;
+        }
+        for layer in &mut cache.layers {
+            layer.truncate(&self.config, len);
+        }
+        cache.len = len;
+    }
+}
+
 /// Which positions' logits a forward pass returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Logits {
@@ -163,12 +178,19 @@ impl Model {
     /// [`Model::open_with`], saying whether mapped experts get the CPU's interleaved
     /// layout ([`PackExperts`]; paged experts never do).
     pub fn open_with_packing(path: impl AsRef<Path>, mode: &ExpertMode, pack: PackExperts) -> Result<Model> {
+        Self::open_reporting(path, mode, pack, &|_, _| {})
+    }
+
+    /// [`Model::open_with_packing`] calling `progress(done, total)` as the weights are
+    /// copied into the CPU's interleaved layout (bytes; the slow part of loading a large
+    /// model that fits in memory), for a progress bar.
+    pub fn open_reporting(path: impl AsRef<Path>, mode: &ExpertMode, pack: PackExperts, progress: &dyn Fn(u64, u64)) -> Result<Model> {
         let path = path.as_ref();
         if Store::is_store(path) {
             let store = Arc::new(Store::open(path)?);
             let config = Config::from_metadata(store.metadata())?;
             let mut weights = Weights::load(store.as_ref(), &config, false)?;
-            weights.pack_for_cpu(false);
+            weights.pack_for_cpu(false, progress);
             let opts = match mode {
                 ExpertMode::Paged(o) => o.clone(),
                 ExpertMode::Mapped => PagerOptions::default(),
@@ -188,7 +210,7 @@ impl Model {
         }
         let g = Arc::new(GgufModel::open(path)?);
         let pack = if matches!(mode, ExpertMode::Paged(_)) { PackExperts::Never } else { pack };
-        let mut m = Self::from_gguf_packing(g.clone(), pack)?;
+        let mut m = Self::from_gguf_packing(g.clone(), pack, progress)?;
         if let ExpertMode::Paged(opts) = mode {
             let pager = Arc::new(PagedExperts::from_gguf(&g, m.config.n_layer, opts)?);
             m.experts = pager.clone();
@@ -199,10 +221,10 @@ impl Model {
 
     /// Builds the model from an opened GGUF file, with experts served from the mapping.
     pub fn from_gguf(g: Arc<GgufModel>) -> Result<Model> {
-        Self::from_gguf_packing(g, PackExperts::Auto)
+        Self::from_gguf_packing(g, PackExperts::Auto, &|_, _| {})
     }
 
-    fn from_gguf_packing(g: Arc<GgufModel>, pack: PackExperts) -> Result<Model> {
+    fn from_gguf_packing(g: Arc<GgufModel>, pack: PackExperts, progress: &dyn Fn(u64, u64)) -> Result<Model> {
         let config = Config::from_metadata(g.metadata())?;
         let mut weights = Weights::load(g.as_ref(), &config, true)?;
         let pack_experts = match pack {
@@ -216,7 +238,7 @@ impl Model {
                 _ => weights.stacked_expert_bytes() <= available_memory().unwrap_or(0) / 2,
             },
         };
-        weights.pack_for_cpu(pack_experts);
+        weights.pack_for_cpu(pack_experts, progress);
         let experts = Arc::new(ResidentExperts::new(std::mem::take(&mut weights.experts)));
         Ok(Model { config, weights, experts, pager: None, source: g, prefetch: Prefetch::Off, shadow: None, kv_type: KvType::F32 })
     }

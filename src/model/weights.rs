@@ -169,7 +169,8 @@ impl Weights {
     /// Packs every matrix with an interleaved layout (Q8_0, Q4_K, Q5_K, Q6_K) for the CPU's
     /// VNNI kernels ([`QMatrix::pack`]; nothing happens on CPUs without them), the stacked
     /// routed experts too when `experts`.
-    pub fn pack_for_cpu(&mut self, experts: bool) {
+    /// `progress(done, total)` follows the bytes packed (a model's worth can take seconds).
+    pub fn pack_for_cpu(&mut self, experts: bool, progress: &dyn Fn(u64, u64)) {
         fn mlp(m: &mut Mlp) -> [&mut QMatrix; 3] {
             [&mut m.gate, &mut m.up, &mut m.down]
         }
@@ -191,8 +192,15 @@ impl Weights {
         if experts {
             all.extend(self.experts.iter_mut().flatten().flat_map(|s| [&mut s.gate, &mut s.up, &mut s.down]));
         }
+        if !crate::quant::packing_available() {
+            return;
+        }
+        let total: u64 = all.iter().map(|m| m.data.len() as u64).sum();
+        let mut done = 0;
         for m in all {
             m.pack();
+            done += m.data.len() as u64;
+            progress(done, total);
         }
     }
 

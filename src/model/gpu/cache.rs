@@ -40,6 +40,12 @@ impl GpuKvCache {
         self.len
     }
 
+    /// Forgets every position from `len` on: the next pass writes over them (the pages
+    /// stay with the cache). No-op when `len` is not shorter.
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
     /// Whether no position has been processed yet.
     pub fn is_empty(&self) -> bool {
         self.len == 0
