@@ -236,6 +236,11 @@ impl<'de> Deserialize<'de> for Size {
 /// Sections, as they appear in the file and in environment variable names.
 const SECTIONS: [&str; 8] = ["server", "limits", "cache", "prefetch", "scheduler", "tokenizer", "threads", "gpu"];
 
+/// The environment switches that are not configuration: `ODMOE_NO_*` turn something off,
+/// the others name a file or force a choice. The configuration skips them, and none
+/// begins with a section's name, so a reader cannot mistake one for a key.
+pub const SWITCHES: [&str; 7] = ["ODMOE_NO_VNNI", "ODMOE_NO_SIMD", "ODMOE_NO_SUBGROUPS", "ODMOE_NO_HUGE_PAGES", "ODMOE_PACK_EXPERTS", "ODMOE_DEMO_MODEL", "ODMOE_REQUIRE_GPU"];
+
 impl Config {
     /// Reads `file` (defaults when `None`) and applies `ODMOE_<SECTION>_<KEY>` overrides
     /// from `env`. Errors name the file, section and key.
@@ -251,7 +256,7 @@ impl Config {
         // "section.key" -> the variable that set it, to name it in errors
         let mut from_env: Vec<(String, String)> = Vec::new();
         for (name, value) in env {
-            let Some(rest) = name.strip_prefix("ODMOE_") else { continue };
+            let Some(rest) = name.strip_prefix("ODMOE_").filter(|_| !SWITCHES.contains(&name.as_str())) else { continue };
             let lower = rest.to_ascii_lowercase();
             let Some(section) = SECTIONS.iter().find(|s| lower.starts_with(&format!("{s}_"))) else { continue };
             let key = &lower[section.len() + 1..];
@@ -423,6 +428,40 @@ mod tests {
         let c = Config::load(None, [("ODMOE_CACHE_KV_TYPE".to_string(), "f16".to_string())]).unwrap();
         assert_eq!(c.kv_type(), odmoe::model::KvType::F16);
         assert!(Config::load(Some(&write("[cache]\nkv_type = \"q8\"\n").0), none()).is_err());
+    }
+
+    #[test]
+    fn environment_switches_are_not_taken_for_configuration() {
+        // every switch set (as a user following the docs would) leaves the configuration
+        // as it was
+        let env = SWITCHES.map(|k| (k.to_string(), "1".to_string()));
+        assert_eq!(Config::load(None, env).unwrap(), Config::default());
+        for k in SWITCHES {
+            let lower = k["ODMOE_".len()..].to_ascii_lowercase();
+            assert!(!SECTIONS.iter().any(|s| lower.starts_with(&format!("{s}_"))), "{k} reads like a key of the configuration");
+        }
+        // and the code reads no other ODMOE_ variable outside the configuration (tests and
+        // benchmarks aside): each name it reads is listed
+        let src = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+        let mut read = std::collections::BTreeSet::new();
+        let mut dirs = vec![Path::new(src).join("src"), Path::new(src).join("actors/src")];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    dirs.push(p);
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    let text = std::fs::read_to_string(&p).unwrap();
+                    for (i, _) in text.match_indices("var_os(\"ODMOE_").chain(text.match_indices("var(\"ODMOE_")) {
+                        let name = text[i..].split('"').nth(1).unwrap().to_string();
+                        read.insert(name);
+                    }
+                }
+            }
+        }
+        for name in &read {
+            assert!(SWITCHES.contains(&name.as_str()), "{name} is read but not listed in SWITCHES");
+        }
     }
 
     #[test]

@@ -11,12 +11,17 @@ use odmoe::tokenizer::Tokenizer;
 /// Most positions a generation may use unless the model's training context is smaller.
 const DEFAULT_MAX_CONTEXT: usize = 4096;
 
+/// What to generate.
 pub struct Args {
     pub prompt: String,
     pub chat: bool,
     pub max_tokens: usize,
     pub sampling: SamplingParams,
     pub stop: Vec<String>,
+}
+
+/// How the model runs (from the flags, the configuration file and the environment).
+pub struct RunSettings {
     pub mode: ExpertMode,
     pub prefetch: Prefetch,
     /// Element type of the key/value cache.
@@ -27,17 +32,29 @@ pub struct Args {
     pub gpu_expert_budget: u64,
 }
 
-pub fn run(model: &Path, a: Args) -> Result<(), Box<dyn std::error::Error>> {
+/// Opens the model at `path` as `r` says.
+pub fn open_for_run(path: &Path, r: &RunSettings) -> Result<Model, Box<dyn std::error::Error>> {
+    let mut m = super::open_model(path, &r.mode, super::expert_packing(r.backend))?;
+    m.set_prefetch(r.prefetch);
+    m.set_kv_type(r.kv_type);
+    if let Some(s) = r.shadow.clone() {
+        m.set_shadow(s)?;
+    }
+    Ok(m)
+}
+
+/// The context a generation may use: the model's trained context, at most
+/// [`DEFAULT_MAX_CONTEXT`] positions.
+pub fn max_context(m: &Model) -> usize {
+    m.config().n_ctx_train.min(DEFAULT_MAX_CONTEXT)
+}
+
+pub fn run(model: &Path, a: Args, r: RunSettings) -> Result<(), Box<dyn std::error::Error>> {
     a.sampling.validate()?;
     if a.prompt.is_empty() {
         return Err("the prompt is empty".into());
     }
-    let mut m = Model::open_with_packing(model, &a.mode, super::expert_packing(a.backend))?;
-    m.set_prefetch(a.prefetch);
-    m.set_kv_type(a.kv_type);
-    if let Some(s) = a.shadow.clone() {
-        m.set_shadow(s)?;
-    }
+    let m = open_for_run(model, &r)?;
     let tok = Tokenizer::from_gguf(m.metadata())?;
     let (text, parse_special) = if a.chat {
         let template = odmoe::tokenizer::ChatTemplate::from_gguf(m.metadata())?;
@@ -51,7 +68,7 @@ pub fn run(model: &Path, a: Args) -> Result<(), Box<dyn std::error::Error>> {
         max_tokens: a.max_tokens,
         stop: a.stop,
         sampling: a.sampling,
-        max_context: m.config().n_ctx_train.min(DEFAULT_MAX_CONTEXT),
+        max_context: max_context(&m),
     };
     let mut out = std::io::stdout().lock();
     if !a.chat {
@@ -60,13 +77,13 @@ pub fn run(model: &Path, a: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     // a closed stdout (e.g. `| head`) ends generation quietly
     let on_text = |s: &str| out.write_all(s.as_bytes()).and_then(|_| out.flush()).is_ok();
-    let g = match super::resolve_backend(a.backend, &m) {
-        super::Backend::Gpu => gpu_generate(&m, &tok, &ids, &opts, a.gpu_expert_budget, on_text)?,
+    let g = match super::resolve_backend(r.backend, &m) {
+        super::Backend::Gpu => gpu_generate(&m, &tok, &ids, &opts, r.gpu_expert_budget, on_text)?,
         _ => generate(&m, &tok, &ids, &opts, on_text)?,
     };
     writeln!(out).ok();
     eprintln!(
-        "\nprompt: {} tokens in {:.2} s ({:.1} tokens/s); generated: {} tokens in {:.2} s ({:.1} tokens/s); finish: {:?}",
+        "\nprompt: {} tokens in {:.2} s ({:.1} tokens/s); generated: {} tokens in {:.2} s ({:.1} tokens/s); finish: {}",
         g.prompt_tokens,
         g.prompt_seconds,
         g.prompt_tokens as f64 / g.prompt_seconds.max(1e-9),
@@ -75,6 +92,12 @@ pub fn run(model: &Path, a: Args) -> Result<(), Box<dyn std::error::Error>> {
         g.generated_tokens as f64 / g.decode_seconds.max(1e-9),
         g.finish
     );
+    print_expert_stats(&m);
+    Ok(())
+}
+
+/// The expert cache's figures on stderr, when experts are paged.
+pub fn print_expert_stats(m: &Model) {
     if let Some(p) = m.pager() {
         let s = p.stats();
         eprintln!(
@@ -99,7 +122,6 @@ pub fn run(model: &Path, a: Args) -> Result<(), Box<dyn std::error::Error>> {
             );
         }
     }
-    Ok(())
 }
 
 /// [`generate`] with the wgpu backend: the model's weights and the KV cache on the device.

@@ -9,7 +9,7 @@ use odmoe::model::{ExpertMode, Logits, Model};
 use super::Backend;
 
 pub fn run(model: &Path, tokens: &[u32], backend: Backend, mode: &ExpertMode) -> Result<(), Box<dyn std::error::Error>> {
-    let m = Model::open_with_packing(model, mode, super::expert_packing(backend))?;
+    let m = super::open_model(model, mode, super::expert_packing(backend))?;
     let logits = match super::resolve_backend(backend, &m) {
         Backend::Gpu => gpu_logits(&m, tokens)?,
         _ => {

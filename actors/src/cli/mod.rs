@@ -1,6 +1,7 @@
 //! Subcommands of the `odmoe` binary. Each one is a small module; the argument
 //! definitions here are the command-line contract (see DESIGN.md).
 
+mod chat;
 mod collect;
 mod convert;
 mod demo;
@@ -16,9 +17,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{Config, KvTypeConfig, PrefetchMode};
 
-/// Runs Mixture-of-Experts language models from GGUF files.
+/// Runs Mixture-of-Experts language models from GGUF files, larger than memory if need be:
+/// routed experts are read from disk into a cache of the size you set (--cache-budget).
+/// Without --model, commands use the demo model that ships with odmoe.
 #[derive(Parser)]
-#[command(name = "odmoe", version, about)]
+#[command(name = "odmoe", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -82,7 +85,7 @@ enum Command {
     /// Serve the OpenAI-compatible HTTP API (chat and text completions, streamed as SSE).
     Serve {
         /// GGUF model file or expert store; the demo model if not given.
-        #[arg(long)]
+        #[arg(short, long)]
         model: Option<PathBuf>,
         /// TOML configuration file (see odmoe.example.toml); ODMOE_<SECTION>_<KEY>
         /// environment variables override it, and these flags override both.
@@ -120,7 +123,7 @@ enum Command {
     /// Print the logits at every position as JSON: {"logits": [[f32; vocab]; n_tokens]}.
     Logits {
         /// GGUF model file (any shard of a split model); the demo model if not given.
-        #[arg(long)]
+        #[arg(short, long)]
         model: Option<PathBuf>,
         /// Comma-separated token ids, e.g. 1,2,3.
         #[arg(long, value_delimiter = ',', required = true)]
@@ -134,73 +137,54 @@ enum Command {
         cache_budget: Option<String>,
     },
     /// Generate text from a prompt, streamed to stdout (timings on stderr).
+    #[command(allow_negative_numbers = true)]
     Generate {
-        /// GGUF model file (any shard of a split model); the demo model if not given.
-        #[arg(long)]
+        /// GGUF model file (any shard of a split model) or expert store; the demo model if
+        /// not given.
+        #[arg(short, long)]
         model: Option<PathBuf>,
         /// The prompt.
-        #[arg(long)]
+        #[arg(short, long)]
         prompt: String,
         /// Wrap the prompt in the model's chat template as a user message.
         #[arg(long)]
         chat: bool,
         /// Most tokens to generate.
-        #[arg(long, default_value_t = 256)]
+        #[arg(short = 'n', long, default_value_t = 256)]
         max_tokens: usize,
-        /// Sampling temperature (0 = greedy).
-        #[arg(long, default_value_t = 0.8)]
-        temperature: f32,
-        /// Nucleus sampling: keep the most likely tokens up to this total probability.
-        #[arg(long, default_value_t = 0.95)]
-        top_p: f32,
-        /// Keep only the k most likely tokens (0 = all).
-        #[arg(long, default_value_t = 40)]
-        top_k: usize,
-        /// Drop tokens less likely than this fraction of the most likely one.
-        #[arg(long, default_value_t = 0.05)]
-        min_p: f32,
-        /// Penalty for repeating recent tokens (1 = off).
-        #[arg(long, default_value_t = 1.0)]
-        repeat_penalty: f32,
-        /// Random seed.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
         /// Stop before this string (may be repeated).
         #[arg(long)]
         stop: Vec<String>,
-        /// Read routed experts on demand into a cache of this many bytes (e.g. 512MiB,
-        /// 4GiB, unlimited). Without it, experts are reached through the file mapping.
-        #[arg(long)]
-        cache_budget: Option<String>,
-        /// Read experts ahead of the layer that needs them [default: off].
-        #[arg(long, value_enum)]
-        prefetch: Option<PrefetchMode>,
-        /// The shadow predictor for `--prefetch shadow` (made by `odmoe train-shadow`).
-        #[arg(long)]
-        shadow: Option<PathBuf>,
-        /// Element type of the key/value cache (f16: half the memory, keys and values
-        /// rounded; both backends) [default: f32].
-        #[arg(long, value_enum)]
-        kv_type: Option<KvTypeConfig>,
-        /// TOML configuration file: its [cache], [prefetch], [threads] and [gpu] sections
-        /// apply.
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Compute backend (gpu: models with F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q2_K,
-        /// Q3_K, Q4_K, Q5_K or Q6_K weights; auto: a hardware GPU that can run the model,
-        /// else the CPU).
-        #[arg(long, value_enum, default_value_t = Backend::Cpu)]
-        backend: Backend,
-        /// Device memory for routed experts on the GPU (e.g. 24GiB) [default: gpu.expert_budget,
-        /// 1GiB]: when every expert fits, all are uploaded once and routed on the device.
-        #[arg(long)]
-        gpu_expert_budget: Option<String>,
+        #[command(flatten)]
+        sampling: SamplingArgs,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Talk with the model in the terminal: each line you type is a user message, the
+    /// reply streams back, and the conversation (in the model's chat template) carries on.
+    /// Ctrl-C stops a reply; Ctrl-D, /exit or /quit ends the chat.
+    #[command(allow_negative_numbers = true)]
+    Chat {
+        /// GGUF model file (any shard of a split model) or expert store; the demo model if
+        /// not given.
+        #[arg(short, long)]
+        model: Option<PathBuf>,
+        /// A system message that opens the conversation.
+        #[arg(short, long)]
+        system: Option<String>,
+        /// Most tokens in one reply.
+        #[arg(short = 'n', long, default_value_t = 1024)]
+        max_tokens: usize,
+        #[command(flatten)]
+        sampling: SamplingArgs,
+        #[command(flatten)]
+        run: RunArgs,
     },
     /// Run the model over a text corpus and record routing traces: per token and MoE
     /// layer, the router's input (f16) and the experts and weights it chose.
     Collect {
         /// GGUF model file or expert store; the demo model if not given.
-        #[arg(long)]
+        #[arg(short, long)]
         model: Option<PathBuf>,
         /// Text file to run over (read as UTF-8).
         #[arg(long)]
@@ -241,7 +225,7 @@ enum Command {
         holdout: f64,
         /// The model the traces came from, for the router baseline (default: the path
         /// recorded in the traces, if it still exists).
-        #[arg(long)]
+        #[arg(short, long)]
         model: Option<PathBuf>,
         /// Random seed.
         #[arg(long, default_value_t = 20261127)]
@@ -249,9 +233,9 @@ enum Command {
     },
     /// Tokenize text with the model's tokenizer; prints {"ids": [...]}.
     Tokenize {
-        /// GGUF model file.
-        #[arg(long)]
-        model: PathBuf,
+        /// GGUF model file or expert store; the demo model if not given.
+        #[arg(short, long)]
+        model: Option<PathBuf>,
         /// Text to tokenize.
         #[arg(long, conflicts_with = "file")]
         text: Option<String>,
@@ -267,37 +251,126 @@ enum Command {
     },
     /// Turn token ids back into text; prints {"text": "..."}.
     Detokenize {
-        /// GGUF model file.
-        #[arg(long)]
-        model: PathBuf,
+        /// GGUF model file or expert store; the demo model if not given.
+        #[arg(short, long)]
+        model: Option<PathBuf>,
         /// Comma-separated token ids.
         #[arg(long, value_delimiter = ',', required = true)]
         ids: Vec<u32>,
     },
     /// Convert a GGUF model (single or split) into an expert store directory for paging.
     Convert {
-        /// GGUF model file (any shard of a split model).
-        #[arg(long)]
-        input: PathBuf,
+        /// GGUF model file (any shard of a split model); the demo model if not given.
+        #[arg(short, long, visible_alias = "input")]
+        model: Option<PathBuf>,
         /// Output directory (must not exist).
-        #[arg(long)]
+        #[arg(short, long)]
         output: PathBuf,
     },
     /// Describe a model: architecture, hyperparameters, tensor types, base and expert bytes.
     Info {
-        /// GGUF model file (any shard of a split model).
-        #[arg(long)]
-        model: PathBuf,
+        /// GGUF model file (any shard of a split model) or expert store; the demo model if
+        /// not given.
+        #[arg(short, long)]
+        model: Option<PathBuf>,
     },
+}
+
+/// How `generate` and `chat` pick each token.
+#[derive(clap::Args)]
+struct SamplingArgs {
+    /// Sampling temperature (0 = greedy).
+    #[arg(short, long, default_value_t = 0.8)]
+    temperature: f32,
+    /// Nucleus sampling: keep the most likely tokens up to this total probability.
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    /// Keep only the k most likely tokens (0 = all).
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    /// Drop tokens less likely than this fraction of the most likely one.
+    #[arg(long, default_value_t = 0.05)]
+    min_p: f32,
+    /// Penalty for repeating recent tokens (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    /// Random seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+impl SamplingArgs {
+    fn params(&self) -> odmoe::sampling::SamplingParams {
+        odmoe::sampling::SamplingParams {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            min_p: self.min_p,
+            repetition_penalty: self.repeat_penalty,
+            seed: self.seed,
+            ..Default::default()
+        }
+    }
+}
+
+/// Where and how `generate` and `chat` run the model.
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Read routed experts on demand into a cache of this many bytes (e.g. 512MiB,
+    /// 4GiB, unlimited). Without it, experts are reached through the file mapping.
+    #[arg(long)]
+    cache_budget: Option<String>,
+    /// Read experts ahead of the layer that needs them [default: off].
+    #[arg(long, value_enum)]
+    prefetch: Option<PrefetchMode>,
+    /// The shadow predictor for `--prefetch shadow` (made by `odmoe train-shadow`).
+    #[arg(long)]
+    shadow: Option<PathBuf>,
+    /// Element type of the key/value cache (f16: half the memory, keys and values
+    /// rounded; both backends) [default: f32].
+    #[arg(long, value_enum)]
+    kv_type: Option<KvTypeConfig>,
+    /// TOML configuration file: its [cache], [prefetch], [threads] and [gpu] sections
+    /// apply.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Compute backend (gpu: models with F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q2_K,
+    /// Q3_K, Q4_K, Q5_K or Q6_K weights; auto: a hardware GPU that can run the model,
+    /// else the CPU).
+    #[arg(long, value_enum, default_value_t = Backend::Cpu)]
+    backend: Backend,
+    /// Device memory for routed experts on the GPU (e.g. 24GiB) [default: gpu.expert_budget,
+    /// 1GiB]: when every expert fits, all are uploaded once and routed on the device.
+    #[arg(long)]
+    gpu_expert_budget: Option<String>,
+}
+
+impl RunArgs {
+    /// The configuration these flags (and the file and environment) make, with the
+    /// compute threads started.
+    fn settings(self) -> Result<generate::RunSettings, Box<dyn std::error::Error>> {
+        let mut c = Config::load(self.config.as_deref(), std::env::vars())?;
+        apply_cache_flags(&mut c, self.cache_budget.as_deref(), self.prefetch, self.shadow)?;
+        if let Some(t) = self.kv_type {
+            c.cache.kv_type = t;
+        }
+        apply_gpu_flags(&mut c, self.gpu_expert_budget.as_deref())?;
+        apply_threads(&c)?;
+        Ok(generate::RunSettings { mode: c.expert_mode(), prefetch: c.prefetch(), shadow: c.shadow()?, kv_type: c.kv_type(), backend: self.backend, gpu_expert_budget: c.gpu.expert_budget.0 })
+    }
 }
 
 /// Parses the command line and runs the subcommand.
 pub fn run() -> Result<(), Box<dyn std::error::Error>> {
-    match Cli::parse().command {
+    let command = Cli::parse().command;
+    if !matches!(command, Command::Serve { .. }) {
+        end_quietly_on_closed_stdout();
+    }
+    match command {
         Command::Logits { model, tokens, backend, cache_budget } => {
             logits::run(&demo::resolve(model)?, &tokens, backend, &expert_mode(cache_budget.as_deref())?)
         }
-        Command::Info { model } => info::run(&model),
+        Command::Info { model } => info::run(&demo::resolve(model)?),
         Command::Serve { model, config, host, port, cache_budget, prefetch, shadow, kv_type, backend, gpu_expert_budget } => {
             let mut c = Config::load(config.as_deref(), std::env::vars())?;
             if let Some(h) = host {
@@ -318,28 +391,13 @@ pub fn run() -> Result<(), Box<dyn std::error::Error>> {
             let server = crate::server::ServerConfig::from_config(&c)?;
             crate::server::run(&demo::resolve(model)?, &c.expert_mode(), server)
         }
-        Command::Convert { input, output } => convert::run(&input, &output),
-        Command::Generate { model, prompt, chat, max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, seed, stop, cache_budget, prefetch, shadow, kv_type, config, backend, gpu_expert_budget } => {
-            let mut c = Config::load(config.as_deref(), std::env::vars())?;
-            apply_cache_flags(&mut c, cache_budget.as_deref(), prefetch, shadow)?;
-            if let Some(t) = kv_type {
-                c.cache.kv_type = t;
-            }
-            apply_gpu_flags(&mut c, gpu_expert_budget.as_deref())?;
-            apply_threads(&c)?;
-            let sampling = odmoe::sampling::SamplingParams {
-                temperature,
-                top_p,
-                top_k,
-                min_p,
-                repetition_penalty: repeat_penalty,
-                seed,
-                ..Default::default()
-            };
-            generate::run(&demo::resolve(model)?, generate::Args { prompt, chat, max_tokens, sampling, stop, mode: c.expert_mode(), prefetch: c.prefetch(), shadow: c.shadow()?, kv_type: c.kv_type(), backend, gpu_expert_budget: c.gpu.expert_budget.0 })
+        Command::Convert { model, output } => convert::run(&demo::resolve(model)?, &output),
+        Command::Generate { model, prompt, chat, max_tokens, stop, sampling, run } => {
+            generate::run(&demo::resolve(model)?, generate::Args { prompt, chat, max_tokens, sampling: sampling.params(), stop }, run.settings()?)
         }
-        Command::Tokenize { model, text, file, no_bos, special } => tokenize::tokenize(&model, text, file.as_deref(), no_bos, special),
-        Command::Detokenize { model, ids } => tokenize::detokenize(&model, &ids),
+        Command::Chat { model, system, max_tokens, sampling, run } => chat::run(&demo::resolve(model)?, chat::Args { system, max_tokens, sampling: sampling.params() }, run.settings()?),
+        Command::Tokenize { model, text, file, no_bos, special } => tokenize::tokenize(&demo::resolve(model)?, text, file.as_deref(), no_bos, special),
+        Command::Detokenize { model, ids } => tokenize::detokenize(&demo::resolve(model)?, &ids),
         Command::Collect { model, corpus, output, max_tokens, window, cache_budget } => {
             collect::run(&demo::resolve(model)?, &expert_mode(cache_budget.as_deref())?, &corpus, &output, max_tokens, window)
         }
@@ -389,4 +447,43 @@ fn apply_threads(c: &Config) -> Result<(), Box<dyn std::error::Error>> {
         .build_global()
         .map_err(|e| format!("threads.compute: {e}"))?;
     Ok(())
+}
+
+/// Lets a command whose reader went away (`odmoe logits ... | head`) end as `cat` does,
+/// quietly, instead of failing with "Broken pipe": the Rust runtime ignores SIGPIPE, so
+/// each write would return an error; the default action ends the process. The server
+/// keeps ignoring it (a client that leaves is an error on its socket, not the end).
+fn end_quietly_on_closed_stdout() {
+    #[cfg(unix)]
+    // SAFETY: restores a signal's default action at startup, before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// Opens a model as `open_with_packing` does, with a progress bar on stderr (where it
+/// is a terminal) once copying the weights into the CPU's layout has taken a second.
+pub fn open_model(path: &std::path::Path, mode: &odmoe::model::ExpertMode, pack: odmoe::model::PackExperts) -> odmoe::Result<odmoe::model::Model> {
+    use indicatif::{ProgressBar, ProgressStyle};
+    let start = std::time::Instant::now();
+    let bar: std::sync::OnceLock<ProgressBar> = std::sync::OnceLock::new();
+    let progress = |done: u64, total: u64| {
+        if bar.get().is_none() && start.elapsed() < std::time::Duration::from_secs(1) {
+            return;
+        }
+        let b = bar.get_or_init(|| {
+            let b = ProgressBar::new(total);
+            if let Ok(style) = ProgressStyle::with_template("loading: preparing weights [{bar:40}] {bytes}/{total_bytes} ({eta})") {
+                b.set_style(style.progress_chars("=> "));
+            }
+            b
+        });
+        b.set_position(done);
+    };
+    let m = odmoe::model::Model::open_reporting(path, mode, pack, &progress);
+    if let Some(b) = bar.get() {
+        b.finish_and_clear();
+        eprintln!("loaded in {:.1} s", start.elapsed().as_secs_f64());
+    }
+    m
 }

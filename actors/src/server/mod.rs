@@ -175,7 +175,7 @@ async fn load(path: &Path, mode: &ExpertMode, config: &ServerConfig, metrics: Ar
     let (path, mode, prefetch, kv_type, shadow) = (path.to_path_buf(), mode.clone(), config.prefetch, config.kv_type, config.shadow.clone());
     let (backend, gpu_budget) = (config.backend, config.gpu_expert_budget);
     let (engine, tokenizer, template) = tokio::task::spawn_blocking(move || -> Result<_, String> {
-        let mut model = Model::open_with_packing(&path, &mode, crate::cli::expert_packing(backend)).map_err(|e| e.to_string())?;
+        let mut model = crate::cli::open_model(&path, &mode, crate::cli::expert_packing(backend)).map_err(|e| e.to_string())?;
         model.set_prefetch(prefetch);
         model.set_kv_type(kv_type);
         if let Some(s) = shadow {

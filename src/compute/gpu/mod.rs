@@ -75,10 +75,10 @@ impl Gpu {
         let options = wgpu::RequestAdapterOptions { power_preference: wgpu::PowerPreference::HighPerformance, ..Default::default() };
         let Ok(adapter) = pollster::block_on(instance.request_adapter(&options)) else { return Ok(None) };
         // timestamps (for profiling passes) and subgroup operations (row sums without
-        // barriers) where the adapter has them, the latter unless ODMOE_GPU_SUBGROUPS=off
+        // barriers) where the adapter has them, the latter unless ODMOE_NO_SUBGROUPS=1
         // (for a driver whose subgroups misbehave); nothing else optional
         let mut wanted = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP;
-        if std::env::var("ODMOE_GPU_SUBGROUPS").is_ok_and(|v| v == "off" || v == "0") {
+        if std::env::var_os("ODMOE_NO_SUBGROUPS").is_some_and(|v| v != "0") {
             wanted.remove(wgpu::Features::SUBGROUP);
         }
         let required_features = adapter.features() & wanted;
