@@ -1,6 +1,10 @@
 //! Activations prepared for the fused dot products: kept in f32 for float weights,
 //! quantized to 8 bits (as llama.cpp does) for quantized weights.
 
+// The forms kept beside the quants (offset bytes, sums, packed-kernel offsets) serve the
+// x86 kernels; elsewhere only the portable kernels run.
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+
 use super::blocks::{ActQ8_0, ActQ8_K, QK, QK_K};
 use super::GgmlType;
 use std::sync::OnceLock;

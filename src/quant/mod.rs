@@ -10,7 +10,6 @@ mod dot;
 mod dot_avx2;
 #[cfg(target_arch = "x86_64")]
 mod dot_vnni;
-#[cfg(target_arch = "x86_64")]
 mod ggml_type;
 mod out_grid;
 mod packed;

@@ -15,6 +15,7 @@
 use super::{axpy, dot};
 
 /// Heads per tile.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // the x86 kernels' tile
 const HEADS: usize = 4;
 
 /// `scores[h · len + s] = (dot(q_abs_h, c_s[..lora]) + dot(q_pe_h, c_s[lora..])) · scale`
@@ -26,6 +27,7 @@ pub fn latent_scores(q_abs: &[f32], q_pe: &[f32], cache: &[f32], lora: usize, le
     let width = lora + rope;
     assert!(q_abs.len() == heads * lora && q_pe.len() == heads * rope && scores.len() == heads * len, "latent_scores: sizes disagree");
     assert!(cache.len() >= len * width, "latent cache shorter than {len} positions");
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))] // advanced by the x86 kernels only
     let mut h0 = 0;
     #[cfg(target_arch = "x86_64")]
     if crate::quant::has_avx2() {
@@ -69,6 +71,7 @@ pub fn latent_mix(weights: &[f32], cache: &[f32], width: usize, len: usize, lat:
     assert!(lat.len() == heads * lora && weights.len() == heads * len && lora <= width, "latent_mix: sizes disagree");
     assert!(cache.len() >= len.saturating_sub(1) * width + lora, "latent cache shorter than {len} positions");
     lat.fill(0.0);
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))] // advanced by the x86 kernels only
     let mut h0 = 0;
     #[cfg(target_arch = "x86_64")]
     if crate::quant::has_avx2() {

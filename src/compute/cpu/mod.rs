@@ -105,6 +105,7 @@ pub fn sigmoid(x: f32) -> f32 {
 /// the CPU has AVX2 (a libm `expf` call per value cost a tenth of a batched decode step).
 pub fn swiglu(gate: &mut [f32], up: &[f32]) {
     assert_eq!(gate.len(), up.len(), "swiglu: gate and up of different lengths");
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))] // advanced by the x86 kernels only
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if crate::quant::has_avx2() {

@@ -124,10 +124,16 @@ impl Drop for BufPool {
     }
 }
 
+/// Pages of a fresh buffer faulted in at once (Linux; elsewhere on first touch).
+#[cfg(target_os = "linux")]
+const POPULATE: libc::c_int = libc::MAP_POPULATE;
+#[cfg(not(target_os = "linux"))]
+const POPULATE: libc::c_int = 0;
+
 /// A fresh zero-filled private anonymous mapping of `cap` bytes, populated.
 fn map(cap: usize) -> std::io::Result<std::ptr::NonNull<u8>> {
     // SAFETY: a fresh private anonymous mapping; no existing memory is affected.
-    let p = unsafe { libc::mmap(std::ptr::null_mut(), cap, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE, -1, 0) };
+    let p = unsafe { libc::mmap(std::ptr::null_mut(), cap, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | POPULATE, -1, 0) };
     if p == libc::MAP_FAILED {
         return Err(std::io::Error::last_os_error());
     }
