@@ -18,20 +18,11 @@
 
 mod common;
 
-use odmoe::compute::gpu::Gpu;
 use odmoe::model::{GpuModel, Logits, Model};
 
 const TOKENS: [u32; 7] = [1, 17, 300, 42, 511, 7, 99];
 
-fn gpu_or_skip() -> Option<Gpu> {
-    let gpu = Gpu::open().unwrap();
-    if gpu.is_none() {
-        let why = "no GPU adapter (on Linux, mesa-vulkan-drivers provides lavapipe)";
-        assert!(std::env::var_os("ODMOE_REQUIRE_GPU").is_none(), "{why}");
-        eprintln!("skipped: {why}");
-    }
-    gpu
-}
+use common::gpu_or_skip;
 
 #[test]
 fn gpu_decoding_with_its_kv_cache_matches_the_cpu_backend() {

@@ -48,3 +48,16 @@ pub fn argmax_rows(x: &[f32], n: usize) -> Vec<usize> {
         .map(|r| r.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0)
         .collect()
 }
+
+/// The first GPU adapter, or `None` with the reason printed: the test is skipped where
+/// the machine has none, unless ODMOE_REQUIRE_GPU is set (CI installs lavapipe and sets it).
+#[cfg(feature = "gpu")]
+pub fn gpu_or_skip() -> Option<odmoe::compute::gpu::Gpu> {
+    let gpu = odmoe::compute::gpu::Gpu::open().unwrap();
+    if gpu.is_none() {
+        let why = "no GPU adapter (on Linux, mesa-vulkan-drivers provides lavapipe)";
+        assert!(std::env::var_os("ODMOE_REQUIRE_GPU").is_none(), "{why}");
+        eprintln!("skipped: {why}");
+    }
+    gpu
+}

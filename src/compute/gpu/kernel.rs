@@ -39,6 +39,7 @@ pub fn grid(groups: usize) -> (usize, usize) {
 impl Kernel {
     /// Compiles entry point `entry` of `source`.
     pub fn new(gpu: &Gpu, name: &'static str, source: &str, entry: &'static str) -> Kernel {
+        gpu.note_compiled(name, source, entry);
         let module = gpu.device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(name), source: wgpu::ShaderSource::Wgsl(source.into()) });
         let pipeline = gpu.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(name),

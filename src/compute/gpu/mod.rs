@@ -60,6 +60,21 @@ pub struct Gpu {
     /// The smallest subgroup the adapter runs, where kernels may use subgroup
     /// operations ([`Gpu::subgroup_size`]); 0 where they may not.
     subgroup_size: u32,
+    /// Every kernel compiled on this device: name, WGSL source and entry point
+    /// ([`Gpu::compiled_kernels`]).
+    compiled: std::sync::Mutex<Vec<CompiledKernel>>,
+}
+
+/// A kernel as it was compiled: what checks for other platforms translate
+/// (`tests/gpu_shaders.rs` turns each into Metal Shading Language).
+#[derive(Clone, Debug)]
+pub struct CompiledKernel {
+    /// The kernel's name (its variant: format, lanes, rows per lane, subgroup sums).
+    pub name: String,
+    /// The WGSL source, as assembled (shared parts and switches applied).
+    pub source: String,
+    /// The entry point.
+    pub entry: String,
 }
 
 /// Distinct uniform contents kept at most (attention's change with the context length).
@@ -89,7 +104,7 @@ impl Gpu {
         let limits = device.limits();
         let max_storage_bytes = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
         let info = adapter.get_info();
-        let mut gpu = Gpu { device, queue, info, kernels: Default::default(), zero_word, uniforms: Default::default(), max_storage_bytes, subgroup_size: 0 };
+        let mut gpu = Gpu { device, queue, info, kernels: Default::default(), zero_word, uniforms: Default::default(), max_storage_bytes, subgroup_size: 0, compiled: Default::default() };
         if required_features.contains(wgpu::Features::SUBGROUP) && gpu.subgroups_as_assumed()? {
             gpu.subgroup_size = gpu.info.subgroup_min_size;
         }
@@ -106,6 +121,17 @@ impl Gpu {
         probe.record(&mut rec, &[&bad], &[self.info.subgroup_min_size], [4, 1, 1])?;
         rec.submit();
         Ok(self.read_f32(&bad, 1)?[0].to_bits() == 0)
+    }
+
+    /// Every kernel compiled on this device so far, in order (a source compiled under
+    /// several names appears under each).
+    pub fn compiled_kernels(&self) -> Vec<CompiledKernel> {
+        self.compiled.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Notes a kernel as compiled (called by [`kernel::Kernel::new`]).
+    pub(crate) fn note_compiled(&self, name: &str, source: &str, entry: &str) {
+        self.compiled.lock().unwrap_or_else(|p| p.into_inner()).push(CompiledKernel { name: name.into(), source: source.into(), entry: entry.into() });
     }
 
     /// The kernel `name` (entry point `entry` of `source`), compiled on first use and
