@@ -38,10 +38,18 @@ fn random_matrix(ty: GgmlType, rows: usize, cols: usize) -> QMatrix {
         s ^= s << 17;
         *b = s as u8;
     }
-    if matches!(ty, GgmlType::F16 | GgmlType::BF16) {
+    if ty == GgmlType::F16 {
         // plain halves: clear the top exponent bits, so every value is finite and modest
         for h in data.chunks_exact_mut(2) {
             h[1] &= 0x3b;
+        }
+        return QMatrix::new(ty, rows, cols, data.into());
+    }
+    if ty == GgmlType::BF16 {
+        // exponents 120..=127 (values 2^-7..2: no subnormals, which the CPU multiplies
+        // many times slower and trained weights do not hold), random signs and mantissas
+        for h in data.chunks_exact_mut(2) {
+            h[1] = (h[1] & 0x83) | 0x3c;
         }
         return QMatrix::new(ty, rows, cols, data.into());
     }
@@ -109,8 +117,10 @@ fn main() {
         Ok(v) => v.split(',').map(|t| GgmlType::from_name(t.trim()).expect("a GGML type name")).collect(),
         Err(_) => vec![GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::F16, GgmlType::BF16],
     };
-    println!("gemv: {} threads, median of {rounds} rounds", rayon::current_num_threads());
-    println!("{:6} {:>12} {:>10} {:>10} {:>7} {:>10} {:>7}", "format", "case", "read GB/s", "GB/s", "ratio", "packed", "ratio");
+    let layout = if odmoe::quant::packing_available() { "AVX-512 VNNI" } else if std::env::var_os("ODMOE_NO_SIMD").is_some() { "portable" } else { "AVX2" };
+    println!("Kernels: {layout}, {} threads, median of {rounds} rounds. `memory`: one token, GB/s (and ÷ the streaming read of the same bytes); `cache N`: N tokens, G multiply-adds/s.\n", rayon::current_num_threads());
+    println!("| format | case | streaming read | file layout | ÷ read | packed | ÷ read |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
     for &ty in &types {
         let m = random_matrix(ty, ROWS, COLS);
         let x: Vec<f32> = (0..COLS).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
@@ -123,8 +133,8 @@ fn main() {
             take_turns(&mut [&mut || { black_box(streaming_read(&m.data)); }, &mut || drop(black_box(cpu::matmul(&m, &x)))], 2, rounds)
         };
         let gbs = |s: f64| bytes / s / 1e9;
-        let packed_cols = t.get(2).map_or(String::new(), |&p| format!("{:>10.1} {:>7.2}", gbs(p), t[0] / p));
-        println!("{:6} {:>12} {:>10.1} {:>10.1} {:>7.2} {packed_cols}", ty.to_string(), "memory", gbs(t[0]), gbs(t[1]), t[0] / t[1]);
+        let packed_cols = t.get(2).map_or("– | –".to_string(), |&p| format!("{:.1} | {:.2}", gbs(p), t[0] / p));
+        println!("| {ty} | memory | {:.1} | {:.1} | {:.2} | {packed_cols} |", gbs(t[0]), gbs(t[1]), t[0] / t[1]);
         drop((m, packed));
         // in cache: an expert-sized matrix, one token and sixteen
         let (rows, cols) = (2048, 768);
@@ -140,8 +150,8 @@ fn main() {
                 take_turns(&mut [&mut || drop(black_box(cpu::matmul(&m, &x)))], reps, rounds)
             };
             let gmacs = |s: f64| (rows * cols * n) as f64 / s / 1e9;
-            let packed_cols = t.get(1).map_or(String::new(), |&p| format!("{:>10.1} {:>7}", gmacs(p), ""));
-            println!("{:6} {:>12} {:>10} {:>10.1} {:>7} {packed_cols}", ty.to_string(), format!("cache {n} GMAC/s"), "", gmacs(t[0]), "");
+            let packed_cols = t.get(1).map_or("–".to_string(), |&p| format!("{:.1}", gmacs(p)));
+            println!("| {ty} | cache {n} | | {:.1} | | {packed_cols} | |", gmacs(t[0]));
         }
     }
 }

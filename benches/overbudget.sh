@@ -13,7 +13,7 @@
 # each run's report (see benches/overbudget.rs).
 #
 # With ODMOE_BENCH_SHADOW=PREDICTOR (from `overbudget trace` + `odmoe train-shadow`, see
-# BENCHMARKS.md) it instead sweeps prefetch off, gate and shadow with O_DIRECT reads and
+# docs/performance.md) it instead sweeps prefetch off, gate and shadow with O_DIRECT reads and
 # the budget at 25%, 50% and 75% of the expert bytes; LIMIT is then base + budget + 1 GB
 # for each budget (still below the model's size).
 set -euo pipefail

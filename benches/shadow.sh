@@ -5,7 +5,7 @@
 #   benches/shadow.sh [CORPUS] [REPS]
 #
 # Records routing traces over CORPUS (default: the committed Twelfth Night excerpt; the
-# numbers in BENCHMARKS.md used the demo model's whole held-out text, made by
+# numbers in docs/performance.md used the demo model's whole held-out text, made by
 # models/train/prepare_corpus.py), trains a predictor on them (lookahead 2), then decodes
 # 200 tokens from each of REPS prompts (default 3) per setting, settings interleaved, with
 # O_DIRECT expert reads (the config default). Prints, per setting, the median decode

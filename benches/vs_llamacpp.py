@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Prompt and decode speed of odmoe against llama.cpp on the same GGUF file and CPU.
 
-llama.cpp runs through llama-cpp-python (the reference environment the README's
-"Reference checks" section builds from its source distribution); odmoe through
+llama.cpp runs through llama-cpp-python (built from its source distribution as
+docs/correctness.md's "Regenerating the fixtures" says); odmoe through
 `target/release/odmoe generate`. Both read the same prompt (the same token count: both
 tokenize with the file's own vocabulary), process it in one batch, then generate greedily;
 each reports its own timings (llama.cpp's context counters, odmoe's `prompt:` and

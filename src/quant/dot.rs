@@ -75,10 +75,15 @@ fn dot_f16(w: &[u8], x: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + s
 }
 
+/// A little-endian BF16 value's two bytes as an f32 (exact: a shift).
+#[inline(always)]
+fn bf(a: u8, b: u8) -> f32 {
+    f32::from_bits((u16::from_le_bytes([a, b]) as u32) << 16)
+}
+
 #[inline(always)]
 fn dot_bf16(w: &[u8], x: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
-    let bf = |a: u8, b: u8| f32::from_bits((u16::from_le_bytes([a, b]) as u32) << 16);
     for (a, b) in w.chunks_exact(16).zip(x.chunks_exact(8)) {
         for i in 0..8 {
             acc[i] += bf(a[2 * i], a[2 * i + 1]) * b[i];
