@@ -93,10 +93,15 @@ fn the_quick_start_streams_a_reply_and_the_server_stops_by_its_pid() {
     // step 1, after its build: the server in the background, its PID kept, curl
     let dir = scratch("quick-start");
     let _stop = StopServer(dir.join("odmoe.pid"));
-    let run = start.trim_start_matches("cargo build --release && ");
+    // on a free port rather than 8080, which the reader's own server may hold (the
+    // README's step 1 leaves it running): the server takes the port from the environment
+    // and curl's URL is changed to match
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    assert!(start.contains("127.0.0.1:8080"), "the quick start no longer talks to 127.0.0.1:8080");
+    let run = start.trim_start_matches("cargo build --release && ").replace("127.0.0.1:8080", &format!("127.0.0.1:{port}"));
     // (into files: the server keeps its output open after the shell is done)
     let (out_file, err_file) = (dir.join("stdout"), dir.join("stderr"));
-    let child = shell(run, &dir).stdout(std::fs::File::create(&out_file).unwrap()).stderr(std::fs::File::create(&err_file).unwrap()).spawn().unwrap();
+    let child = shell(&run, &dir).env("ODMOE_SERVER_PORT", port.to_string()).stdout(std::fs::File::create(&out_file).unwrap()).stderr(std::fs::File::create(&err_file).unwrap()).spawn().unwrap();
     let (ok, _, _) = wait(child, Duration::from_secs(120), "the quick start");
     let (out, err) = (std::fs::read_to_string(&out_file).unwrap(), std::fs::read_to_string(&err_file).unwrap());
     assert!(ok, "the quick start failed: {err}");
