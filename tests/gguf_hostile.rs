@@ -178,6 +178,41 @@ fn absurd_lengths_do_not_allocate() {
 }
 
 #[test]
+fn an_array_the_file_could_hold_is_still_bounded() {
+    // 300 million one-byte values: the file's bytes allow it, but held as metadata values
+    // they would take ~10 GB; refused by count (the file is mostly zeros, as a sparse
+    // file of that size is)
+    let n = 300_000_000u64;
+    let mut raw = 0u32.to_le_bytes().to_vec();
+    raw.extend(n.to_le_bytes());
+    let mut b = Builder::default();
+    b.kv_raw("huge", 9, &raw);
+    let mut bytes = b.build();
+    bytes.resize(bytes.len() + n as usize, 0);
+    let e = err_of(&bytes);
+    assert!(e.contains("\"huge\"") && e.contains("300000000 values"), "{e}");
+    // many arrays just under the limit each: bounded in total
+    let mut b = Builder::default();
+    let per = 1u64 << 22;
+    for i in 0..5 {
+        let mut raw = 0u32.to_le_bytes().to_vec();
+        raw.extend(per.to_le_bytes());
+        raw.extend(vec![0u8; per as usize]);
+        b.kv_raw(&format!("a{i}"), 9, &raw);
+    }
+    let e = err_of(&b.build());
+    assert!(e.contains("more than") && e.contains("values"), "{e}");
+}
+
+#[test]
+fn overlapping_tensors_are_refused() {
+    let mut b = Builder::default();
+    b.tensor_f32("a", &[16]).tensor_raw("b", &[8], 0, 32);
+    let e = err_of(&b.build());
+    assert!(e.contains("overlap") && e.contains("\"a\"") && e.contains("\"b\""), "{e}");
+}
+
+#[test]
 fn unknown_types_are_named() {
     let mut b = Builder::default();
     b.tensor_raw("w", &[32], 1000, 0);
@@ -279,4 +314,85 @@ fn model_load_names_unsupported_tensor_types() {
     let e = odmoe::model::Model::open(&p).err().expect("load must fail").to_string();
     assert!(e.contains("\"gpt-x\"") && e.contains("not supported"), "{e}");
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The fixture `models/mixtral.f32.gguf` with `edit` applied to its bytes, written to a
+/// scratch file; the error opening and running it (`None` if it loads and runs cleanly).
+fn run_edited(tag: &str, edit: impl FnOnce(&mut Vec<u8>)) -> Option<String> {
+    let mut bytes = std::fs::read(common::fixture("models/mixtral.f32.gguf")).unwrap();
+    edit(&mut bytes);
+    let dir = std::env::temp_dir().join(format!("odmoe-hostile-{}-{tag}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("edited.gguf");
+    std::fs::write(&p, &bytes).unwrap();
+    let out = (|| {
+        let m = odmoe::model::Model::open(&p)?;
+        let mut c = m.new_cache(4);
+        m.forward(&[1, 2, 3], &mut c, odmoe::model::Logits::All).map(|_| ())
+    })();
+    std::fs::remove_dir_all(&dir).ok();
+    out.err().map(|e| e.to_string())
+}
+
+/// Where tensor `name`'s type id lies in the header of `bytes`.
+fn type_at(bytes: &[u8], name: &[u8]) -> usize {
+    let at = bytes.windows(name.len()).position(|w| w == name).unwrap() + name.len();
+    let n_dims = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    at + 4 + 8 * n_dims
+}
+
+/// Where metadata key `key`'s value (after its type) lies.
+fn value_at(bytes: &[u8], key: &[u8]) -> usize {
+    bytes.windows(key.len()).position(|w| w == key).unwrap() + key.len() + 4
+}
+
+#[test]
+fn settings_and_tensors_that_would_give_nan_logits_are_refused() {
+    // an F32 tensor marked F16, BF16 or Q4_1 (its extent shrinks, so the header still
+    // checks out): its values are nonsense, with NaNs and infinities among them
+    for (ty, id) in [("F16", 1u32), ("BF16", 30), ("Q4_1", 3)] {
+        let e = run_edited(ty, |b| {
+            let at = type_at(b, b"blk.0.attn_q.weight");
+            b[at..at + 4].copy_from_slice(&id.to_le_bytes());
+        })
+        .unwrap_or_else(|| panic!("an F32 tensor marked {ty} was accepted"));
+        assert!(e.contains("blk.0.attn_q.weight") && e.contains("type in the header"), "{ty}: {e}");
+    }
+    // a rope base that is NaN or negative
+    for (what, v) in [("NaN", f32::NAN), ("-1", -1.0), ("infinite", f32::INFINITY)] {
+        let e = run_edited(what, |b| {
+            let at = value_at(b, b"llama.rope.freq_base");
+            b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        })
+        .unwrap_or_else(|| panic!("a rope base of {what} was accepted"));
+        assert!(e.contains("rope.freq_base"), "{what}: {e}");
+    }
+    // finite weights whose products overflow: the pass says so instead of returning
+    // infinite logits
+    let e = run_edited("overflow", |b| {
+        let g = odmoe::gguf::parse_header(b).unwrap();
+        let t = g.tensors.iter().find(|t| t.name == "output_norm.weight").unwrap();
+        for v in b[t.offset as usize..(t.offset + t.size) as usize].chunks_exact_mut(4) {
+            v.copy_from_slice(&3e38f32.to_le_bytes());
+        }
+    })
+    .expect("infinite logits were returned");
+    assert!(e.contains("not finite"), "{e}");
+}
+
+#[test]
+fn what_is_not_a_model_file_is_named() {
+    let dir = std::env::temp_dir().join(format!("odmoe-notfile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // a directory without a manifest
+    let e = odmoe::model::Model::open(&dir).err().unwrap().to_string();
+    assert!(e.contains("is a directory") && e.contains("manifest.json"), "{e}");
+    // a FIFO: refused at once (opening it would wait for a writer)
+    let fifo = dir.join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo on a path in a scratch directory
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let e = odmoe::model::Model::open(&fifo).err().unwrap().to_string();
+    assert!(e.contains("not a regular file"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -8,6 +8,8 @@ use bytes::Bytes;
 
 use memmap2::Mmap;
 
+use super::guard::GuardedMap;
+
 use super::parse::{parse_header, Header, TensorInfo};
 use super::value::Metadata;
 use crate::{Error, Result};
@@ -15,7 +17,7 @@ use crate::{Error, Result};
 /// A GGUF file mapped into memory; tensor data are zero-copy slices of the mapping.
 pub struct GgufFile {
     path: PathBuf,
-    map: Arc<Mmap>,
+    map: Arc<GuardedMap>,
     header: Header,
 }
 
@@ -23,10 +25,19 @@ impl GgufFile {
     /// Maps and parses `path`. Every tensor's extent is checked against the file size.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
+        // what is not a regular file is refused before opening it (a FIFO would block
+        // the open until a writer came; a directory has no bytes to map)
+        let kind = std::fs::metadata(&path).map_err(|source| Error::Io { path: path.clone(), source })?.file_type();
+        if kind.is_dir() {
+            return Err(Error::Invalid(format!("{}: is a directory, neither a GGUF file nor an expert store (it has no manifest.json)", path.display())));
+        }
+        if !kind.is_file() {
+            return Err(Error::Invalid(format!("{}: is not a regular file (a pipe, socket or device cannot hold a model)", path.display())));
+        }
         let file = File::open(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
-        // SAFETY: the mapping is read-only. As with every mmap-based model loader, the
-        // file must not be truncated or modified while it is mapped.
-        let map = unsafe { Mmap::map(&file) }.map_err(|source| Error::Io { path: path.clone(), source })?;
+        // SAFETY: the mapping is read-only. A file truncated while it is mapped would raise
+        // SIGBUS on reads past its new end: the guard turns that into an error (guard.rs).
+        let map = GuardedMap::new(unsafe { Mmap::map(&file) }.map_err(|source| Error::Io { path: path.clone(), source })?);
         let header = parse_header(&map).map_err(|msg| Error::Gguf { path: path.clone(), msg })?;
         Ok(GgufFile { path, map: Arc::new(map), header })
     }
@@ -75,7 +86,7 @@ impl GgufFile {
 
 /// A byte range of a shared mapping, so [`Bytes`] handles keep the mapping alive.
 pub(crate) struct MapRange {
-    pub(crate) map: Arc<Mmap>,
+    pub(crate) map: Arc<GuardedMap>,
     pub(crate) start: usize,
     pub(crate) end: usize,
 }

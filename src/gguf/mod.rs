@@ -4,11 +4,14 @@
 //! `gguf-split`; [`GgufModel::open`] accepts either (any shard names the whole set).
 
 mod file;
+mod guard;
 mod parse;
 mod value;
 
 pub use file::GgufFile;
 pub(crate) use file::MapRange;
+pub(crate) use guard::GuardedMap;
+pub use guard::file_changed;
 pub use parse::{parse_header, Header, TensorInfo, DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_DIMS};
 pub use value::{Metadata, Value};
 

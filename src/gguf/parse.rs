@@ -15,6 +15,11 @@ pub const DEFAULT_ALIGNMENT: u64 = 32;
 pub const MAX_DIMS: usize = 4;
 /// Deepest nesting of arrays accepted in metadata.
 const MAX_ARRAY_DEPTH: usize = 3;
+/// Most metadata values (array elements included) a file may hold. Each takes tens of
+/// bytes in memory against one in the file, so a file's size alone does not bound them;
+/// the largest real metadata, a 262,144-token vocabulary with its scores, types and
+/// merges, holds about a million.
+pub const MAX_METADATA_VALUES: usize = 1 << 24;
 
 /// Where one tensor's data lies and how it is shaped.
 #[derive(Clone, Debug, PartialEq)]
@@ -66,6 +71,8 @@ pub struct Header {
 struct Cursor<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// Metadata values read so far (bounded by [`MAX_METADATA_VALUES`]).
+    values: usize,
 }
 
 impl<'a> Cursor<'a> {
@@ -120,6 +127,10 @@ impl<'a> Cursor<'a> {
     }
 
     fn value(&mut self, ty: u32, key: &str, depth: usize) -> Result<Value, String> {
+        self.values += 1;
+        if self.values > MAX_METADATA_VALUES {
+            return Err(format!("metadata key {key:?}: the metadata holds more than {MAX_METADATA_VALUES} values, far more than any model's; the file is damaged"));
+        }
         Ok(match ty {
             0 => Value::U8(self.array::<1>(key)?[0]),
             1 => Value::I8(self.array::<1>(key)?[0] as i8),
@@ -142,7 +153,11 @@ impl<'a> Cursor<'a> {
                 let min = min_value_size(elem_ty)
                     .ok_or_else(|| format!("metadata key {key:?}: unknown array element type {elem_ty}"))?;
                 let n = self.len(&format!("array length of {key:?}"), min)?;
-                let mut items = Vec::with_capacity(n);
+                if n > MAX_METADATA_VALUES {
+                    return Err(format!("metadata key {key:?}: an array of {n} values, far more than any model's (at most {MAX_METADATA_VALUES}); the file is damaged"));
+                }
+                // grown as values are read, not reserved up front: the length is the file's word
+                let mut items = Vec::with_capacity(n.min(1 << 16));
                 for _ in 0..n {
                     items.push(self.value(elem_ty, key, depth + 1)?);
                 }
@@ -172,7 +187,7 @@ fn min_value_size(ty: u32) -> Option<usize> {
 /// Parses the header of a GGUF file held in `buf` and validates every tensor's extent
 /// against `buf.len()`.
 pub fn parse_header(buf: &[u8]) -> Result<Header, String> {
-    let mut c = Cursor { buf, pos: 0 };
+    let mut c = Cursor { buf, pos: 0, values: 0 };
     let magic = c.u32("magic")?;
     if magic != GGUF_MAGIC {
         return Err(format!("not a GGUF file (magic {:02x?})", magic.to_le_bytes()));
@@ -264,6 +279,21 @@ pub fn parse_header(buf: &[u8]) -> Result<Header, String> {
         })?;
         let _ = end;
         tensors.push(TensorInfo { name, dims, ggml_type, offset, size });
+    }
+    // no two tensors share bytes (a retagged or hand-edited header can make them)
+    let mut by_offset: Vec<&TensorInfo> = tensors.iter().filter(|t| t.size > 0).collect();
+    by_offset.sort_by_key(|t| t.offset);
+    for w in by_offset.windows(2) {
+        if w[0].offset + w[0].size > w[1].offset {
+            return Err(format!(
+                "tensors {:?} (bytes {}..{}) and {:?} (from byte {}) overlap; the header is damaged",
+                w[0].name,
+                w[0].offset,
+                w[0].offset + w[0].size,
+                w[1].name,
+                w[1].offset
+            ));
+        }
     }
 
     Ok(Header { version, metadata, tensors, alignment, data_offset })

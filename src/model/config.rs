@@ -212,7 +212,20 @@ impl Keys<'_> {
         let key = self.key(k);
         match self.md.get(&key) {
             None => Ok(None),
-            Some(v) => v.as_f64().map(|x| Some(x as f32)).ok_or_else(|| Error::model(format!("metadata {key}: expected a number, found {}", v.type_name()))),
+            Some(v) => match v.as_f64() {
+                // (a NaN or infinite setting poisons every logit downstream)
+                Some(x) if (x as f32).is_finite() => Ok(Some(x as f32)),
+                Some(x) => Err(Error::model(format!("metadata {key} is {x}, not a finite number"))),
+                None => Err(Error::model(format!("metadata {key}: expected a number, found {}", v.type_name()))),
+            },
+        }
+    }
+
+    /// [`Self::opt_f32`] that must also be above zero.
+    fn opt_positive_f32(&self, k: &str) -> Result<Option<f32>> {
+        match self.opt_f32(k)? {
+            Some(x) if x <= 0.0 => Err(Error::model(format!("metadata {} is {x}; it must be above zero", self.key(k)))),
+            v => Ok(v),
         }
     }
     fn opt_bool(&self, k: &str) -> Option<bool> {
@@ -252,7 +265,7 @@ impl Config {
         if n_head_kv == 0 || n_head % n_head_kv != 0 {
             return Err(Error::model(format!("head_count {n_head} is not a multiple of head_count_kv {n_head_kv}")));
         }
-        let rms_eps = k.opt_f32("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5);
+        let rms_eps = k.opt_positive_f32("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5);
         let n_ctx_train = k.opt_usize("context_length")?.unwrap_or(4096);
         let n_ff = k.opt_usize("feed_forward_length")?.unwrap_or(0);
 
@@ -394,7 +407,7 @@ impl Config {
         if n_rot % 2 != 0 || n_rot > head_dim_k {
             return Err(Error::model(format!("rope.dimension_count {n_rot} is invalid for head size {head_dim_k}")));
         }
-        let freq_base = k.opt_f32("rope.freq_base")?.unwrap_or(10000.0);
+        let freq_base = k.opt_positive_f32("rope.freq_base")?.unwrap_or(10000.0);
         let scaling = k.md.get_str(&k.key("rope.scaling.type")).unwrap_or("none");
         let factor = match k.opt_f32("rope.scaling.factor")? {
             Some(f) if f > 0.0 => f,

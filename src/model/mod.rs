@@ -412,6 +412,18 @@ impl Model {
             return Ok(out);
         }
         let all = matmul(&self.weights.output, &out.concat());
+        // a mapped model file shrank under the pass: it read zeros (gguf::file_changed)
+        if crate::gguf::file_changed() {
+            return Err(Error::model("a model file was truncated or replaced on disk while in use, so these results are not its; load the model again (restart the server)"));
+        }
+        // a NaN or an infinity here would be sampled or printed as if it meant something
+        if let Some(i) = all.iter().position(|v| !v.is_finite()) {
+            return Err(Error::model(format!(
+                "the logits are not finite ({} for token {} of the step's output): the model's weights or settings are damaged",
+                all[i],
+                i % cfg.n_vocab
+            )));
+        }
         let mut rest = &all[..];
         for (o, n) in out.iter_mut().zip(lens) {
             let (mine, more) = rest.split_at(n / d * cfg.n_vocab);

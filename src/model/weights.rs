@@ -105,6 +105,29 @@ pub struct Weights {
     pub experts: Vec<Option<StackedExperts>>,
 }
 
+/// Bytes at the start of each tensor whose values are checked at load.
+const CHECKED_BYTES: usize = 64 * 1024;
+
+/// An error if the first rows of a tensor (up to [`CHECKED_BYTES`]) hold a NaN or an
+/// infinity: no trained weight does, and a tensor whose type was changed in the header
+/// (an F32 tensor marked F16, say) shows it there, where it would otherwise turn every
+/// logit into NaN. Looking at the start only keeps loading a huge model fast.
+fn check_finite_start(name: &str, ty: crate::quant::GgmlType, cols: usize, data: &[u8]) -> Result<()> {
+    let row_bytes = ty.row_bytes(cols as u64).expect("checked by the caller") as usize;
+    let rows = (CHECKED_BYTES / row_bytes.max(1)).max(1).min(data.len() / row_bytes.max(1));
+    let mut values = vec![0.0f32; rows * cols];
+    crate::quant::dequantize(ty, &data[..rows * row_bytes], &mut values);
+    match values.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(Error::model(format!(
+            "tensor {name}: value {} (row {}) is {} as a {ty} tensor: the tensor is damaged or its type in the header is wrong",
+            i % cols,
+            i / cols,
+            values[i]
+        ))),
+    }
+}
+
 struct Loader<'a> {
     g: &'a dyn TensorSource,
 }
@@ -145,6 +168,7 @@ impl Loader<'_> {
         if want != Some(data.len() as u64) {
             return Err(Error::model(format!("tensor {name}: {} bytes of data for shape {dims:?} of type {}", data.len(), info.ty)));
         }
+        check_finite_start(name, info.ty, cols, &data)?;
         Ok(QMatrix::new(info.ty, rows, cols, data))
     }
 
