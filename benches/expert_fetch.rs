@@ -84,7 +84,7 @@ fn main() {
         layers.push(LayerExperts { layer: l, file: name, n_expert, record_bytes, gate: gate.clone(), up: up.clone(), down: down.clone(), crc32: crcs });
     }
     safetensors::tensor::serialize_to_file(Vec::<(String, safetensors::tensor::TensorView<'_>)>::new(), None, &dir.join("base.safetensors")).unwrap();
-    let manifest = Manifest { format: "odmoe-expert-store".into(), version: 1, source: SourceInfo { files: vec![], bytes: 0, sha256: String::new() }, metadata: vec![], layers };
+    let manifest = Manifest { base_crc32: None, format: "odmoe-expert-store".into(), version: 1, source: SourceInfo { files: vec![], bytes: 0, sha256: String::new() }, metadata: vec![], layers };
     std::fs::write(dir.join("manifest.json"), serde_json::to_vec(&manifest).unwrap()).unwrap();
 
     // sequential read of the same files, cold

@@ -76,6 +76,40 @@ fn damaged_stores_are_refused() {
     assert!(e.contains("layer 1 experts"), "{e}");
     std::fs::write(&mpath, &original).unwrap();
 
+    // manifests that lie about the expert files are refused, saying how
+    type Edit<'a> = (&'a str, &'a dyn Fn(&mut serde_json::Value), &'a str);
+    let edits: [Edit; 6] = [
+        ("a path out of the store", &|m| m["layers"][0]["file"] = "../experts-001.bin".into(), "not a file name inside the store"),
+        ("an absolute path", &|m| m["layers"][0]["file"] = "/etc/passwd".into(), "not a file name inside the store"),
+        ("records of one byte", &|m| m["layers"][0]["record_bytes"] = 1.into(), "cannot hold"),
+        ("records whose count overflows", &|m| m["layers"][0]["record_bytes"] = (u64::MAX / 4 / 65536 * 65536).into(), "overflow"),
+        ("a short checksum list", &|m| {
+            m["layers"][0]["crc32"].as_array_mut().unwrap().pop();
+        }, "checksums for"),
+        ("a wrong base checksum", &|m| m["base_crc32"] = 12345.into(), "checksum mismatch"),
+    ];
+    for (what, edit, needle) in edits {
+        let mut m: serde_json::Value = serde_json::from_slice(&original).unwrap();
+        edit(&mut m);
+        std::fs::write(&mpath, serde_json::to_vec(&m).unwrap()).unwrap();
+        let e = Model::open(&dir).err().unwrap_or_else(|| panic!("{what}: opened")).to_string();
+        assert!(e.contains(needle), "{what}: {e}");
+    }
+    std::fs::write(&mpath, &original).unwrap();
+
+    // bytes flipped in the base file are caught by its checksum when the store opens
+    let base = dir.join("base.safetensors");
+    let good = std::fs::read(&base).unwrap();
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    for b in &mut bad[mid..mid + 64] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&base, &bad).unwrap();
+    let e = Model::open(&dir).err().unwrap().to_string();
+    assert!(e.contains("base.safetensors") && e.contains("checksum mismatch"), "{e}");
+    std::fs::write(&base, &good).unwrap();
+
     // a flipped byte in an expert record is caught by its checksum, naming layer and expert
     let f = dir.join("experts-001.bin");
     let mut bytes = std::fs::read(&f).unwrap();

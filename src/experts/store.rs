@@ -24,7 +24,7 @@ use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::gguf::{GgufModel, MapRange, Metadata, Value};
+use crate::gguf::{GgufModel, GuardedMap, MapRange, Metadata, Value};
 use crate::model::source::{TensorMeta, TensorSource};
 use crate::quant::GgmlType;
 use crate::{Error, Result};
@@ -68,6 +68,51 @@ pub struct LayerExperts {
     pub crc32: Vec<u32>,
 }
 
+impl LayerExperts {
+    /// Checks what the manifest says of this layer's file against itself (the file's
+    /// name, the records' size, the checksums' count); returns the bytes the file must
+    /// hold. What the records hold is checked against the model elsewhere.
+    pub fn check(&self) -> Result<u64> {
+        let layer = self.layer;
+        // a file name inside the store: no directories, no way out of it
+        if self.file.is_empty() || self.file.contains(['/', '\\']) || self.file == "." || self.file == ".." {
+            return Err(Error::model(format!("store: layer {layer}: expert file {:?} is not a file name inside the store", self.file)));
+        }
+        if self.crc32.len() != self.n_expert {
+            return Err(Error::model(format!("store: layer {layer}: the manifest lists {} checksums for {} experts", self.crc32.len(), self.n_expert)));
+        }
+        // each record holds the three projections, padded to a whole alignment unit
+        let data = self.gate.bytes.checked_add(self.up.bytes).and_then(|b| b.checked_add(self.down.bytes));
+        if data.is_none_or(|d| self.record_bytes < d || self.record_bytes % RECORD_ALIGN != 0) {
+            return Err(Error::model(format!(
+                "store: layer {layer}: records of {} bytes cannot hold the experts' {} bytes of projections (records are whole multiples of {RECORD_ALIGN} bytes)",
+                self.record_bytes,
+                data.map_or("too many".to_string(), |d| d.to_string()),
+            )));
+        }
+        self.record_bytes.checked_mul(self.n_expert as u64).ok_or_else(|| Error::model(format!("store: layer {layer}: {} records of {} bytes overflow", self.n_expert, self.record_bytes)))
+    }
+}
+
+impl Manifest {
+    /// Parses a manifest and checks what it says of itself: its format and version, the
+    /// metadata's typed values, and each layer ([`LayerExperts::check`]).
+    pub fn parse(text: &[u8]) -> Result<(Manifest, Metadata)> {
+        let manifest: Manifest = serde_json::from_slice(text).map_err(|e| Error::model(format!("not a valid manifest: {e}")))?;
+        if manifest.format != FORMAT || manifest.version != VERSION {
+            return Err(Error::model(format!("format {} v{} is not supported (expected {FORMAT} v{VERSION})", manifest.format, manifest.version)));
+        }
+        let mut metadata = Metadata::default();
+        for (k, v) in &manifest.metadata {
+            metadata.push(k.clone(), json_to_value(v)?);
+        }
+        for le in &manifest.layers {
+            le.check()?;
+        }
+        Ok((manifest, metadata))
+    }
+}
+
 /// The store's manifest.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Manifest {
@@ -81,6 +126,10 @@ pub struct Manifest {
     pub metadata: Vec<(String, serde_json::Value)>,
     /// Expert files, one per layer with experts.
     pub layers: Vec<LayerExperts>,
+    /// CRC-32 of `base.safetensors`, checked when the store is opened (absent from stores
+    /// written before it was added: those are opened unchecked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_crc32: Option<u32>,
 }
 
 /// What the store was converted from.
@@ -190,6 +239,7 @@ pub fn convert(g: &GgufModel, out: &Path, progress: &mut dyn FnMut(u64, u64)) ->
         .collect();
     let base_path = tmp.join("base.safetensors");
     safetensors::tensor::serialize_to_file(views, Some(info), &base_path).map_err(|e| Error::model(format!("writing {}: {e}", base_path.display())))?;
+    let base_crc32 = Some(file_crc32(&base_path)?);
     done += base.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
     progress(done, total);
 
@@ -251,6 +301,7 @@ pub fn convert(g: &GgufModel, out: &Path, progress: &mut dyn FnMut(u64, u64)) ->
         source: SourceInfo { files, bytes: g.file_bytes(), sha256: sha.finalize().iter().map(|b| format!("{b:02x}")).collect() },
         metadata: g.metadata().iter().filter(|(k, _)| !k.starts_with("split.")).map(|(k, v)| (k.to_string(), value_to_json(v))).collect(),
         layers: layers_out,
+        base_crc32,
     };
     let mpath = tmp.join("manifest.json");
     std::fs::write(&mpath, serde_json::to_vec_pretty(&manifest).expect("manifest serializes")).map_err(io(&mpath))?;
@@ -259,12 +310,26 @@ pub fn convert(g: &GgufModel, out: &Path, progress: &mut dyn FnMut(u64, u64)) ->
     Ok(())
 }
 
+/// The CRC-32 of a file's bytes, read in order.
+fn file_crc32(path: &Path) -> Result<u32> {
+    let mut r = File::open(path).map_err(io(path))?;
+    let mut crc = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; 4 << 20];
+    loop {
+        let n = r.read(&mut buf).map_err(io(path))?;
+        if n == 0 {
+            return Ok(crc.finalize());
+        }
+        crc.update(&buf[..n]);
+    }
+}
+
 /// An opened store: the base tensors (memory-mapped) and the manifest.
 pub struct Store {
     dir: PathBuf,
     manifest: Manifest,
     metadata: Metadata,
-    map: Arc<Mmap>,
+    map: Arc<GuardedMap>,
     base: HashMap<String, (TensorMeta, std::ops::Range<usize>)>,
 }
 
@@ -278,18 +343,17 @@ impl Store {
     pub fn open(dir: &Path) -> Result<Store> {
         let mpath = dir.join("manifest.json");
         let text = std::fs::read(&mpath).map_err(io(&mpath))?;
-        let manifest: Manifest = serde_json::from_slice(&text).map_err(|e| Error::model(format!("{}: not a valid manifest: {e}", mpath.display())))?;
-        if manifest.format != FORMAT || manifest.version != VERSION {
-            return Err(Error::model(format!("{}: format {} v{} is not supported (expected {FORMAT} v{VERSION})", mpath.display(), manifest.format, manifest.version)));
-        }
-        let mut metadata = Metadata::default();
-        for (k, v) in &manifest.metadata {
-            metadata.push(k.clone(), json_to_value(v)?);
-        }
+        let (manifest, metadata) = Manifest::parse(&text).map_err(|e| Error::model(format!("{}: {}", mpath.display(), e.to_string().trim_start_matches("model: "))))?;
         let bpath = dir.join("base.safetensors");
         let f = File::open(&bpath).map_err(io(&bpath))?;
         // SAFETY: read-only mapping of a file the store owns; it must not change while open.
         let map = unsafe { Mmap::map(&f) }.map_err(io(&bpath))?;
+        if let Some(want) = manifest.base_crc32 {
+            let got = crc32fast::hash(&map);
+            if got != want {
+                return Err(Error::model(format!("{}: checksum mismatch (CRC-32 {got:08x}, the manifest says {want:08x}): the file is damaged; convert the model again", bpath.display())));
+            }
+        }
         let (header_len, st) = safetensors::SafeTensors::read_metadata(&map).map_err(|e| Error::model(format!("{}: {e}", bpath.display())))?;
         let data_start = 8 + header_len;
         let types = st.metadata().clone().unwrap_or_default();
@@ -306,7 +370,7 @@ impl Store {
             }
             base.insert(name.to_string(), (TensorMeta { ty, dims }, range));
         }
-        Ok(Store { dir: dir.to_path_buf(), manifest, metadata, map: Arc::new(map), base })
+        Ok(Store { dir: dir.to_path_buf(), manifest, metadata, map: Arc::new(GuardedMap::new(map)), base })
     }
 
     /// The manifest.

@@ -141,11 +141,11 @@ impl PagedExperts {
             if le.layer >= n_layer {
                 return Err(Error::model(format!("store: expert file for layer {} but the model has {n_layer} layers", le.layer)));
             }
+            let need = le.check()?;
             let path = store.dir().join(&le.file);
             let len = std::fs::metadata(&path).map_err(|source| Error::Io { path: path.clone(), source })?.len();
-            let need = le.record_bytes * le.n_expert as u64;
-            if len < need || le.crc32.len() != le.n_expert {
-                return Err(Error::model(format!("store: {} is truncated or inconsistent ({len} bytes, {need} expected for {} experts)", path.display(), le.n_expert)));
+            if len < need {
+                return Err(Error::model(format!("store: {} is truncated ({len} bytes, {need} expected for {} experts)", path.display(), le.n_expert)));
             }
             let ty = |name: &str| GgmlType::from_name(name).ok_or_else(|| Error::model(format!("store: unknown type {name}")));
             let file = paths.len();
@@ -384,8 +384,9 @@ impl Core {
             let t0 = Instant::now();
             let layout = self.layers[layer].as_ref().expect("queued experts are validated");
             let read = io::read_expert(&self.buffers, &self.files, layout, layer, expert, self.direct).map(Arc::new);
-            if let Ok(b) = &read {
-                self.stats.record_read(b.size() as u64, t0.elapsed().as_micros() as u64);
+            match &read {
+                Ok(b) => self.stats.record_read(b.size() as u64, t0.elapsed().as_micros() as u64),
+                Err(_) => drop(self.stats.read_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed)),
             }
             st = self.lock();
             self.complete(&mut st, key, prefetch, read);

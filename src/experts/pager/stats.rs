@@ -32,6 +32,8 @@ pub struct PagerStats {
     pub wait_micros: AtomicU64,
     /// Experts evicted.
     pub evictions: AtomicU64,
+    /// Reads that failed (an I/O error, a record short of its length, a checksum mismatch).
+    pub read_errors: AtomicU64,
     latency: [AtomicU64; LATENCY_BUCKETS],
 }
 
@@ -49,6 +51,7 @@ impl Default for PagerStats {
             read_micros: AtomicU64::new(0),
             wait_micros: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
+            read_errors: AtomicU64::new(0),
             latency: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
@@ -107,6 +110,7 @@ impl PagerStats {
             read_micros: get(&self.read_micros),
             wait_micros: get(&self.wait_micros),
             evictions: get(&self.evictions),
+            read_errors: get(&self.read_errors),
             read_p50_micros: pct(0.50),
             read_p90_micros: pct(0.90),
             read_p99_micros: pct(0.99),
@@ -139,6 +143,8 @@ pub struct PagerStatsSnapshot {
     pub wait_micros: u64,
     /// Experts evicted.
     pub evictions: u64,
+    /// Reads that failed.
+    pub read_errors: u64,
     /// Median read latency (µs).
     pub read_p50_micros: u64,
     /// 90th percentile read latency (µs).
