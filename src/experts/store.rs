@@ -83,7 +83,7 @@ impl LayerExperts {
         }
         // each record holds the three projections, padded to a whole alignment unit
         let data = self.gate.bytes.checked_add(self.up.bytes).and_then(|b| b.checked_add(self.down.bytes));
-        if data.is_none_or(|d| self.record_bytes < d || self.record_bytes % RECORD_ALIGN != 0) {
+        if data.is_none_or(|d| self.record_bytes < d || !self.record_bytes.is_multiple_of(RECORD_ALIGN)) {
             return Err(Error::model(format!(
                 "store: layer {layer}: records of {} bytes cannot hold the experts' {} bytes of projections (records are whole multiples of {RECORD_ALIGN} bytes)",
                 self.record_bytes,
