@@ -68,6 +68,55 @@ impl ChatTemplate {
         self.render_json(&v, add_generation_prompt, None)
     }
 
+    /// [`ChatTemplate::render`] with where each message's text lies in the result (see
+    /// [`ChatTemplate::render_json_spans`]).
+    pub fn render_spans(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<(String, Vec<std::ops::Range<usize>>)> {
+        let v = serde_json::to_value(messages).expect("messages serialize");
+        self.render_json_spans(&v, add_generation_prompt, None)
+    }
+
+    /// [`ChatTemplate::render_json`], and the byte ranges of the result that hold the
+    /// messages' own text (each string `content`), so that text a user wrote is tokenized
+    /// as text even where it spells a special token (`<|im_end|>`, `</s>`): only the
+    /// template's own markup becomes control tokens.
+    ///
+    /// Found by rendering once more with each content replaced by a marker and putting the
+    /// contents back in the markers' places; where that does not give the plain rendering
+    /// back (a template that edits the text it is given), no ranges are returned and the
+    /// caller tokenizes as before.
+    pub fn render_json_spans(&self, messages: &serde_json::Value, add_generation_prompt: bool, tools: Option<&serde_json::Value>) -> Result<(String, Vec<std::ops::Range<usize>>)> {
+        let text = self.render_json(messages, add_generation_prompt, tools)?;
+        let mut marked = messages.clone();
+        let mut contents = Vec::new();
+        if let Some(list) = marked.as_array_mut() {
+            for m in list.iter_mut() {
+                if let Some(c) = m.get_mut("content").filter(|c| c.is_string()) {
+                    let original = c.as_str().unwrap_or_default().to_string();
+                    *c = serde_json::Value::String(format!("\u{e000}odmoe{}\u{e001}", contents.len()));
+                    contents.push(original);
+                }
+            }
+        }
+        let Ok(with_markers) = self.render_json(&marked, add_generation_prompt, tools) else { return Ok((text, Vec::new())) };
+        // put each content back where its marker is, in order of appearance
+        let mut rebuilt = String::with_capacity(text.len());
+        let mut spans = Vec::new();
+        let mut rest = with_markers.as_str();
+        while let Some(a) = rest.find('\u{e000}') {
+            let Some(len) = rest[a..].find('\u{e001}') else { break };
+            let Some(i) = rest[a + '\u{e000}'.len_utf8()..a + len].strip_prefix("odmoe").and_then(|n| n.parse::<usize>().ok()).filter(|&i| i < contents.len()) else { break };
+            rebuilt.push_str(&rest[..a]);
+            spans.push(rebuilt.len()..rebuilt.len() + contents[i].len());
+            rebuilt.push_str(&contents[i]);
+            rest = &rest[a + len + '\u{e001}'.len_utf8()..];
+        }
+        rebuilt.push_str(rest);
+        if rebuilt != text {
+            return Ok((text, Vec::new()));
+        }
+        Ok((text, spans))
+    }
+
     /// Renders messages given as JSON (any extra fields the template reads pass through),
     /// with optional `tools`.
     pub fn render_json(&self, messages: &serde_json::Value, add_generation_prompt: bool, tools: Option<&serde_json::Value>) -> Result<String> {

@@ -176,6 +176,14 @@ impl Tokenizer {
     /// `parse_special`, control-token text (`<|im_start|>`) becomes that token, otherwise
     /// it is tokenized as plain text (user-defined tokens always match, as in llama.cpp).
     pub fn encode(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<u32>> {
+        self.encode_spans(text, add_special, parse_special, &[])
+    }
+
+    /// [`Tokenizer::encode`] with special-token text parsed (when `parse_special`) except
+    /// inside the byte ranges `plain`, which are tokenized as the text they are: a chat
+    /// template's markup becomes control tokens, what a user wrote never does
+    /// ([`crate::tokenizer::ChatTemplate::render_json_spans`]).
+    pub fn encode_spans(&self, text: &str, add_special: bool, parse_special: bool, plain: &[std::ops::Range<usize>]) -> Result<Vec<u32>> {
         let mut out = Vec::new();
         if add_special && self.add_bos {
             if let Some(b) = self.bos {
@@ -185,7 +193,7 @@ impl Tokenizer {
         // SentencePiece's space prefix goes before the text and after each special token.
         let mut after_special = true;
         if !text.is_empty() {
-            for seg in self.partition(text, parse_special) {
+            for seg in self.partition(text, parse_special, plain) {
                 match seg {
                     Segment::Token(id) => {
                         out.push(id);
@@ -224,8 +232,12 @@ impl Tokenizer {
         Ok(())
     }
 
-    fn partition<'a>(&self, text: &'a str, parse_special: bool) -> Vec<Segment<'a>> {
+    /// `text` cut at the special tokens it holds (those of user-defined type always, the
+    /// others when `parse_special`), except where an occurrence overlaps a range of
+    /// `plain`.
+    fn partition<'a>(&self, text: &'a str, parse_special: bool, plain: &[std::ops::Range<usize>]) -> Vec<Segment<'a>> {
         let mut segs = vec![Segment::Text(text)];
+        let in_plain = |at: usize, len: usize| plain.iter().any(|r| at < r.end && r.start < at + len);
         for (s, id) in &self.specials {
             if !parse_special && self.types[*id as usize] != TokenType::UserDefined {
                 continue;
@@ -234,16 +246,21 @@ impl Tokenizer {
             for seg in segs {
                 match seg {
                     Segment::Text(t) if t.contains(s.as_str()) => {
-                        let mut rest = t;
-                        while let Some(p) = rest.find(s.as_str()) {
-                            if p > 0 {
-                                next.push(Segment::Text(&rest[..p]));
+                        // where `t` starts in `text` (segments are slices of it)
+                        let base = t.as_ptr() as usize - text.as_ptr() as usize;
+                        let mut from = 0;
+                        for (p, _) in t.match_indices(s.as_str()) {
+                            if in_plain(base + p, s.len()) {
+                                continue;
+                            }
+                            if p > from {
+                                next.push(Segment::Text(&t[from..p]));
                             }
                             next.push(Segment::Token(*id));
-                            rest = &rest[p + s.len()..];
+                            from = p + s.len();
                         }
-                        if !rest.is_empty() {
-                            next.push(Segment::Text(rest));
+                        if from < t.len() {
+                            next.push(Segment::Text(&t[from..]));
                         }
                     }
                     other => next.push(other),
