@@ -98,13 +98,16 @@ pub struct Server {
     pub max_body: Size,
     /// Seconds to let running streams finish after SIGINT/SIGTERM before cancelling them.
     pub shutdown_timeout_s: u64,
+    /// Seconds a client may take to send a request's headers, and again its body; a
+    /// connection that takes longer is closed (its slot is not held forever).
+    pub read_timeout_s: u64,
     /// Compute backend of the sessions' steps: `cpu`, `gpu` or `auto`.
     pub backend: crate::cli::Backend,
 }
 
 impl Default for Server {
     fn default() -> Self {
-        Server { host: "127.0.0.1".into(), port: 8080, max_queued: 64, stream_buffer: 64, max_body: Size(1 << 20), shutdown_timeout_s: 10, backend: crate::cli::Backend::Cpu }
+        Server { host: "127.0.0.1".into(), port: 8080, max_queued: 64, stream_buffer: 64, max_body: Size(1 << 20), shutdown_timeout_s: 10, read_timeout_s: 30, backend: crate::cli::Backend::Cpu }
     }
 }
 
@@ -233,6 +236,9 @@ impl<'de> Deserialize<'de> for Size {
     }
 }
 
+/// Compute threads per core `[threads] compute` may ask for.
+const MAX_THREADS_PER_CORE: usize = 4;
+
 /// Sections, as they appear in the file and in environment variable names.
 const SECTIONS: [&str; 8] = ["server", "limits", "cache", "prefetch", "scheduler", "tokenizer", "threads", "gpu"];
 
@@ -288,6 +294,7 @@ impl Config {
             ("cache.read_threads", self.cache.read_threads),
             ("prefetch.depth", self.prefetch.depth),
             ("scheduler.max_sessions", self.scheduler.max_sessions),
+            ("server.read_timeout_s", self.server.read_timeout_s as usize),
             ("scheduler.batch_tokens", self.scheduler.batch_tokens),
             ("scheduler.prefill_chunk", self.scheduler.prefill_chunk),
             ("scheduler.mailbox", self.scheduler.mailbox),
@@ -297,6 +304,13 @@ impl Config {
             if v == 0 {
                 return Err(format!("config: {k} must be at least 1"));
             }
+        }
+        // a pool far wider than the machine only costs memory and start-up (100,000
+        // threads took minutes to start and never became ready)
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let most = MAX_THREADS_PER_CORE * cores;
+        if self.threads.compute > most {
+            return Err(format!("config: threads.compute is {}; this machine has {cores} cores, so at most {most} (0: one per core)", self.threads.compute));
         }
         if self.limits.default_max_tokens > self.limits.max_tokens {
             return Err(format!("config: limits.default_max_tokens ({}) exceeds limits.max_tokens ({})", self.limits.default_max_tokens, self.limits.max_tokens));
@@ -402,7 +416,7 @@ mod tests {
         want.prefetch.shadow = Some("shadow.safetensors".into());
         assert_eq!(Config::load(Some(&f.0), none()).unwrap(), want);
         let keys = uncommented.lines().filter(|l| l.contains(" = ") && !l.starts_with('#')).count();
-        assert_eq!(keys, 28, "the example should list every key once");
+        assert_eq!(keys, 29, "the example should list every key once");
     }
 
     #[test]
@@ -474,6 +488,7 @@ mod tests {
             ("[gpu]\nexpert_budjet = \"1GiB\"\n", "expert_budjet"),
             ("[server]\nport = \"eighty\"\n", "port"),
             ("[limits]\ncontext = 0\n", "limits.context"),
+            ("[threads]\ncompute = 100000\n", "threads.compute"),
             ("[server\nport = 1\n", "config"),
         ];
         for (text, needle) in cases {

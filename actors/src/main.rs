@@ -7,7 +7,7 @@ mod server;
 
 fn main() {
     if let Err(e) = cli::run() {
-        eprintln!("error: {e}");
+        eprintln!("error: {}", cli::printable(&e.to_string()));
         std::process::exit(1);
     }
 }

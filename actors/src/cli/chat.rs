@@ -113,7 +113,9 @@ fn converse(session: &mut dyn Session, tok: &Tokenizer, template: &ChatTemplate,
             _ => {}
         }
         messages.push(ChatMessage::new("user", &line));
-        let prompt = tok.encode(&template.render(&messages, true)?, true, true)?;
+        // (what was typed is tokenized as text, special-token spellings included)
+        let (text, typed) = template.render_spans(&messages, true)?;
+        let prompt = tok.encode_spans(&text, true, true, &typed)?;
         // keep what the new prompt shares with the cache (at least one token is run, for
         // the logits of the last)
         let keep = cached.iter().zip(&prompt).take_while(|(a, b)| a == b).count().min(prompt.len().saturating_sub(1));

@@ -30,7 +30,7 @@ pub fn resolve(model: Option<PathBuf>) -> Result<PathBuf, String> {
         return Ok(m);
     }
     let c = candidates();
-    if let Some(found) = c.iter().find(|p| p.is_file()) {
+    if let Some(found) = c.iter().find(|p| p.is_file() || odmoe::experts::store::Store::is_store(p)) {
         eprintln!("no --model given: using the demo model {}", found.display());
         return Ok(found.clone());
     }

@@ -56,14 +56,15 @@ pub fn run(model: &Path, a: Args, r: RunSettings) -> Result<(), Box<dyn std::err
     }
     let m = open_for_run(model, &r)?;
     let tok = Tokenizer::from_gguf(m.metadata())?;
-    let (text, parse_special) = if a.chat {
+    let ids = if a.chat {
         let template = odmoe::tokenizer::ChatTemplate::from_gguf(m.metadata())?;
         let msgs = [odmoe::tokenizer::ChatMessage::new("user", &a.prompt)];
-        (template.render(&msgs, true)?, true)
+        // the template's markup becomes control tokens, the prompt's text never does
+        let (text, prompt) = template.render_spans(&msgs, true)?;
+        tok.encode_spans(&text, true, true, &prompt)?
     } else {
-        (a.prompt.clone(), false)
+        tok.encode(&a.prompt, true, false)?
     };
-    let ids = tok.encode(&text, true, parse_special)?;
     let opts = GenerateOptions {
         max_tokens: a.max_tokens,
         stop: a.stop,

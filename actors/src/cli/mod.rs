@@ -487,3 +487,43 @@ pub fn open_model(path: &std::path::Path, mode: &odmoe::model::ExpertMode, pack:
     }
     m
 }
+
+/// `msg` fit for a terminal or a log line: control characters other than newlines
+/// escaped, and each line cut at 300 characters (an error can quote a name read from a
+/// damaged file, which may be any bytes and any length).
+pub fn printable(msg: &str) -> String {
+    const MAX: usize = 300;
+    let mut out = String::with_capacity(msg.len().min(4 * MAX));
+    for (i, line) in msg.split('\n').enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        let mut chars = line.chars();
+        for c in chars.by_ref().take(MAX) {
+            if c.is_control() && c != '\t' {
+                out.extend(c.escape_default());
+            } else {
+                out.push(c);
+            }
+        }
+        let rest = chars.count();
+        if rest > 0 {
+            out.push_str(&format!("… ({rest} more characters)"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn errors_are_printable_and_bounded() {
+        assert_eq!(printable("plain\nlines\tand tabs"), "plain\nlines\tand tabs");
+        assert_eq!(printable("bell\u{7}esc\u{1b}[31m"), "bell\\u{7}esc\\u{1b}[31m");
+        let long = format!("name {}", "\u{fffd}".repeat(11_000));
+        let p = printable(&long);
+        assert!(p.chars().count() < 340 && p.ends_with("(10705 more characters)"), "{p}");
+    }
+}

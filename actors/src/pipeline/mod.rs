@@ -15,7 +15,8 @@
 //! # Actors and their messages
 //!
 //! - **tokenizer** ([`tokenizer`]): `Encode` renders a chat template or takes a prompt
-//!   and returns token ids. Stateless; callers await the reply.
+//!   and returns token ids, each on a blocking thread of its own. Stateless; callers
+//!   await the reply.
 //! - **scheduler** ([`scheduler`]): owns every session (its decoding state, its KV cache,
 //!   its event channel). `Submit` admits a request or refuses it at once (queue full);
 //!   `StepDone` returns a step's caches and logits; `Wake` says a paused client has read.
@@ -90,6 +91,8 @@ pub enum Event {
     Done { finish: FinishReason, prompt_tokens: usize, completion_tokens: usize },
     /// Generation failed.
     Error(String),
+    /// The server is shutting down and ended the session before it finished.
+    Stopped { prompt_tokens: usize, completion_tokens: usize },
 }
 
 /// A tokenized generation request.
@@ -147,7 +150,7 @@ impl Pipeline {
     /// Spawns the three actors (on the current tokio runtime).
     pub async fn start(engine: engine::Engine, tok: Arc<Tokenizer>, template: Option<ChatTemplate>, limits: Limits, metrics: Arc<Metrics>) -> Result<Pipeline, String> {
         let spawn_err = |what: &str, e: ractor::SpawnErr| format!("cannot start the {what} actor: {e}");
-        let (tokenizer, _) = Actor::spawn(None, tokenizer::TokenizerActor, (tok.clone(), template)).await.map_err(|e| spawn_err("tokenizer", e))?;
+        let (tokenizer, _) = Actor::spawn(None, tokenizer::TokenizerActor, tokenizer::Encoder::new(tok.clone(), template)).await.map_err(|e| spawn_err("tokenizer", e))?;
         let compute = compute::Compute::start(engine.clone()).await.map_err(|e| spawn_err("compute", e))?;
         let args = scheduler::SchedulerArgs { engine, tokenizer: tok, compute, limits: limits.clone(), metrics };
         let (scheduler, _) = Actor::spawn(None, scheduler::SchedulerActor, args).await.map_err(|e| spawn_err("scheduler", e))?;
@@ -159,10 +162,17 @@ impl Pipeline {
         })
     }
 
-    /// Token ids of `input`, from the tokenizer actor.
-    pub async fn encode(&self, input: tokenizer::Input) -> Result<Vec<u32>, String> {
-        let _permit = self.tokenizer_permits.acquire().await.map_err(|_| "the tokenizer has stopped".to_string())?;
-        ractor::call!(self.tokenizer, tokenizer::TokenizerMsg::Encode, input).map_err(|e| format!("the tokenizer has stopped: {e}"))?
+    /// Token ids of `input` (at most `limit` of them), from the tokenizer actor.
+    pub async fn encode(&self, input: tokenizer::Input, limit: usize) -> Result<Vec<u32>, tokenizer::EncodeError> {
+        let stopped = |e: String| tokenizer::EncodeError::Invalid(format!("the tokenizer has stopped: {e}"));
+        let _permit = self.tokenizer_permits.acquire().await.map_err(|e| stopped(e.to_string()))?;
+        ractor::call!(self.tokenizer, tokenizer::TokenizerMsg::Encode, input, limit).map_err(|e| stopped(e.to_string()))?
+    }
+
+    /// Ends every session and queued request with [`Event::Stopped`], and refuses new
+    /// ones: the server's shutdown grace is over.
+    pub fn shut_down(&self) {
+        let _ = self.scheduler.cast(scheduler::SchedulerMsg::ShutDown);
     }
 
     /// Hands a request to the scheduler; refused at once when its queue is full.

@@ -37,6 +37,9 @@ pub enum SchedulerMsg {
     StepDone(Result<StepOutput, String>),
     /// A paused session's client made room in its event channel (or went away).
     Wake(u64),
+    /// The server is shutting down: end every session and queued request now (each gets
+    /// [`Event::Stopped`]) and refuse new ones.
+    ShutDown,
 }
 
 /// What the scheduler is started with.
@@ -116,6 +119,8 @@ pub struct SchedulerState {
     /// When the last step's result arrived, until the next step is sent (for the
     /// overhead figure: sampling, events and building the batch happen in between).
     step_returned: Option<Instant>,
+    /// Shutting down: no request is taken any more.
+    stopping: bool,
 }
 
 impl Actor for SchedulerActor {
@@ -124,18 +129,25 @@ impl Actor for SchedulerActor {
     type Arguments = SchedulerArgs;
 
     async fn pre_start(&self, _: ActorRef<SchedulerMsg>, args: SchedulerArgs) -> Result<SchedulerState, ActorProcessingErr> {
-        Ok(SchedulerState { args, queue: VecDeque::new(), sessions: Vec::new(), next_id: 0, in_flight: false, rotate: 0, kv_reserved: 0, step_sent: None, step_returned: None })
+        Ok(SchedulerState { args, queue: VecDeque::new(), sessions: Vec::new(), next_id: 0, in_flight: false, rotate: 0, kv_reserved: 0, step_sent: None, step_returned: None, stopping: false })
     }
 
     async fn handle(&self, myself: ActorRef<SchedulerMsg>, msg: SchedulerMsg, st: &mut SchedulerState) -> Result<(), ActorProcessingErr> {
         match msg {
             SchedulerMsg::Submit(req, reply) => {
-                let answer = if st.queue.len() >= st.args.limits.max_queued { Err(Refused::QueueFull) } else {
+                // requests whose clients left while they waited give up their places
+                st.drop_abandoned();
+                let answer = if st.stopping {
+                    Err(Refused::Stopped)
+                } else if st.queue.len() >= st.args.limits.max_queued {
+                    Err(Refused::QueueFull)
+                } else {
                     st.queue.push_back(req);
                     Ok(())
                 };
                 let _ = reply.send(answer);
             }
+            SchedulerMsg::ShutDown => st.shut_down(),
             SchedulerMsg::StepDone(out) => {
                 st.step_returned = Some(Instant::now());
                 st.finish_step(out);
@@ -157,6 +169,7 @@ impl SchedulerState {
     fn tick(&mut self, myself: &ActorRef<SchedulerMsg>) {
         loop {
             self.drop_ended();
+            self.drop_abandoned();
             while self.sessions.len() < self.args.limits.max_sessions {
                 let Some(req) = self.queue.front() else { break };
                 // positions the session may fill, in the model's bytes
@@ -199,6 +212,33 @@ impl SchedulerState {
         }
         self.args.metrics.active.store(self.sessions.len() as i64, Ordering::Relaxed);
         self.args.metrics.queued.store(self.queue.len() as i64, Ordering::Relaxed);
+    }
+
+    /// Drops queued requests whose client has gone while they waited.
+    fn drop_abandoned(&mut self) {
+        let before = self.queue.len();
+        self.queue.retain(|r| !r.events.is_closed());
+        self.args.metrics.cancelled.fetch_add((before - self.queue.len()) as u64, Ordering::Relaxed);
+    }
+
+    /// Ends every session and queued request with [`Event::Stopped`] and takes no more.
+    fn shut_down(&mut self) {
+        self.stopping = true;
+        for r in self.queue.drain(..) {
+            // a queued request's channel is empty: the event fits
+            let _ = r.events.try_send(Event::Stopped { prompt_tokens: r.prompt.len(), completion_tokens: 0 });
+        }
+        let m = &self.args.metrics;
+        for s in self.sessions.iter_mut().filter(|s| !s.done) {
+            let (prompt_tokens, completion_tokens) = (s.decoding.prompt_tokens(), s.decoding.generated());
+            m.generated_tokens.fetch_add(completion_tokens as u64, Ordering::Relaxed);
+            s.outbox.push_back(Event::Stopped { prompt_tokens, completion_tokens });
+            s.done = true;
+            s.next = None;
+            if s.cache.is_some() {
+                s.cache = Some(SessionCache::empty());
+            }
+        }
     }
 
     /// Drops sessions whose client has gone (once they are not in the step in flight) and
@@ -304,8 +344,10 @@ impl SchedulerState {
             Err(e) => {
                 // the items (and their caches) are lost with the compute actor
                 for s in self.sessions.iter_mut().filter(|s| s.cache.is_none()) {
-                    s.outbox.push_back(Event::Error(e.clone()));
-                    s.done = true;
+                    if !s.done {
+                        s.outbox.push_back(Event::Error(e.clone()));
+                        s.done = true;
+                    }
                     s.cache = Some(SessionCache::empty());
                 }
                 return;
@@ -327,6 +369,11 @@ impl SchedulerState {
         let mut sample: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
         for (i, item) in out.items.into_iter().enumerate() {
             let Some(s) = self.sessions.iter_mut().find(|s| s.id == item.session) else { continue };
+            if s.done {
+                // ended while the step ran (the server is shutting down): the cache is let go
+                s.cache = Some(SessionCache::empty());
+                continue;
+            }
             s.cache = Some(item.cache);
             if let Some(e) = &failed {
                 s.outbox.push_back(Event::Error(e.clone()));
@@ -408,6 +455,7 @@ mod tests {
                 Event::Text(t) => text.push_str(&t),
                 Event::Done { completion_tokens, .. } => return (text, completion_tokens),
                 Event::Error(e) => panic!("{e}"),
+                Event::Stopped { .. } => panic!("stopped"),
             }
         }
         panic!("the stream closed without Done");

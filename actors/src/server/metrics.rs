@@ -125,6 +125,7 @@ impl Metrics {
         self.step_seconds.render("odmoe_step_seconds", "Seconds per batched forward step.", &mut o);
         let _ = writeln!(o, "# HELP odmoe_step_overhead_seconds_total Seconds per step spent outside the forward pass (scheduling and messages).\n# TYPE odmoe_step_overhead_seconds_total counter\nodmoe_step_overhead_seconds_total {}", self.step_overhead_micros.load(Ordering::Relaxed) as f64 / 1e6);
         let _ = writeln!(o, "# HELP odmoe_sampling_seconds_total Seconds spent choosing tokens and decoding their text (within the step overhead).\n# TYPE odmoe_sampling_seconds_total counter\nodmoe_sampling_seconds_total {}", self.sample_micros.load(Ordering::Relaxed) as f64 / 1e6);
+        g(&mut o, "odmoe_model_file_changed", "1 once a mapped model file was truncated or replaced on disk while in use.", odmoe::gguf::file_changed() as i64);
         self.time_to_first_token.render("odmoe_time_to_first_token_seconds", "Seconds from request to first text.", &mut o);
         self.inter_token_latency.render("odmoe_inter_token_latency_seconds", "Seconds between successive pieces of text.", &mut o);
         if let Some(s) = experts {
@@ -132,6 +133,7 @@ impl Metrics {
             c(&mut o, "odmoe_expert_cache_misses_total", "Expert requests that needed a read.", s.misses);
             c(&mut o, "odmoe_expert_bytes_read_total", "Bytes of experts read from disk.", s.bytes_read);
             c(&mut o, "odmoe_expert_evictions_total", "Experts evicted from the cache.", s.evictions);
+            c(&mut o, "odmoe_expert_read_errors_total", "Expert reads that failed (I/O errors, damaged records).", s.read_errors);
             let _ = writeln!(o, "# HELP odmoe_expert_read_wait_seconds_total Seconds the compute waited on expert reads.\n# TYPE odmoe_expert_read_wait_seconds_total counter\nodmoe_expert_read_wait_seconds_total {}", s.wait_micros as f64 / 1e6);
             c(&mut o, "odmoe_expert_prefetch_reads_total", "Prefetch reads started.", s.prefetch_reads);
             c(&mut o, "odmoe_expert_prefetch_hits_total", "Demanded experts that a prefetch brought in.", s.prefetch_hits);

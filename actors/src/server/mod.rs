@@ -6,8 +6,10 @@
 //! its queue is full). Each request gets its own bounded event channel; when a client
 //! goes away its receiver is dropped and the scheduler drops the session and its cache.
 
+mod body;
 pub mod metrics;
 mod openai;
+pub mod request;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -47,6 +49,8 @@ pub struct ServerConfig {
     pub shadow: Option<Arc<odmoe::shadow::Shadow>>,
     /// Seconds running streams get to finish after SIGINT/SIGTERM.
     pub shutdown_timeout_s: u64,
+    /// Time a client may take to send a request's headers, and again its body.
+    pub read_timeout: std::time::Duration,
     /// Where the steps run.
     pub backend: crate::cli::Backend,
     /// Device memory for routed experts on the GPU backend.
@@ -82,6 +86,7 @@ impl ServerConfig {
             kv_type: c.kv_type(),
             shadow: c.shadow()?,
             shutdown_timeout_s: c.server.shutdown_timeout_s,
+            read_timeout: std::time::Duration::from_secs(c.server.read_timeout_s),
             backend: c.server.backend,
             gpu_expert_budget: c.gpu.expert_budget.0,
         })
@@ -131,31 +136,83 @@ pub fn run(model_path: &Path, mode: &ExpertMode, config: ServerConfig) -> Result
                     eprintln!("ready: {}", path.display());
                 }
                 Err(e) => {
-                    eprintln!("error: cannot load the model: {e}");
+                    eprintln!("error: cannot load the model: {}", crate::cli::printable(&e.to_string()));
                     std::process::exit(1);
                 }
             }
         });
         let grace = std::time::Duration::from_secs(state.config.shutdown_timeout_s);
-        let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
-        let signal = async move {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing a SIGTERM handler");
+        let read_timeout = state.config.read_timeout;
+        let filter = routes(state.clone());
+        let connections = hyper_util::server::graceful::GracefulShutdown::new();
+        let mut stop = std::pin::pin!(stop_signal());
+        loop {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => serve_connection(stream, filter.clone(), connections.watcher(), read_timeout),
+                    Err(e) => {
+                        // out of descriptors, say: the connections in hand go on
+                        eprintln!("accept failed: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                },
+                _ = &mut stop => break,
             }
-            eprintln!("shutting down: no new connections; letting running streams finish (up to {} s)", grace.as_secs());
-            let _ = stopping_tx.send(());
-        };
-        let server = warp::serve(routes(state)).incoming(listener).graceful(signal).run();
+        }
+        drop(listener);
+        eprintln!("shutting down: no new connections; letting running streams finish (up to {} s; a second signal ends the process now)", grace.as_secs());
+        tokio::spawn(async {
+            stop_signal().await;
+            eprintln!("second signal: exiting now");
+            std::process::exit(130);
+        });
+        let mut drained = std::pin::pin!(connections.shutdown());
         tokio::select! {
-            _ = server => eprintln!("stopped"),
-            _ = async { if stopping.await.is_ok() { tokio::time::sleep(grace).await } else { std::future::pending::<()>().await } } => {
-                eprintln!("shutdown timeout: cancelling the remaining streams");
+            _ = &mut drained => {
+                eprintln!("stopped");
+                return Ok(());
             }
+            _ = tokio::time::sleep(grace) => {}
+        }
+        // the streams still running get a last event saying why they end, and [DONE]
+        eprintln!("shutdown timeout: ending the remaining streams");
+        if let Some(l) = state.loaded.get() {
+            l.pipeline.shut_down();
+        }
+        tokio::select! {
+            _ = &mut drained => eprintln!("stopped"),
+            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => eprintln!("stopped (connections still open were closed)"),
         }
         Ok::<(), Box<dyn std::error::Error>>(())
     })
+}
+
+/// SIGINT or SIGTERM.
+async fn stop_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Serves one connection (HTTP/1.1, or HTTP/2 by prior knowledge) until it closes or
+/// the server shuts down. A client gets `read_timeout` to send a request's headers: a
+/// connection that sends them a byte at a time, or stops half-way, is closed rather than
+/// held open.
+fn serve_connection<F>(stream: tokio::net::TcpStream, filter: F, watcher: hyper_util::server::graceful::Watcher, read_timeout: std::time::Duration)
+where
+    F: Filter + Clone + Send + Sync + 'static,
+    F::Extract: warp::Reply,
+{
+    tokio::spawn(async move {
+        let svc = hyper_util::service::TowerToHyperService::new(warp::service(filter));
+        let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+        builder.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(read_timeout);
+        let conn = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), svc);
+        // (errors are the client's: a reset, a timeout, a malformed request)
+        let _ = watcher.watch(conn).await;
+    });
 }
 
 /// The listening socket, with Nagle's algorithm off: Linux hands that setting on to the
@@ -220,13 +277,14 @@ fn gpu_engine(_: Arc<Model>, _: u64) -> Result<Engine, String> {
 
 fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl warp::Reply,), Error = std::convert::Infallible> + Clone + Send + Sync + 'static {
     let limit = state.config.max_body_bytes;
+    let timeout = state.config.read_timeout;
     let st = warp::any().map(move || state.clone());
     let health = warp::path!("health").and(warp::get()).and(st.clone()).map(openai::health);
     let models = warp::path!("v1" / "models").and(warp::get()).and(st.clone()).map(openai::models);
     let metrics = warp::path!("metrics").and(warp::get()).and(st.clone()).map(openai::metrics);
-    // a body over the limit (or without a length) reaches the handler as None, so the
-    // handler answers it and writes the request's log line like any other
-    let body = warp::body::content_length_limit(limit).and(warp::body::bytes()).map(Some).or(warp::any().map(|| None)).unify();
+    // the body as it came (whole, chunked, too large, too slow) reaches the handler, which
+    // answers it and writes the request's log line like any other
+    let body = warp::header::optional::<u64>("content-length").and(warp::body::stream()).then(move |len, stream| body::read(len, stream, limit, timeout));
     let chat = warp::path!("v1" / "chat" / "completions").and(warp::post()).and(body).and(st.clone()).and_then(|b, s| openai::completion(b, s, true));
     let completions = warp::path!("v1" / "completions").and(warp::post()).and(body).and(st).and_then(|b, s| openai::completion(b, s, false));
     // completions write their own line when the response ends (with token counts)

@@ -7,10 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes_compat::Bytes;
 use futures_util::stream;
-use odmoe::generate::{FinishReason, GenerateOptions};
-use odmoe::sampling::SamplingParams;
+use odmoe::generate::FinishReason;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use warp::http::StatusCode;
@@ -18,14 +16,13 @@ use warp::reply::Response;
 use warp::Reply;
 
 use super::{AppState, ServerConfig};
-use crate::pipeline::tokenizer::Input;
+use crate::pipeline::tokenizer::EncodeError;
 use crate::pipeline::{Event, Refused, Request as Job};
 
-mod bytes_compat {
-    pub use warp::hyper::body::Bytes;
-}
-
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// What a request still running when the shutdown grace ends is told.
+const SHUTDOWN_MESSAGE: &str = "the server is shutting down: this generation was cut short";
 
 /// The log line of one completion request, written to stderr when the response is
 /// complete, has failed, or was abandoned by its client (the line says which).
@@ -43,9 +40,13 @@ impl RequestLog {
         RequestLog { path, status: 200, started: std::time::Instant::now(), tokens: None, outcome: "client gone" }
     }
 
+    /// Notes the response `r` (its status, and its outcome unless one was set) and
+    /// returns it.
     fn answered(mut self, r: Response) -> Response {
         self.status = r.status().as_u16();
-        self.outcome = if r.status().is_success() { "done" } else { "error" };
+        if self.outcome == "client gone" {
+            self.outcome = if r.status().is_success() { "done" } else { "error" };
+        }
         r
     }
 }
@@ -76,8 +77,23 @@ fn loading() -> Response {
 }
 
 pub fn health(st: Arc<AppState>) -> Response {
-    let status = if st.loaded.get().is_some() { "ok" } else { "loading" };
+    // degraded: serving, but something the operator must see has gone wrong
+    let mut problems = Vec::new();
+    if odmoe::gguf::file_changed() {
+        problems.push("a model file was truncated or replaced on disk while in use: restart the server".to_string());
+    }
+    if let Some(n) = st.loaded.get().and_then(|l| l.model.pager()).map(|p| p.stats().read_errors).filter(|&n| n > 0) {
+        problems.push(format!("{n} expert reads failed (I/O errors or damaged records)"));
+    }
+    let status = match (st.loaded.get(), problems.is_empty()) {
+        (None, _) => "loading",
+        (Some(_), true) => "ok",
+        (Some(_), false) => "degraded",
+    };
     let mut v = json!({ "status": status, "model": st.model_name, "uptime_seconds": st.started.elapsed().as_secs() });
+    if !problems.is_empty() {
+        v["problems"] = json!(problems);
+    }
     if let Some(l) = st.loaded.get() {
         v["backend"] = json!(l.backend);
         v["sessions"] = json!({ "active": st.metrics.active.load(Ordering::Relaxed), "queued": st.metrics.queued.load(Ordering::Relaxed) });
@@ -91,6 +107,7 @@ pub fn health(st: Arc<AppState>) -> Response {
                 "hit_rate": s.hit_rate(),
                 "bytes_read": s.bytes_read,
                 "evictions": s.evictions,
+                "read_errors": s.read_errors,
                 "prefetch_hits": s.prefetch_hits,
                 "prefetch_wasted_bytes": s.prefetch_wasted_bytes,
                 "read_p50_ms": s.read_p50_micros as f64 / 1e3,
@@ -99,7 +116,8 @@ pub fn health(st: Arc<AppState>) -> Response {
         }
     }
     let body = warp::reply::json(&v);
-    let code = if status == "ok" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    // (a degraded server still answers: load balancers keep it, its status says why)
+    let code = if status == "loading" { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
     warp::reply::with_status(body, code).into_response()
 }
 
@@ -124,93 +142,6 @@ pub async fn rejection(r: warp::Rejection) -> Result<Response, Infallible> {
     } else {
         error(StatusCode::BAD_REQUEST, format!("bad request: {r:?}"), "invalid_request_error", "invalid_request")
     })
-}
-
-/// A checked request, not yet tokenized.
-struct Request {
-    input: Input,
-    opts: GenerateOptions,
-    stream: bool,
-    include_usage: bool,
-}
-
-fn field<'a>(v: &'a Value, names: &[&str]) -> Option<&'a Value> {
-    names.iter().find_map(|n| v.get(*n)).filter(|x| !x.is_null())
-}
-
-fn parse(body: &[u8], max_context: usize, limits: &ServerConfig, chat: bool) -> Result<Request, String> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| format!("request body is not valid JSON: {e}"))?;
-    if !v.is_object() {
-        return Err("request body must be a JSON object".into());
-    }
-    let num = |names: &[&str]| -> Result<Option<f64>, String> {
-        // the error names the field the client sent
-        match names.iter().find_map(|n| v.get(*n).filter(|x| !x.is_null()).map(|x| (n, x))) {
-            None => Ok(None),
-            Some((n, x)) => x.as_f64().map(Some).ok_or_else(|| format!("'{n}' must be a number")),
-        }
-    };
-    if let Some(n) = num(&["n"])? {
-        if n != 1.0 {
-            return Err("only n = 1 is supported".into());
-        }
-    }
-    let max_tokens = num(&["max_completion_tokens", "max_tokens"])?.unwrap_or(limits.default_max_tokens as f64);
-    if !(max_tokens >= 1.0 && max_tokens.fract() == 0.0) {
-        return Err("'max_tokens' must be a positive integer".into());
-    }
-    if max_tokens > limits.max_tokens as f64 {
-        return Err(format!("'max_tokens' is {max_tokens}; this server allows at most {}", limits.max_tokens));
-    }
-    let mut sampling = SamplingParams::default();
-    if let Some(t) = num(&["temperature"])? {
-        sampling.temperature = t as f32;
-    }
-    if let Some(p) = num(&["top_p"])? {
-        sampling.top_p = p as f32;
-    }
-    if let Some(s) = num(&["seed"])? {
-        sampling.seed = s as u64;
-    }
-    if let Some(p) = num(&["presence_penalty"])? {
-        sampling.presence_penalty = p as f32;
-    }
-    if let Some(p) = num(&["frequency_penalty"])? {
-        sampling.frequency_penalty = p as f32;
-    }
-    sampling.validate().map_err(|e| e.to_string())?;
-    let stop = match field(&v, &["stop"]) {
-        None => vec![],
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(a)) => a.iter().map(|x| x.as_str().map(str::to_string).ok_or("'stop' must be a string or a list of strings")).collect::<Result<_, _>>()?,
-        Some(_) => return Err("'stop' must be a string or a list of strings".into()),
-    };
-    let stream = match field(&v, &["stream"]) {
-        None => false,
-        Some(x) => x.as_bool().ok_or("'stream' must be a boolean")?,
-    };
-    let include_usage = v.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false);
-    let input = if chat {
-        let messages = field(&v, &["messages"]).filter(|m| m.as_array().is_some_and(|a| !a.is_empty())).ok_or("'messages' must be a non-empty list")?;
-        for m in messages.as_array().unwrap() {
-            if m.get("role").and_then(Value::as_str).is_none() {
-                return Err("every message needs a 'role'".into());
-            }
-        }
-        Input::Chat { messages: messages.clone(), tools: field(&v, &["tools"]).cloned() }
-    } else {
-        let text = match field(&v, &["prompt"]) {
-            Some(Value::String(s)) => s.clone(),
-            Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => a[0].as_str().unwrap().to_string(),
-            _ => return Err("'prompt' must be a string".into()),
-        };
-        if text.is_empty() {
-            return Err("'prompt' is empty".into());
-        }
-        Input::Prompt(text)
-    };
-    let opts = GenerateOptions { max_tokens: max_tokens as usize, stop, sampling, max_context };
-    Ok(Request { input, opts, stream, include_usage })
 }
 
 /// Checks a tokenized prompt against the context and the server's limit.
@@ -268,7 +199,7 @@ impl ChunkTemplate {
     }
 }
 
-pub async fn completion(body: Option<Bytes>, app: Arc<AppState>, chat: bool) -> Result<Response, Infallible> {
+pub async fn completion(body: super::body::Body, app: Arc<AppState>, chat: bool) -> Result<Response, Infallible> {
     let mut log = RequestLog::new(chat);
     let Some(st) = app.loaded.get() else { return Ok(log.answered(loading())) };
     let accepted = std::time::Instant::now();
@@ -278,17 +209,28 @@ pub async fn completion(body: Option<Bytes>, app: Arc<AppState>, chat: bool) -> 
             return Ok(log.answered($r));
         }};
     }
-    let Some(body) = body else {
-        let m = format!("request body too large (the limit is {} bytes) or sent without a length", app.config.max_body_bytes);
-        rejected!(error(StatusCode::PAYLOAD_TOO_LARGE, m, "invalid_request_error", "payload_too_large"))
+    let body = match body {
+        super::body::Body::Whole(b) => b,
+        super::body::Body::TooLarge => {
+            let m = format!("request body too large (the limit is {} bytes)", app.config.max_body_bytes);
+            rejected!(error(StatusCode::PAYLOAD_TOO_LARGE, m, "invalid_request_error", "payload_too_large"))
+        }
+        super::body::Body::TimedOut => {
+            let m = format!("the request body did not arrive within {} s", app.config.read_timeout.as_secs());
+            rejected!(error(StatusCode::REQUEST_TIMEOUT, m, "invalid_request_error", "request_timeout"))
+        }
+        super::body::Body::Broken => rejected!(bad_request("the request body could not be read")),
     };
-    let req = match parse(&body, st.max_context, &app.config, chat) {
+    let limits = super::request::Limits { max_tokens: app.config.max_tokens, default_max_tokens: app.config.default_max_tokens };
+    let req = match super::request::parse(&body, st.max_context, &limits, chat) {
         Ok(r) => r,
         Err(m) => rejected!(bad_request(m)),
     };
-    let prompt = match st.pipeline.encode(req.input).await {
+    let limit = app.config.max_prompt_tokens.min(st.max_context);
+    let prompt = match st.pipeline.encode(req.input, limit).await {
         Ok(p) => p,
-        Err(m) => rejected!(bad_request(m)),
+        Err(EncodeError::TooLong(m)) => rejected!(error(StatusCode::BAD_REQUEST, m, "invalid_request_error", "context_length_exceeded")),
+        Err(EncodeError::Invalid(m)) => rejected!(bad_request(m)),
     };
     log.tokens = Some((prompt.len(), 0));
     if let Err(r) = check_prompt(&prompt, st.max_context, &app.config) {
@@ -320,6 +262,10 @@ pub async fn completion(body: Option<Bytes>, app: Arc<AppState>, chat: bool) -> 
             match ev {
                 Event::Text(t) => text.push_str(&t),
                 Event::Error(e) => return Ok(log.answered(error(StatusCode::INTERNAL_SERVER_ERROR, e, "server_error", "generation_failed"))),
+                Event::Stopped { prompt_tokens, completion_tokens } => {
+                    (log.tokens, log.outcome) = (Some((prompt_tokens, completion_tokens)), "cut at shutdown");
+                    return Ok(log.answered(error(StatusCode::SERVICE_UNAVAILABLE, SHUTDOWN_MESSAGE, "server_error", "server_shutdown")));
+                }
                 Event::Done { finish, prompt_tokens, completion_tokens } => {
                     log.tokens = Some((prompt_tokens, completion_tokens));
                     let choice = if chat {
@@ -373,6 +319,11 @@ pub async fn completion(body: Option<Bytes>, app: Arc<AppState>, chat: bool) -> 
                             tail.push(u);
                         }
                         Some((Ok(data(&chunk(json!({}), Some(finish_reason(finish))))), (rx, 2, tail, log)))
+                    }
+                    Some(Event::Stopped { prompt_tokens, completion_tokens }) => {
+                        (log.tokens, log.outcome) = (Some((prompt_tokens, completion_tokens)), "cut at shutdown");
+                        let err = json!({ "error": { "message": SHUTDOWN_MESSAGE, "type": "server_error", "code": "server_shutdown" } });
+                        Some((Ok(data(&err)), (rx, 2, tail, log)))
                     }
                     Some(Event::Error(e)) => {
                         log.outcome = "failed mid-stream";

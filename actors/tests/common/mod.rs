@@ -10,15 +10,16 @@ use std::sync::{Arc, Mutex};
 
 /// A running server, killed on drop. `log` collects its stderr.
 pub struct Server {
-    child: Child,
+    child: Mutex<Child>,
     pub addr: String,
     pub log: Arc<Mutex<String>>,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let child = self.child.get_mut().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 
@@ -53,7 +54,27 @@ impl Server {
                 sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
-        Server { child, addr, log }
+        Server { child: Mutex::new(child), addr, log }
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.lock().unwrap().id()
+    }
+
+    /// Waits up to `limit` for the server to exit: `Some(its exit code)` (`None` inside
+    /// when a signal ended it), or `None` if it is still running.
+    pub fn wait_exit(&self, limit: std::time::Duration) -> Option<Option<i32>> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.lock().unwrap().try_wait().unwrap() {
+                return Some(status.code());
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 
     /// The base URL.
