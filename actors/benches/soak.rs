@@ -60,13 +60,13 @@ async fn turn(base: &str, client: usize, turn: u64, tally: &Mutex<Tally>) {
     let t0 = Instant::now();
     match turn % 8 {
         // streamed text and chat, read whole
-        0 | 1 | 2 => {
-            let body = if turn % 2 == 0 {
+        0..=2 => {
+            let body = if turn.is_multiple_of(2) {
                 json!({ "prompt": format!("{speaker}:\n"), "stream": true, "max_tokens": 64, "seed": turn })
             } else {
                 json!({ "messages": [{ "role": "user", "content": format!("{speaker}, what news?") }], "stream": true, "max_tokens": 64, "seed": turn })
             };
-            let path = if turn % 2 == 0 { "/v1/completions" } else { "/v1/chat/completions" };
+            let path = if turn.is_multiple_of(2) { "/v1/completions" } else { "/v1/chat/completions" };
             match http::send("POST", &format!("{base}{path}"), Some(&body.to_string())).await {
                 Ok(mut r) if r.status == 200 => {
                     let mut first = true;
@@ -93,7 +93,7 @@ async fn turn(base: &str, client: usize, turn: u64, tally: &Mutex<Tally>) {
             }
         }
         // a whole completion
-        3 | 4 => {
+        3..=4 => {
             let body = json!({ "prompt": format!("{speaker}:"), "max_tokens": 32, "temperature": 0 });
             match http::post(&format!("{base}/v1/completions"), &body.to_string()).await {
                 Ok(r) if r.status == 200 && r.json()["usage"]["completion_tokens"].as_u64().is_some() => {

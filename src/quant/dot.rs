@@ -541,5 +541,36 @@ pub fn dot_rows_into(ty: GgmlType, rows: &[u8], row_bytes: usize, acts: &super::
             return;
         }
     }
+    #[cfg(target_arch = "aarch64")]
+    {
+        if std::env::var_os("ODMOE_NO_SIMD").is_none() && matches!(ty, GgmlType::Q8_0 | GgmlType::Q4_K | GgmlType::Q6_K) {
+            dot_rows_neon(ty, rows, row_bytes, acts, out);
+            return;
+        }
+    }
     dot_rows_body(ty, rows, row_bytes, acts, out)
+}
+
+/// Q8_0, Q4_K and Q6_K rows times every token with the NEON kernels (the same bits as
+/// the portable ones).
+#[cfg(target_arch = "aarch64")]
+fn dot_rows_neon(ty: GgmlType, rows: &[u8], row_bytes: usize, acts: &super::Activations, out: &mut OutGrid) {
+    use super::dot_neon as k;
+    fn b<B: Block>(w: &[u8]) -> &[B] {
+        as_blocks(w).expect("whole blocks")
+    }
+    for (r, w) in rows.chunks_exact(row_bytes).enumerate() {
+        for t in 0..acts.n_rows() {
+            // SAFETY: NEON is part of every AArch64 CPU; rows and activations have the same width.
+            let v = unsafe {
+                match (ty, acts.row(t)) {
+                    (GgmlType::Q8_0, ActRow::Q8_0(a)) => k::dot_q8_0(b(w), a),
+                    (GgmlType::Q4_K, ActRow::Q8K(a)) => k::dot_q4_k(b(w), a),
+                    (GgmlType::Q6_K, ActRow::Q8K(a)) => k::dot_q6_k(b(w), a),
+                    _ => unreachable!("activation kind follows the weight type"),
+                }
+            };
+            out.set(r, t, v);
+        }
+    }
 }

@@ -8,6 +8,8 @@ mod dequant;
 mod dot;
 #[cfg(target_arch = "x86_64")]
 mod dot_avx2;
+#[cfg(target_arch = "aarch64")]
+mod dot_neon;
 #[cfg(target_arch = "x86_64")]
 mod dot_vnni;
 mod ggml_type;
