@@ -115,10 +115,11 @@ impl Default for Server {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Positions per request, prompt plus completion (also capped by the model's own).
-    pub context: usize,
-    /// Longest prompt accepted, in tokens.
-    pub max_prompt_tokens: usize,
+    /// Positions per request, prompt plus completion; absent: the model's trained
+    /// context, bounded by the memory keys and values may take (`cli::context`).
+    pub context: Option<usize>,
+    /// Longest prompt accepted, in tokens; absent: the context.
+    pub max_prompt_tokens: Option<usize>,
     /// Most completion tokens a request may ask for.
     pub max_tokens: usize,
     /// Completion tokens when a request does not say.
@@ -129,7 +130,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { context: 4096, max_prompt_tokens: 4096, max_tokens: 4096, default_max_tokens: 256, kv_budget: None }
+        Limits { context: None, max_prompt_tokens: None, max_tokens: 4096, default_max_tokens: 256, kv_budget: None }
     }
 }
 
@@ -283,12 +284,13 @@ impl Config {
             .checked()
     }
 
-    fn checked(self) -> Result<Config, String> {
+    /// The configuration, or an error naming the first value out of range.
+    pub fn checked(self) -> Result<Config, String> {
         let positive = [
             ("server.max_queued", self.server.max_queued),
             ("server.stream_buffer", self.server.stream_buffer),
-            ("limits.context", self.limits.context),
-            ("limits.max_prompt_tokens", self.limits.max_prompt_tokens),
+            ("limits.context", self.limits.context.unwrap_or(1)),
+            ("limits.max_prompt_tokens", self.limits.max_prompt_tokens.unwrap_or(1)),
             ("limits.max_tokens", self.limits.max_tokens),
             ("limits.default_max_tokens", self.limits.default_max_tokens),
             ("cache.read_threads", self.cache.read_threads),
@@ -413,6 +415,8 @@ mod tests {
         let mut want = Config::default();
         want.cache.budget = Some(Size(8 << 30));
         want.limits.kv_budget = Some(Size(16 << 30));
+        want.limits.context = Some(32768);
+        want.limits.max_prompt_tokens = Some(32768);
         want.prefetch.shadow = Some("shadow.safetensors".into());
         assert_eq!(Config::load(Some(&f.0), none()).unwrap(), want);
         let keys = uncommented.lines().filter(|l| l.contains(" = ") && !l.starts_with('#')).count();

@@ -117,3 +117,29 @@ fn chat_carries_a_conversation_and_keeps_its_cache() {
     assert!(stderr.contains("(a new conversation)"), "{stderr}");
     assert!(stdout.starts_with(&alone) && stdout.ends_with(&alone) && stdout.len() > 2 * alone.len(), "{stdout:?} vs {alone:?}");
 }
+
+#[test]
+fn the_context_is_the_models_within_the_key_value_memory_or_what_is_asked() {
+    let context_line = |args: &[&str], env: &[(&str, &str)]| -> String {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_odmoe"));
+        c.args(args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        text(&out.stderr).lines().find(|l| l.starts_with("context: ")).unwrap_or_else(|| panic!("{args:?}: no context line")).to_string()
+    };
+    // the demo model's trained context (1024; 4 KiB of keys and values a position)
+    let l = context_line(&["generate", "-p", "ROMEO:", "-n", "2"], &[]);
+    assert!(l.starts_with("context: 1024 positions (the model's trained context"), "{l}");
+    // bounded by the key/value memory: 100 KiB holds 25 positions
+    let l = context_line(&["generate", "-p", "ROMEO:", "-n", "2"], &[("ODMOE_LIMITS_KV_BUDGET", "100KiB")]);
+    assert!(l.starts_with("context: 25 positions") && l.contains("limits.kv_budget"), "{l}");
+    // asked for, beyond the trained context: allowed, with a warning
+    let l = context_line(&["chat", "-c", "2048"], &[]);
+    assert!(l.starts_with("context: 2048 positions (asked for") && l.contains("beyond the 1024"), "{l}");
+    // a prompt that does not fit is refused, saying so
+    let out = odmoe(&["generate", "-p", &"ROMEO: ".repeat(20), "-c", "8"]);
+    assert!(!out.status.success() && text(&out.stderr).contains("the context holds 8"), "{}", text(&out.stderr));
+}

@@ -488,7 +488,9 @@ impl Model {
 }
 
 /// The memory the system could give this process now (`MemAvailable`), where it says.
-fn available_memory() -> Option<u64> {
+/// Memory the system can give without swapping (Linux's `MemAvailable`); `None` where it
+/// cannot be read.
+pub fn available_memory() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;

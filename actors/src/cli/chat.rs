@@ -70,7 +70,7 @@ pub fn run(model: &Path, a: Args, r: RunSettings) -> Result<(), Box<dyn std::err
     let m = open_for_run(model, &r)?;
     let tok = Tokenizer::from_gguf(m.metadata())?;
     let template = ChatTemplate::from_gguf(m.metadata())?;
-    let ctx = max_context(&m);
+    let ctx = max_context(&m, &r);
     match super::resolve_backend(r.backend, &m) {
         #[cfg(feature = "gpu")]
         super::Backend::Gpu => {

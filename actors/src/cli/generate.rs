@@ -8,9 +8,6 @@ use odmoe::model::{ExpertMode, Model, Prefetch};
 use odmoe::sampling::SamplingParams;
 use odmoe::tokenizer::Tokenizer;
 
-/// Most positions a generation may use unless the model's training context is smaller.
-const DEFAULT_MAX_CONTEXT: usize = 4096;
-
 /// What to generate.
 pub struct Args {
     pub prompt: String,
@@ -30,6 +27,10 @@ pub struct RunSettings {
     pub backend: super::Backend,
     /// Device memory for routed experts on the GPU backend.
     pub gpu_expert_budget: u64,
+    /// Positions asked for (`--ctx-size`, `limits.context`).
+    pub context: Option<usize>,
+    /// The memory keys and values may take (`limits.kv_budget`).
+    pub kv_budget: Option<u64>,
 }
 
 /// Opens the model at `path` as `r` says.
@@ -43,10 +44,11 @@ pub fn open_for_run(path: &Path, r: &RunSettings) -> Result<Model, Box<dyn std::
     Ok(m)
 }
 
-/// The context a generation may use: the model's trained context, at most
-/// [`DEFAULT_MAX_CONTEXT`] positions.
-pub fn max_context(m: &Model) -> usize {
-    m.config().n_ctx_train.min(DEFAULT_MAX_CONTEXT)
+/// The context a generation may use ([`super::context::resolve`]), said on stderr.
+pub fn max_context(m: &Model, r: &RunSettings) -> usize {
+    let c = super::context::resolve(m, r.context, r.kv_budget);
+    eprintln!("context: {} positions ({})", c.positions, c.why);
+    c.positions
 }
 
 pub fn run(model: &Path, a: Args, r: RunSettings) -> Result<(), Box<dyn std::error::Error>> {
@@ -69,7 +71,7 @@ pub fn run(model: &Path, a: Args, r: RunSettings) -> Result<(), Box<dyn std::err
         max_tokens: a.max_tokens,
         stop: a.stop,
         sampling: a.sampling,
-        max_context: max_context(&m),
+        max_context: max_context(&m, &r),
     };
     let mut out = std::io::stdout().lock();
     if !a.chat {

@@ -72,10 +72,24 @@ pub fn run(model: &Path) -> Result<(), Box<dyn std::error::Error>> {
                     m.v_dim
                 );
             }
+            // the keys and values one position adds to a session's cache
+            let kv = |bytes_per_value: usize| c.n_layer * c.n_head_kv * (c.head_dim_k + c.head_dim_v) * bytes_per_value;
+            match &c.mla {
+                Some(m) => println!(
+                    "kv cache:       {} per position (compressed latent of {} + rope key of {} values per layer, f32)",
+                    human_bytes((c.n_layer * (m.kv_lora_rank + m.rope_dim) * 4) as u64),
+                    m.kv_lora_rank,
+                    m.rope_dim
+                ),
+                None => println!("kv cache:       {} per position in f32, {} in f16 (--kv-type f16)", human_bytes(kv(4) as u64), human_bytes(kv(2) as u64)),
+            }
             let r = &c.rope;
+            let style = match r.style {
+                odmoe::model::config::RopeStyle::Interleaved => "interleaved pairs",
+                odmoe::model::config::RopeStyle::Neox => "halves (neox)",
+            };
             println!(
-                "rope:           {:?}, {} dims, base {}, scale {}{}",
-                r.style,
+                "rope:           {style}, {} dims, base {}, scale {}{}",
                 r.n_rot,
                 r.freq_base,
                 1.0 / r.freq_scale,
@@ -84,11 +98,22 @@ pub fn run(model: &Path) -> Result<(), Box<dyn std::error::Error>> {
             if let Some(m) = &c.moe {
                 println!("experts:        {} routed, {} used per token, expert FFN {}", m.n_expert, m.n_expert_used, m.n_ff_exp);
                 println!(
-                    "routing:        {:?}{}{}{}",
-                    m.gating,
+                    "routing:        {}{}{}{}",
+                    match m.gating {
+                        odmoe::model::config::Gating::Softmax => "softmax",
+                        odmoe::model::config::Gating::Sigmoid => "sigmoid",
+                    },
                     if m.norm_weights { ", renormalized" } else { "" },
                     if m.weights_scale != 1.0 { format!(", scaled ×{}", m.weights_scale) } else { String::new() },
-                    if m.n_group > 1 { format!(", {} of {} groups ({:?})", m.n_group_used, m.n_group, m.group_score) } else { String::new() }
+                    if m.n_group > 1 {
+                        let by = match m.group_score {
+                            odmoe::model::config::GroupScore::Max => "best expert",
+                            odmoe::model::config::GroupScore::SumTop2 => "sum of the best two",
+                        };
+                        format!(", {} of {} groups (by their {by})", m.n_group_used, m.n_group)
+                    } else {
+                        String::new()
+                    }
                 );
                 if m.n_ff_shexp > 0 {
                     println!("shared expert:  FFN {}", m.n_ff_shexp);

@@ -3,10 +3,11 @@
 
 mod chat;
 mod collect;
+pub mod context;
 mod convert;
 mod demo;
 mod generate;
-mod info;
+pub mod info;
 pub mod logits;
 mod tokenize;
 mod train_shadow;
@@ -119,6 +120,10 @@ enum Command {
         /// 1GiB]: when every expert fits, all are uploaded once and routed on the device.
         #[arg(long)]
         gpu_expert_budget: Option<String>,
+        /// Positions per session, prompt and reply together [default: limits.context, or
+        /// the model's trained context within the memory keys and values may take].
+        #[arg(short = 'c', long)]
+        ctx_size: Option<usize>,
     },
     /// Print the logits at every position as JSON: {"logits": [[f32; vocab]; n_tokens]}.
     Logits {
@@ -343,6 +348,10 @@ struct RunArgs {
     /// 1GiB]: when every expert fits, all are uploaded once and routed on the device.
     #[arg(long)]
     gpu_expert_budget: Option<String>,
+    /// Positions, prompt and generated tokens together [default: limits.context, or the
+    /// model's trained context within the memory keys and values may take].
+    #[arg(short = 'c', long)]
+    ctx_size: Option<usize>,
 }
 
 impl RunArgs {
@@ -356,7 +365,11 @@ impl RunArgs {
         }
         apply_gpu_flags(&mut c, self.gpu_expert_budget.as_deref())?;
         apply_threads(&c)?;
-        Ok(generate::RunSettings { mode: c.expert_mode(), prefetch: c.prefetch(), shadow: c.shadow()?, kv_type: c.kv_type(), backend: self.backend, gpu_expert_budget: c.gpu.expert_budget.0 })
+        if self.ctx_size == Some(0) {
+            return Err("--ctx-size must be at least 1".into());
+        }
+        let context = self.ctx_size.or(c.limits.context);
+        Ok(generate::RunSettings { mode: c.expert_mode(), prefetch: c.prefetch(), shadow: c.shadow()?, kv_type: c.kv_type(), backend: self.backend, gpu_expert_budget: c.gpu.expert_budget.0, context, kv_budget: c.limits.kv_budget.map(|s| s.0) })
     }
 }
 
@@ -371,7 +384,7 @@ pub fn run() -> Result<(), Box<dyn std::error::Error>> {
             logits::run(&demo::resolve(model)?, &tokens, backend, &expert_mode(cache_budget.as_deref())?)
         }
         Command::Info { model } => info::run(&demo::resolve(model)?),
-        Command::Serve { model, config, host, port, cache_budget, prefetch, shadow, kv_type, backend, gpu_expert_budget } => {
+        Command::Serve { model, config, host, port, cache_budget, prefetch, shadow, kv_type, backend, gpu_expert_budget, ctx_size } => {
             let mut c = Config::load(config.as_deref(), std::env::vars())?;
             if let Some(h) = host {
                 c.server.host = h;
@@ -387,6 +400,10 @@ pub fn run() -> Result<(), Box<dyn std::error::Error>> {
                 c.server.backend = b;
             }
             apply_gpu_flags(&mut c, gpu_expert_budget.as_deref())?;
+            if let Some(n) = ctx_size {
+                c.limits.context = Some(n);
+            }
+            c = c.checked()?;
             apply_threads(&c)?;
             let server = crate::server::ServerConfig::from_config(&c)?;
             crate::server::run(&demo::resolve(model)?, &c.expert_mode(), server)

@@ -33,10 +33,11 @@ pub struct ServerConfig {
     pub stream_buffer: usize,
     /// Largest request body.
     pub max_body_bytes: u64,
-    /// Context limit per request (prompt plus completion).
-    pub max_context: usize,
-    /// Longest prompt accepted (tokens).
-    pub max_prompt_tokens: usize,
+    /// Context per request (prompt plus completion); `None`: the model's trained context
+    /// within the key/value memory ([`crate::cli::context::resolve`]).
+    pub max_context: Option<usize>,
+    /// Longest prompt accepted (tokens); `None`: the context.
+    pub max_prompt_tokens: Option<usize>,
     /// Most completion tokens a request may ask for.
     pub max_tokens: usize,
     /// Completion tokens when a request does not say.
@@ -107,6 +108,8 @@ pub struct AppState {
 pub struct Loaded {
     pub pipeline: Pipeline,
     pub max_context: usize,
+    /// Longest prompt accepted (tokens).
+    pub max_prompt_tokens: usize,
     pub model: Arc<Model>,
     /// Where the steps run (`cpu`, or `gpu: ` and the adapter), for /health.
     pub backend: String,
@@ -247,9 +250,12 @@ async fn load(path: &Path, mode: &ExpertMode, config: &ServerConfig, metrics: Ar
     .await
     .map_err(|e| format!("loading stopped: {e}"))??;
     let (model, backend) = (engine.model().clone(), engine.describe());
-    let max_context = model.config().n_ctx_train.min(config.max_context);
+    let context = crate::cli::context::resolve(&model, config.max_context, config.pipeline.kv_budget);
+    eprintln!("context: {} positions ({})", context.positions, context.why);
+    let max_context = context.positions;
+    let max_prompt_tokens = config.max_prompt_tokens.unwrap_or(max_context).min(max_context);
     let pipeline = Pipeline::start(engine, tokenizer, template, config.pipeline.clone(), metrics).await?;
-    Ok(Loaded { pipeline, max_context, model, backend })
+    Ok(Loaded { pipeline, max_context, max_prompt_tokens, model, backend })
 }
 
 /// The engine `backend` means for `model` (`auto` resolved, saying why).

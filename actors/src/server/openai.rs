@@ -15,7 +15,7 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::Reply;
 
-use super::{AppState, ServerConfig};
+use super::AppState;
 use crate::pipeline::tokenizer::EncodeError;
 use crate::pipeline::{Event, Refused, Request as Job};
 
@@ -145,7 +145,7 @@ pub async fn rejection(r: warp::Rejection) -> Result<Response, Infallible> {
 }
 
 /// Checks a tokenized prompt against the context and the server's limit.
-fn check_prompt(prompt: &[u32], max_context: usize, limits: &ServerConfig) -> Result<(), Box<Response>> {
+fn check_prompt(prompt: &[u32], max_context: usize, max_prompt_tokens: usize) -> Result<(), Box<Response>> {
     let too_long = |m: String| Box::new(error(StatusCode::BAD_REQUEST, m, "invalid_request_error", "context_length_exceeded"));
     if prompt.is_empty() {
         return Err(Box::new(bad_request("the prompt is empty")));
@@ -153,8 +153,8 @@ fn check_prompt(prompt: &[u32], max_context: usize, limits: &ServerConfig) -> Re
     if prompt.len() >= max_context {
         return Err(too_long(format!("the prompt has {} tokens; the context holds {}", prompt.len(), max_context)));
     }
-    if prompt.len() > limits.max_prompt_tokens {
-        return Err(too_long(format!("the prompt has {} tokens; this server accepts at most {}", prompt.len(), limits.max_prompt_tokens)));
+    if prompt.len() > max_prompt_tokens {
+        return Err(too_long(format!("the prompt has {} tokens; this server accepts at most {max_prompt_tokens}", prompt.len())));
     }
     Ok(())
 }
@@ -226,14 +226,14 @@ pub async fn completion(body: super::body::Body, app: Arc<AppState>, chat: bool)
         Ok(r) => r,
         Err(m) => rejected!(bad_request(m)),
     };
-    let limit = app.config.max_prompt_tokens.min(st.max_context);
+    let limit = st.max_prompt_tokens.min(st.max_context);
     let prompt = match st.pipeline.encode(req.input, limit).await {
         Ok(p) => p,
         Err(EncodeError::TooLong(m)) => rejected!(error(StatusCode::BAD_REQUEST, m, "invalid_request_error", "context_length_exceeded")),
         Err(EncodeError::Invalid(m)) => rejected!(bad_request(m)),
     };
     log.tokens = Some((prompt.len(), 0));
-    if let Err(r) = check_prompt(&prompt, st.max_context, &app.config) {
+    if let Err(r) = check_prompt(&prompt, st.max_context, st.max_prompt_tokens) {
         rejected!(*r);
     }
     let (tx, mut rx) = mpsc::channel(app.config.stream_buffer.max(1));
