@@ -149,11 +149,15 @@ pub struct Cache {
     pub direct_io: bool,
     /// Element type of the sessions' key/value caches.
     pub kv_type: KvTypeConfig,
+    /// Bytes of finished sessions' keys and values kept for requests that begin as they
+    /// did (the prefix cache); absent: an eighth of the memory available, at most 8 GiB;
+    /// 0 turns it off.
+    pub prefix_budget: Option<Size>,
 }
 
 impl Default for Cache {
     fn default() -> Self {
-        Cache { budget: None, policy: Policy::Lru, read_threads: 8, direct_io: true, kv_type: KvTypeConfig::F32 }
+        Cache { budget: None, policy: Policy::Lru, read_threads: 8, direct_io: true, kv_type: KvTypeConfig::F32, prefix_budget: None }
     }
 }
 
@@ -416,11 +420,12 @@ mod tests {
         want.cache.budget = Some(Size(8 << 30));
         want.limits.kv_budget = Some(Size(16 << 30));
         want.limits.context = Some(32768);
+        want.cache.prefix_budget = Some(Size(2 << 30));
         want.limits.max_prompt_tokens = Some(32768);
         want.prefetch.shadow = Some("shadow.safetensors".into());
         assert_eq!(Config::load(Some(&f.0), none()).unwrap(), want);
         let keys = uncommented.lines().filter(|l| l.contains(" = ") && !l.starts_with('#')).count();
-        assert_eq!(keys, 29, "the example should list every key once");
+        assert_eq!(keys, 30, "the example should list every key once");
     }
 
     #[test]

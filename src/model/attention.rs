@@ -75,6 +75,14 @@ impl KvRows {
             KvRows::F16(runs) => runs.iter().map(|r| r.len() * 2).sum(),
         }
     }
+
+    /// A copy of the first `n` values of each head.
+    fn prefix(&self, n: usize) -> KvRows {
+        match self {
+            KvRows::F32(runs) => KvRows::F32(runs.iter().map(|r| r[..n.min(r.len())].to_vec()).collect()),
+            KvRows::F16(runs) => KvRows::F16(runs.iter().map(|r| r[..n.min(r.len())].to_vec()).collect()),
+        }
+    }
 }
 
 /// Position-heads (query heads times positions attended) below which a sequence's
@@ -290,6 +298,17 @@ impl LayerCache {
             LayerCache::Standard { k, v } => k.bytes() + v.bytes(),
             LayerCache::Latent { c } => c.len() * 4,
         }) as u64
+    }
+
+    /// A copy of the first `len` positions.
+    pub fn prefix(&self, cfg: &Config, len: usize) -> LayerCache {
+        match self {
+            LayerCache::Standard { k, v } => LayerCache::Standard { k: k.prefix(len * cfg.head_dim_k), v: v.prefix(len * cfg.head_dim_v) },
+            LayerCache::Latent { c } => {
+                let m = cfg.mla.as_ref().expect("MLA config");
+                LayerCache::Latent { c: c[..(len * (m.kv_lora_rank + m.rope_dim)).min(c.len())].to_vec() }
+            }
+        }
     }
 
     /// Drops every position from `len` on (undoes a pass that failed part way).

@@ -123,6 +123,15 @@ impl KvCache {
 }
 
 impl Model {
+    /// A new cache of at most `max_len` positions holding a copy of the first `len`
+    /// positions of `cache` (a conversation's earlier turns, a shared system prompt): a
+    /// pass over the tokens after them gives exactly what it gives after processing
+    /// all of them, as every pass computes each position alone.
+    pub fn cache_prefix(&self, cache: &KvCache, len: usize, max_len: usize) -> KvCache {
+        let len = len.min(cache.len).min(max_len);
+        KvCache { layers: cache.layers.iter().map(|l| l.prefix(&self.config, len)).collect(), len, max_len }
+    }
+
     /// Forgets every position of `cache` from `len` on, so that the next pass continues
     /// after position `len - 1` (a conversation whose new prompt shares only its first
     /// `len` tokens with what was processed). No-op when `len` is not shorter.

@@ -69,6 +69,7 @@
 
 pub mod compute;
 pub mod engine;
+pub mod prefix;
 pub mod scheduler;
 pub mod tokenizer;
 
@@ -87,8 +88,8 @@ use crate::server::metrics::Metrics;
 pub enum Event {
     /// A piece of generated text.
     Text(String),
-    /// Generation ended.
-    Done { finish: FinishReason, prompt_tokens: usize, completion_tokens: usize },
+    /// Generation ended; `cached_tokens` of the prompt came from the prefix cache.
+    Done { finish: FinishReason, prompt_tokens: usize, completion_tokens: usize, cached_tokens: usize },
     /// Generation failed.
     Error(String),
     /// The server is shutting down and ended the session before it finished.
@@ -126,6 +127,9 @@ pub struct Limits {
     /// prompt plus `max_tokens` positions, up to its context); queued requests that would
     /// pass it wait, except that one runs whenever none does. `None`: no limit.
     pub kv_budget: Option<u64>,
+    /// Bytes of finished sessions' keys and values kept for requests that begin as they
+    /// did ([`prefix::PrefixCache`]); 0: none.
+    pub prefix_budget: u64,
 }
 
 /// Handles to the running pipeline.

@@ -20,6 +20,8 @@ use std::time::Instant;
 
 use odmoe::generate::{Decoding, FinishReason};
 use super::engine::{Engine, SessionCache};
+use super::prefix::PrefixCache;
+use odmoe::model::KvCache;
 use odmoe::tokenizer::Tokenizer;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use rayon::prelude::*;
@@ -75,6 +77,12 @@ struct Session {
     last_token: Option<Instant>,
     /// Key/value cache bytes reserved against `Limits::kv_budget`.
     kv_reserved: u64,
+    /// Prompt tokens whose keys and values came from the prefix cache.
+    cached: usize,
+    /// The tokens sampled and run after the prompt (what the cache holds past it).
+    generated: Vec<u32>,
+    /// A finished session's cache, for the prefix cache (CPU backend).
+    keep: Option<KvCache>,
 }
 
 impl Session {
@@ -121,6 +129,8 @@ pub struct SchedulerState {
     step_returned: Option<Instant>,
     /// Shutting down: no request is taken any more.
     stopping: bool,
+    /// Finished sessions' caches for requests that begin as they did.
+    prefix: PrefixCache,
 }
 
 impl Actor for SchedulerActor {
@@ -129,7 +139,7 @@ impl Actor for SchedulerActor {
     type Arguments = SchedulerArgs;
 
     async fn pre_start(&self, _: ActorRef<SchedulerMsg>, args: SchedulerArgs) -> Result<SchedulerState, ActorProcessingErr> {
-        Ok(SchedulerState { args, queue: VecDeque::new(), sessions: Vec::new(), next_id: 0, in_flight: false, rotate: 0, kv_reserved: 0, step_sent: None, step_returned: None, stopping: false })
+        Ok(SchedulerState { queue: VecDeque::new(), sessions: Vec::new(), next_id: 0, in_flight: false, rotate: 0, kv_reserved: 0, step_sent: None, step_returned: None, stopping: false, prefix: PrefixCache::new(args.limits.prefix_budget), args })
     }
 
     async fn handle(&self, myself: ActorRef<SchedulerMsg>, msg: SchedulerMsg, st: &mut SchedulerState) -> Result<(), ActorProcessingErr> {
@@ -167,6 +177,7 @@ impl SchedulerState {
     /// Delivers events, drops finished and abandoned sessions, admits queued requests, and
     /// starts a step when none is in flight.
     fn tick(&mut self, myself: &ActorRef<SchedulerMsg>) {
+        self.keep_finished();
         loop {
             self.drop_ended();
             self.drop_abandoned();
@@ -212,6 +223,17 @@ impl SchedulerState {
         }
         self.args.metrics.active.store(self.sessions.len() as i64, Ordering::Relaxed);
         self.args.metrics.queued.store(self.queue.len() as i64, Ordering::Relaxed);
+    }
+
+    /// Hands finished sessions' caches, with the tokens they hold, to the prefix cache.
+    fn keep_finished(&mut self) {
+        for s in self.sessions.iter_mut() {
+            if let Some(c) = s.keep.take() {
+                let tokens: Vec<u32> = s.prompt.iter().chain(&s.generated).copied().collect();
+                self.prefix.insert(tokens, c);
+            }
+        }
+        self.args.metrics.prefix_bytes.store(self.prefix.bytes() as i64, Ordering::Relaxed);
     }
 
     /// Drops queued requests whose client has gone while they waited.
@@ -267,13 +289,29 @@ impl SchedulerState {
             Ok(decoding) => {
                 self.next_id += 1;
                 self.kv_reserved += kv;
-                self.args.metrics.prompt_tokens.fetch_add(req.prompt.len() as u64, Ordering::Relaxed);
+                let m = &self.args.metrics;
+                m.prompt_tokens.fetch_add(req.prompt.len() as u64, Ordering::Relaxed);
+                // the longest beginning of the prompt already computed (CPU backend)
+                let reused = match &self.args.engine {
+                    Engine::Cpu(model) => self.prefix.lookup(model, &req.prompt, req.opts.max_context),
+                    #[allow(unreachable_patterns)]
+                    _ => None,
+                };
+                let (cache, cached) = match reused {
+                    Some((c, n)) => (SessionCache::Cpu(c), n),
+                    None => (self.args.engine.new_cache(req.opts.max_context), 0),
+                };
+                m.prefix_lookup_tokens.fetch_add(req.prompt.len() as u64, Ordering::Relaxed);
+                m.prefix_hit_tokens.fetch_add(cached as u64, Ordering::Relaxed);
                 self.sessions.push(Session {
                     id: self.next_id,
                     decoding,
-                    cache: Some(self.args.engine.new_cache(req.opts.max_context)),
+                    cache: Some(cache),
                     prompt: req.prompt,
-                    fed: 0,
+                    fed: cached,
+                    cached,
+                    generated: Vec::new(),
+                    keep: None,
                     next: None,
                     events: req.events,
                     outbox: VecDeque::new(),
@@ -302,6 +340,7 @@ impl SchedulerState {
             }
             if s.ready() && !s.prefilling() {
                 let token = s.next.take().expect("ready and not prefilling");
+                s.generated.push(token);
                 items.push(StepItem { session: s.id, tokens: vec![token], cache: s.cache.take().expect("ready"), logits: true });
                 budget -= 1;
             }
@@ -414,10 +453,13 @@ impl SchedulerState {
 fn finish_session(s: &mut Session, finish: FinishReason, m: &Metrics) {
     let (prompt_tokens, completion_tokens) = (s.decoding.prompt_tokens(), s.decoding.generated());
     m.generated_tokens.fetch_add(completion_tokens as u64, Ordering::Relaxed);
-    s.outbox.push_back(Event::Done { finish, prompt_tokens, completion_tokens });
+    s.outbox.push_back(Event::Done { finish, prompt_tokens, completion_tokens, cached_tokens: s.cached });
     s.done = true;
-    // the cache is no longer needed; free it now rather than when the client has read
-    s.cache = Some(SessionCache::empty());
+    // the cache leaves the session now rather than when the client has read: to the
+    // prefix cache (host memory), or freed
+    if let Some(SessionCache::Cpu(c)) = s.cache.replace(SessionCache::empty()) {
+        s.keep = Some(c);
+    }
 }
 
 /// Wakes the scheduler once `s`'s client has made room in its channel (or gone away).
@@ -469,7 +511,7 @@ mod tests {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/odmoe-demo-shakespeare-Q8_0.gguf");
         let model = Arc::new(Model::open(&path).unwrap());
         let tok = Arc::new(Tokenizer::from_gguf(model.metadata()).unwrap());
-        let limits = Limits { max_queued: 4, max_sessions: 4, batch_tokens: 64, prefill_chunk: 16, tokenizer_mailbox: 4, scheduler_mailbox: 4, kv_budget: None };
+        let limits = Limits { max_queued: 4, max_sessions: 4, batch_tokens: 64, prefill_chunk: 16, tokenizer_mailbox: 4, scheduler_mailbox: 4, kv_budget: None, prefix_budget: 0 };
         let metrics = Arc::new(Metrics::default());
         let p = Pipeline::start(Engine::Cpu(model.clone()), tok.clone(), None, limits, metrics.clone()).await.unwrap();
         let prompt = |s: &str| tok.encode(s, true, false).unwrap();
@@ -504,7 +546,7 @@ mod tests {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/odmoe-demo-shakespeare-Q8_0.gguf");
         let model = Arc::new(Model::open(&path).unwrap());
         let tok = Arc::new(Tokenizer::from_gguf(model.metadata()).unwrap());
-        let limits = Limits { max_queued: 8, max_sessions: 8, batch_tokens: 12, prefill_chunk: 5, tokenizer_mailbox: 4, scheduler_mailbox: 8, kv_budget: None };
+        let limits = Limits { max_queued: 8, max_sessions: 8, batch_tokens: 12, prefill_chunk: 5, tokenizer_mailbox: 4, scheduler_mailbox: 8, kv_budget: None, prefix_budget: 0 };
         let metrics = Arc::new(Metrics::default());
         let p = Pipeline::start(Engine::Cpu(model.clone()), tok.clone(), None, limits, metrics.clone()).await.unwrap();
         let texts = ["ROMEO:", "JULIET:\nO Romeo, Romeo, wherefore art thou Romeo? Deny thy father and refuse thy name.", "NURSE:\nGood", "MERCUTIO:\nNay, gentle Romeo, we must have you dance."];
@@ -544,7 +586,7 @@ mod tests {
         // room for the longest prompt's reservation, not for two
         let one = (prompts.iter().map(Vec::len).max().unwrap() + n) as u64 * model.kv_bytes_per_position();
         let (max_sessions, kv_budget) = if by_budget { (8, Some(one + one / 2)) } else { (1, None) };
-        let limits = Limits { max_queued: 8, max_sessions, batch_tokens: 64, prefill_chunk: 16, tokenizer_mailbox: 4, scheduler_mailbox: 8, kv_budget };
+        let limits = Limits { max_queued: 8, max_sessions, batch_tokens: 64, prefill_chunk: 16, tokenizer_mailbox: 4, scheduler_mailbox: 8, kv_budget, prefix_budget: 0 };
         let metrics = Arc::new(Metrics::default());
         let p = Pipeline::start(Engine::Cpu(model.clone()), tok.clone(), None, limits, metrics.clone()).await.unwrap();
         let mut rxs = Vec::new();

@@ -60,6 +60,11 @@ pub struct Metrics {
     pub queued: AtomicI64,
     /// Sessions ended because their client went away.
     pub cancelled: AtomicU64,
+    /// Prompt tokens looked up in the prefix cache, and those found there.
+    pub prefix_lookup_tokens: AtomicU64,
+    pub prefix_hit_tokens: AtomicU64,
+    /// Bytes the prefix cache holds (set by the scheduler).
+    pub prefix_bytes: AtomicI64,
     /// Batched steps run.
     pub steps: AtomicU64,
     /// Tokens run in those steps (prompt chunks and decode tokens).
@@ -90,6 +95,9 @@ impl Default for Metrics {
             active: AtomicI64::new(0),
             queued: AtomicI64::new(0),
             cancelled: AtomicU64::new(0),
+            prefix_lookup_tokens: AtomicU64::new(0),
+            prefix_hit_tokens: AtomicU64::new(0),
+            prefix_bytes: AtomicI64::new(0),
             steps: AtomicU64::new(0),
             step_tokens: AtomicU64::new(0),
             step_seconds: Histogram::new(STEP_BOUNDS),
@@ -120,6 +128,9 @@ impl Metrics {
         g(&mut o, "odmoe_active_sessions", "Sessions generating.", self.active.load(Ordering::Relaxed));
         g(&mut o, "odmoe_queue_depth", "Requests waiting for a session slot.", self.queued.load(Ordering::Relaxed));
         c(&mut o, "odmoe_sessions_cancelled_total", "Sessions ended because the client went away.", self.cancelled.load(Ordering::Relaxed));
+        c(&mut o, "odmoe_prefix_cache_lookup_tokens_total", "Prompt tokens looked up in the prefix cache.", self.prefix_lookup_tokens.load(Ordering::Relaxed));
+        c(&mut o, "odmoe_prefix_cache_hit_tokens_total", "Prompt tokens whose keys and values came from the prefix cache.", self.prefix_hit_tokens.load(Ordering::Relaxed));
+        g(&mut o, "odmoe_prefix_cache_bytes", "Bytes of keys and values the prefix cache holds.", self.prefix_bytes.load(Ordering::Relaxed));
         c(&mut o, "odmoe_steps_total", "Batched forward steps run.", self.steps.load(Ordering::Relaxed));
         c(&mut o, "odmoe_step_tokens_total", "Tokens run in batched steps (prompt chunks and decode tokens).", self.step_tokens.load(Ordering::Relaxed));
         self.step_seconds.render("odmoe_step_seconds", "Seconds per batched forward step.", &mut o);

@@ -76,6 +76,7 @@ impl ServerConfig {
                 tokenizer_mailbox: c.tokenizer.mailbox,
                 scheduler_mailbox: c.scheduler.mailbox,
                 kv_budget: c.limits.kv_budget.map(|s| s.0),
+                prefix_budget: c.cache.prefix_budget.map_or_else(|| odmoe::model::available_memory().map_or(0, |m| (m / 8).min(8 << 30)), |s| s.0),
             },
             stream_buffer: c.server.stream_buffer,
             max_body_bytes: c.server.max_body.0,

@@ -62,6 +62,16 @@ fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// A response's `usage`, with the prompt tokens the prefix cache supplied.
+fn usage(prompt_tokens: usize, completion_tokens: usize, cached_tokens: usize) -> Value {
+    json!({
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": { "cached_tokens": cached_tokens },
+    })
+}
+
 /// An OpenAI-shaped error response.
 pub fn error(status: StatusCode, message: impl Into<String>, kind: &str, code: &str) -> Response {
     let body = json!({ "error": { "message": message.into(), "type": kind, "code": code } });
@@ -266,14 +276,14 @@ pub async fn completion(body: super::body::Body, app: Arc<AppState>, chat: bool)
                     (log.tokens, log.outcome) = (Some((prompt_tokens, completion_tokens)), "cut at shutdown");
                     return Ok(log.answered(error(StatusCode::SERVICE_UNAVAILABLE, SHUTDOWN_MESSAGE, "server_error", "server_shutdown")));
                 }
-                Event::Done { finish, prompt_tokens, completion_tokens } => {
+                Event::Done { finish, prompt_tokens, completion_tokens, cached_tokens } => {
                     log.tokens = Some((prompt_tokens, completion_tokens));
                     let choice = if chat {
                         json!({ "index": 0, "message": { "role": "assistant", "content": text }, "finish_reason": finish_reason(finish) })
                     } else {
                         json!({ "index": 0, "text": text, "finish_reason": finish_reason(finish) })
                     };
-                    let usage = json!({ "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens });
+                    let usage = usage(prompt_tokens, completion_tokens, cached_tokens);
                     return Ok(log.answered(warp::reply::json(&json!({ "id": id, "object": object, "created": created, "model": model, "choices": [choice], "usage": usage })).into_response()));
                 }
             }
@@ -310,12 +320,12 @@ pub async fn completion(body: super::body::Body, app: Arc<AppState>, chat: bool)
                 }
                 1 => match rx.recv().await {
                     Some(Event::Text(t)) => Some((Ok(warp::sse::Event::default().data(text_chunk.render(&t))), (rx, 1, tail, log))),
-                    Some(Event::Done { finish, prompt_tokens, completion_tokens }) => {
+                    Some(Event::Done { finish, prompt_tokens, completion_tokens, cached_tokens }) => {
                         (log.tokens, log.outcome) = (Some((prompt_tokens, completion_tokens)), "done");
                         if include_usage {
                             let mut u = chunk(json!({}), None);
                             u["choices"] = json!([]);
-                            u["usage"] = json!({ "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens });
+                            u["usage"] = usage(prompt_tokens, completion_tokens, cached_tokens);
                             tail.push(u);
                         }
                         Some((Ok(data(&chunk(json!({}), Some(finish_reason(finish))))), (rx, 2, tail, log)))
