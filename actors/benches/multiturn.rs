@@ -44,7 +44,8 @@ async fn turn(base: &str, messages: &Value, max_tokens: usize) -> (f64, String, 
     let t0 = Instant::now();
     let mut r = http::send("POST", &format!("{base}/v1/chat/completions"), Some(&body.to_string())).await.unwrap();
     if r.status != 200 {
-        panic!("status {}: {}", r.status, r.whole().await.map(|w| w.body).unwrap_or_default());
+        let status = r.status;
+        panic!("status {status}: {}", r.whole().await.map(|w| w.body).unwrap_or_default());
     }
     let (mut first, mut text, mut cached) = (None, String::new(), 0);
     while let Some(e) = r.event().await.unwrap() {
