@@ -15,7 +15,6 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::time::Instant;
 
@@ -26,6 +25,10 @@ const LAYERS: usize = 48;
 const EXPERT_ROWS: usize = 768;
 const HIDDEN: usize = 2048;
 
+#[path = "common/page_cache.rs"]
+mod page_cache;
+use page_cache::forget_pages;
+
 fn drop_cache(dir: &Path) {
     for e in std::fs::read_dir(dir).unwrap() {
         let f = File::open(e.unwrap().path()).unwrap();
@@ -34,20 +37,6 @@ fn drop_cache(dir: &Path) {
     }
 }
 
-/// Asks the kernel to drop `f`'s cached pages (Linux; elsewhere the first reads may hit
-/// the page cache, and the bench says so).
-fn forget_pages(f: &File) {
-    #[cfg(target_os = "linux")]
-    // SAFETY: plain syscall on an open descriptor.
-    unsafe {
-        libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = f.as_raw_fd();
-        eprintln!("note: this system cannot drop a file's cached pages; reads may come from memory");
-    }
-}
 
 fn main() {
     let gib: f64 = std::env::var("ODMOE_BENCH_GIB").ok().and_then(|v| v.parse().ok()).unwrap_or(4.0);

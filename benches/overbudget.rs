@@ -20,7 +20,6 @@
 
 use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
-use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::time::Instant;
 
@@ -219,20 +218,12 @@ fn generate(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Asks the kernel to drop the file's cached pages (Linux; elsewhere a note says the
-/// first reads may come from memory).
+#[path = "common/page_cache.rs"]
+mod page_cache;
+
+/// Asks the kernel to drop the file's cached pages.
 fn drop_cache(path: &Path) {
-    let f = File::open(path).unwrap();
-    #[cfg(target_os = "linux")]
-    // SAFETY: plain syscall on an open descriptor.
-    unsafe {
-        libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = f.as_raw_fd();
-        eprintln!("note: this system cannot drop a file's cached pages; reads may come from memory");
-    }
+    page_cache::forget_pages(&File::open(path).unwrap());
 }
 
 /// Peak and current resident set size of this process, and the current anonymous and

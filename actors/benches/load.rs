@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-#[path = "../tests/common/http.rs"]
-mod http;
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::{http, Server};
 
 struct Session {
     ttft: f64,
@@ -160,21 +161,10 @@ async fn level(base: &str, pid: u32, n: usize, tokens: usize) -> Row {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let tokens: usize = std::env::var("ODMOE_LOAD_TOKENS").ok().and_then(|v| v.parse().ok()).unwrap_or(128);
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_odmoe"));
-    cmd.args(["serve", "--port", "0"]).stderr(std::process::Stdio::piped()).stdout(std::process::Stdio::null());
-    if let Ok(m) = std::env::var("ODMOE_LOAD_MODEL") {
-        cmd.args(["--model", &m]);
-    }
-    let mut child = cmd.spawn().expect("start odmoe serve");
-    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
-    let addr = loop {
-        let mut line = String::new();
-        assert!(std::io::BufRead::read_line(&mut err, &mut line).unwrap() > 0, "server exited");
-        if let Some(a) = line.trim().strip_prefix("listening on http://") {
-            break a.split_whitespace().next().unwrap().to_string();
-        }
-    };
-    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    let model = std::env::var("ODMOE_LOAD_MODEL").ok();
+    let args: Vec<&str> = model.iter().flat_map(|m| ["--model", m.as_str()]).collect();
+    let srv = Server::start_with(&args, &[]);
+    let addr = srv.addr.clone();
     let base = format!("http://{addr}");
     while http::get(&format!("{base}/health")).await.map(|r| r.status).ok() != Some(200) {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -193,7 +183,7 @@ async fn main() {
     for _ in 0..rounds {
         let mut round = Vec::new();
         for &n in &levels {
-            round.push(level(&base, child.id(), n, tokens).await);
+            round.push(level(&base, srv.pid(), n, tokens).await);
         }
         rows.push(round);
     }
@@ -213,6 +203,5 @@ async fn main() {
             row.rate, row.ttft_p50, row.ttft_p99, row.itl_p50, row.itl_p99, row.tokens_per_step, row.forward_ms, row.sampling_ms, row.pipeline_ms, row.pipeline_pct, row.cpu_other_pct,
         );
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(srv);
 }

@@ -10,32 +10,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-#[path = "../tests/common/http.rs"]
-mod http;
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::{http, Server};
 
 fn env<T: std::str::FromStr>(k: &str, default: T) -> T {
     std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-/// Starts `odmoe serve` with `env`; returns the process and its base URL.
-fn serve(args: &[&str], env: &[(&str, &str)]) -> (std::process::Child, String) {
-    let bin = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/odmoe");
-    let mut cmd = std::process::Command::new(bin);
-    cmd.args(["serve", "--port", "0"]).args(args).stderr(std::process::Stdio::piped()).stdout(std::process::Stdio::null());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("start {bin} (cargo build --release first): {e}"));
-    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
-    let addr = loop {
-        let mut line = String::new();
-        assert!(std::io::BufRead::read_line(&mut err, &mut line).unwrap() > 0, "the server exited before listening");
-        if let Some(a) = line.trim().strip_prefix("listening on http://") {
-            break a.split_whitespace().next().unwrap().to_string();
-        }
-    };
-    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
-    (child, format!("http://{addr}"))
 }
 
 /// Streams one chat turn; (seconds to the first text, the reply, cached prompt tokens).
@@ -73,8 +53,9 @@ fn main() {
     if let Some(m) = &model {
         args.extend(["--model", m]);
     }
-    let (mut with, base_with) = serve(&args, &[]);
-    let (mut without, base_without) = serve(&args, &[("ODMOE_CACHE_PREFIX_BUDGET", "0")]);
+    let with = Server::start_with(&args, &[]);
+    let without = Server::start_with(&args, &[("ODMOE_CACHE_PREFIX_BUDGET", "0")]);
+    let (base_with, base_without) = (with.url(""), without.url(""));
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async move {
         for b in [&base_with, &base_without] {
@@ -104,6 +85,5 @@ fn main() {
             messages.as_array_mut().unwrap().push(json!({ "role": "assistant", "content": a.1 }));
         }
     });
-    let _ = with.kill();
-    let _ = without.kill();
+    drop((with, without));
 }

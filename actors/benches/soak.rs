@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-#[path = "../tests/common/http.rs"]
-mod http;
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::{http, Server};
 
 fn env<T: std::str::FromStr>(k: &str, default: T) -> T {
     std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -151,34 +152,10 @@ fn main() {
     let minutes: f64 = env("ODMOE_SOAK_MINUTES", 60.0);
     let sample = Duration::from_secs(env("ODMOE_SOAK_SAMPLE_S", 60));
     let max_growth: f64 = env("ODMOE_SOAK_MAX_GROWTH", 0.10);
-    let bin = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/odmoe");
-    let mut cmd = std::process::Command::new(bin);
-    cmd.args(["serve", "--port", "0"]).stderr(std::process::Stdio::piped()).stdout(std::process::Stdio::null());
-    if let Ok(m) = std::env::var("ODMOE_SOAK_MODEL") {
-        cmd.args(["--model", &m]);
-    }
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("start {bin} (cargo build --release first): {e}"));
-    let pid = child.id();
-    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
-    let addr = loop {
-        let mut line = String::new();
-        assert!(std::io::BufRead::read_line(&mut err, &mut line).unwrap() > 0, "the server exited before listening");
-        if let Some(a) = line.trim().strip_prefix("listening on http://") {
-            break a.split_whitespace().next().unwrap().to_string();
-        }
-    };
-    // the server's log is kept (drained so it never blocks), its last lines shown on failure
-    let log = Arc::new(Mutex::new(Vec::<String>::new()));
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        for line in std::io::BufRead::lines(err).map_while(Result::ok) {
-            let mut l = sink.lock().unwrap();
-            l.push(line);
-            if l.len() > 200 {
-                l.remove(0);
-            }
-        }
-    });
+    let model = std::env::var("ODMOE_SOAK_MODEL").ok();
+    let args: Vec<&str> = model.iter().flat_map(|m| ["--model", m.as_str()]).collect();
+    let srv = Server::start_with(&args, &[]);
+    let (pid, addr, log) = (srv.pid(), srv.addr.clone(), srv.log.clone());
     let base = format!("http://{addr}");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let ok = rt.block_on(async move {
@@ -252,10 +229,9 @@ fn main() {
         println!("{}", if ok { "PASS" } else { "FAIL" });
         ok
     });
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(srv);
     if !ok {
-        for l in log.lock().unwrap().iter().rev().take(20).rev() {
+        for l in log.lock().unwrap().lines().rev().take(20).collect::<Vec<_>>().into_iter().rev() {
             eprintln!("server: {l}");
         }
         std::process::exit(1);

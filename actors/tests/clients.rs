@@ -10,16 +10,9 @@ use std::io::Read;
 use std::time::{Duration, Instant};
 
 use common::http;
-use common::{dechunk, slow_client, sse_text, stream_request, Server};
+use common::{dechunk, metric, ready, slow_client, sse_text, stream_request, until, Server};
 use serde_json::{json, Value};
 
-async fn ready(srv: &Server) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while http::get(&srv.url("/health")).await.map(|r| r.status).ok() != Some(200) {
-        assert!(Instant::now() < deadline, "the server never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 async fn post(srv: &Server, path: &str, body: &str) -> http::Response {
     http::post(&srv.url(path), body).await.unwrap()
@@ -47,19 +40,7 @@ async fn stream_to(url: &str, prompt: &str, max_tokens: usize) -> String {
     panic!("the stream ended without [DONE]");
 }
 
-async fn metric(srv: &Server, name: &str) -> f64 {
-    let m = http::get(&srv.url("/metrics")).await.unwrap().body;
-    m.lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with(' ')).and_then(|l| l.rsplit(' ').next()).unwrap_or_else(|| panic!("no {name} in {m}")).parse().unwrap()
-}
 
-/// Waits (up to a minute) until `cond` holds for the server's metrics.
-async fn until(srv: &Server, what: &str, mut cond: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !cond().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}; server log:\n{}", srv.log.lock().unwrap());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// Streams each of `prompts` alone, then all at once, asserting that every session gets
 /// its text alone; returns the tokens and steps the concurrent streams took.

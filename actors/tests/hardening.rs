@@ -9,28 +9,10 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::http;
-use common::{dechunk, slow_client, sse_text, stream_request, Server};
+use common::{dechunk, metric, ready, slow_client, sse_text, stream_request, until, Server};
 
-async fn ready(srv: &Server) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while http::get(&srv.url("/health")).await.map(|r| r.status).ok() != Some(200) {
-        assert!(Instant::now() < deadline, "the server never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
-async fn metric(srv: &Server, name: &str) -> f64 {
-    let m = http::get(&srv.url("/metrics")).await.unwrap().body;
-    m.lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with(' ')).and_then(|l| l.rsplit(' ').next()).unwrap_or_else(|| panic!("no {name} in {m}")).parse().unwrap()
-}
 
-async fn until(srv: &Server, what: &str, mut cond: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !cond().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}; server log:\n{}", srv.log.lock().unwrap());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// Whether the server closed `s` within `limit` (a read returns end of file or an error).
 fn closed_within(mut s: &TcpStream, limit: Duration) -> bool {

@@ -4,19 +4,8 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
-use common::http;
-use common::Server;
+use common::{http, metric, ready, Server};
 use serde_json::{json, Value};
-
-async fn ready(srv: &Server) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while http::get(&srv.url("/health")).await.map(|r| r.status).ok() != Some(200) {
-        assert!(Instant::now() < deadline, "the server never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// A whole completion: (text, prompt tokens, cached tokens).
 async fn complete(srv: &Server, path: &str, body: Value) -> (String, u64, u64) {
@@ -25,10 +14,6 @@ async fn complete(srv: &Server, path: &str, body: Value) -> (String, u64, u64) {
     let v = r.json();
     let text = v["choices"][0]["text"].as_str().or(v["choices"][0]["message"]["content"].as_str()).unwrap().to_string();
     (text, v["usage"]["prompt_tokens"].as_u64().unwrap(), v["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap())
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with(' ')).and_then(|l| l.rsplit(' ').next()).unwrap().parse().unwrap()
 }
 
 const PLAY: &str = "ROMEO:\nBut soft, what light through yonder window breaks?\nIt is the east, and Juliet is the sun.\nArise, fair sun, and kill the envious moon,\nWho is already sick and pale with grief,\nThat thou her maid art far more fair than she.\n\nJULIET:\n";
@@ -58,8 +43,7 @@ async fn a_prompt_seen_before_starts_after_what_is_cached() {
     msgs.as_array_mut().unwrap().push(json!({ "role": "user", "content": "And what of the king?" }));
     let (second, _, cached) = complete(&srv, "/v1/chat/completions", turn(&msgs)).await;
     assert!(cached >= first_turn, "the second turn reused {cached} tokens; the first had {first_turn}");
-    let m = http::get(&srv.url("/metrics")).await.unwrap().body;
-    assert!(metric(&m, "odmoe_prefix_cache_hit_tokens_total") > 0.0 && metric(&m, "odmoe_prefix_cache_bytes") > 0.0, "{m}");
+    assert!(metric(&srv, "odmoe_prefix_cache_hit_tokens_total").await > 0.0 && metric(&srv, "odmoe_prefix_cache_bytes").await > 0.0);
 
     // the same requests with the cache off, and with a budget that holds about one entry
     // (4 KiB a position: entries are evicted as others come): every reply as above
@@ -70,9 +54,8 @@ async fn a_prompt_seen_before_starts_after_what_is_cached() {
         assert_eq!(complete(&plain, "/v1/completions", req(&longer)).await.0, reply, "budget {budget}");
         assert_eq!(complete(&plain, "/v1/completions", req(PLAY)).await.0, first, "budget {budget}");
         assert_eq!(complete(&plain, "/v1/chat/completions", turn(&msgs)).await.0, second, "budget {budget}");
-        let m = http::get(&plain.url("/metrics")).await.unwrap().body;
-        let hits = metric(&m, "odmoe_prefix_cache_hit_tokens_total");
+        let hits = metric(&plain, "odmoe_prefix_cache_hit_tokens_total").await;
         assert!(if budget == "0" { hits == 0.0 } else { hits > 0.0 }, "budget {budget}: {hits} tokens reused");
-        assert!(metric(&m, "odmoe_prefix_cache_bytes") <= 400.0 * 1024.0);
+        assert!(metric(&plain, "odmoe_prefix_cache_bytes").await <= 400.0 * 1024.0);
     }
 }

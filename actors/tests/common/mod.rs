@@ -27,8 +27,13 @@ impl Server {
     /// Starts `odmoe serve --port 0` on the demo model with `env` set (config overrides
     /// such as `ODMOE_SERVER_STREAM_BUFFER`); returns once it listens (it may still load).
     pub fn start(env: &[(&str, &str)]) -> Server {
+        Self::start_with(&[], env)
+    }
+
+    /// [`Server::start`] with more arguments (`--model PATH`, `--ctx-size N`).
+    pub fn start_with(args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_odmoe"));
-        cmd.args(["serve", "--port", "0"]).stderr(Stdio::piped()).stdout(Stdio::null());
+        cmd.args(["serve", "--port", "0"]).args(args).stderr(Stdio::piped()).stdout(Stdio::null());
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -80,6 +85,30 @@ impl Server {
     /// The base URL.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+}
+
+/// Waits (up to two minutes) until the server has loaded its model.
+pub async fn ready(srv: &Server) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while http::get(&srv.url("/health")).await.map(|r| r.status).ok() != Some(200) {
+        assert!(std::time::Instant::now() < deadline, "the server never became ready; its log:\n{}", srv.log.lock().unwrap());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// The value of metric `name` in the server's `/metrics`.
+pub async fn metric(srv: &Server, name: &str) -> f64 {
+    let m = http::get(&srv.url("/metrics")).await.unwrap().body;
+    m.lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with(' ')).and_then(|l| l.rsplit(' ').next()).unwrap_or_else(|| panic!("no {name} in {m}")).parse().unwrap()
+}
+
+/// Waits (up to a minute) until `cond` holds, failing with the server's log.
+pub async fn until(srv: &Server, what: &str, mut cond: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !cond().await {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}; server log:\n{}", srv.log.lock().unwrap());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
 
